@@ -1,0 +1,307 @@
+"""The data contract: where a dataset is, how it is read and normalised, and its schema.
+
+A dataset is one CSV or Parquet file or a prefix/folder of many, on local disk, in the
+store, or at an ``s3://`` URI. Its schema (names, kinds, dtypes, categories, ranges, null
+rates) is inferred at first ingest and written next to every model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from components.settings import Settings
+from components.store import NotFound, Store, StoreError, open_store
+
+Task = Literal["classification", "regression"]
+Kind = Literal["numeric", "categorical", "datetime", "boolean"]
+SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
+MAX_CATEGORIES = 50
+
+
+class DataError(ValueError):
+    """The user's data is unusable; the message names the file or column."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the user says about a dataset."""
+
+    source: str
+    target: str
+    task: Task | None = None
+    timestamp: str | None = None
+    id_columns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    name: str = "dataset"
+
+
+@dataclass
+class Column:
+    name: str
+    kind: Kind
+    dtype: str
+    null_rate: float
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+
+
+@dataclass
+class Schema:
+    """The feature contract of a model version: training, serving and monitoring read it."""
+
+    target: str
+    task: Task
+    features: list[Column]
+    classes: list[Any] | None = None
+    timestamp: str | None = None
+    id_columns: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.features]
+
+    def column(self, name: str) -> Column:
+        for c in self.features:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Schema:
+        d = json.loads(text)
+        d["features"] = [Column(**c) for c in d["features"]]
+        return cls(**d)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, pd.Timestamp):
+        return o.isoformat()
+    raise TypeError(type(o))
+
+
+# --- locating and reading ----------------------------------------------------------------
+
+def _is_data_file(name: str) -> bool:
+    return name.lower().endswith(SUFFIXES)
+
+
+def _read_bytes(name: str, data: bytes) -> pd.DataFrame:
+    try:
+        if name.lower().endswith((".parquet", ".pq")):
+            return pd.read_parquet(io.BytesIO(data))
+        return pd.read_csv(io.BytesIO(data), compression="gzip" if name.endswith(".gz") else None, low_memory=False)
+    except Exception as exc:  # pandas/pyarrow raise many types for a bad file
+        raise DataError(f"{name} cannot be read as {'Parquet' if 'parquet' in name or name.endswith('.pq') else 'CSV'}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved dataset location: the files and a fingerprint of their content."""
+
+    files: tuple[str, ...]
+    fingerprint: str
+    store_uri: str | None  # None: local disk
+
+
+def resolve(source: str, settings: Settings) -> Source:
+    """Find the data files behind ``source`` and fingerprint their content.
+
+    Local files are hashed byte by byte; objects in a store by key, size and ETag, which
+    S3 computes from the content, so changed data always changes the fingerprint.
+    """
+    h = hashlib.sha256()
+    local = Path(source).expanduser()
+    if "://" not in source and local.exists():
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and _is_data_file(p.name))
+        if not files:
+            raise DataError(f"{source} holds no CSV or Parquet files")
+        for p in files:
+            if not _is_data_file(p.name):
+                raise DataError(f"{p} is not a CSV or Parquet file (expected {', '.join(SUFFIXES)})")
+            h.update(p.name.encode())
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+        return Source(tuple(str(p.resolve()) for p in files), h.hexdigest()[:16], None)
+    if source.startswith("s3://"):
+        bucket_and_key = source[len("s3://"):]
+        bucket, _, key = bucket_and_key.partition("/")
+        store = open_store(f"s3://{bucket}", settings)
+        prefix = key
+    elif "://" in source and not source.startswith("file://"):
+        raise DataError(f"data source {source!r}: use a local path, an s3:// URI or a key in the store")
+    else:
+        store = open_store(settings.store, settings)
+        prefix = source.removeprefix("store:")
+        if not prefix or prefix.startswith("/") or prefix.startswith("file://"):
+            raise DataError(f"data file {source} does not exist")
+    keys = [k for k in store.list(prefix) if _is_data_file(k)]
+    if not keys:
+        raise DataError(f"data source {source} does not exist or holds no CSV or Parquet files")
+    for k in keys:
+        v = store.read_versioned(k)
+        h.update(k.encode())
+        h.update(v.etag.encode())
+        h.update(str(len(v.data)).encode())
+    return Source(tuple(keys), h.hexdigest()[:16], store.uri)
+
+
+def read_source(src: Source, settings: Settings) -> pd.DataFrame:
+    """Read every file of a resolved source into one frame."""
+    frames = []
+    store: Store | None = open_store(src.store_uri, settings) if src.store_uri else None
+    for f in src.files:
+        try:
+            data = store.read(f) if store else Path(f).read_bytes()
+        except (OSError, NotFound) as exc:
+            raise DataError(f"{f} cannot be read: {exc}") from None
+        frames.append(_read_bytes(f, data))
+    if len(frames) == 1:
+        return frames[0]
+    cols = frames[0].columns
+    for f, fr in zip(src.files[1:], frames[1:], strict=True):
+        if list(fr.columns) != list(cols):
+            raise DataError(f"{f} has columns {list(fr.columns)[:8]}…, unlike {src.files[0]}")
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- normalising ---------------------------------------------------------------------------
+
+def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Parse dates, make booleans numeric, keep strings as strings; never reorders rows."""
+    frame = frame.copy()
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for col in frame.columns:
+        s = frame[col]
+        if col == spec.target or col in spec.id_columns:
+            continue
+        if s.dtype == bool:
+            frame[col] = s.astype("float64")
+        elif s.dtype == object or pd.api.types.is_string_dtype(s):
+            if col == spec.timestamp or _looks_like_dates(s):
+                parsed = _parse_dates(s)
+                if parsed is not None:
+                    frame[col] = parsed
+                    continue
+            frame[col] = s.astype("object").where(s.notna(), None)
+        elif pd.api.types.is_datetime64_any_dtype(s):
+            frame[col] = pd.to_datetime(s, utc=True).dt.tz_localize(None)
+    if spec.timestamp and spec.timestamp in frame and not pd.api.types.is_datetime64_any_dtype(frame[spec.timestamp]):
+        raise DataError(f"timestamp column {spec.timestamp!r} does not hold dates")
+    return frame
+
+
+def _parse_dates(s: pd.Series) -> pd.Series | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+    if parsed.notna().sum() < 0.9 * s.notna().sum():
+        return None
+    return parsed.dt.tz_localize(None)
+
+
+def _looks_like_dates(s: pd.Series) -> bool:
+    sample = s.dropna().astype(str).head(50)
+    if sample.empty:
+        return False
+    hits = sample.str.match(r"^\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+    return bool(hits.mean() > 0.9)
+
+
+def infer_task(target: pd.Series) -> Task:
+    """Classification for labels (strings, booleans, few integer values), else regression."""
+    s = target.dropna()
+    if s.dtype == object or s.dtype == bool or isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(s):
+        return "classification"
+    nunique = s.nunique()
+    if pd.api.types.is_integer_dtype(s) or (pd.api.types.is_float_dtype(s) and np.all(np.mod(s.to_numpy(), 1) == 0)):
+        if nunique <= 20 and nunique <= max(2, 0.05 * len(s)):
+            return "classification"
+    return "regression"
+
+
+def _is_id_like(name: str, s: pd.Series) -> bool:
+    n = s.notna().sum()
+    if n < 20:
+        return False
+    lname = name.lower()
+    named = lname == "id" or lname.endswith(("_id", "uuid")) or lname.startswith("id_")
+    unique_ratio = s.nunique() / n
+    if s.dtype == object:
+        return unique_ratio > 0.95 and (named or s.dropna().astype(str).str.len().median() >= 8)
+    if pd.api.types.is_integer_dtype(s):
+        return named and unique_ratio > 0.95
+    return False
+
+
+def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
+    """Infer the feature schema; id-like and excluded columns are recorded, not used."""
+    if spec.target not in frame.columns:
+        raise DataError(f"target column {spec.target!r} is not in the data (columns: {', '.join(map(str, frame.columns[:20]))})")
+    for col in (*spec.exclude, *spec.id_columns):
+        if col not in frame.columns:
+            raise DataError(f"column {col!r} given to leave out is not in the data")
+    if spec.timestamp and spec.timestamp not in frame.columns:
+        raise DataError(f"timestamp column {spec.timestamp!r} is not in the data")
+    task = spec.task or infer_task(frame[spec.target])
+    ids = list(spec.id_columns)
+    features: list[Column] = []
+    for col in frame.columns:
+        if col in (spec.target, spec.timestamp) or col in spec.exclude or col in ids:
+            continue
+        s = frame[col]
+        if _is_id_like(col, s):
+            ids.append(col)
+            continue
+        null_rate = float(s.isna().mean()) if len(s) else 0.0
+        if pd.api.types.is_datetime64_any_dtype(s):
+            lo, hi = s.min(), s.max()
+            features.append(Column(col, "datetime", "datetime64[ns]", null_rate,
+                                   None if pd.isna(lo) else lo.timestamp(), None if pd.isna(hi) else hi.timestamp()))
+        elif pd.api.types.is_numeric_dtype(s):
+            lo, hi = s.min(), s.max()
+            features.append(Column(col, "numeric", str(s.dtype), null_rate,
+                                   None if pd.isna(lo) else float(lo), None if pd.isna(hi) else float(hi)))
+        else:
+            counts = s.dropna().astype(str).value_counts()
+            cats = sorted(counts.index[:MAX_CATEGORIES].tolist())
+            features.append(Column(col, "categorical", "object", null_rate, categories=cats))
+    classes = None
+    if task == "classification":
+        classes = sorted(frame[spec.target].dropna().unique().tolist(), key=str)
+        classes = [c.item() if isinstance(c, np.generic) else c for c in classes]
+    return Schema(spec.target, task, features, classes, spec.timestamp, ids, list(spec.exclude))
+
+
+def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Source]:
+    """Resolve, read and normalise a dataset (the body of the ingest stage)."""
+    try:
+        src = resolve(spec.source, settings)
+    except StoreError as exc:
+        raise DataError(str(exc)) from None
+    frame = normalise(read_source(src, settings), spec)
+    return frame, src
+
+
+# --- column names of the logs every service writes (prefixed so no feature can clash) -------
+REQUEST_ID = "_request_id"
+TIME = "_time"
+MODEL_VERSION = "_model_version"
+PREDICTION = "_prediction"
+LABEL = "_label"

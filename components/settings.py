@@ -1,0 +1,121 @@
+"""One typed settings object for the whole system, read at the edge and passed in.
+
+Values come from (highest first) explicit arguments, ``FLYWHEEL_*`` environment variables,
+the standard AWS variables for S3, and an optional YAML file named by ``FLYWHEEL_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting the user gave is wrong; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Everything Flywheel can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="forbid", frozen=True)
+
+    store: str = Field(".flywheel/store", description="Store URI: a directory, file://… or s3://bucket/prefix.")
+    model: str = Field("demo", description="Model name: the registry, predictions and monitoring key.")
+    runner: Literal["local", "kfp"] = Field("local", description="Where pipelines run.")
+    pipeline_root: str = Field(".flywheel/pipeline_root", description="KFP pipeline root (local dir for kfp.local).")
+
+    # S3 / MinIO: the standard AWS variables, never FLYWHEEL_-prefixed.
+    s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLYWHEEL_S3_ENDPOINT_URL"))
+    s3_region: str | None = Field(None, validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION"))
+    s3_max_attempts: int = Field(5, ge=1, description="botocore standard-mode retry attempts.")
+
+    # KFP cluster
+    kfp_host: str | None = Field(None, description="KFP API host, e.g. http://ml-pipeline.kubeflow:8888.")
+    kfp_experiment: str = "flywheel"
+    kfp_pipeline: str = "flywheel-training"
+    kfp_namespace: str | None = None
+
+    # Training
+    parallelism: int = Field(2, ge=1, description="Concurrent training candidates (ParallelFor).")
+    cv_folds: int = Field(3, ge=2)
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
+    promotion_margin: float = Field(0.0, ge=0, description="Challenger must beat the champion by this much.")
+    min_accuracy: float = Field(0.6, ge=0, le=1, description="Absolute gate for classifiers (balanced accuracy).")
+    min_r2: float = Field(0.1, le=1, description="Absolute gate for regressors (R2).")
+    max_train_rows: int = Field(200_000, ge=1000, description="Rows used for the hyper-parameter search (sampled).")
+    seed: int = 42
+
+    # Monitoring
+    window_minutes: int | None = Field(None, ge=1, description="Window length; default: since the last pass.")
+    min_rows: int = Field(1000, ge=1)
+    drift_share_threshold: float = Field(0.3, gt=0, le=1)
+    quality_drop_threshold: float = Field(0.05, ge=0)
+    cooldown_minutes: int = Field(60, ge=0)
+    sample_size: int = Field(50_000, ge=1000, description="Rows of the window handed to Evidently.")
+    evidently_workspace: str = ".flywheel/evidently"
+    pushgateway: str | None = None
+
+    # Serving
+    spill_dir: str = ".flywheel/spill"
+    log_flush_rows: int = Field(1000, ge=1)
+    log_flush_seconds: float = Field(2.0, gt=0)
+    serving_deployment: str = "flywheel-serving"
+    serving_namespace: str = "flywheel"
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if "://" in v and not v.startswith(("file://", "s3://")):
+            raise ValueError(f"store URI {v!r} must be a directory, file://… or s3://bucket/prefix")
+        if v.startswith("s3://") and not v[len("s3://"):].split("/")[0]:
+            raise ValueError(f"store URI {v!r} has no bucket name")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by FLYWHEEL_CONFIG (keys are field names)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("FLYWHEEL_CONFIG")
+        if not path:
+            return {}
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"FLYWHEEL_CONFIG points to {path}, which is not a file")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of setting names to values")
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment, the YAML file and explicit overrides.
+
+    Raises ConfigError naming the bad setting.
+    """
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"setting {field!r}: {err['msg']}") from None

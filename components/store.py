@@ -1,0 +1,349 @@
+"""The object store every stage works against: a local directory or S3/MinIO through boto3.
+
+Keys are '/'-separated relative paths (``registry/demo/champion.json``). Every write is
+atomic: a reader sees the old object or the whole new one, never a part. Two primitives
+carry the concurrency rules of the registry and the monitor:
+
+* ``create(key, data)`` writes only if the key does not exist yet (If-None-Match: * on S3,
+  ``O_EXCL`` link locally) and says whether it won;
+* ``replace(key, data, expected)`` writes only if the object is still the version the caller
+  read (If-Match on the ETag on S3; a lock + compare locally), so concurrent promotions never
+  lose an update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from components.settings import Settings
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached or used; the message names the store and key."""
+
+
+class NotFound(StoreError, KeyError):
+    """The key does not exist in the store."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes with the token a conditional replace must present."""
+
+    data: bytes
+    etag: str
+
+
+class Store(Protocol):
+    """What the stages need from object storage."""
+
+    uri: str
+
+    def read(self, key: str) -> bytes: ...
+    def read_versioned(self, key: str) -> Versioned: ...
+    def write(self, key: str, data: bytes) -> None: ...
+    def create(self, key: str, data: bytes) -> bool: ...
+    def replace(self, key: str, data: bytes, expected: str | None) -> bool: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+    def upload_file(self, path: str | Path, key: str) -> None: ...
+    def download_file(self, key: str, path: str | Path) -> None: ...
+    def url(self, key: str) -> str: ...
+
+
+def _etag(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _clean_key(key: str) -> str:
+    key = key.strip("/")
+    if not key or ".." in key.split("/"):
+        raise StoreError(f"invalid store key {key!r}")
+    return key
+
+
+class LocalStore:
+    """A directory on disk. Writes go to a temp file and are renamed into place."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = f"file://{self.root}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"store directory {self.root} cannot be created: {exc.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"store directory {self.root} is not writable")
+
+    def _path(self, key: str) -> Path:
+        return self.root / _clean_key(key)
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{key} not found in store {self.uri}") from None
+
+    def read_versioned(self, key: str) -> Versioned:
+        data = self.read(key)
+        return Versioned(data, _etag(data))
+
+    def _tmp(self, path: Path) -> tuple[int, str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        fd, tmp = self._tmp(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        fd, tmp = self._tmp(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.link(tmp, path)  # atomic, fails if the key exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def _lock(self, path: Path) -> Iterator[None]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def replace(self, key: str, data: bytes, expected: str | None) -> bool:
+        path = self._path(key)
+        with self._lock(path):
+            try:
+                current = _etag(path.read_bytes())
+            except FileNotFoundError:
+                current = None
+            if current != expected:
+                return False
+            self.write(key, data)
+            return True
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        if base.is_file():
+            return [prefix.strip("/")]
+        if not base.is_dir():
+            return []
+        out = []
+        for p in base.rglob("*"):
+            if p.is_file() and not p.name.startswith("."):
+                out.append(p.relative_to(self.root).as_posix())
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def upload_file(self, path: str | Path, key: str) -> None:
+        dest = self._path(key)
+        fd, tmp = self._tmp(dest)
+        os.close(fd)
+        try:
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def download_file(self, key: str, path: str | Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise NotFound(f"{key} not found in store {self.uri}")
+        Path(path).write_bytes(src.read_bytes())
+
+
+class S3Store:
+    """A bucket (and optional prefix) on S3 or MinIO through boto3.
+
+    S3 PUTs are atomic by nature; conditional writes use If-None-Match / If-Match, which
+    AWS S3, MinIO and moto support. Large files go through boto3's multipart transfer.
+    """
+
+    def __init__(self, uri: str, settings: Settings) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        rest = uri[len("s3://"):]
+        self.bucket, _, prefix = rest.partition("/")
+        self.prefix = prefix.strip("/")
+        self.uri = uri.rstrip("/")
+        cfg = Config(
+            retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+            connect_timeout=5,
+            read_timeout=30,
+        )
+        self.client = boto3.client(
+            "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region or "us-east-1", config=cfg
+        )
+        self.transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20)
+
+    def _key(self, key: str) -> str:
+        key = _clean_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _call(self, what: str, key: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"{key} not found in store {self.uri}") from None
+            if code == "NoSuchBucket":
+                raise StoreError(f"bucket {self.bucket!r} of store {self.uri} does not exist") from None
+            raise
+        except BotoCoreError as exc:
+            raise StoreError(f"store {self.uri} is unreachable while trying to {what} {key}: {exc}") from None
+
+    def read(self, key: str) -> bytes:
+        return self.read_versioned(key).data
+
+    def read_versioned(self, key: str) -> Versioned:
+        resp = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return Versioned(resp["Body"].read(), resp["ETag"])
+
+    def write(self, key: str, data: bytes) -> None:
+        self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def _conditional_put(self, key: str, data: bytes, **cond: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
+            return True
+        except NotFound:  # If-Match on a key that is gone
+            return False
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code", "")
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+
+    def create(self, key: str, data: bytes) -> bool:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def replace(self, key: str, data: bytes, expected: str | None) -> bool:
+        if expected is None:
+            return self.create(key, data)
+        return self._conditional_put(key, data, IfMatch=expected)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("check", key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+            return True
+        except NotFound:
+            return False
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix) if prefix.strip("/") else self.prefix
+        strip = f"{self.prefix}/" if self.prefix else ""
+        out: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call("list", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                k = obj["Key"]
+                rel = k[len(strip):] if k.startswith(strip) else k
+                if rel == prefix.strip("/") or rel.startswith(prefix.strip("/").rstrip("/") + "/") or not prefix.strip("/"):
+                    out.append(rel)
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def upload_file(self, path: str | Path, key: str) -> None:
+        self._call("upload", key, self.client.upload_file, str(path), self.bucket, self._key(key), Config=self.transfer)
+
+    def download_file(self, key: str, path: str | Path) -> None:
+        self._call("download", key, self.client.download_file, self.bucket, self._key(key), str(path), Config=self.transfer)
+
+
+def open_store(uri: str | None = None, settings: Settings | None = None) -> Store:
+    """Open the store named by ``uri`` (default: the settings' store)."""
+    settings = settings or Settings()
+    uri = uri or settings.store
+    if uri.startswith("s3://"):
+        store = S3Store(uri, settings)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            store.client.head_bucket(Bucket=store.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StoreError(f"bucket {store.bucket!r} of store {uri} does not exist") from None
+            raise StoreError(f"store {uri} refused access: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"store {uri} is unreachable (endpoint {settings.s3_endpoint_url or 'AWS'}): {exc}") from None
+        return store
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        raise StoreError(f"store URI {uri!r} must be a directory, file://… or s3://bucket/prefix")
+    return LocalStore(uri)
+
+
+# --- tabular helpers shared by every stage -----------------------------------------------
+
+def write_parquet(store: Store, key: str, frame: pd.DataFrame) -> None:
+    """Write a frame as one Parquet object (atomic)."""
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    store.write(key, buf.getvalue())
+
+
+def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one Parquet object."""
+    return pd.read_parquet(io.BytesIO(store.read(key)), columns=columns)
