@@ -1,0 +1,134 @@
+"""Features: the split and the preprocessing pipeline that ships inside every model.
+
+Everything here is fit on training rows only; the fitted pipeline is pickled with the
+estimator, so serving applies exactly what training did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
+from sklearn.feature_selection import SelectFromModel
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from components.data import Schema
+
+DATE_PARTS = ("year", "month", "day", "dayofweek", "hour")
+
+
+def split(
+    frame: pd.DataFrame, schema: Schema, holdout_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Holdout split: the latest rows when a timestamp exists, else stratified random."""
+    frame = frame[frame[schema.target].notna()]
+    if schema.timestamp:
+        ordered = frame.sort_values(schema.timestamp, kind="stable")
+        cut = int(round(len(ordered) * (1 - holdout_fraction)))
+        return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
+    stratify = frame[schema.target] if schema.task == "classification" else None
+    train, holdout = train_test_split(frame, test_size=holdout_fraction, random_state=seed, stratify=stratify)
+    return train.reset_index(drop=True), holdout.reset_index(drop=True)
+
+
+def date_parts(x: Any) -> np.ndarray:
+    """Calendar parts of each datetime column (module-level so the model pickles)."""
+    df = pd.DataFrame(x)
+    cols = []
+    for c in df.columns:
+        d = pd.to_datetime(df[c], errors="coerce")
+        cols += [getattr(d.dt, p).astype("float64").to_numpy() for p in DATE_PARTS]
+    return np.column_stack(cols) if cols else np.empty((len(df), 0))
+
+
+def _to_str(x: Any) -> np.ndarray:
+    """Categories as strings, missing as None (so the imputer sees them)."""
+    df = pd.DataFrame(x).astype("object")
+    return df.where(df.notna(), None).astype("object").map(lambda v: None if v is None else str(v)).to_numpy()
+
+
+class DropUninformative(BaseEstimator, TransformerMixin):
+    """Drop near-constant and duplicate columns, learned on the training rows."""
+
+    def __init__(self, min_variance: float = 1e-8) -> None:
+        self.min_variance = min_variance
+
+    def fit(self, X: Any, y: Any = None) -> DropUninformative:
+        a = _dense(X)
+        var = np.nanvar(a, axis=0) if a.size else np.zeros(a.shape[1])
+        keep = var > self.min_variance
+        seen: set[bytes] = set()
+        for i in np.flatnonzero(keep):
+            key = np.ascontiguousarray(a[: min(len(a), 5000), i]).tobytes()
+            if key in seen:
+                keep[i] = False
+            seen.add(key)
+        if not keep.any() and a.shape[1]:
+            keep[np.argmax(var)] = True
+        self.keep_ = keep
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        return _dense(X)[:, self.keep_]
+
+
+def _dense(X: Any) -> np.ndarray:
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    return np.asarray(X, dtype="float64")
+
+
+def preprocessor(schema: Schema) -> ColumnTransformer:
+    """Impute + scale numbers, impute + one-hot categories (unknowns ignored), date parts."""
+    by_kind: dict[str, list[str]] = {"numeric": [], "categorical": [], "datetime": [], "boolean": []}
+    for c in schema.features:
+        by_kind[c.kind].append(c.name)
+    parts: list[tuple[str, Any, list[str]]] = []
+    numeric = by_kind["numeric"] + by_kind["boolean"]
+    if numeric:
+        parts.append(("numeric", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()), numeric))
+    if by_kind["categorical"]:
+        parts.append((
+            "categorical",
+            make_pipeline(
+                FunctionTransformer(_to_str, feature_names_out="one-to-one"),
+                SimpleImputer(strategy="constant", fill_value="__missing__"),
+                OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, max_categories=30, sparse_output=False),
+            ),
+            by_kind["categorical"],
+        ))
+    if by_kind["datetime"]:
+        parts.append((
+            "datetime",
+            make_pipeline(FunctionTransformer(date_parts), SimpleImputer(strategy="median", keep_empty_features=True)),
+            by_kind["datetime"],
+        ))
+    return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
+
+
+def build(schema: Schema, estimator: Any, select_features: bool, seed: int) -> Pipeline:
+    """The whole model: preprocessing, clean-up, optional model-based selection, estimator."""
+    selector: Any = "passthrough"
+    if select_features:
+        base = (ExtraTreesClassifier if schema.task == "classification" else ExtraTreesRegressor)(
+            n_estimators=50, max_depth=8, random_state=seed, n_jobs=1
+        )
+        selector = SelectFromModel(base, threshold="0.5*mean")
+    return Pipeline([
+        ("prep", preprocessor(schema)),
+        ("clean", DropUninformative()),
+        ("select", selector),
+        ("model", estimator),
+    ])
+
+
+def xy(frame: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.Series]:
+    """The model's input columns and the target, in schema order."""
+    return frame[schema.feature_names], frame[schema.target]

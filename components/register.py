@@ -1,0 +1,139 @@
+"""Register: write an immutable model version, then promote it only if it passes the gate."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import joblib
+import pandas as pd
+
+from components.data import LABEL, PREDICTION, Schema
+from components.features import xy
+from components.registry import PromotionConflict, Registry, utcnow
+from components.settings import Settings
+
+REFERENCE_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+    challenger_score: float
+    champion_version: str | None
+    champion_score: float | None
+
+
+def gate(evaluation: dict[str, Any], champion_version: str | None, settings: Settings) -> tuple[bool, str]:
+    """The promotion rule: an absolute floor, then beat the champion by the margin."""
+    metric = evaluation["primary_metric"]
+    score = evaluation["challenger"][metric]
+    floor = settings.min_accuracy if evaluation["task"] == "classification" else settings.min_r2
+    if score < floor:
+        return False, f"{metric} {score:.4f} is below the floor {floor:.4f}"
+    if champion_version is None:
+        return True, f"first model: {metric} {score:.4f} passes the floor {floor:.4f}"
+    champ = evaluation.get("champion")
+    if not champ:
+        why = evaluation.get("champion_error") or "champion could not be scored"
+        return True, f"{metric} {score:.4f} passes the floor; champion {champion_version} cannot score this data ({why})"
+    target = champ[metric] + settings.promotion_margin
+    if score >= target and score > champ[metric] - 1e-12:
+        return True, f"{metric} {score:.4f} beats champion {champion_version} ({champ[metric]:.4f}) by at least {settings.promotion_margin}"
+    return False, f"{metric} {score:.4f} does not beat champion {champion_version} ({champ[metric]:.4f}) + margin {settings.promotion_margin}"
+
+
+def reference_sample(model: Any, frame: pd.DataFrame, schema: Schema, seed: int) -> pd.DataFrame:
+    """Training features with the model's predictions and the true labels: the drift baseline."""
+    rows = frame.sample(n=min(len(frame), REFERENCE_ROWS), random_state=seed) if len(frame) > REFERENCE_ROWS else frame
+    X, y = xy(rows, schema)
+    ref = X.reset_index(drop=True).copy()
+    ref[PREDICTION] = model.predict(X)
+    ref[LABEL] = y.to_numpy()
+    return ref
+
+
+def model_card(version: str, model_name: str, schema: Schema, evaluation: dict[str, Any], best: dict[str, Any],
+               fingerprint: str, run_id: str, decision: str) -> str:
+    m = evaluation["challenger"]
+    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, float))
+    return f"""# {model_name} {version}
+
+- Task: {schema.task}; target `{schema.target}`; {len(schema.features)} features
+- Data fingerprint: `{fingerprint}`
+- Pipeline run: `{run_id}`
+- Model: {best['candidate']['family']} {json.dumps(best['candidate']['params'])} (feature selection: {best['candidate'].get('select', False)})
+- Cross-validated {best['metric']}: {best['score']:.4f} ± {best['std']:.4f} on {best['rows']} rows
+- Created: {utcnow()}
+- Promotion decision: {decision}
+
+## Holdout metrics
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Features
+
+{', '.join(f'`{c.name}` ({c.kind})' for c in schema.features)}
+"""
+
+
+def register(
+    registry: Registry,
+    model: Any,
+    schema: Schema,
+    evaluation: dict[str, Any],
+    best: dict[str, Any],
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    fingerprint: str,
+    run_id: str,
+    champion_version: str | None,
+    settings: Settings,
+) -> Decision:
+    """Write the version (manifest last), then apply the promotion gate and record why."""
+    version = registry.claim_version()
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    ref = reference_sample(model, train, schema, settings.seed)
+    ref_buf = io.BytesIO()
+    ref.to_parquet(ref_buf, index=False)
+    promoted, reason = gate(evaluation, champion_version, settings)
+    metrics = {"task": schema.task, "primary_metric": evaluation["primary_metric"], "holdout": evaluation["challenger"],
+               "cv": {k: best[k] for k in ("metric", "score", "std", "rows")}}
+    files = {
+        "model.joblib": buf.getvalue(),
+        "schema.json": schema.to_json().encode(),
+        "metrics.json": json.dumps(metrics, indent=2).encode(),
+        "reference.parquet": ref_buf.getvalue(),
+        "card.md": model_card(version, registry.model, schema, evaluation, best, fingerprint, run_id, reason).encode(),
+    }
+    try:
+        from components.onnx_export import export_onnx
+    except ImportError:  # TODO(lead): drop once components/onnx_export.py lands
+        onnx_bytes, onnx_report = None, {"converted": False, "reason": "ONNX export not available"}
+    else:
+        onnx_bytes, onnx_report = export_onnx(model, xy(holdout, schema)[0], schema.task)
+    if onnx_bytes is not None:
+        files["model.onnx"] = onnx_bytes
+    files["onnx.json"] = json.dumps(onnx_report, indent=2, default=str).encode()
+    registry.write_version(version, files, {
+        "fingerprint": fingerprint, "run_id": run_id, "candidate": best["candidate"],
+        "primary_metric": evaluation["primary_metric"],
+        "score": evaluation["challenger"][evaluation["primary_metric"]],
+    })
+    if promoted:
+        try:
+            registry.promote(version, reason, expected=champion_version)
+        except PromotionConflict as exc:
+            promoted, reason = False, f"not promoted: {exc}"
+    champ = evaluation.get("champion") or {}
+    decision = Decision(version, promoted, reason, evaluation["challenger"][evaluation["primary_metric"]],
+                        champion_version, champ.get(evaluation["primary_metric"]))
+    registry.record_decision(version, {**asdict(decision), "decided_at": utcnow(), "run_id": run_id})
+    return decision

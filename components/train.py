@@ -1,0 +1,119 @@
+"""Train: the hyper-parameter search space, one cross-validated score per candidate, refit."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit, cross_val_score
+from sklearn.pipeline import Pipeline
+
+from components.data import Schema
+from components.features import build, xy
+
+# The search space: model family x parameters; each entry is one fan-out task.
+CLASSIFIERS: list[dict[str, Any]] = [
+    {"family": "logistic", "params": {"C": 1.0}, "select": False},
+    {"family": "logistic", "params": {"C": 0.1}, "select": True},
+    {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
+    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
+    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
+]
+REGRESSORS: list[dict[str, Any]] = [
+    {"family": "linear", "params": {"alpha": 1.0}, "select": False},
+    {"family": "linear", "params": {"alpha": 10.0}, "select": True},
+    {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
+    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
+    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
+]
+PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
+
+
+def candidates(task: str) -> list[dict[str, Any]]:
+    """The candidates for a task, each with a stable id."""
+    space = CLASSIFIERS if task == "classification" else REGRESSORS
+    return [{**c, "id": f"{i}-{c['family']}"} for i, c in enumerate(space)]
+
+
+def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
+    if task == "classification":
+        if family == "logistic":
+            return LogisticRegression(max_iter=1000, class_weight="balanced", **params)
+        if family == "random_forest":
+            return RandomForestClassifier(random_state=seed, n_jobs=1, class_weight="balanced", max_features="sqrt", **params)
+        if family == "hist_gradient_boosting":
+            return HistGradientBoostingClassifier(random_state=seed, class_weight="balanced", **params)
+    else:
+        if family == "linear":
+            return Ridge(**params)
+        if family == "random_forest":
+            return RandomForestRegressor(random_state=seed, n_jobs=1, max_features=0.5, **params)
+        if family == "hist_gradient_boosting":
+            return HistGradientBoostingRegressor(random_state=seed, **params)
+    raise ValueError(f"unknown model family {family!r} for {task}")
+
+
+def make_model(schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:
+    est = estimator(schema.task, candidate["family"], candidate["params"], seed)
+    return build(schema, est, candidate.get("select", False), seed)
+
+
+def _cv(schema: Schema, n: int, folds: int, seed: int) -> Any:
+    if schema.timestamp:
+        return TimeSeriesSplit(n_splits=folds)
+    if schema.task == "classification":
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return KFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
+def sample_rows(train: pd.DataFrame, schema: Schema, max_rows: int, seed: int) -> pd.DataFrame:
+    """At most ``max_rows`` training rows for the search (time order kept)."""
+    if len(train) <= max_rows:
+        return train
+    return train.sample(n=max_rows, random_state=seed).sort_index()
+
+
+def score_candidate(
+    train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], folds: int, seed: int, max_rows: int
+) -> dict[str, Any]:
+    """Cross-validated primary metric of one candidate on the training rows."""
+    rows = sample_rows(train, schema, max_rows, seed)
+    X, y = xy(rows, schema)
+    start = time.perf_counter()
+    scores = cross_val_score(
+        make_model(schema, candidate, seed), X, y, cv=_cv(schema, len(rows), folds, seed),
+        scoring=PRIMARY[schema.task], error_score="raise",
+    )
+    return {
+        "candidate": candidate,
+        "metric": PRIMARY[schema.task],
+        "score": float(np.mean(scores)),
+        "std": float(np.std(scores)),
+        "folds": folds,
+        "rows": len(rows),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def best(results: list[dict[str, Any] | str]) -> dict[str, Any]:
+    """The highest cross-validated score (ties: the simpler, earlier candidate)."""
+    parsed = [json.loads(r) if isinstance(r, str) else r for r in results]
+    if not parsed:
+        raise ValueError("no candidate was scored")
+    return max(parsed, key=lambda r: (round(r["score"], 6), -int(r["candidate"]["id"].split("-")[0])))
+
+
+def refit(train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:
+    """Fit the chosen candidate on all training rows."""
+    X, y = xy(train, schema)
+    return make_model(schema, candidate, seed).fit(X, y)
