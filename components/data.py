@@ -81,8 +81,9 @@ class Schema:
         return json.dumps(asdict(self), indent=2, default=_json_default)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> Schema:
-        d = json.loads(text)
+    def from_json(cls, text: str | bytes | dict) -> Schema:
+        # kfp.local hands loop bodies JSON-looking strings already decoded
+        d = dict(text) if isinstance(text, dict) else json.loads(text)
         d["features"] = [Column(**c) for c in d["features"]]
         return cls(**d)
 

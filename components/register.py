@@ -41,9 +41,8 @@ def gate(evaluation: dict[str, Any], champion_version: str | None, settings: Set
     if not champ:
         why = evaluation.get("champion_error") or "champion could not be scored"
         return True, f"{metric} {score:.4f} passes the floor; champion {champion_version} cannot score this data ({why})"
-    target = champ[metric] + settings.promotion_margin
-    if score >= target and score > champ[metric] - 1e-12:
-        return True, f"{metric} {score:.4f} beats champion {champion_version} ({champ[metric]:.4f}) by at least {settings.promotion_margin}"
+    if score > champ[metric] + settings.promotion_margin:
+        return True, f"{metric} {score:.4f} beats champion {champion_version} ({champ[metric]:.4f}) by more than {settings.promotion_margin}"
     return False, f"{metric} {score:.4f} does not beat champion {champion_version} ({champ[metric]:.4f}) + margin {settings.promotion_margin}"
 
 

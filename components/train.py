@@ -36,6 +36,7 @@ REGRESSORS: list[dict[str, Any]] = [
     {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
     {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
 ]
+_INT_PARAMS = {"n_estimators", "min_samples_leaf", "max_leaf_nodes", "max_depth"}
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
 
 
@@ -46,6 +47,8 @@ def candidates(task: str) -> list[dict[str, Any]]:
 
 
 def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
+    # parameters may come back from JSON as floats (KFP); integers stay integers
+    params = {k: int(v) if isinstance(v, float) and v.is_integer() and k in _INT_PARAMS else v for k, v in params.items()}
     if task == "classification":
         if family == "logistic":
             return LogisticRegression(max_iter=1000, class_weight="balanced", **params)

@@ -1,0 +1,251 @@
+"""The KFP v2 components: one thin wrapper per stage.
+
+Each body imports the project (installed in the component image, and in the host
+interpreter for ``kfp.local``) and calls the pure stage function. Data flows as KFP
+artifacts; every cached step takes the data fingerprint as an input.
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import (
+    HTML,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
+
+# Replaced at compile time by `flywheel compile --image`; kfp.local runs it in the host interpreter.
+COMPONENT_IMAGE = "ghcr.io/flywheel/flywheel-components:0.1.0"
+
+
+def component(fn):
+    return dsl.component(fn, base_image=COMPONENT_IMAGE, install_kfp_package=False)
+
+
+@component
+def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
+                store: str, model: str, run: str) -> str:
+    """Digest of the data behind the source; never cached, so changed data is always seen."""
+    from components import ingest, runtime
+
+    s = runtime.settings(store, model)
+    spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
+    return runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
+
+
+@component
+def champion(store: str, model: str, run: str) -> str:
+    """The champion version right now ('' for none); never cached."""
+    from components import runtime
+    from components.registry import Registry
+    from components.store import open_store
+
+    s = runtime.settings(store, model)
+    current = runtime.guarded(s, run, "champion", lambda: Registry(open_store(s.store, s), s.model).champion())
+    return current.version if current else ""
+
+
+@component
+def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
+           store: str, model: str, run: str, fingerprint: str,
+           dataset: Output[Dataset]) -> NamedTuple("Ingested", [("schema", str), ("rows", int)]):
+    """Read and normalise the data into a Parquet dataset; returns the schema (JSON)."""
+    from components import ingest as stage
+    from components import runtime
+
+    s = runtime.settings(store, model)
+    spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
+    result = runtime.guarded(s, run, "ingest", lambda: stage.ingest(spec, s))
+    result.frame.to_parquet(dataset.path, index=False)
+    dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
+    from collections import namedtuple
+
+    return namedtuple("Ingested", ["schema", "rows"])(result.schema.to_json(), len(result.frame))
+
+
+@component
+def validate(dataset: Input[Dataset], schema: str, store: str, model: str, run: str, champion: str,
+             report: Output[Markdown]) -> str:
+    """The data-quality gate: fails the run naming the column; returns warnings (JSON)."""
+    import json
+
+    import pandas as pd
+
+    from components import runtime
+    from components import validate as stage
+    from components.data import Schema
+    from components.registry import Registry
+    from components.store import open_store
+
+    s = runtime.settings(store, model)
+    sch = Schema.from_json(schema)
+    champ = Registry(open_store(s.store, s), s.model).schema(champion) if champion else None
+    result = stage.validate(pd.read_parquet(dataset.path), sch, champ)
+    with open(report.path, "w") as f:
+        f.write(result.markdown())
+    runtime.guarded(s, run, "validate", result.raise_for_errors)
+    return json.dumps(result.warnings)
+
+
+@component
+def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed: int,
+             train: Output[Dataset], holdout: Output[Dataset]):
+    """Split (time-aware when a timestamp exists) into training and holdout rows."""
+    import pandas as pd
+
+    from components import features as stage
+    from components.data import Schema
+
+    sch = Schema.from_json(schema)
+    tr, ho = stage.split(pd.read_parquet(dataset.path), sch, holdout_fraction, seed)
+    tr.to_parquet(train.path, index=False)
+    ho.to_parquet(holdout.path, index=False)
+    train.metadata["rows"], holdout.metadata["rows"] = len(tr), len(ho)
+    train.metadata["schema"] = schema  # self-describing: the search fan-out reads it from here
+
+
+@component
+def search_space(schema: str) -> list:
+    """The hyper-parameter candidates for the task: one fan-out task each."""
+    from components import train as stage
+    from components.data import Schema
+
+    return stage.candidates(Schema.from_json(schema).task)
+
+
+@component
+def train(train: Input[Dataset], candidate: dict, folds: int, seed: int, max_rows: int,
+          metrics: Output[Metrics]) -> str:
+    """Cross-validate one candidate (one fan-out task); returns its result (JSON).
+
+    The schema comes from the training set's metadata: kfp.local (2.17) replaces every
+    upstream task output passed into a ParallelFor body with the loop item.
+    """
+    import json
+
+    import pandas as pd
+
+    from components import train as stage
+    from components.data import Schema
+
+    schema = Schema.from_json(train.metadata["schema"])
+    result = stage.score_candidate(pd.read_parquet(train.path), schema, candidate, folds, seed, max_rows)
+    metrics.log_metric(result["metric"], result["score"])
+    metrics.log_metric("cv_std", result["std"])
+    return json.dumps(result)
+
+
+@component
+def refit(train: Input[Dataset], schema: str, results: list, seed: int, model: Output[Model]) -> str:
+    """Pick the best candidate and refit it on all training rows; returns the choice (JSON)."""
+    import json
+
+    import joblib
+    import pandas as pd
+
+    from components import train as stage
+    from components.data import Schema
+
+    best = stage.best(results)
+    fitted = stage.refit(pd.read_parquet(train.path), Schema.from_json(schema), best["candidate"], seed)
+    joblib.dump(fitted, model.path)
+    model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"]})
+    return json.dumps(best)
+
+
+@component
+def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: str, model_name: str, champion: str,
+             metrics: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[HTML]) -> str:
+    """Score challenger and champion on the same holdout; returns the evaluation (JSON)."""
+    import json
+
+    import joblib
+    import pandas as pd
+
+    from components import evaluate as stage
+    from components import runtime
+    from components.data import Schema
+    from components.registry import Registry
+    from components.store import open_store
+
+    s = runtime.settings(store, model_name)
+    sch = Schema.from_json(schema)
+    champ = Registry(open_store(s.store, s), s.model).load_model(champion) if champion else None
+    result = stage.evaluate(joblib.load(model.path), champ, pd.read_parquet(holdout.path), sch)
+    for k, v in result["challenger"].items():
+        if isinstance(v, float):
+            metrics.log_metric(k, v)
+    cm = result["challenger"].get("confusion_matrix")
+    if cm:
+        confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
+    with open(report.path, "w") as f:
+        f.write(stage.report_html(result, f"{model_name}: challenger vs champion {champion or '(none)'}"))
+    return json.dumps(result)
+
+
+@component
+def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset], schema: str, evaluation: str,
+             best: str, fingerprint: str, champion: str, store: str, model_name: str, run: str,
+             promotion_margin: float) -> str:
+    """Write the immutable version and apply the promotion gate; returns the promoted version or ''.
+
+    One plain output, because kfp.local conditions only resolve a task's single output.
+    The decision and its reason are recorded in the registry.
+    """
+    import json
+
+    import joblib
+    import pandas as pd
+
+    from components import register as stage
+    from components import runtime
+    from components.data import Schema
+    from components.registry import Registry
+    from components.store import open_store
+
+    s = runtime.settings(store, model_name, promotion_margin=promotion_margin)
+    reg = Registry(open_store(s.store, s), s.model)
+    decision = runtime.guarded(s, run, "register", lambda: stage.register(
+        reg, joblib.load(model.path), Schema.from_json(schema), json.loads(evaluation), json.loads(best),
+        pd.read_parquet(train.path), pd.read_parquet(holdout.path), fingerprint, run, champion or None, s,
+    ))
+    return decision.version if decision.promoted else ""
+
+
+@component
+def deploy(version: str, store: str, model: str, run: str) -> str:
+    """Roll the new champion out (embedded: the server follows the pointer)."""
+    from components import deploy as stage
+    from components import runtime
+
+    s = runtime.settings(store, model)
+    return runtime.guarded(s, run, "deploy", lambda: stage.deploy(version, s))
+
+
+@component
+def record_run(status: dsl.PipelineTaskFinalStatus, store: str, model: str, run: str) -> str:
+    """Exit handler: record how the run ended (and which step failed, and why)."""
+    import json
+
+    from components import runtime
+    from components.registry import utcnow
+    from components.store import NotFound, open_store
+
+    s = runtime.settings(store, model)
+    st = open_store(s.store, s)
+    key = runtime.run_key(model, run)
+    try:
+        error = json.loads(st.read(f"{key}/error.json"))
+    except NotFound:
+        error = None
+    st.write(f"{key}/status.json", json.dumps({
+        "run": run, "state": status.state, "finished_at": utcnow(),
+        "kfp_error": status.error_message or None, "error": error,
+    }).encode())
+    return status.state

@@ -1,0 +1,52 @@
+"""What every KFP component body shares: settings from parameters, and error records.
+
+A component body is three lines: build settings, call the stage, write outputs. When a
+stage fails on the user's input, the one-sentence reason is also written to the store
+(``runs/<model>/<run>/error.json``) so the CLI can print it instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from components.data import DataError, DatasetSpec
+from components.registry import utcnow
+from components.settings import ConfigError, Settings, load_settings
+from components.store import StoreError, open_store
+
+T = TypeVar("T")
+USER_ERRORS = (DataError, ConfigError, StoreError)
+
+
+def settings(store: str, model: str, **extra: Any) -> Settings:
+    return load_settings(store=store, model=model, **extra)
+
+
+def spec(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, name: str) -> DatasetSpec:
+    return DatasetSpec(
+        source=source, target=target, task=task or None, timestamp=timestamp or None,  # type: ignore[arg-type]
+        id_columns=tuple(id_columns), exclude=tuple(exclude), name=name,
+    )
+
+
+def run_key(model: str, run: str) -> str:
+    return f"runs/{model}/{run}"
+
+
+def guarded(settings: Settings, run: str, step: str, fn: Callable[[], T]) -> T:
+    """Run a stage; on failure record which step failed and why, then re-raise."""
+    try:
+        return fn()
+    except Exception as exc:
+        record = {
+            "step": step, "error": str(exc), "type": type(exc).__name__, "user_error": isinstance(exc, USER_ERRORS),
+            "at": utcnow(), "traceback": traceback.format_exc(limit=5),
+        }
+        try:
+            open_store(settings.store, settings).create(f"{run_key(settings.model, run)}/error.json", json.dumps(record).encode())
+        except Exception:  # the original error matters more than the record
+            pass
+        raise

@@ -1,0 +1,139 @@
+"""The `flywheel` command line: thin wrappers over the stages, runners and services."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Flywheel: train, serve, monitor and retrain tabular models in one loop.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models = typer.Typer(help="Inspect and manage the model registry.", no_args_is_help=True)
+app.add_typer(models, name="models")
+console = Console()
+err = Console(stderr=True)
+
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store URI (directory, file://… or s3://bucket/prefix); default FLYWHEEL_STORE.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name; default FLYWHEEL_MODEL or 'demo'.")]
+
+
+def _settings(**overrides):
+    from components.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+def _registry(store: str | None, model: str | None):
+    from components.registry import Registry
+    from components.store import open_store
+
+    s = _settings(store=store, model=model)
+    return Registry(open_store(s.store, s), s.model)
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="CSV or Parquet file, or a folder/prefix of them (local path, s3:// URI or store key).")],
+    target: Annotated[str, typer.Option(help="The column to predict.")],
+    task: Annotated[Optional[str], typer.Option(help="classification or regression; inferred when omitted.")] = None,
+    timestamp: Annotated[Optional[str], typer.Option(help="Timestamp column: enables a time-ordered split.")] = None,
+    id_column: Annotated[Optional[list[str]], typer.Option("--id-column", help="Identifier column(s), never used as features.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Column(s) to leave out.")] = None,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+    verbose: Annotated[bool, typer.Option(help="Show kfp.local's task logs.")] = False,
+) -> None:
+    """Run the training pipeline on kfp.local and print the version and the promotion decision."""
+    from components.data import DatasetSpec
+    from pipelines.local import run_training
+
+    if task not in (None, "classification", "regression"):
+        raise typer.BadParameter("must be classification or regression", param_hint="--task")
+    s = _settings(store=store, model=model)
+    spec = DatasetSpec(data, target, task, timestamp, tuple(id_column or ()), tuple(exclude or ()), s.model)  # type: ignore[arg-type]
+    with console.status(f"Training {s.model} on {data} (kfp.local)…"):
+        result = run_training(spec, s, quiet=not verbose)
+    verdict = "[green]promoted[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
+    cached = " (served from cache: same data as before)" if result["cached"] else ""
+    console.print(f"{s.model} [bold]{result['version']}[/bold] {verdict}{cached}: {result['reason']}")
+    console.print(f"champion: {result['champion']}  run: {result['run']}  data fingerprint: {result['fingerprint']}")
+
+
+@app.command("compile")
+def compile_(
+    output: Annotated[Path, typer.Option(help="Where to write the KFP IR YAML.")] = Path("flywheel-training.yaml"),
+    image: Annotated[Optional[str], typer.Option(help="Component image (default: the project's published image).")] = None,
+) -> None:
+    """Compile the training pipeline to KFP IR YAML."""
+    from components.kfp_components import COMPONENT_IMAGE
+    from pipelines.compile import compile_pipeline
+
+    path = compile_pipeline(output, image or COMPONENT_IMAGE)
+    console.print(f"wrote {path}")
+
+
+@models.command("list")
+def models_list(model: ModelOpt = None, store: StoreOpt = None) -> None:
+    """Every version with its holdout score and promotion decision."""
+    reg = _registry(store, model)
+    champ = reg.champion()
+    table = Table(title=f"{reg.model} in {reg.store.uri}")
+    for col in ("version", "created", "metric", "score", "decision", "champion"):
+        table.add_column(col)
+    for v in reg.versions():
+        m = reg.manifest(v)
+        d = reg.decision(v) or {}
+        table.add_row(v, m.get("created_at", ""), m.get("primary_metric", ""), f"{m.get('score', float('nan')):.4f}",
+                      d.get("reason", ""), "★" if champ and champ.version == v else "")
+    console.print(table)
+
+
+@models.command("show")
+def models_show(version: str, model: ModelOpt = None, store: StoreOpt = None) -> None:
+    """A version's manifest, metrics and decision."""
+    reg = _registry(store, model)
+    console.print_json(json.dumps({"manifest": reg.manifest(version), "metrics": reg.metrics(version),
+                                   "decision": reg.decision(version)}, default=str))
+
+
+@models.command("promote")
+def models_promote(version: str, model: ModelOpt = None, store: StoreOpt = None) -> None:
+    """Make VERSION the champion (by hand, bypassing the gate)."""
+    reg = _registry(store, model)
+    c = reg.promote(version, "promoted by hand")
+    console.print(f"champion of {reg.model}: {c.version} (was {c.previous})")
+
+
+@models.command("rollback")
+def models_rollback(model: ModelOpt = None, store: StoreOpt = None) -> None:
+    """Serve the previous champion again."""
+    reg = _registry(store, model)
+    c = reg.rollback()
+    console.print(f"champion of {reg.model}: {c.version} (rolled back from {c.previous})")
+
+
+def main() -> None:
+    """Entry point: user errors end with one sentence and exit code 1, never a traceback."""
+    from components.data import DataError
+    from components.registry import RegistryError
+    from components.settings import ConfigError
+    from components.store import StoreError
+    from pipelines.local import PipelineFailed
+
+    try:
+        app()
+    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
