@@ -1,0 +1,43 @@
+# Flywheel: every target creates the environment from the lock file when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+FLYWHEEL := $(VENV)/bin/flywheel
+export PATH := $(abspath $(TOOLS)/bin):$(abspath $(VENV)/bin):$(PATH)
+
+.PHONY: help env run test bench compile lint images bento ui clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+env: $(VENV)/.synced  ## Create .venv from uv.lock
+
+run: env  ## The whole loop on the embedded default: train, serve, drift, retrain, rollout
+	$(FLYWHEEL) run
+
+test: env  ## All tests (unit, integration, e2e)
+	$(PY) -m pytest
+
+bench: env  ## Every benchmark; one table and bench-results/bench.json
+	$(PY) -m benchmarks
+
+compile: env  ## KFP IR YAML of the training pipeline
+	$(FLYWHEEL) compile --output dist/flywheel-training.yaml
+
+lint: env  ## ruff
+	$(VENV)/bin/ruff check components pipelines services tests
+
+clean:  ## Remove the local store, pipeline root and environment
+	rm -rf .flywheel $(VENV) $(TOOLS) dist bench-results
