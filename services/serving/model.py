@@ -1,0 +1,303 @@
+"""The served model: a registry version loaded, smoke-tested, and swapped in atomically.
+
+``load_version`` builds a ``LoadedModel`` (validator from the schema, scikit-learn or ONNX
+runtime) and refuses it unless a smoke prediction on the version's reference rows succeeds
+and agrees with the predictions recorded at registration. ``ModelHolder`` keeps the one in
+service: pinned to a version, or following the champion pointer, where a new champion is
+loaded in a background thread and replaces the old one in a single reference assignment,
+so a request sees either the old model or the new one, never a half-loaded state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.data import PREDICTION, Schema
+from components.onnx_export import onnx_feed
+from components.registry import Registry
+from services.serving.validation import RecordValidator, Rows
+
+log = logging.getLogger("flywheel.serving")
+SMOKE_ROWS = 32
+CHAMPION = "champion"
+
+
+class ModelRefused(RuntimeError):
+    """A version cannot serve: it fails to load or its smoke prediction fails."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Model output for a batch of rows, in row order."""
+
+    values: np.ndarray  # class labels or regression values
+    proba: np.ndarray | None  # rows x classes, classifiers only
+
+
+class SklearnRuntime:
+    """The pickled scikit-learn pipeline; preprocessing runs once for predict and predict_proba."""
+
+    name = "sklearn"
+
+    def __init__(self, model: Any, task: str) -> None:
+        self.model = model
+        self.task = task
+        steps = getattr(model, "steps", None)
+        self._prep = model[:-1] if steps and len(steps) > 1 else None
+        self._est = steps[-1][1] if steps else model
+        self.classes = list(getattr(model, "classes_", [])) if task == "classification" else None
+
+    def predict(self, frame: pd.DataFrame) -> Prediction:
+        x = self._prep.transform(frame) if self._prep is not None else frame
+        values = self._est.predict(x)
+        proba = self._est.predict_proba(x) if self.classes and hasattr(self._est, "predict_proba") else None
+        return Prediction(np.asarray(values), proba)
+
+
+class OnnxRuntime:
+    """The ONNX export of the same pipeline, through onnxruntime (one input per feature)."""
+
+    name = "onnx"
+
+    def __init__(self, onnx_bytes: bytes, report: dict[str, Any], schema: Schema, classes: list[Any] | None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # one request batch at a time; threads would fight the HTTP loop
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.task = schema.task
+        self.classes = classes
+        self.inputs = report.get("inputs") or {i.name: i.name for i in self.session.get_inputs()}
+        self._types = {i.name: i.type for i in self.session.get_inputs()}
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def predict(self, frame: pd.DataFrame) -> Prediction:
+        out = self.session.run(None, onnx_feed(frame, self.inputs, self._types))
+        if self.task == "classification":
+            proba = np.asarray(out[1], dtype=np.float64) if len(out) > 1 else None
+            values = np.asarray(out[0]).ravel()
+            if self.classes is not None and proba is not None:
+                values = np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)]
+                values = values.astype(np.asarray(self.classes).dtype)
+            return Prediction(values, proba)
+        return Prediction(np.asarray(out[0], dtype=np.float64).ravel(), None)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One version ready to answer: its schema, validator and runtime."""
+
+    version: str
+    schema: Schema
+    validator: RecordValidator
+    runtime: Any  # SklearnRuntime | OnnxRuntime
+    fallback_reason: str | None = None  # why ONNX is not used, when it is not
+
+    @property
+    def runtime_name(self) -> str:
+        return self.runtime.name
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return self.runtime.classes
+
+    def predict(self, frame: pd.DataFrame) -> Prediction:
+        return self.runtime.predict(frame)
+
+
+def load_version(registry: Registry, version: str, prefer_onnx: bool = True) -> LoadedModel:
+    """Load and smoke-test a version; raise ModelRefused saying why it cannot serve."""
+    try:
+        schema = registry.schema(version)
+        model = registry.load_model(version)
+    except Exception as exc:  # a corrupt pickle raises anything
+        raise ModelRefused(f"version {version} of {registry.model} cannot be loaded: {exc}") from exc
+    validator = RecordValidator(schema)
+    sk = SklearnRuntime(model, schema.task)
+    reference = _reference(registry, version)
+    fallback = None
+    if prefer_onnx:
+        onnx, fallback = _onnx_runtime(registry, version, schema, sk.classes)
+        if onnx is not None:
+            candidate = LoadedModel(version, schema, validator, onnx)
+            try:
+                smoke_test(candidate, reference)
+                return candidate
+            except ModelRefused as exc:
+                fallback = f"ONNX runtime failed its smoke test ({exc}); serving scikit-learn"
+                log.warning("version %s: %s", version, fallback)
+    loaded = LoadedModel(version, schema, validator, sk, fallback)
+    smoke_test(loaded, reference)
+    return loaded
+
+
+def _reference(registry: Registry, version: str) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(io.BytesIO(registry.read(version, "reference.parquet")))
+    except Exception as exc:  # optional file; the smoke test then uses a synthetic record
+        log.warning("version %s has no readable reference.parquet (%s); smoke test uses a synthetic record", version, exc)
+        return None
+
+
+def _onnx_runtime(registry: Registry, version: str, schema: Schema,
+                  classes: list[Any] | None) -> tuple[OnnxRuntime | None, str | None]:
+    try:
+        report = json.loads(registry.read(version, "onnx.json"))
+    except Exception:
+        return None, "no ONNX export for this version"
+    if not (report.get("converted") and report.get("passed", report.get("converted"))):
+        return None, f"ONNX export not used: {report.get('reason', 'the check did not pass')}"
+    try:
+        return OnnxRuntime(registry.read(version, "model.onnx"), report, schema, classes), None
+    except Exception as exc:
+        return None, f"ONNX model cannot be loaded ({exc}); serving scikit-learn"
+
+
+def smoke_records(schema: Schema, reference: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """A few JSON-like records to try a model on: reference rows, else one synthetic row."""
+    if reference is not None and set(schema.feature_names) <= set(reference.columns) and len(reference):
+        return frame_to_records(reference[schema.feature_names].head(SMOKE_ROWS))
+    row: dict[str, Any] = {}
+    for c in schema.features:
+        if c.kind == "categorical":
+            row[c.name] = (c.categories or ["x"])[0]
+        elif c.kind == "datetime":
+            row[c.name] = pd.Timestamp(c.min or 0, unit="s").isoformat()
+        else:
+            row[c.name] = float(((c.min or 0.0) + (c.max or 0.0)) / 2)
+    return [row]
+
+
+def frame_to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a frame as JSON-like records (missing as None, dates as ISO strings)."""
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_datetime64_any_dtype(out[col]):
+            out[col] = out[col].map(lambda t: None if pd.isna(t) else t.isoformat())
+    out = out.astype(object).where(out.notna(), None)
+    return out.to_dict("records")
+
+
+def smoke_test(model: LoadedModel, reference: pd.DataFrame | None) -> None:
+    """Predict on reference rows; refuse a model that fails, or disagrees with its registration."""
+    records = smoke_records(model.schema, reference)
+    try:
+        rows, problems = model.validator.check(records)
+        if not len(rows):
+            raise ModelRefused(f"no reference row passes the version's own schema ({problems[0]})")
+        pred = model.predict(rows.frame)
+    except ModelRefused:
+        raise
+    except Exception as exc:
+        raise ModelRefused(f"smoke prediction of {model.version} ({model.runtime_name}) failed: {exc}") from exc
+    values = pred.values
+    if len(values) != len(rows):
+        raise ModelRefused(f"smoke prediction returned {len(values)} values for {len(rows)} rows")
+    if model.schema.task == "regression":
+        if not np.all(np.isfinite(values.astype(float))):
+            raise ModelRefused("smoke prediction returned non-finite values")
+    elif pred.proba is not None and not np.allclose(pred.proba.sum(axis=1), 1.0, atol=1e-3):
+        raise ModelRefused("smoke prediction probabilities do not sum to 1")
+    if reference is not None and PREDICTION in reference.columns and len(reference) >= len(records):
+        expected = reference[PREDICTION].to_numpy()[rows.frame.index.to_numpy()]
+        _agrees(model, values, expected)
+
+
+def _agrees(model: LoadedModel, got: np.ndarray, expected: np.ndarray) -> None:
+    if model.schema.task == "regression":
+        scale = max(1.0, float(np.nanstd(expected.astype(float))))
+        diff = float(np.nanmax(np.abs(got.astype(float) - expected.astype(float))))
+        if diff > 1e-3 * scale:
+            raise ModelRefused(f"smoke predictions differ from the registered ones by {diff:.3g}")
+    else:
+        agree = float(np.mean([str(a) == str(b) for a, b in zip(got, expected, strict=True)]))
+        if agree < 0.95:
+            raise ModelRefused(f"smoke predictions agree with the registered ones on only {agree:.0%} of rows")
+
+
+Listener = Callable[[str, str, str, str], None]  # (event, version, runtime, reason)
+
+
+class ModelHolder:
+    """The model in service, pinned or following the champion, swapped without downtime."""
+
+    def __init__(self, registry: Registry, version: str = CHAMPION, poll_seconds: float = 2.0,
+                 prefer_onnx: bool = True, listener: Listener | None = None) -> None:
+        self.registry = registry
+        self.follow = version == CHAMPION
+        self.pinned = None if self.follow else version
+        self.poll_seconds = poll_seconds
+        self.prefer_onnx = prefer_onnx
+        self.listener = listener or (lambda *a: None)
+        self.current: LoadedModel | None = None
+        self._refused: dict[str, float] = {}  # version -> when; retried after a while
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def start(self) -> None:
+        """Load in the background (probes answer meanwhile) and keep following the champion."""
+        self._thread = threading.Thread(target=self._run, name="flywheel-model-holder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wanted(self) -> str | None:
+        """The version that should serve now."""
+        if not self.follow:
+            return self.pinned
+        champ = self.registry.champion()
+        return champ.version if champ else None
+
+    def refresh(self) -> bool:
+        """One step: load and swap in the wanted version if it differs; True when swapped."""
+        try:
+            wanted = self.wanted()
+        except Exception as exc:  # a store outage must not take the serving model down
+            log.warning("cannot read the champion pointer of %s: %s", self.registry.model, exc)
+            return False
+        if wanted is None or (self.current is not None and self.current.version == wanted):
+            return False
+        refused_at = self._refused.get(wanted)
+        if refused_at is not None and time.monotonic() - refused_at < 60:
+            return False
+        try:
+            loaded = load_version(self.registry, wanted, self.prefer_onnx)
+        except ModelRefused as exc:
+            self._refused[wanted] = time.monotonic()
+            serving = self.current.version if self.current else "nothing"
+            log.error("refused version %s of %s, still serving %s: %s", wanted, self.registry.model, serving, exc)
+            self.listener("refused", wanted, "", str(exc))
+            return False
+        previous = self.current
+        self.current = loaded  # the swap: one reference assignment
+        self._refused.pop(wanted, None)
+        log.info("serving version %s of %s with %s (was %s)%s", loaded.version, self.registry.model,
+                 loaded.runtime_name, previous.version if previous else "nothing",
+                 f"; {loaded.fallback_reason}" if loaded.fallback_reason else "")
+        self.listener("swapped", loaded.version, loaded.runtime_name, previous.version if previous else "")
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            if self.ready and not self.follow:
+                return
+            self._stop.wait(self.poll_seconds)

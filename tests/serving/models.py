@@ -1,0 +1,72 @@
+"""Small real model versions for the serving tests, built with the project's own stages.
+
+A classifier with numeric, categorical and date features (scikit-learn's wine data, with a
+category and a date added) and an all-numeric regressor (the diabetes data). Each version
+is written the way the register stage writes it, ONNX export included.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_diabetes, load_wine
+
+from components.data import DatasetSpec, infer_schema
+from components.features import split
+from components.onnx_export import export_onnx
+from components.register import reference_sample
+from components.registry import Registry
+from components.train import make_model
+
+LOGISTIC = {"family": "logistic", "params": {"C": 1.0}, "select": False}
+LINEAR = {"family": "linear", "params": {"alpha": 1.0}, "select": False}
+
+
+def wine_frame() -> pd.DataFrame:
+    """Wine classes as strings, plus a categorical, a nullable numeric and a date feature."""
+    data = load_wine(as_frame=True)
+    frame = data.frame.rename(columns={"od280/od315_of_diluted_wines": "od280"})
+    frame["target"] = frame["target"].map(lambda i: f"class_{i}")
+    frame["region"] = pd.cut(frame["alcohol"], [0, 12.4, 13.4, 99], labels=["north", "centre", "south"]).astype(str)
+    frame.loc[frame.index % 17 == 0, "magnesium"] = np.nan
+    frame["harvest"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(frame.index * 3, unit="D")
+    return frame
+
+
+def diabetes_frame() -> pd.DataFrame:
+    return load_diabetes(as_frame=True).frame
+
+
+def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate: dict[str, Any],
+                promote: bool = True, seed: int = 0, onnx: bool = True) -> str:
+    """Fit, export and write one version (manifest last); promote it if asked."""
+    spec = DatasetSpec(source="memory", target=target)
+    schema = infer_schema(frame, spec)
+    train, holdout = split(frame, schema, 0.25, seed)
+    model = make_model(schema, candidate, seed)
+    model.fit(train[schema.feature_names], train[target])
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    ref = io.BytesIO()
+    reference_sample(model, train, schema, seed).to_parquet(ref, index=False)
+    files = {
+        "model.joblib": buf.getvalue(),
+        "schema.json": schema.to_json().encode(),
+        "metrics.json": json.dumps({"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
+        "reference.parquet": ref.getvalue(),
+    }
+    if onnx:
+        onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
+        if onnx_bytes is not None:
+            files["model.onnx"] = onnx_bytes
+        files["onnx.json"] = json.dumps(report, default=str).encode()
+    version = registry.claim_version()
+    registry.write_version(version, files, {"candidate": candidate})
+    if promote:
+        registry.promote(version, "test")
+    return version
