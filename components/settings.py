@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 class Settings(BaseSettings):
     """Everything Flywheel can be configured with."""
 
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="forbid", frozen=True, populate_by_name=True)
 
     store: str = Field(".flywheel/store", description="Store URI: a directory, file://… or s3://bucket/prefix.")
     model: str = Field("demo", description="Model name: the registry, predictions and monitoring key.")
