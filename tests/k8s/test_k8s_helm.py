@@ -140,7 +140,7 @@ def test_grafana_dashboard_covers_serving_and_drift(helm_production):
 def test_notes_tell_how_to_reach_the_service(helm_default):
     notes = helm_default["flywheel/templates/NOTES.txt"]
     assert "kubectl -n flywheel port-forward svc/flywheel-serving 3000:3000" in notes
-    assert "curl -s -X POST localhost:3000/predict" in notes
+    assert "curl -s -X POST localhost:3000/predict" in notes and "\"records\"" in notes
     assert "create job --from=cronjob/flywheel-monitor" in notes
     assert "Evidently UI" not in notes
 
