@@ -1,0 +1,179 @@
+"""Stage functions on scikit-learn's bundled real datasets and on generated messy data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+
+from components import evaluate, features, ingest, register, train, validate
+from components.data import DataError, DatasetSpec, infer_task
+from components.registry import Registry
+from components.store import open_store
+from components.synthetic import churn
+
+REAL = {
+    "breast_cancer": (load_breast_cancer, "classification", 0.9),
+    "wine": (load_wine, "classification", 0.85),
+    "diabetes": (load_diabetes, "regression", 0.3),
+}
+
+
+def _csv(tmp_path, frame: pd.DataFrame, name: str = "data.csv") -> str:
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def _train_direct(settings, spec: DatasetSpec):
+    """Every stage called directly, as the pipeline calls them."""
+    ing = ingest.ingest(spec, settings)
+    validate.validate(ing.frame, ing.schema).raise_for_errors()
+    tr, ho = features.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
+    results = [train.score_candidate(tr, ing.schema, c, 3, 0, 5000) for c in train.candidates(ing.schema.task)[:3]]
+    best = train.best(results)
+    model = train.refit(tr, ing.schema, best["candidate"], 0)
+    return ing, tr, ho, best, model
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_datasets_train_and_register(name, settings, tmp_path):
+    loader, task, floor = REAL[name]
+    path = _csv(tmp_path, loader(as_frame=True).frame)
+    ing, tr, ho, best, model = _train_direct(settings, DatasetSpec(path, "target"))
+    assert ing.schema.task == task
+    ev = evaluate.evaluate(model, None, ho, ing.schema)
+    metric = ev["primary_metric"]
+    assert ev["challenger"][metric] > floor
+    reg = Registry(open_store(settings.store, settings), name)
+    decision = register.register(reg, model, ing.schema, ev, best, tr, ho, ing.fingerprint, "test-run", None, settings)
+    assert decision.promoted and reg.champion().version == decision.version
+    files = reg.manifest(decision.version)["files"]
+    assert {"model.joblib", "schema.json", "metrics.json", "reference.parquet", "card.md"} <= set(files)
+    ref = pd.read_parquet(__import__("io").BytesIO(reg.read(decision.version, "reference.parquet")))
+    assert {"_prediction", "_label", *ing.schema.feature_names} <= set(ref.columns)
+    assert ing.fingerprint in reg.read(decision.version, "card.md").decode()
+    # the model that comes back from the registry predicts what the trained one did
+    X = ho[ing.schema.feature_names]
+    np.testing.assert_allclose(reg.load_model(decision.version).predict(X), model.predict(X))
+    # a challenger that is no better than the champion is kept out
+    again = register.register(reg, model, ing.schema, evaluate.evaluate(model, model, ho, ing.schema), best, tr, ho,
+                              ing.fingerprint, "test-run-2", decision.version, settings)
+    assert not again.promoted and "does not beat" in again.reason
+    assert reg.champion().version == decision.version
+
+
+def test_messy_data_with_dates_categories_nulls(settings, tmp_path):
+    frame = churn(3000, seed=3)
+    path = _csv(tmp_path, frame)
+    spec = DatasetSpec(path, "churned", timestamp="event_time")
+    ing, tr, ho, best, model = _train_direct(settings, spec)
+    kinds = {c.name: c.kind for c in ing.schema.features}
+    assert kinds["signup_date"] == "datetime" and kinds["plan"] == "categorical" and kinds["age"] == "numeric"
+    assert "customer_id" in ing.schema.id_columns and "customer_id" not in kinds
+    assert ing.schema.column("income").null_rate > 0.05
+    assert tr["event_time"].max() <= ho["event_time"].min()  # time-aware split
+    # unseen categories and missing values at prediction time do not break the model
+    probe = ho[ing.schema.feature_names].head(5).copy()
+    probe.loc[probe.index[0], "plan"] = "never-seen"
+    probe.loc[probe.index[1], ["age", "device", "signup_date"]] = [None, None, None]
+    assert len(model.predict(probe)) == 5
+    assert evaluate.score(model, ho, ing.schema)["roc_auc"] > 0.65
+
+
+def test_parquet_folder_of_many_files(settings, tmp_path):
+    frame = churn(1200, seed=4)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(frame, 3)):
+        part.to_parquet(folder / f"part-{i}.parquet", index=False)
+    ing = ingest.ingest(DatasetSpec(str(folder), "churned"), settings)
+    assert len(ing.frame) == 1200 and len(ing.files) == 3
+
+
+def test_fingerprint_follows_content(settings, tmp_path):
+    frame = churn(500, seed=5)
+    path = _csv(tmp_path, frame)
+    spec = DatasetSpec(path, "churned")
+    first = ingest.fingerprint(spec, settings)
+    assert ingest.fingerprint(spec, settings) == first
+    frame.loc[0, "age"] = 99
+    frame.to_csv(path, index=False)
+    assert ingest.fingerprint(spec, settings) != first
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: f.iloc[:0], "no rows"),
+        (lambda f: f.assign(churned=0), "only one class"),
+        (lambda f: f.assign(empty=None), "'empty' is entirely empty"),
+        (lambda f: f.assign(flat=7.0), "'flat' is constant"),
+        (lambda f: f.assign(leak=f["churned"].map({0: "stay", 1: "gone"})), "'leak' leaks the target"),
+        (lambda f: f.assign(leak_num=f["churned"] * 3.5 + 1), "'leak_num' leaks the target"),
+        (lambda f: f.assign(sparse=np.where(np.arange(len(f)) % 10 < 7, np.nan, 1.0)), "'sparse' is 70% missing"),
+    ],
+)
+def test_validation_gate_names_the_column(settings, tmp_path, mutate, message):
+    frame = mutate(churn(400, seed=6))
+    spec = DatasetSpec(_csv(tmp_path, frame), "churned")
+    ing = ingest.ingest(spec, settings) if len(frame) else None
+    if ing is None:
+        report = validate.validate(frame, ingest.infer_schema(frame, spec))
+    else:
+        report = validate.validate(ing.frame, ing.schema)
+    assert not report.ok
+    assert any(message in e for e in report.errors), report.errors
+    with pytest.raises(DataError, match="data validation failed"):
+        report.raise_for_errors()
+
+
+def test_schema_break_against_champion(settings, tmp_path):
+    frame = churn(400, seed=7)
+    spec = DatasetSpec(_csv(tmp_path, frame), "churned")
+    champion = ingest.ingest(spec, settings).schema
+    broken = frame.drop(columns=["income"]).assign(plan=np.arange(len(frame)) % 4)
+    new = ingest.ingest(DatasetSpec(_csv(tmp_path, broken, "b.csv"), "churned"), settings).schema
+    errors = validate.validate(ingest.ingest(DatasetSpec(_csv(tmp_path, broken, "b.csv"), "churned"), settings).frame,
+                               new, champion).errors
+    assert any("'income' used by the champion is missing" in e for e in errors)
+    assert any("'plan' changed from categorical to numeric" in e for e in errors)
+
+
+def test_imbalance_is_a_warning_not_an_error(settings, tmp_path):
+    frame = churn(2000, seed=8)
+    frame["churned"] = (np.arange(len(frame)) % 50 == 0).astype(int)
+    ing = ingest.ingest(DatasetSpec(_csv(tmp_path, frame), "churned"), settings)
+    report = validate.validate(ing.frame, ing.schema)
+    assert report.ok and any("imbalanced" in w for w in report.warnings)
+
+
+def test_bad_inputs_name_file_and_column(settings, tmp_path):
+    with pytest.raises(DataError, match="nope.csv"):
+        ingest.ingest(DatasetSpec(str(tmp_path / "nope.csv"), "y"), settings)
+    path = _csv(tmp_path, churn(100, seed=9))
+    with pytest.raises(DataError, match="target column 'churn' is not in the data"):
+        ingest.ingest(DatasetSpec(path, "churn"), settings)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="bad.parquet cannot be read as Parquet"):
+        ingest.ingest(DatasetSpec(str(bad), "y"), settings)
+
+
+def test_task_inference():
+    assert infer_task(pd.Series(["a", "b", "a"])) == "classification"
+    assert infer_task(pd.Series([0, 1] * 50)) == "classification"
+    assert infer_task(pd.Series(np.linspace(0, 1, 100))) == "regression"
+    assert infer_task(pd.Series(np.arange(100))) == "regression"
+
+
+def test_feature_selection_and_cleanup_are_fit_on_training_rows(settings, tmp_path):
+    frame = churn(1500, seed=10).assign(dup_age=lambda f: f["age"], near_const=0.0)
+    frame.loc[0, "near_const"] = 1e-9
+    ing = ingest.ingest(DatasetSpec(_csv(tmp_path, frame), "churned"), settings)
+    cand = next(c for c in train.candidates("classification") if c["select"])
+    model = train.refit(ing.frame, ing.schema, cand, 0)
+    prep_width = model.named_steps["prep"].transform(ing.frame[ing.schema.feature_names]).shape[1]
+    assert model.named_steps["clean"].keep_.sum() < prep_width  # duplicate and near-constant dropped
+    assert model.named_steps["select"].get_support().sum() < model.named_steps["clean"].keep_.sum()
