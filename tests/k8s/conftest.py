@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from k8s_support import HELM_VALUE_SETS, KUSTOMIZATIONS, helm_render, kustomize, manifests, values_file
+from k8s_support import (
+    HELM_VALUE_SETS,
+    KUSTOMIZATIONS,
+    helm_render,
+    kustomize,
+    manifests,
+    values_file,
+)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from k8s_support import BIN, REPO
 
 DOCKERFILES = ("components/Dockerfile", "services/serving/Dockerfile", "services/monitoring/Dockerfile")

@@ -8,8 +8,16 @@ import json
 import helm_python as helm
 import pytest
 import yaml
-
-from k8s_support import CHART, HELM_VALUE_SETS, NAMESPACE, find, helm_render, manifests, merge, values_file
+from k8s_support import (
+    CHART,
+    HELM_VALUE_SETS,
+    NAMESPACE,
+    find,
+    helm_render,
+    manifests,
+    merge,
+    values_file,
+)
 
 SERVING_METRICS = (
     "flywheel_request_duration_seconds", "flywheel_requests_total", "flywheel_batch_size",

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from k8s_support import REPO
 
 SCRIPT = REPO / "k8s" / "images.sh"
@@ -53,7 +52,7 @@ def test_component_image_default_matches_the_kfp_components():
 @pytest.mark.parametrize("dockerfile", ["components/Dockerfile", "services/serving/Dockerfile"])
 def test_python_images_are_multi_stage_from_the_lock_file(dockerfile):
     text = (REPO / dockerfile).read_text()
-    froms = re.findall(r"^FROM (\S+) AS (\w+)", text, flags=re.M)
+    froms = re.findall(r"^FROM (\S+) AS (\w+)", text, flags=re.MULTILINE)
     assert [alias for _, alias in froms] == ["builder", "runtime"]
     assert all(image.startswith("python:3.11-slim") for image, _ in froms)
     assert "COPY pyproject.toml uv.lock ./" in text
@@ -65,7 +64,7 @@ def test_python_images_are_multi_stage_from_the_lock_file(dockerfile):
 @pytest.mark.parametrize("dockerfile", list(DOCKERFILES))
 def test_images_run_as_numeric_non_root_without_credentials(dockerfile):
     text = (REPO / dockerfile).read_text()
-    users = re.findall(r"^USER (\S+)", text, flags=re.M)
+    users = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
     assert users and users[-1] == "10001:10001"
     assert "HEALTHCHECK" in text
     assert not re.search(r"AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY)|PASSWORD|TOKEN", text)
@@ -92,7 +91,7 @@ def test_dockerignore_keeps_the_context_to_what_is_installed():
 
 def test_make_images_names_each_dockerfile():
     makefile = REPO / "Makefile"
-    if not makefile.is_file() or not re.search(r"^images:", makefile.read_text(), flags=re.M):
+    if not makefile.is_file() or not re.search(r"^images:", makefile.read_text(), flags=re.MULTILINE):
         pytest.skip("Makefile has no `images` target yet (line to add: see docs/cluster.md)")
     if not shutil.which("make"):
         pytest.skip("make is not installed")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-
 from k8s_support import (
     CRD_KINDS,
     HELM_VALUE_SETS,
@@ -218,7 +217,7 @@ def test_kind_minio_is_single_replica_with_dev_secret(builds):
 def test_helm_and_kustomize_describe_the_same_resources(builds):
     """The chart renders what the kustomize base declares (the Namespace excepted: Helm
     installs into an existing one), plus the dashboard ConfigMap."""
-    ids = lambda docs: {(d["kind"], d["metadata"]["name"]) for d in docs}  # noqa: E731
+    ids = lambda docs: {(d["kind"], d["metadata"]["name"]) for d in docs}
     base = ids(builds["kustomize-base"]) - {("Namespace", "flywheel")}
     chart = ids(builds["helm-default"]) - {("ConfigMap", "flywheel-dashboard")}
     assert base == chart

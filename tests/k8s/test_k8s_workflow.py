@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import yaml
-
 from k8s_support import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "e2e-kind.yml"
