@@ -12,6 +12,7 @@ import pandas as pd
 
 from components.data import LABEL, PREDICTION, Schema
 from components.features import xy
+from components.onnx_export import export_onnx
 from components.registry import PromotionConflict, Registry, utcnow
 from components.settings import Settings
 
@@ -112,12 +113,7 @@ def register(
         "reference.parquet": ref_buf.getvalue(),
         "card.md": model_card(version, registry.model, schema, evaluation, best, fingerprint, run_id, reason).encode(),
     }
-    try:
-        from components.onnx_export import export_onnx
-    except ImportError:  # TODO(lead): drop once components/onnx_export.py lands
-        onnx_bytes, onnx_report = None, {"converted": False, "reason": "ONNX export not available"}
-    else:
-        onnx_bytes, onnx_report = export_onnx(model, xy(holdout, schema)[0], schema.task)
+    onnx_bytes, onnx_report = export_onnx(model, xy(holdout, schema)[0], schema.task)
     if onnx_bytes is not None:
         files["model.onnx"] = onnx_bytes
     files["onnx.json"] = json.dumps(onnx_report, indent=2, default=str).encode()

@@ -68,13 +68,39 @@ def train(
 def compile_(
     output: Annotated[Path, typer.Option(help="Where to write the KFP IR YAML.")] = Path("flywheel-training.yaml"),
     image: Annotated[Optional[str], typer.Option(help="Component image (default: the project's published image).")] = None,
+    s3_secret: Annotated[str, typer.Option(help="Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")] = "flywheel-s3",
+    node_selector: Annotated[Optional[list[str]], typer.Option(help="key=value node label for every task (repeatable).")] = None,
+    toleration: Annotated[Optional[list[str]], typer.Option(help="key[=value]:Effect toleration for every task (repeatable).")] = None,
+    pipeline_root: Annotated[Optional[str], typer.Option(help="Artifact root in the object store (default: <store>/pipeline_root for s3 stores).")] = None,
+    store: StoreOpt = None,
 ) -> None:
-    """Compile the training pipeline to KFP IR YAML."""
+    """Compile the training pipeline to KFP IR YAML, with the cluster's Kubernetes settings."""
     from components.kfp_components import COMPONENT_IMAGE
     from pipelines.compile import compile_pipeline
+    from pipelines.training import ClusterOptions
 
-    path = compile_pipeline(output, image or COMPONENT_IMAGE)
+    s = _settings(store=store)
+    cluster = ClusterOptions(s3_secret=s3_secret, s3_endpoint_url=s.s3_endpoint_url,
+                             node_selector=dict(_pair(x, "--node-selector") for x in node_selector or ()),
+                             tolerations=tuple(_toleration(t) for t in toleration or ()))
+    root = pipeline_root or (f"{s.store.rstrip('/')}/pipeline_root" if s.store.startswith("s3://") else None)
+    path = compile_pipeline(output, image or COMPONENT_IMAGE, cluster, root)
     console.print(f"wrote {path}")
+
+
+def _pair(text: str, option: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r} is not key=value", param_hint=option)
+    return key, value
+
+
+def _toleration(text: str) -> dict[str, str]:
+    spec, sep, effect = text.rpartition(":")
+    if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise typer.BadParameter(f"{text!r} is not key[=value]:NoSchedule|PreferNoSchedule|NoExecute", param_hint="--toleration")
+    key, eq, value = spec.partition("=")
+    return {"key": key, "operator": "Equal" if eq else "Exists", "value": value or None, "effect": effect}
 
 
 @models.command("list")

@@ -8,20 +8,26 @@ import yaml
 from kfp import compiler
 
 from components.kfp_components import COMPONENT_IMAGE
+from pipelines.training import ClusterOptions, build
 
 
-def compile_pipeline(output: str | Path, image: str = COMPONENT_IMAGE) -> Path:
-    """Write the pipeline package; every component runs on ``image`` (the project's component image)."""
-    from pipelines.training import training_pipeline
+def compile_pipeline(output: str | Path, image: str = COMPONENT_IMAGE, cluster: ClusterOptions | None = None,
+                     pipeline_root: str | None = None) -> Path:
+    """Write the pipeline package.
 
+    Every component runs on ``image`` (the project's component image); ``cluster`` adds the
+    Kubernetes settings; ``pipeline_root`` (e.g. ``s3://bucket/pipeline_root``) puts the
+    run artifacts in the object store.
+    """
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, str(out))
-    if image != COMPONENT_IMAGE:
-        docs = list(yaml.safe_load_all(out.read_text()))
-        for executor in docs[0]["deploymentSpec"]["executors"].values():
-            container = executor.get("container", {})
-            if container.get("image") == COMPONENT_IMAGE:
-                container["image"] = image
-        out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    compiler.Compiler().compile(build(cluster), str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    for executor in docs[0]["deploymentSpec"]["executors"].values():
+        container = executor.get("container", {})
+        if container.get("image") == COMPONENT_IMAGE:
+            container["image"] = image
+    if pipeline_root:
+        docs[0]["defaultPipelineRoot"] = pipeline_root
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out

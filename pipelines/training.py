@@ -6,67 +6,120 @@
                                                                              ▼
                                             deploy ◄─ [promoted] ◄─ register ◄─ evaluate
     (record_run: exit handler, always runs)
+
+``training_pipeline`` is the embedded default; ``build(ClusterOptions(...))`` gives the same
+DAG with the Kubernetes settings (kfp-kubernetes) a cluster run needs.
 """
 
+from dataclasses import dataclass, field
 
 from kfp import dsl
+from kfp import kubernetes as k8s
 
 from components import kfp_components as c
 
 IO_RETRIES = 3
-# Candidates scored at once on a cluster (kfp.local runs tasks one after another).
+# Candidates scored at once on a cluster (kfp.local runs them with its own worker pool).
 SEARCH_PARALLELISM = 4
 
 
-@dsl.pipeline(name="flywheel-training", description="Ingest, validate, train (fan-out), evaluate, register, deploy.")
-def training_pipeline(
-    source: str,
-    target: str,
-    run: str,
-    store: str,
-    model: str = "demo",
-    task: str = "",
-    timestamp: str = "",
-    id_columns: list = [],  # noqa: B006 - KFP pipeline defaults are literals
-    exclude: list = [],  # noqa: B006
-    holdout_fraction: float = 0.2,
-    cv_folds: int = 3,
-    seed: int = 42,
-    max_train_rows: int = 200000,
-    promotion_margin: float = 0.0,
-) -> None:
-    data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude)
-    recorder = c.record_run(store=store, model=model, run=run).set_caching_options(False)
-    with dsl.ExitHandler(recorder, name="run"):
-        fp = c.fingerprint(**data, store=store, model=model, run=run).set_caching_options(False)
-        fp.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
-        champ = c.champion(store=store, model=model, run=run).set_caching_options(False)
-        champ.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What a cluster run needs beyond the DAG: credentials, placement, the S3 endpoint."""
 
-        ingested = c.ingest(**data, store=store, model=model, run=run, fingerprint=fp.output)
-        ingested.set_retry(num_retries=IO_RETRIES, backoff_duration="5s").set_memory_request("2G").set_cpu_request("1")
-        schema = ingested.outputs["schema"]
+    s3_secret: str = "flywheel-s3"
+    s3_endpoint_url: str | None = None
+    config_map: str = "flywheel-config"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, str], ...] = ()
+    run_as_user: int = 10001
 
-        checked = c.validate(dataset=ingested.outputs["dataset"], schema=schema, store=store, model=model, run=run,
-                             champion=champ.output)
-        split = c.features(dataset=ingested.outputs["dataset"], schema=schema, holdout_fraction=holdout_fraction,
-                           seed=seed).after(checked)
 
-        space = c.search_space(schema=schema)
-        with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as candidate:
-            trial = c.train(train=split.outputs["train"], candidate=candidate, folds=cv_folds,
-                            seed=seed, max_rows=max_train_rows)
-            trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("6G")
-        best = c.refit(train=split.outputs["train"], schema=schema, results=dsl.Collected(trial.outputs["Output"]), seed=seed)
-        best.set_cpu_request("1").set_memory_request("2G").set_memory_limit("6G")
+def _platform(task: dsl.PipelineTask, cluster: ClusterOptions | None) -> dsl.PipelineTask:
+    """S3 credentials from the Secret, settings from the ConfigMap, placement, non-root."""
+    if cluster is None:
+        return task
+    k8s.use_secret_as_env(task, cluster.s3_secret, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+    k8s.use_config_map_as_env(task, cluster.config_map, {"FLYWHEEL_SERVING_DEPLOYMENT": "FLYWHEEL_SERVING_DEPLOYMENT",
+                                                         "FLYWHEEL_SERVING_NAMESPACE": "FLYWHEEL_SERVING_NAMESPACE"},
+                              optional=True)
+    if cluster.s3_endpoint_url:
+        task.set_env_variable("AWS_ENDPOINT_URL", cluster.s3_endpoint_url)
+    for key, value in cluster.node_selector.items():
+        k8s.add_node_selector(task, key, value)
+    for tol in cluster.tolerations:
+        k8s.add_toleration(task, key=tol.get("key"), operator=tol.get("operator", "Equal"), value=tol.get("value"),
+                           effect=tol.get("effect"))
+    k8s.set_security_context(task, run_as_user=cluster.run_as_user, run_as_non_root=True)
+    return task
 
-        evaluation = c.evaluate(model=best.outputs["model"], holdout=split.outputs["holdout"], schema=schema,
-                                store=store, model_name=model, champion=champ.output)
-        registered = c.register(model=best.outputs["model"], train=split.outputs["train"],
-                                holdout=split.outputs["holdout"], schema=schema, evaluation=evaluation.outputs["Output"],
-                                best=best.outputs["Output"], fingerprint=fp.output, champion=champ.output, store=store,
-                                model_name=model, run=run, promotion_margin=promotion_margin)
-        registered.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
-        with dsl.If(registered.output != "", name="promoted"):
-            c.deploy(version=registered.output, store=store, model=model, run=run) \
-                .set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="10s")
+
+def build(cluster: ClusterOptions | None = None):
+    """The pipeline, with the cluster's Kubernetes settings applied to every task when given."""
+
+    def on(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return _platform(task, cluster)
+
+    @dsl.pipeline(name="flywheel-training", description="Ingest, validate, train (fan-out), evaluate, register, deploy.")
+    def training_pipeline(
+        source: str,
+        target: str,
+        run: str,
+        store: str,
+        model: str = "demo",
+        task: str = "",
+        timestamp: str = "",
+        id_columns: list = [],  # noqa: B006 - KFP pipeline defaults are literals
+        exclude: list = [],  # noqa: B006
+        holdout_fraction: float = 0.2,
+        cv_folds: int = 3,
+        seed: int = 42,
+        max_train_rows: int = 200000,
+        promotion_margin: float = 0.0,
+    ) -> None:
+        data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude)
+        recorder = on(c.record_run(store=store, model=model, run=run).set_caching_options(False))
+        with dsl.ExitHandler(recorder, name="run"):
+            # never cached: they look at the world as it is now
+            fp = on(c.fingerprint(**data, store=store, model=model, run=run).set_caching_options(False))
+            fp.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
+            champ = on(c.champion(store=store, model=model, run=run).set_caching_options(False))
+            champ.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
+
+            # cached: every key includes the data fingerprint (and the champion where it matters)
+            ingested = on(c.ingest(**data, store=store, model=model, run=run, fingerprint=fp.output))
+            ingested.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
+            ingested.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+            schema = ingested.outputs["schema"]
+
+            checked = on(c.validate(dataset=ingested.outputs["dataset"], schema=schema, store=store, model=model,
+                                    run=run, champion=champ.output))
+            split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
+                                  holdout_fraction=holdout_fraction, seed=seed).after(checked))
+            space = on(c.search_space(schema=schema))
+            with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as candidate:
+                trial = on(c.train(train=split.outputs["train"], candidate=candidate, folds=cv_folds, seed=seed,
+                                   max_rows=max_train_rows))
+                trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("8G")
+            best = on(c.refit(train=split.outputs["train"], schema=schema,
+                              results=dsl.Collected(trial.outputs["Output"]), seed=seed))
+            best.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+
+            evaluation = on(c.evaluate(model=best.outputs["model"], holdout=split.outputs["holdout"], schema=schema,
+                                       store=store, model_name=model, champion=champ.output))
+            registered = on(c.register(
+                model=best.outputs["model"], train=split.outputs["train"], holdout=split.outputs["holdout"],
+                schema=schema, evaluation=evaluation.outputs["Output"], best=best.outputs["Output"],
+                fingerprint=fp.output, champion=champ.output, store=store, model_name=model, run=run,
+                promotion_margin=promotion_margin,
+            ))
+            registered.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
+            with dsl.If(registered.output != "", name="promoted"):
+                rollout = on(c.deploy(version=registered.output, store=store, model=model, run=run))
+                rollout.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="10s")
+
+    return training_pipeline
+
+
+training_pipeline = build()
