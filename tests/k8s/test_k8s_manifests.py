@@ -221,3 +221,13 @@ def test_helm_and_kustomize_describe_the_same_resources(builds):
     base = ids(builds["kustomize-base"]) - {("Namespace", "flywheel")}
     chart = ids(builds["helm-default"]) - {("ConfigMap", "flywheel-dashboard")}
     assert base == chart
+
+
+@pytest.mark.parametrize("build", ALL_BUILDS)
+def test_every_flywheel_variable_is_a_setting(builds, build):
+    """A FLYWHEEL_* key the settings object does not know would be silently ignored."""
+    from components.settings import Settings
+
+    data = find(builds[build], "ConfigMap", "flywheel-config")["data"]
+    unknown = [k for k in data if k.startswith("FLYWHEEL_") and k[len("FLYWHEEL_"):].lower() not in Settings.model_fields]
+    assert not unknown, unknown
