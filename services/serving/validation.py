@@ -214,7 +214,7 @@ class RecordValidator:
                 n = int(np.count_nonzero((a < lo) | (a > hi)))
             if n:
                 out[name] = n
-        return Rows(frame, unknown, out)
+        return Rows(frame, unknown_categories=unknown, out_of_range=out)
 
 
 def _kind(v: Any) -> str:

@@ -1,0 +1,131 @@
+"""Run the service locally (``flywheel serve``) and package it as a Bento (``bentoml build``).
+
+Both hand the settings to the BentoML process as environment variables, since the service
+reads its configuration at its own edge (``load_settings()`` and ``MODEL_VERSION``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from components.settings import Settings
+
+SERVICE = "services.serving.service:FlywheelServing"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_AWS_NAMES = {"s3_endpoint_url": "AWS_ENDPOINT_URL", "s3_region": "AWS_DEFAULT_REGION"}
+
+
+class PackagingError(RuntimeError):
+    """``bentoml build`` failed or produced no Dockerfile; the message says which."""
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as the environment variables that rebuild them in another process."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        env[_AWS_NAMES.get(name, f"FLYWHEEL_{name.upper()}")] = str(value)
+    return env
+
+
+def serve_command(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1",
+                  workers: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The ``bentoml serve`` command line and environment for these settings."""
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    cmd = [bentoml, "serve", SERVICE, "--host", host, "--port", str(port)]
+    env = {**os.environ, **settings_env(settings)}
+    env.setdefault("BENTOML_HOME", str(Path(settings.spill_dir).expanduser().resolve().parent / "bentoml"))
+    if version:
+        env["MODEL_VERSION"] = version
+    if workers:
+        env["BENTOML_CONFIG_OPTIONS"] = f"services.flywheel-serving.workers={workers}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    return cmd, env
+
+
+def start(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1",
+          **popen: Any) -> subprocess.Popen:
+    """Start the service as a child process (its own process group) and return it."""
+    cmd, env = serve_command(settings, port, version, host)
+    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True, **popen)
+
+
+def serve(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1") -> int:
+    """Run the service in the foreground until it exits or is interrupted; returns its exit code.
+
+    ``version`` pins a registry version; None follows the champion (or MODEL_VERSION).
+    SIGINT/SIGTERM are passed on so the service flushes its prediction log before exiting.
+    """
+    proc = start(settings, port, version, host)
+
+    def forward(signum: int, _frame: Any) -> None:
+        proc.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def export_requirements(out: Path) -> Path:
+    """Pinned requirements from uv.lock, offline (no lock step): what the Bento installs."""
+    uv = shutil.which("uv")
+    if uv is None:
+        raise PackagingError("uv is not on PATH; it exports the Bento's requirements from uv.lock")
+    result = subprocess.run(
+        [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--format", "requirements-txt",
+         "--output-file", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PackagingError(f"uv export from uv.lock failed: {result.stderr.strip()[:500]}")
+    return out
+
+
+def build_bento(bentoml_home: str | Path, version: str | None = None) -> Path:
+    """``bentoml build`` of bentofile.yaml, offline, into ``bentoml_home``; returns the Bento dir.
+
+    The requirements are exported from uv.lock (``lock_packages: false``, so BentoML does
+    no network lock step). Keep ``bentoml_home`` outside the project directory, or the
+    store would end up inside the build context.
+    """
+    home = Path(bentoml_home).expanduser().resolve()
+    if home == PROJECT_ROOT or PROJECT_ROOT in home.parents:
+        raise PackagingError(f"BENTOML_HOME {home} is inside the project, which is the build context; use a directory outside it")
+    home.mkdir(parents=True, exist_ok=True)
+    export_requirements(PROJECT_ROOT / "requirements.bento.txt")
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    cmd = [bentoml, "build", str(PROJECT_ROOT), "--bentofile", str(PROJECT_ROOT / "bentofile.yaml"), "--output", "tag"]
+    if version:
+        cmd += ["--version", version]
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    try:
+        result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        (PROJECT_ROOT / "requirements.bento.txt").unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise PackagingError(f"bentoml build failed: {(result.stderr or result.stdout).strip()[-1500:]}")
+    tag = _tag(result.stdout)
+    name, _, ver = tag.partition(":")
+    bento = home / "bentos" / name / ver
+    if not (bento / "env" / "docker" / "Dockerfile").is_file():
+        raise PackagingError(f"bentoml build made {bento} without env/docker/Dockerfile")
+    return bento
+
+
+def _tag(stdout: str) -> str:
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("__tag__:"):
+            return line.removeprefix("__tag__:")
+        if ":" in line and " " not in line:
+            return line
+    raise PackagingError(f"bentoml build printed no Bento tag: {stdout.strip()[-500:]}")
