@@ -1,0 +1,269 @@
+"""One monitoring pass: the entry point of ``flywheel monitor`` and of the CronJob.
+
+A pass reads the current window of prediction logs and the served version's reference,
+tests drift per feature (drift.py), compares quality on the labelled rows with the
+version's holdout quality (quality.py), writes ``monitoring/<model>/<window>/`` (report.html,
+quality.html when labels exist, summary.json), adds the reports to the Evidently workspace,
+and decides whether to retrain (trigger.py).
+
+Statuses and exit codes: ``ok`` (the window was evaluated, drift or not) and ``skipped``
+(nothing to evaluate yet: no champion, no logs, too few rows) exit 0; ``error`` (the store,
+the reference or the trigger failed) exits 1. An error never starts a retrain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.data import LABEL, PREDICTION
+from components.registry import Registry, RegistryError
+from components.settings import Settings
+from components.store import NotFound, Store, StoreError
+from services.monitoring import drift as drift_mod
+from services.monitoring import quality as quality_mod
+from services.monitoring import trigger as trig
+from services.monitoring.scan import Window, read_feedback, scan_window
+
+log = logging.getLogger(__name__)
+STATE = "monitoring/{model}/last_window.json"
+
+
+@dataclass
+class Summary:
+    """What a pass found and decided; written as summary.json."""
+
+    model: str
+    status: str = "ok"  # ok | skipped | error
+    message: str = ""
+    version: str | None = None
+    window: dict[str, Any] | None = None
+    rows: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+    decision: dict[str, Any] = field(default_factory=lambda: {"retrain": False, "reason": ""})
+    outputs: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    started_at: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status == "error" else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()} | {"exit_code": self.exit_code}
+
+
+def current_window(store: Store, settings: Settings, now: dt.datetime) -> Window:
+    """The window this pass evaluates.
+
+    With ``window_minutes`` windows are aligned to multiples of it (a pass at 10:07 with 60
+    evaluates 09:00-10:00), so passes racing on one window agree on it; otherwise the
+    window runs from the end of the last evaluated window (or the first log) to now.
+    """
+    now = now.astimezone(dt.UTC).replace(microsecond=0)
+    if settings.window_minutes:
+        step = settings.window_minutes * 60
+        end = dt.datetime.fromtimestamp(int(now.timestamp()) // step * step, dt.UTC)
+        return Window(end - dt.timedelta(seconds=step), end)
+    try:
+        last = json.loads(store.read(STATE.format(model=settings.model)))
+        start = dt.datetime.fromisoformat(last["end"])
+    except NotFound:
+        start = None
+    return Window(start, now)
+
+
+def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime | None = None) -> Summary:
+    """Run one monitoring pass; never raises for a failure it can describe (see the module docstring)."""
+    t0 = time.perf_counter()
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    s = Summary(model=settings.model, started_at=now.isoformat())
+    try:
+        _evaluate(settings, store, trigger, now, s)
+    except (StoreError, RegistryError) as exc:
+        s.status, s.message = "error", str(exc)
+        s.decision = {"retrain": False, "reason": f"no retrain: the pass failed ({exc})"}
+    s.duration_s = round(time.perf_counter() - t0, 3)
+    _write_summary(store, s)
+    (log.error if s.status == "error" else log.info)("monitor %s: %s %s", settings.model, s.status, s.decision["reason"] or s.message)
+    return s
+
+
+def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, s: Summary) -> None:
+    reg = Registry(store, settings.model)
+    champion = reg.champion()
+    if champion is None:
+        s.status, s.message = "skipped", f"model {settings.model} has no champion yet: nothing is served, nothing to monitor"
+        s.decision["reason"] = "no retrain: nothing to compare with"
+        return
+    version = s.version = champion.version
+    window = current_window(store, settings, now)
+    s.window = window.to_dict()
+    schema = reg.schema(version)
+    try:
+        reference = pd.read_parquet(io.BytesIO(reg.read(version, "reference.parquet")))
+    except NotFound:
+        raise RegistryError(f"version {version} of {settings.model} has no reference.parquet: drift cannot be measured") from None
+    missing = [c for c in [*schema.feature_names, PREDICTION] if c not in reference]
+    if missing:
+        raise RegistryError(f"reference.parquet of {version} lacks column(s) {', '.join(missing)}")
+    metrics = reg.metrics(version)
+    if len(reference) > settings.sample_size:
+        reference = reference.sample(n=settings.sample_size, random_state=settings.seed)
+
+    feedback, fb_skipped = read_feedback(store, settings.model, window.start, now)
+    scan = scan_window(store, settings.model, window, schema, version, reference, settings.sample_size,
+                       feedback if feedback.num_rows else None, seed=settings.seed)
+    s.rows = {"in_window": scan.rows_in_window, "evaluated": scan.rows, "by_version": scan.rows_by_version,
+              "other_versions": scan.rows_in_window - scan.rows, "sample": len(scan.sample),
+              "labelled": scan.labelled_rows, "reference": len(reference), "min_rows": settings.min_rows}
+    s.files = {"read": scan.files_read, "skipped": scan.files_skipped + fb_skipped}
+    s.columns = scan.columns
+    for f in s.files["skipped"]:
+        s.warnings.append(f"skipped {f['key']}: {f['error']}")
+    if scan.rows_in_window == 0 and not scan.files_read:
+        s.status = "skipped"
+        s.message = (f"no prediction logs under predictions/{settings.model}/ for window {window.key}"
+                     + (f" ({len(scan.files_skipped)} unreadable file(s))" if scan.files_skipped else ""))
+        s.decision["reason"] = "no retrain: no prediction logs yet"
+        return
+    if scan.rows < settings.min_rows:
+        s.status = "skipped"
+        others = scan.rows_in_window - scan.rows
+        s.message = (f"{scan.rows} rows of version {version} in window {window.key} (< min_rows {settings.min_rows})"
+                     + (f"; {others} rows of other versions ignored" if others else ""))
+        s.decision["reason"] = f"no retrain: too few rows ({scan.rows} < min_rows {settings.min_rows})"
+        return
+
+    kinds = {c.name: c.kind for c in schema.features}
+    result = drift_mod.detect_drift(reference, scan.sample, kinds, settings.drift_share_threshold,
+                                    prediction_kind="numeric" if schema.task == "regression" else "categorical")
+    s.drift = result.to_dict()
+    s.quality = quality_mod.compare_quality(
+        schema.task, scan.labelled, LABEL, PREDICTION, metrics.get("holdout", {}), metrics.get("primary_metric", ""),
+        settings.quality_drop_threshold, scan.labelled_rows, schema.classes)
+
+    _reports(settings, store, reference, scan, schema, window, s)
+    store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
+    _decide(settings, store, trigger, now, window, version, result, s)
+
+
+def _reports(settings: Settings, store: Store, reference: pd.DataFrame, scan: Any, schema: Any, window: Window,
+             s: Summary) -> None:
+    """Evidently reports into the store and the workspace; a failing report is a warning, not a failed pass."""
+    from services.monitoring import report
+
+    prefix = f"monitoring/{settings.model}/{window.key}"
+    snapshots = []
+    try:
+        snap = report.drift_report(reference, scan.sample, schema, settings.drift_share_threshold, window.end,
+                                   f"drift {window.key}")
+        snapshots.append(snap)
+        if s.quality and s.quality.get("current") is not None and LABEL in reference:
+            snapshots.append(report.quality_report(reference, scan.labelled, schema, window.end, f"quality {window.key}"))
+        with tempfile.TemporaryDirectory() as tmp:
+            for snap_, name in zip(snapshots, ["report.html", "quality.html"], strict=False):
+                path = Path(tmp) / name
+                snap_.save_html(str(path))
+                store.upload_file(path, f"{prefix}/{name}")
+                s.outputs[name.removesuffix(".html")] = f"{prefix}/{name}"
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the decision does not depend on the HTML
+        s.warnings.append(f"Evidently report failed: {type(exc).__name__}: {exc}")
+        log.exception("Evidently report failed")
+    if snapshots:
+        try:
+            s.outputs["evidently_snapshots"] = report.add_to_workspace(settings.evidently_workspace, settings.model, snapshots)
+            s.outputs["evidently_workspace"] = settings.evidently_workspace
+        except Exception as exc:  # noqa: BLE001 - the UI is a view; the pass stands without it
+            s.warnings.append(f"Evidently workspace {settings.evidently_workspace} not updated: {exc}")
+
+
+def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, window: Window,
+            version: str, result: drift_mod.DriftResult, s: Summary) -> None:
+    degraded = bool(s.quality and s.quality.get("degraded"))
+    quality_reason = (s.quality or {}).get("reason", "")
+    if not (result.detected or degraded):
+        s.decision = {"retrain": False, "reason": f"no retrain: {result.reason}; quality: {quality_reason}"}
+        return
+    why = "; ".join(r for r, on in [(result.reason, result.detected), (f"quality degraded: {quality_reason}", degraded)] if on)
+    s.decision = {"retrain": True, "wanted": True, "reason": why, "trigger": None}
+    if trigger is None:
+        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but no trigger is configured")
+        return
+    block = trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now)
+    if block:
+        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but {block}")
+        return
+    key = Window.stamp(window.start)
+    request = trig.RetrainRequest(settings.model, key, version, window.to_dict(), why,
+                                  f"{settings.model}-retrain-{key.lower()}")
+    if not trig.claim(store, request, trigger.kind, now):
+        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but window {key} already triggered one (another pass)")
+        s.decision["trigger"] = trig.record_key(settings.model, key)
+        return
+    s.decision["trigger"] = trig.record_key(settings.model, key)
+    try:
+        started = trigger.start(request)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the record must not claim success
+        trig.update(store, settings.model, key, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"},
+                    dt.datetime.now(dt.UTC))
+        s.status, s.message = "error", f"retrain could not be started: {exc}"
+        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but the {trigger.kind} trigger failed: {exc}")
+        return
+    rec = trig.update(store, settings.model, key, started, dt.datetime.now(dt.UTC))
+    s.decision["run"] = {k: rec.get(k) for k in ("status", "run_id", "version", "promoted", "error") if k in rec}
+    if rec.get("status") == "failed":
+        s.status, s.message = "error", f"retrain {key} failed: {rec.get('error')}"
+
+
+def _write_summary(store: Store, s: Summary) -> None:
+    if not s.window:
+        return
+    key = f"monitoring/{s.model}/{s.window['key']}/summary.json"
+    s.outputs["summary"] = key
+    try:
+        store.write(key, json.dumps(s.to_dict(), indent=2, default=str).encode())
+    except StoreError as exc:
+        s.status, s.message = "error", f"{s.message}; summary not written: {exc}".lstrip("; ")
+
+
+def table(s: Summary) -> str:
+    """A short plain-text table of the pass for the terminal and the job log."""
+    lines = [f"model {s.model}  version {s.version or '-'}  window {(s.window or {}).get('key', '-')}  status {s.status}"]
+    if s.message:
+        lines.append(f"  {s.message}")
+    if s.rows:
+        lines.append(f"  rows: {s.rows.get('evaluated', 0)} evaluated, {s.rows.get('other_versions', 0)} other versions, "
+                     f"{s.rows.get('labelled', 0)} labelled, sample {s.rows.get('sample', 0)}")
+    if s.drift:
+        lines.append(f"  drift share {s.drift['share']:.2f} (threshold {s.drift['share_threshold']})")
+        lines.append(f"  {'column':<24} {'method':<17} {'score':>10} {'p-value':>10}  drift")
+        for c in sorted(s.drift["columns"], key=lambda c: c["p_value"])[:10]:
+            flag = "yes*" if c["significant"] else ("yes" if c["drifted"] else "")
+            lines.append(f"  {c['column'][:24]:<24} {c['method']:<17} {c['statistic']:>10.4f} {c['p_value']:>10.3g}  {flag}")
+    if s.quality and s.quality.get("reason"):
+        lines.append(f"  quality: {s.quality['reason']}")
+    lines.append(f"  decision: {'RETRAIN' if s.decision.get('retrain') else 'no retrain'} - {s.decision.get('reason', '')}")
+    for w in s.warnings[:5]:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
+
+
+def ui_command(settings: Settings, port: int = 8000) -> list[str]:
+    """The command that serves the Evidently UI over this workspace (``flywheel monitor --ui``)."""
+    return ["evidently", "ui", "--workspace", settings.evidently_workspace, "--port", str(port)]
