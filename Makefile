@@ -39,5 +39,11 @@ compile: env  ## KFP IR YAML of the training pipeline
 lint: env  ## ruff
 	$(VENV)/bin/ruff check components pipelines services tests
 
+images:  ## Print the docker build commands for the three images (pipe to sh to build)
+	@sh k8s/images.sh
+
+bento: env  ## Build the serving Bento offline (bentoml build), with its Dockerfile
+	$(FLYWHEEL) bento
+
 clean:  ## Remove the local store, pipeline root and environment
 	rm -rf .flywheel $(VENV) $(TOOLS) dist bench-results

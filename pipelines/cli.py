@@ -69,6 +69,7 @@ def compile_(
     output: Annotated[Path, typer.Option(help="Where to write the KFP IR YAML.")] = Path("flywheel-training.yaml"),
     image: Annotated[Optional[str], typer.Option(help="Component image (default: the project's published image).")] = None,
     s3_secret: Annotated[str, typer.Option(help="Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")] = "flywheel-s3",
+    s3_endpoint: Annotated[Optional[str], typer.Option(help="S3/MinIO endpoint as the step pods reach it (default: AWS_ENDPOINT_URL).")] = None,
     node_selector: Annotated[Optional[list[str]], typer.Option(help="key=value node label for every task (repeatable).")] = None,
     toleration: Annotated[Optional[list[str]], typer.Option(help="key[=value]:Effect toleration for every task (repeatable).")] = None,
     pipeline_root: Annotated[Optional[str], typer.Option(help="Artifact root in the object store (default: <store>/pipeline_root for s3 stores).")] = None,
@@ -80,7 +81,7 @@ def compile_(
     from pipelines.training import ClusterOptions
 
     s = _settings(store=store)
-    cluster = ClusterOptions(s3_secret=s3_secret, s3_endpoint_url=s.s3_endpoint_url,
+    cluster = ClusterOptions(s3_secret=s3_secret, s3_endpoint_url=s3_endpoint or s.s3_endpoint_url,
                              node_selector=dict(_pair(x, "--node-selector") for x in node_selector or ()),
                              tolerations=tuple(_toleration(t) for t in toleration or ()))
     root = pipeline_root or (f"{s.store.rstrip('/')}/pipeline_root" if s.store.startswith("s3://") else None)
