@@ -81,6 +81,7 @@ class FlywheelServing:
 
     def __init__(self) -> None:
         global _service
+        _configure_logging()
         settings = load_settings()
         version = os.environ.get("MODEL_VERSION", CHAMPION) or CHAMPION
         poll = float(os.environ.get("FLYWHEEL_SERVING_POLL_SECONDS", "2"))
@@ -171,6 +172,16 @@ class FlywheelServing:
 
 
 FlywheelServing.add_asgi_middleware(HttpMiddleware)
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger("flywheel")
+    root.setLevel(logging.INFO)
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
 
 
 def _record_log(store: Any, settings: Settings, kind: str) -> RecordLog:
