@@ -1,0 +1,134 @@
+"""The two retrain triggers the monitor can be handed (``services.monitoring.trigger.Trigger``).
+
+* ``LocalTrigger`` (embedded default): runs the training pipeline on this machine with
+  kfp.local and waits for it; the trigger record ends as succeeded/failed with the version.
+* ``KFPTrigger`` (cluster): starts a run of the uploaded pipeline version through the KFP
+  API (uploading the compiled package first if no version holds it) in a named experiment,
+  and records the run id; later passes poll the run's state.
+
+Both retrain on "the latest data": the configured dataset, plus, when ``include_feedback``
+is on, the labelled production rows (feedback joined to logged features) written next to it
+as one Parquet file, so the pipeline reads both through its ordinary data contract.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.data import DataError, DatasetSpec, read_source, resolve
+from components.registry import Registry
+from components.settings import Settings
+from components.store import StoreError, open_store
+from pipelines import kfp_client
+from services.monitoring.feedback import labelled_rows
+from services.monitoring.trigger import RetrainRequest, TriggerError
+
+log = logging.getLogger(__name__)
+
+
+def retrain_spec(spec: DatasetSpec, settings: Settings, request: RetrainRequest, include_feedback: bool) -> DatasetSpec:
+    """The dataset a retrain reads: ``spec``, or ``spec`` plus the labelled feedback as one new file.
+
+    The combined data is written to ``datasets/<model>-retrain/<key>.parquet``; the user's own
+    dataset is never modified.
+    """
+    if not include_feedback:
+        return spec
+    store = open_store(settings.store, settings)
+    reg = Registry(store, request.model)
+    schema = reg.schema(request.version)
+    extra = labelled_rows(store, request.model, schema, dt.datetime.fromisoformat(request.window["end"]))
+    if extra.empty:
+        return spec
+    base = read_source(resolve(spec.source, settings), settings)
+    keep = [c for c in base.columns if c in extra.columns]
+    combined = pd.concat([base, extra[keep]], ignore_index=True)
+    key = f"datasets/{request.model}-retrain/{request.key}.parquet"
+    buf = io.BytesIO()
+    combined.to_parquet(buf, index=False)
+    store.write(key, buf.getvalue())
+    log.info("retrain data: %d dataset rows + %d labelled production rows -> %s", len(base), len(extra), key)
+    return replace(spec, source=key)
+
+
+class LocalTrigger:
+    """Run the training pipeline locally (kfp.local) and wait for it."""
+
+    kind = "local"
+
+    def __init__(self, settings: Settings, spec: DatasetSpec, include_feedback: bool = False) -> None:
+        self.settings, self.spec, self.include_feedback = settings, spec, include_feedback
+
+    def start(self, request: RetrainRequest) -> dict[str, Any]:
+        from pipelines.local import PipelineFailed, run_training  # pipelines/ sits above the monitor
+
+        try:
+            spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
+            result = run_training(spec, self.settings, run_name=request.run_name)
+        except (DataError, StoreError, PipelineFailed) as exc:
+            return {"status": "failed", "error": str(exc), "run_id": request.run_name}
+        return {"status": "succeeded", "run_id": result.get("run", request.run_name), "version": result.get("version"),
+                "promoted": result.get("promoted"), "promotion_reason": result.get("reason"), "source": spec.source}
+
+    def poll(self, record: dict[str, Any]) -> dict[str, Any]:
+        # A local run is finished when its pass writes the record; an open one belongs to a
+        # live pass or a dead one (STALE_AFTER decides).
+        return {"status": record.get("status")}
+
+
+class KFPTrigger:
+    """Start a run of the training pipeline on Kubeflow Pipelines."""
+
+    kind = "kfp"
+
+    def __init__(self, settings: Settings, spec: DatasetSpec, package_path: str | Path,
+                 include_feedback: bool = False, token_path: str | None = kfp_client.SA_TOKEN_PATH) -> None:
+        self.settings, self.spec, self.package_path = settings, spec, Path(package_path)
+        self.include_feedback, self.token_path = include_feedback, token_path
+
+    def _client(self):
+        try:
+            return kfp_client.connect(self.settings, self.token_path)
+        except kfp_client.KFPError as exc:
+            raise TriggerError(str(exc)) from None
+
+    def start(self, request: RetrainRequest) -> dict[str, Any]:
+        from pipelines.local import pipeline_arguments
+
+        client = self._client()  # before anything is written: an API that is down changes nothing
+        if not self.package_path.is_file():
+            raise TriggerError(f"compiled pipeline {self.package_path} does not exist: run `flywheel compile --output {self.package_path}`")
+        spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
+        try:
+            exp = kfp_client.ensure_experiment(client, self.settings.kfp_experiment, self.settings.kfp_namespace)
+            ref = kfp_client.ensure_pipeline_version(client, self.package_path, self.settings.kfp_pipeline)
+            params = pipeline_arguments(spec, self.settings, request.run_name, self.settings.store)
+            run_id = kfp_client.start_run(client, exp, ref, request.run_name, params)
+        except kfp_client.KFPError as exc:
+            raise TriggerError(str(exc)) from None
+        return {"status": "running", "run_id": run_id, "experiment_id": exp, "pipeline_id": ref.pipeline_id,
+                "pipeline_version_id": ref.version_id, "pipeline_version": ref.version_name, "source": spec.source}
+
+    def poll(self, record: dict[str, Any]) -> dict[str, Any]:
+        try:
+            state = kfp_client.run_state(self._client(), record["run_id"])
+        except kfp_client.KFPError as exc:
+            raise TriggerError(str(exc)) from None
+        return {"status": kfp_client.FINISHED.get(state, "running"), "kfp_state": state}
+
+
+def make_trigger(settings: Settings, spec: DatasetSpec | None, package_path: str | Path = "dist/flywheel-training.yaml",
+                 include_feedback: bool = False):
+    """The trigger the settings ask for (``runner``: local or kfp); None when no dataset is configured."""
+    if spec is None:
+        return None
+    if settings.runner == "kfp":
+        return KFPTrigger(settings, spec, package_path, include_feedback)
+    return LocalTrigger(settings, spec, include_feedback)
