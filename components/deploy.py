@@ -1,0 +1,188 @@
+"""Deploy: roll the champion out after a promotion.
+
+Embedded (no cluster): the champion pointer is the rollout; the local server follows it and
+swaps with no downtime, so there is nothing more to do than confirm the pointer.
+
+Cluster: the serving Deployment is updated through the Kubernetes API (a strategic merge
+patch that pins ``MODEL_VERSION`` on the ``serving`` container and stamps the
+``flywheel.io/model-version`` annotation on the pod template, which starts a rolling
+update), then watched like ``kubectl rollout status`` until it completes or the timeout
+passes. A failed rollout is undone: the previous version is patched back, and the champion
+pointer, if it still names the failed version, is rolled back too, so the registry never
+claims a version the cluster does not serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from components.registry import Registry, RegistryError
+from components.settings import Settings
+from components.store import open_store
+
+log = logging.getLogger("flywheel.deploy")
+
+CONTAINER = "serving"
+ENV_VERSION = "MODEL_VERSION"
+ANNOTATION = "flywheel.io/model-version"
+Mode = Literal["auto", "embedded", "cluster"]
+
+
+class DeployError(RuntimeError):
+    """The rollout cannot start (no champion, no Deployment, no cluster access); says which."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What the deploy stage did."""
+
+    mode: str
+    version: str
+    previous: str | None
+    succeeded: bool
+    rolled_back: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", timeout_seconds: float = 300,
+           api_client: Any = None, kubeconfig: str | None = None, poll_seconds: float = 2.0) -> Rollout:
+    """Roll ``version`` (default: the champion) out; on a failed cluster rollout, restore the previous one.
+
+    ``mode="auto"`` means cluster when an ``api_client`` or ``kubeconfig`` is given or the
+    process runs in a pod (KUBERNETES_SERVICE_HOST), embedded otherwise.
+    """
+    registry = Registry(open_store(settings.store, settings), settings.model)
+    champion = registry.champion()
+    if version is None:
+        if champion is None:
+            raise DeployError(f"model {settings.model} has no champion to deploy; train and promote one first")
+        version = champion.version
+    registry.manifest(version)  # raises RegistryError naming the versions that exist
+    if mode == "auto":
+        in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        mode = "cluster" if (api_client is not None or kubeconfig or in_pod) else "embedded"
+    if mode == "embedded":
+        if champion is None or champion.version != version:
+            raise DeployError(f"embedded serving follows the champion pointer, which names "
+                              f"{champion.version if champion else 'no version'}, not {version}; promote {version} first")
+        return Rollout("embedded", version, champion.previous, True,
+                       reason="the local server follows the champion pointer and swaps to it in the background")
+    client = api_client if api_client is not None else kube_client(kubeconfig)
+    return rollout(client, settings.serving_namespace, settings.serving_deployment, version, timeout_seconds,
+                   poll_seconds, registry=registry)
+
+
+def kube_client(kubeconfig: str | None = None) -> Any:
+    """An API client: the pod's service account in a cluster, else the kubeconfig."""
+    from kubernetes import config
+
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+            from kubernetes import client
+
+            return client.ApiClient()
+        return config.new_client_from_config(config_file=kubeconfig)
+    except config.ConfigException as exc:
+        raise DeployError(f"no access to a Kubernetes cluster: {exc}") from None
+
+
+def version_patch(version: str) -> dict[str, Any]:
+    """The strategic merge patch that pins a version (containers and env merge by name)."""
+    return {"spec": {"template": {
+        "metadata": {"annotations": {ANNOTATION: version}},
+        "spec": {"containers": [{"name": CONTAINER, "env": [{"name": ENV_VERSION, "value": version}]}]},
+    }}}
+
+
+def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_seconds: float = 300,
+            poll_seconds: float = 2.0, registry: Registry | None = None) -> Rollout:
+    """Patch the Deployment to ``version``, wait for the rollout; undo it if it fails."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    apps = client.AppsV1Api(api_client)
+    try:
+        current = apps.read_namespaced_deployment(name, namespace)
+    except ApiException as exc:
+        raise DeployError(f"cannot read Deployment {namespace}/{name}: {exc.status} {exc.reason}") from None
+    previous = served_version(current)
+    if previous == version and _complete(current):
+        return Rollout("cluster", version, previous, True, reason=f"Deployment {namespace}/{name} already serves {version}")
+    apps.patch_namespaced_deployment(name, namespace, version_patch(version))
+    ok, why = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
+    if ok:
+        log.info("Deployment %s/%s now serves %s (was %s)", namespace, name, version, previous)
+        return Rollout("cluster", version, previous, True, reason=f"rolled out {version} to {namespace}/{name}")
+    log.error("rollout of %s to %s/%s failed: %s", version, namespace, name, why)
+    if previous is None:
+        return Rollout("cluster", version, None, False, False,
+                       f"rollout of {version} failed ({why}); there is no previous pinned version to restore")
+    apps.patch_namespaced_deployment(name, namespace, version_patch(previous))
+    restored, why_restore = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
+    note = ""
+    if registry is not None:
+        note = _restore_champion(registry, version, previous)
+    state = "restored" if restored else f"restore not finished ({why_restore})"
+    return Rollout("cluster", version, previous, False, True,
+                   f"rollout of {version} failed ({why}); {previous} {state}{note}")
+
+
+def served_version(deployment: Any) -> str | None:
+    """The version a Deployment pins: the container env, else the pod-template annotation."""
+    spec = deployment.spec.template.spec
+    for c in spec.containers or []:
+        if c.name == CONTAINER:
+            for e in c.env or []:
+                if e.name == ENV_VERSION and e.value and e.value != "champion":
+                    return e.value
+    annotations = deployment.spec.template.metadata.annotations or {}
+    return annotations.get(ANNOTATION)
+
+
+def wait_for_rollout(apps: Any, namespace: str, name: str, timeout_seconds: float,
+                     poll_seconds: float) -> tuple[bool, str]:
+    """Poll like ``kubectl rollout status``; (True, "") when complete, else (False, why)."""
+    deadline = time.monotonic() + timeout_seconds
+    why = "not started"
+    while True:
+        d = apps.read_namespaced_deployment(name, namespace)
+        if _complete(d):
+            return True, ""
+        current = d.status is not None and (d.status.observed_generation or 0) >= (d.metadata.generation or 0)
+        for cond in (d.status.conditions or []) if current else []:  # older conditions describe an older rollout
+            if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
+                return False, f"progress deadline exceeded: {cond.message or 'pods did not become ready'}"
+        st = d.status
+        why = (f"{st.updated_replicas or 0}/{d.spec.replicas} updated, {st.available_replicas or 0} available"
+               if st else "no status yet")
+        if time.monotonic() >= deadline:
+            return False, f"timed out after {timeout_seconds:g}s ({why})"
+        time.sleep(poll_seconds)
+
+
+def _complete(d: Any) -> bool:
+    st = d.status
+    if st is None or (st.observed_generation or 0) < (d.metadata.generation or 0):
+        return False
+    want = d.spec.replicas if d.spec.replicas is not None else 1
+    return ((st.updated_replicas or 0) >= want and (st.replicas or 0) == (st.updated_replicas or 0)
+            and (st.available_replicas or 0) >= want)
+
+
+def _restore_champion(registry: Registry, failed: str, previous: str) -> str:
+    champ = registry.champion()
+    if champ is None or champ.version != failed:
+        return ""
+    try:
+        registry.promote(previous, f"rollout of {failed} failed", expected=failed)
+    except RegistryError as exc:
+        return f"; the champion pointer still names {failed} ({exc})"
+    return f"; champion pointer restored to {previous}"
