@@ -25,7 +25,7 @@ import pandas as pd
 from components.data import PREDICTION, Schema
 from components.onnx_export import onnx_feed
 from components.registry import Registry
-from services.serving.validation import RecordValidator, Rows
+from components.predict import RecordValidator, Rows, records_of, score_frame
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32
@@ -52,16 +52,10 @@ class SklearnRuntime:
     def __init__(self, model: Any, task: str) -> None:
         self.model = model
         self.task = task
-        steps = getattr(model, "steps", None)
-        self._prep = model[:-1] if steps and len(steps) > 1 else None
-        self._est = steps[-1][1] if steps else model
         self.classes = list(getattr(model, "classes_", [])) if task == "classification" else None
 
     def predict(self, frame: pd.DataFrame) -> Prediction:
-        x = self._prep.transform(frame) if self._prep is not None else frame
-        values = self._est.predict(x)
-        proba = self._est.predict_proba(x) if self.classes and hasattr(self._est, "predict_proba") else None
-        return Prediction(np.asarray(values), proba)
+        return Prediction(*score_frame(self.model, frame, self.task))
 
 
 class OnnxRuntime:
@@ -179,14 +173,7 @@ def smoke_records(schema: Schema, reference: pd.DataFrame | None) -> list[dict[s
     return [row]
 
 
-def frame_to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of a frame as JSON-like records (missing as None, dates as ISO strings)."""
-    out = frame.copy()
-    for col in out.columns:
-        if pd.api.types.is_datetime64_any_dtype(out[col]):
-            out[col] = out[col].map(lambda t: None if pd.isna(t) else t.isoformat())
-    out = out.astype(object).where(out.notna(), None)
-    return out.to_dict("records")
+frame_to_records = records_of
 
 
 def smoke_test(model: LoadedModel, reference: pd.DataFrame | None) -> None:

@@ -29,7 +29,7 @@ from components.store import open_store
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
 from services.serving.prediction_log import RecordLog
-from services.serving.validation import InvalidInput, Problem, Rows
+from components.predict import InvalidInput, Problem, Rows
 
 log = logging.getLogger("flywheel.serving")
 PROBA = "_proba"
