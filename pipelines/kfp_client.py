@@ -91,7 +91,7 @@ def _message(body: Any) -> str:
 
 
 def _host(client) -> str:
-    return client._existing_config.host  # noqa: SLF001 - only used in error messages
+    return client._existing_config.host
 
 
 def ensure_experiment(client, name: str, namespace: str | None = None) -> str:

@@ -67,7 +67,10 @@ class LocalTrigger:
         self.settings, self.spec, self.include_feedback = settings, spec, include_feedback
 
     def start(self, request: RetrainRequest) -> dict[str, Any]:
-        from pipelines.local import PipelineFailed, run_training  # pipelines/ sits above the monitor
+        from pipelines.local import (  # pipelines/ sits above the monitor
+            PipelineFailed,
+            run_training,
+        )
 
         try:
             spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
@@ -117,6 +120,8 @@ class KFPTrigger:
                 "pipeline_version_id": ref.version_id, "pipeline_version": ref.version_name, "source": spec.source}
 
     def poll(self, record: dict[str, Any]) -> dict[str, Any]:
+        if not record.get("run_id"):
+            return {"status": record.get("status")}
         try:
             state = kfp_client.run_state(self._client(), record["run_id"])
         except kfp_client.KFPError as exc:

@@ -182,7 +182,7 @@ def _reports(settings: Settings, store: Store, reference: pd.DataFrame, scan: An
                 s.outputs[name.removesuffix(".html")] = f"{prefix}/{name}"
     except StoreError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the decision does not depend on the HTML
+    except Exception as exc:
         s.warnings.append(f"Evidently report failed: {type(exc).__name__}: {exc}")
         log.exception("Evidently report failed")
     if snapshots:

@@ -102,7 +102,8 @@ def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.tim
     for rec in reversed(records(store, model)):
         status = rec.get("status")
         created = dt.datetime.fromisoformat(rec["created_at"])
-        if status in IN_FLIGHT and trigger is not None and rec.get("trigger") == trigger.kind:
+        # a record without a run id is being started by another pass right now: in flight
+        if status in IN_FLIGHT and rec.get("run_id") and trigger is not None and rec.get("trigger") == trigger.kind:
             try:
                 fresh = trigger.poll(rec)
             except TriggerError as exc:
