@@ -30,6 +30,7 @@ from typing_extensions import TypedDict
 from components.data import MAX_CATEGORIES, PREDICTION, DataError, Schema
 
 MAX_RECORDS = 100_000
+FAST_PATH_MIN = 64  # below this the per-record path costs less than building columns
 _SHOWN_ERRORS = 5
 
 
@@ -80,6 +81,10 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    def with_records(self, records: list[dict[str, Any]]) -> Rows:
+        self.records = records
+        return self
 
 
 _Number = Annotated[float, Strict()]  # strict: no "3.5" strings, no booleans; ints are fine
@@ -133,6 +138,10 @@ class RecordValidator:
     # --- HTTP: all or nothing ---------------------------------------------------------------
     def validate(self, records: Any) -> Rows:
         """Validate a list of records; raise InvalidInput naming the first problems."""
+        if isinstance(records, list) and FAST_PATH_MIN <= len(records) <= self.max_records:
+            fast = self._fast(records)
+            if fast is not None:
+                return fast
         rows, problems = self.check(records)
         if problems:
             raise InvalidInput(problems)
@@ -175,6 +184,43 @@ class RecordValidator:
         if not problems:
             rows.records = valid
         return rows, problems
+
+    def _fast(self, records: list[Any]) -> Rows | None:
+        """Column-wise validation of a large, clean request; None sends it down the exact path.
+
+        Accepts only what the per-record path accepts too; anything doubtful (a missing or
+        extra key, a mixed column, a null where none is allowed) goes to ``check``, which
+        names the record and the field.
+        """
+        n, keys = len(self.names), self._keys
+        for r in records:
+            if type(r) is not dict or len(r) != n or r.keys() != keys:
+                return None
+        frame = pd.DataFrame.from_records(records, columns=self.names)
+        cols: dict[str, Any] = {}
+        for c in self.schema.features:
+            s = frame[c.name]
+            nullable = self._nullable[c.name]
+            if c.kind in ("numeric", "boolean"):
+                if s.dtype.kind not in "fi":
+                    return None
+                arr = s.to_numpy(dtype="float64")
+                if s.dtype.kind == "f" and not np.isfinite(arr).all() and (np.isinf(arr).any() or not nullable):
+                    return None
+            else:
+                values = s.to_numpy(dtype=object)
+                types = set(map(type, values))
+                if not types <= {str, type(None)} or (type(None) in types and not nullable):
+                    return None
+                if c.kind == "categorical":
+                    arr = values
+                else:
+                    try:
+                        arr = pd.to_datetime(s, utc=True, format="ISO8601").dt.tz_localize(None).to_numpy()
+                    except (ValueError, TypeError):
+                        return None
+            cols[c.name] = arr
+        return self._drift(pd.DataFrame(cols, columns=self.names)).with_records(records)
 
     def frame_of(self, valid: list[dict[str, Any]]) -> pd.DataFrame:
         """The input frame of records that already passed ``validate``."""

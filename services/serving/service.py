@@ -85,13 +85,15 @@ class FlywheelServing:
         settings = load_settings()
         version = os.environ.get("MODEL_VERSION", CHAMPION) or CHAMPION
         poll = float(os.environ.get("FLYWHEEL_SERVING_POLL_SECONDS", "2"))
+        prefer_onnx = os.environ.get("FLYWHEEL_SERVING_RUNTIME", "auto") != "sklearn"
+        log_predictions = os.environ.get("FLYWHEEL_PREDICTION_LOG", "on") != "off"  # off: benchmarks only
         self.settings = settings
         self.model_name = settings.model
         self.holder = ModelHolder(Registry(open_store(settings.store, settings), settings.model), version, poll,
-                                  listener=_on_model_event)
+                                  prefer_onnx=prefer_onnx, listener=_on_model_event)
         # the log writer fails fast (few botocore retries) and keeps its own retry-then-spill
         log_store = open_store(settings.store, settings.model_copy(update={"s3_max_attempts": 2}))
-        self.predictions_log = _record_log(log_store, settings, "predictions")
+        self.predictions_log = _record_log(log_store, settings, "predictions") if log_predictions else _NoLog()
         self.feedback_log = _record_log(log_store, settings, "feedback")
         self.holder.start()
         self.predictions_log.start()
@@ -158,7 +160,8 @@ class FlywheelServing:
     def _score(self, model: LoadedModel, frame: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray | None]:
         """Predict, log and count a frame of validated rows."""
         pred = model.predict(frame)
-        ids = [uuid.uuid4().hex for _ in range(len(frame))]
+        base = uuid.uuid4().hex[:20]  # one random draw per call; 32 hex digits per record
+        ids = [f"{base}{i:012x}" for i in range(len(frame))]
         record = frame.reset_index(drop=True)
         record.insert(0, MODEL_VERSION, model.version)
         record.insert(0, TIME, pd.Timestamp.now(tz="UTC"))
@@ -172,6 +175,21 @@ class FlywheelServing:
 
 
 FlywheelServing.add_asgi_middleware(HttpMiddleware)
+
+
+class _NoLog:
+    """Stands in for the prediction log when it is switched off (to measure its cost)."""
+
+    logged = spilled = 0
+
+    def append(self, records: pd.DataFrame) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _configure_logging() -> None:

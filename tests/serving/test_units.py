@@ -189,3 +189,16 @@ def test_onnx_export_reports_unsupported_steps() -> None:
     data, report = export_onnx(model, holdout[schema.feature_names], "classification")
     assert data is None and report["converted"] is False
     assert "FunctionTransformer" in report["reason"]
+
+
+def test_fast_path_matches_the_exact_path_and_falls_back_on_errors(validator: RecordValidator) -> None:
+    big = RecordValidator(validator.schema, max_records=1000)
+    records = [{**GOOD, "alcohol": 11.0 + i / 100, "magnesium": None if i % 3 else 100} for i in range(200)]
+    fast = big.validate(records)
+    exact, problems = big.check(records)
+    assert problems == []
+    pd.testing.assert_frame_equal(fast.frame.reset_index(drop=True), exact.frame.reset_index(drop=True))
+    bad = [dict(r) for r in records]
+    bad[150]["ash"] = None
+    with pytest.raises(InvalidInput, match="record 150, field 'ash'"):
+        big.validate(bad)
