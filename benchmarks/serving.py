@@ -42,6 +42,7 @@ MANY_ROWS = 10_000
 
 def make_store(root: Path) -> tuple[list[dict[str, Any]], Any]:
     """A registry with one promoted classifier (numeric features, so ONNX converts) and its records."""
+    import joblib
     from sklearn.datasets import load_breast_cancer
 
     from components.data import DatasetSpec, infer_schema
@@ -51,8 +52,6 @@ def make_store(root: Path) -> tuple[list[dict[str, Any]], Any]:
     from components.registry import Registry
     from components.store import LocalStore
     from components.train import make_model
-
-    import joblib
 
     frame = load_breast_cancer(as_frame=True).frame
     frame.columns = [c.replace(" ", "_") for c in frame.columns]

@@ -23,7 +23,15 @@ from typing import Annotated, Any, Union
 
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict, Strict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    ConfigDict,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -308,7 +316,7 @@ def _problem(err: dict[str, Any]) -> Problem:
         return Problem(record, name, "is required but missing")
     if typ == "extra_forbidden":
         return Problem(record, name, "is not a feature of this model")
-    if typ.startswith("datetime") or typ.startswith("date_"):
+    if typ.startswith(("datetime", "date_")):
         return Problem(record, name, f"must be an ISO 8601 date-time, got {_shown(got)} ({err['msg']})")
     # a union of types reports one error per member; the first says enough
     expected = _EXPECTED.get(typ, err["msg"])
@@ -438,8 +446,7 @@ def _numbers_from_text(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
 def _errors_path(output: str) -> str:
     base = output.rstrip("/")
     for suffix in (".parquet", ".csv"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
+        base = base.removesuffix(suffix)
     return f"{base}.errors.csv"
 
 

@@ -84,7 +84,7 @@ def export_requirements(out: Path) -> Path:
     result = subprocess.run(
         [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--format", "requirements-txt",
          "--output-file", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True)
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise PackagingError(f"uv export from uv.lock failed: {result.stderr.strip()[:500]}")
     return out
@@ -108,7 +108,7 @@ def build_bento(bentoml_home: str | Path, version: str | None = None) -> Path:
         cmd += ["--version", version]
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
     try:
-        result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     finally:
         (PROJECT_ROOT / "requirements.bento.txt").unlink(missing_ok=True)
     if result.returncode != 0:

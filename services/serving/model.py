@@ -24,8 +24,8 @@ import pandas as pd
 
 from components.data import PREDICTION, Schema
 from components.onnx_export import onnx_feed
+from components.predict import RecordValidator, records_of, score_frame
 from components.registry import Registry
-from components.predict import RecordValidator, Rows, records_of, score_frame
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32

@@ -23,13 +23,13 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import AfterValidator, Field
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
+from components.predict import InvalidInput, Problem, Rows
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
 from services.serving.prediction_log import RecordLog
-from components.predict import InvalidInput, Problem, Rows
 
 log = logging.getLogger("flywheel.serving")
 PROBA = "_proba"

@@ -147,7 +147,7 @@ def two_versions(tmp_path: Path):
 
 
 def test_cluster_rollout_patches_env_and_annotation_and_waits(tmp_path: Path, two_versions) -> None:
-    settings, registry = two_versions
+    settings, _ = two_versions
     api = FakeKubernetes("v1")
     try:
         result = deploy(settings, mode="cluster", kubeconfig=kubeconfig(tmp_path, api.url), poll_seconds=0.01,

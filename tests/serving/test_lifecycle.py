@@ -18,10 +18,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from components.data import MODEL_VERSION, REQUEST_ID
+from components.data import REQUEST_ID
 from components.registry import Registry
 from components.store import LocalStore, S3Store, Store
-from components.settings import load_settings
 from services.serving.model import frame_to_records
 from tests.serving.conftest import free_port, serving_settings
 from tests.serving.models import LOGISTIC, add_version, wine_frame

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.serving.launch import PackagingError, build_bento, settings_env
 from components.settings import load_settings
+from services.serving.launch import PackagingError, build_bento, settings_env
 
 
 def test_build_bento_offline_from_the_lock(tmp_path: Path) -> None:
