@@ -107,7 +107,8 @@ def preprocessor(schema: Schema) -> ColumnTransformer:
     if by_kind["datetime"]:
         parts.append((
             "datetime",
-            make_pipeline(FunctionTransformer(date_parts), SimpleImputer(strategy="median", keep_empty_features=True)),
+            make_pipeline(FunctionTransformer(date_parts), SimpleImputer(strategy="median", keep_empty_features=True),
+                          StandardScaler()),
             by_kind["datetime"],
         ))
     return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)

@@ -2,7 +2,9 @@
 
 Each body imports the project (installed in the component image, and in the host
 interpreter for ``kfp.local``) and calls the pure stage function. Data flows as KFP
-artifacts; every cached step takes the data fingerprint as an input.
+artifacts; every cached step takes the data fingerprint as an input, and no cached step
+takes the run name (it would make every cache key unique). Steps that run every time
+(fingerprint, champion, register, deploy) record a failure's reason under the run.
 """
 
 
@@ -53,7 +55,7 @@ def champion(store: str, model: str, run: str) -> str:
 
 @component
 def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
-           store: str, model: str, run: str, fingerprint: str,
+           store: str, model: str, fingerprint: str,
            dataset: Output[Dataset]) -> NamedTuple("Ingested", [("schema", str), ("rows", int)]):
     """Read and normalise the data into a Parquet dataset; returns the schema (JSON)."""
     from components import ingest as stage
@@ -61,7 +63,7 @@ def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list
 
     s = runtime.settings(store, model)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
-    result = runtime.guarded(s, run, "ingest", lambda: stage.ingest(spec, s))
+    result = stage.ingest(spec, s)
     result.frame.to_parquet(dataset.path, index=False)
     dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
     from collections import namedtuple
@@ -70,7 +72,7 @@ def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list
 
 
 @component
-def validate(dataset: Input[Dataset], schema: str, store: str, model: str, run: str, champion: str,
+def validate(dataset: Input[Dataset], schema: str, store: str, model: str, champion: str,
              report: Output[Markdown]) -> str:
     """The data-quality gate: fails the run naming the column; returns warnings (JSON)."""
     import json
@@ -89,7 +91,7 @@ def validate(dataset: Input[Dataset], schema: str, store: str, model: str, run: 
     result = stage.validate(pd.read_parquet(dataset.path), sch, champ)
     with open(report.path, "w") as f:
         f.write(result.markdown())
-    runtime.guarded(s, run, "validate", result.raise_for_errors)
+    result.raise_for_errors()
     return json.dumps(result.warnings)
 
 
@@ -138,6 +140,8 @@ def train(train: Input[Dataset], candidate: dict, folds: int, seed: int, max_row
     result = stage.score_candidate(pd.read_parquet(train.path), schema, candidate, folds, seed, max_rows)
     metrics.log_metric(result["metric"], result["score"])
     metrics.log_metric("cv_std", result["std"])
+    with open(metrics.path, "w") as f:  # KFP keeps metrics in metadata; the file lets caches verify the output
+        json.dump(metrics.metadata, f)
     return json.dumps(result)
 
 
@@ -184,6 +188,9 @@ def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: s
     cm = result["challenger"].get("confusion_matrix")
     if cm:
         confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
+    for artifact in (metrics, confusion):  # metadata-only artifacts: a file lets caches verify them
+        with open(artifact.path, "w") as f:
+            json.dump(artifact.metadata, f)
     with open(report.path, "w") as f:
         f.write(stage.report_html(result, f"{model_name}: challenger vs champion {champion or '(none)'}"))
     return json.dumps(result)
@@ -221,11 +228,13 @@ def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset]
 @component
 def deploy(version: str, store: str, model: str, run: str) -> str:
     """Roll the new champion out (embedded: the server follows the pointer)."""
+    import json
+
     from components import deploy as stage
     from components import runtime
 
     s = runtime.settings(store, model)
-    return runtime.guarded(s, run, "deploy", lambda: stage.deploy(version, s))
+    return json.dumps(runtime.guarded(s, run, "deploy", lambda: stage.deploy(s, version).to_dict()))
 
 
 @component

@@ -96,7 +96,17 @@ def register(
     champion_version: str | None,
     settings: Settings,
 ) -> Decision:
-    """Write the version (manifest last), then apply the promotion gate and record why."""
+    """Write the version (manifest last), then apply the promotion gate and record why.
+
+    The same data and the same chosen candidate give no new version: the existing one is
+    returned, so a re-run (after the champion changed under the cache) never duplicates it.
+    """
+    for existing in reversed(registry.versions()):
+        m = registry.manifest(existing)
+        if m.get("fingerprint") == fingerprint and m.get("candidate") == best["candidate"]:
+            champ = registry.champion()
+            return Decision(existing, False, f"same data and model as {existing}: nothing new to register",
+                            m.get("score", float("nan")), champ.version if champ else None, None)
     version = registry.claim_version()
     buf = io.BytesIO()
     joblib.dump(model, buf)

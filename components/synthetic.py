@@ -50,10 +50,10 @@ def churn(
     signup = (event - pd.to_timedelta(tenure * 30.4, unit="D")).normalize()
 
     plan_effect = pd.Series(plan).map({"basic": 0.5, "plus": 0.1, "pro": -0.3, "enterprise": -0.8}).to_numpy()
-    usage = -0.09 * (sessions - 18) - 0.03 * (tenure - 24) + 0.45 * (calls - 1.2) - 2.0 * (discount - 0.2)
+    usage = -0.2 * (sessions - 18) - 0.06 * (tenure - 24) + 0.9 * (calls - 1.2) - 4.0 * (discount - 0.2)
     if concept_shift:
         usage = -usage
-    logit = -0.9 + usage + plan_effect + 0.004 * (age - 41) + rng.normal(0, 0.3, n)
+    logit = -0.6 + usage + 1.5 * plan_effect + 0.01 * (np.nan_to_num(age, nan=41) - 41) + rng.normal(0, 0.3, n)
     churned = (rng.uniform(0, 1, n) < 1 / (1 + np.exp(-logit))).astype(int)
 
     frame = pd.DataFrame({

@@ -8,7 +8,9 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from components.ingest import fingerprint as data_fingerprint
 from components.registry import Registry
 from components.runtime import run_key
 from components.settings import Settings
-from components.store import NotFound, StoreError, open_store
+from components.store import NotFound, open_store
 
 
 class PipelineFailed(RuntimeError):
@@ -88,12 +90,23 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False,
                enable_caching=True)
     env = {"FLYWHEEL_STORE": store_uri, "FLYWHEEL_MODEL": settings.model}
-    with _quiet(quiet), _env(env):
+    with _captured(echo=not quiet) as log, _env(env):
         training_pipeline(**pipeline_arguments(spec, settings, run, store_uri))
-    return _outcome(settings, run, fp)
+    text = _ANSI.sub("", log.getvalue())
+    hits = re.findall(r"Task (\S+) cache hit", text)
+    return {**_outcome(settings, run, fp, text), "cache_hits": hits}
 
 
-def _outcome(settings: Settings, run: str, fp: str) -> dict[str, Any]:
+_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Failed|Exception|Conflict)): (.+)$", re.M)
+
+
+def _reason_from_log(text: str) -> str | None:
+    """The last exception a task raised, from kfp.local's captured task output."""
+    found = _RAISED.findall(text)
+    return f"{found[-1][1]}" if found else None
+
+
+def _outcome(settings: Settings, run: str, fp: str, log: str = "") -> dict[str, Any]:
     store = open_store(settings.store, settings)
     key = run_key(settings.model, run)
     try:
@@ -104,7 +117,9 @@ def _outcome(settings: Settings, run: str, fp: str) -> dict[str, Any]:
         err = status.get("error")
         if err:
             raise PipelineFailed(f"step {err['step']} failed: {err['error']}")
-        raise PipelineFailed(f"pipeline run {run} {status['state'].lower()}: {status.get('kfp_error') or 'see the task logs above'}")
+        failed = re.findall(r"Task '?([\w-]+)'? finished with status FAILURE", log)
+        reason = _reason_from_log(log) or status.get("kfp_error") or "see the task logs (--verbose)"
+        raise PipelineFailed(f"step {failed[0] if failed else '?'} failed: {reason}")
     reg = Registry(store, settings.model)
     decision = None
     for version in reversed(reg.versions()):
@@ -112,7 +127,7 @@ def _outcome(settings: Settings, run: str, fp: str) -> dict[str, Any]:
         if d and d.get("run_id") == run:
             decision, cached = d, False
             break
-    if decision is None:  # register was served from cache: the same data gave this version before
+    if decision is None:  # register was cached or found the same data's version: nothing new
         for version in reversed(reg.versions()):
             if reg.manifest(version).get("fingerprint") == fp:
                 decision, cached = reg.decision(version), True
@@ -138,22 +153,34 @@ def _env(values: dict[str, str]):
                 os.environ[k] = v
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _Tee(io.StringIO):
+    def __init__(self, echo: Any) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def write(self, text: str) -> int:
+        if self.echo is not None:
+            self.echo.write(text)
+        return super().write(text)
+
+
 @contextlib.contextmanager
-def _quiet(enabled: bool):
-    """kfp.local narrates every task; keep it for --verbose."""
-    if not enabled:
-        yield
-        return
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    sink = io.StringIO()
+def _captured(echo: bool):
+    """kfp.local narrates every task on stdout (cache hits included): keep it, show it on --verbose."""
+    sink = _Tee(sys.stdout if echo else None)
+    # kfp.local logs cache hits from its orchestrator, outside its own logger context: listen at INFO
+    root, handler = logging.getLogger(), logging.StreamHandler(sink)
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink if not echo else sys.stderr):
+            yield sink
     finally:
-        logger.setLevel(level)
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
-def store_error_hint(exc: StoreError) -> str:
-    return str(exc)

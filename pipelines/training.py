@@ -88,13 +88,13 @@ def build(cluster: ClusterOptions | None = None):
             champ.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
 
             # cached: every key includes the data fingerprint (and the champion where it matters)
-            ingested = on(c.ingest(**data, store=store, model=model, run=run, fingerprint=fp.output))
+            ingested = on(c.ingest(**data, store=store, model=model, fingerprint=fp.output))
             ingested.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
             ingested.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
             schema = ingested.outputs["schema"]
 
             checked = on(c.validate(dataset=ingested.outputs["dataset"], schema=schema, store=store, model=model,
-                                    run=run, champion=champ.output))
+                                    champion=champ.output))
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
             space = on(c.search_space(schema=schema))
@@ -114,7 +114,8 @@ def build(cluster: ClusterOptions | None = None):
                 fingerprint=fp.output, champion=champ.output, store=store, model_name=model, run=run,
                 promotion_margin=promotion_margin,
             ))
-            registered.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
+            # never cached: it writes the registry (and is idempotent for the same data and model)
+            registered.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
             with dsl.If(registered.output != "", name="promoted"):
                 rollout = on(c.deploy(version=registered.output, store=store, model=model, run=run))
                 rollout.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="10s")

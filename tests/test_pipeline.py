@@ -49,13 +49,17 @@ def test_run_artifacts_are_kfp_artifacts(world):
     settings, *_ = world
     root = __import__("pathlib").Path(settings.pipeline_root)
     outputs = {p.name for p in root.rglob("*") if p.is_file()}
-    # Dataset, Model, Metrics, ClassificationMetrics, Markdown and HTML artifacts were written
-    assert {"dataset", "train", "holdout", "model", "report", "confusion"} <= outputs
+    # Dataset, Model, Metrics, Markdown and HTML artifacts were written (Metrics live in metadata)
+    assert {"dataset", "train", "holdout", "model", "report"} <= outputs
 
 
 def test_second_run_on_same_data_is_served_from_cache(world):
     settings, _, _, first, second = world
     reg = Registry(open_store(settings.store, settings), "churn")
+    assert first["cache_hits"] == []
+    # the expensive steps come from kfp.local's cache; the steps that look at the world never do
+    assert {"ingest", "features", "search-space", "train", "refit"} <= set(second["cache_hits"])
+    assert {"fingerprint", "champion", "record-run"}.isdisjoint(second["cache_hits"])
     assert second["cached"] is True
     assert second["version"] == first["version"] and second["fingerprint"] == first["fingerprint"]
     assert reg.versions() == ["v1"]  # nothing retrained, nothing re-registered
@@ -66,6 +70,7 @@ def test_changed_data_is_never_served_from_cache(world):
     churn(1500, seed=12).to_csv(data, index=False)  # same shape, other rows
     third = run_training(spec, settings)
     assert not third["cached"] and third["fingerprint"] != first["fingerprint"]
+    assert not {"ingest", "features", "train", "refit", "register"} & set(third["cache_hits"])
     assert third["version"] == "v2"
     reg = Registry(open_store(settings.store, settings), "churn")
     assert reg.decision("v2")["champion_version"] == "v1"  # judged against the champion on the same holdout
