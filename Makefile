@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FLYWHEEL := $(VENV)/bin/flywheel
 export PATH := $(abspath $(TOOLS)/bin):$(abspath $(VENV)/bin):$(PATH)
 
-.PHONY: help env run test bench compile lint images bento ui clean
+.PHONY: help env run test bench compile lint monitor monitor-ui images bento clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,12 @@ compile: env  ## KFP IR YAML of the training pipeline
 
 lint: env  ## ruff
 	$(VENV)/bin/ruff check components pipelines services tests
+
+monitor: env  ## One monitoring pass (drift, quality, report, retrain decision)
+	$(FLYWHEEL) monitor
+
+monitor-ui: env  ## Evidently UI over the monitoring workspace (http://localhost:8000)
+	$(FLYWHEEL) monitor --ui
 
 images:  ## Print the docker build commands for the three images (pipe to sh to build)
 	@sh k8s/images.sh

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     spill_dir: str = ".flywheel/spill"
     log_flush_rows: int = Field(1000, ge=1)
     log_flush_seconds: float = Field(2.0, gt=0)
+    serving_poll_seconds: float = Field(2.0, gt=0, description="How often the server checks the champion pointer.")
+    serving_runtime: Literal["auto", "sklearn"] = Field("auto", description="auto: ONNX when its holdout check passed.")
+    prediction_log: bool = Field(True, description="Log every prediction (off only for benchmarks).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
 

@@ -104,6 +104,76 @@ def _toleration(text: str) -> dict[str, str]:
     return {"key": key, "operator": "Equal" if eq else "Exists", "value": value or None, "effect": effect}
 
 
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 3000,
+    version: Annotated[Optional[str], typer.Option(help="Pin a model version; default follows the champion.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run the BentoML serving API locally (bentoml serve); Ctrl-C flushes the prediction log and stops."""
+    from services.serving.launch import serve as run
+
+    raise typer.Exit(run(_settings(model=model, store=store), port, version, host))
+
+
+@app.command()
+def predict(
+    data: Annotated[str, typer.Option(help="CSV/Parquet file or prefix: local path, s3:// URI or store:key.")],
+    output: Annotated[str, typer.Option(help="Output .parquet/.csv file, or a folder of Parquet parts (path, s3://, store:).")],
+    version: Annotated[Optional[str], typer.Option(help="Model version; default the champion.")] = None,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Batch-score a whole file in chunks with the serving validation; bad rows go to <output>.errors.csv."""
+    from components.predict import predict_batch
+
+    result = predict_batch(_settings(model=model, store=store), data, output, version)
+    console.print_json(json.dumps(result.to_dict(), default=str))
+
+
+@app.command()
+def bento(
+    home: Annotated[str, typer.Option(help="BENTOML_HOME (must be outside the project).")] = str(Path.home() / "bentoml"),
+) -> None:
+    """Build the serving Bento offline from uv.lock (bentoml build); prints where its Dockerfile is."""
+    from services.serving.launch import build_bento
+
+    console.print(str(build_bento(home)))
+
+
+@app.command()
+def monitor(
+    ui: Annotated[bool, typer.Option("--ui", help="Serve the Evidently UI over the monitoring workspace instead of a pass.")] = False,
+    port: Annotated[int, typer.Option(help="Port of the Evidently UI (with --ui).")] = 8000,
+    data: Annotated[Optional[str], typer.Option(help="Dataset to retrain on when the monitor decides to; without it no retrain starts.")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Target column of --data.")] = None,
+    timestamp: Annotated[Optional[str], typer.Option(help="Timestamp column of --data.")] = None,
+    include_feedback: Annotated[bool, typer.Option(help="Retrain on --data plus the labelled production rows.")] = False,
+    package: Annotated[Path, typer.Option(help="Compiled pipeline uploaded to KFP when the runner is kfp.")] = Path("dist/flywheel-training.yaml"),
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """One monitoring pass: drift, quality, report, and a retrain when the thresholds say so (the CronJob's entry point)."""
+    import subprocess
+
+    from components.data import DatasetSpec
+    from components.store import open_store
+    from pipelines.triggers import make_trigger
+    from services.monitoring.monitor import run_pass, table, ui_command
+
+    s = _settings(model=model, store=store)
+    if ui:
+        raise typer.Exit(subprocess.call(ui_command(s, port)))
+    if bool(data) != bool(target):
+        raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
+    spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else None
+    summary = run_pass(s, open_store(s.store, s), make_trigger(s, spec, package, include_feedback))
+    console.print(table(summary), highlight=False)
+    raise typer.Exit(summary.exit_code)
+
+
 @models.command("list")
 def models_list(model: ModelOpt = None, store: StoreOpt = None) -> None:
     """Every version with its holdout score and promotion decision."""

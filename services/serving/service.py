@@ -84,9 +84,9 @@ class FlywheelServing:
         _configure_logging()
         settings = load_settings()
         version = os.environ.get("MODEL_VERSION", CHAMPION) or CHAMPION
-        poll = float(os.environ.get("FLYWHEEL_SERVING_POLL_SECONDS", "2"))
-        prefer_onnx = os.environ.get("FLYWHEEL_SERVING_RUNTIME", "auto") != "sklearn"
-        log_predictions = os.environ.get("FLYWHEEL_PREDICTION_LOG", "on") != "off"  # off: benchmarks only
+        poll = settings.serving_poll_seconds
+        prefer_onnx = settings.serving_runtime != "sklearn"
+        log_predictions = settings.prediction_log  # off: benchmarks only
         self.settings = settings
         self.model_name = settings.model
         self.holder = ModelHolder(Registry(open_store(settings.store, settings), settings.model), version, poll,
