@@ -174,6 +174,52 @@ def monitor(
     raise typer.Exit(summary.exit_code)
 
 
+@app.command()
+def run(
+    port: Annotated[Optional[int], typer.Option(help="Serving port (default: a free loopback port).")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Continue from the store instead of starting the demo model clean.")] = False,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """The whole loop on this machine: train, serve, drift, retrain and roll out (what `make run` runs)."""
+    from pipelines.loop import check_store_writable, run_loop
+
+    s = _settings(model=model, store=store, cooldown_minutes=0, min_rows=500, serving_poll_seconds=1.0)
+    check_store_writable(s)
+    result = run_loop(s, lambda line: console.print(line, highlight=False), port=port, fresh=not keep)
+    _print_loop(result)
+    if result.failed_requests or result.logged != result.served:
+        raise typer.Exit(1)
+
+
+def _print_loop(result) -> None:
+    versions = Table(title="Model versions")
+    for col in ("version", "metric", "holdout score", "decision"):
+        versions.add_column(col)
+    for v in result.versions:
+        star = " ★" if v["version"] == result.champion else ""
+        score = f"{v['score']:.4f}" if isinstance(v["score"], float) else "-"
+        versions.add_row(v["version"] + star, v["metric"] or "", score, v["reason"] or "")
+    console.print(versions)
+    passes = Table(title="Monitoring passes")
+    for col in ("period", "rows", "drift share", "decision", "new version"):
+        passes.add_column(col)
+    for p in result.passes:
+        share = f"{p['drift_share']:.2f}" if p["drift_share"] is not None else "-"
+        new = f"{p['new_version']} ({'promoted' if p['promoted'] else 'kept out'})" if p["new_version"] else "-"
+        passes.add_row(p["period"], str(p["rows"]), share, "RETRAIN" if p["retrain"] else "no retrain", new)
+    console.print(passes)
+    for p in result.passes:
+        console.print(f"{p['period']}: {p['reason']}\n  report: {p['report'] or '-'}", highlight=False)
+    for swap in result.swaps:
+        console.print(f"swap after {swap['period']}: {swap['from']} -> {swap['to']}, answering "
+                      f"{swap['seconds_from_first_drifted_request']} s after the period's first request")
+    ok = "[green]" if not result.failed_requests and result.logged == result.served else "[red]"
+    console.print(f"{ok}requests: {result.served} records served, {result.failed_requests} failed, "
+                  f"{result.logged} logged to the store, {result.feedback} labels received[/]")
+    console.print(f"champion: {result.champion}; store: {result.store}; {result.seconds:.0f} s in all")
+
+
 @models.command("list")
 def models_list(model: ModelOpt = None, store: StoreOpt = None) -> None:
     """Every version with its holdout score and promotion decision."""
@@ -221,10 +267,11 @@ def main() -> None:
     from components.settings import ConfigError
     from components.store import StoreError
     from pipelines.local import PipelineFailed
+    from pipelines.loop import LoopError
 
     try:
         app()
-    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed) as exc:
+    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
