@@ -210,7 +210,8 @@ def _print_loop(result) -> None:
         passes.add_row(p["period"], str(p["rows"]), share, "RETRAIN" if p["retrain"] else "no retrain", new)
     console.print(passes)
     for p in result.passes:
-        console.print(f"{p['period']}: {p['reason']}\n  report: {p['report'] or '-'}", highlight=False)
+        report = f"{result.store}/{p['report']}" if p["report"] else "-"
+        console.print(f"{p['period']}: {p['reason']}\n  report: {report}", highlight=False)
     for swap in result.swaps:
         console.print(f"swap after {swap['period']}: {swap['from']} -> {swap['to']}, answering "
                       f"{swap['seconds_from_first_drifted_request']} s after the period's first request")

@@ -75,7 +75,7 @@ class LoopResult:
     passes: list[dict[str, Any]] = field(default_factory=list)
     served: int = 0
     failed_requests: int = 0
-    logged: int = 0
+    logged: int = 0  # prediction records this run added to the store
     feedback: int = 0
     swaps: list[dict[str, Any]] = field(default_factory=list)
     versions: list[dict[str, Any]] = field(default_factory=list)
@@ -252,6 +252,7 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
         port = free_port(port)
         if fresh:
             reset_demo(store, model)
+        logged_before = _count_logged(store, model)
         history = HISTORY.format(model=model)
         if reg.champion() is None:
             say(f"[1/6] writing the demo world to {store.uri}/{history}")
@@ -299,12 +300,15 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
                         "seconds_from_first_drifted_request": round(swapped_at - t_first, 1) if swapped_at else None,
                     })
                     say(f"      the service now answers with {champion_after} (was {champion_before})")
+        except KeyboardInterrupt:
+            say("interrupted: stopping the service; what it served is logged and the registry is unchanged by the stop")
+            raise
         finally:
             say("[6/6] stopping the service (it flushes its prediction log)")
             server.stop()
             if "traffic" in locals():
                 result.served, result.failed_requests = traffic.served, traffic.failed
-        result.logged = _count_logged(store, model)
+        result.logged = _count_logged(store, model) - logged_before
         result.versions = _versions(reg)
         champ = reg.champion()
         result.champion = champ.version if champ else None
