@@ -1,0 +1,81 @@
+"""`make bench`: every benchmark in one run, one table, one JSON file (bench-results/bench.json).
+
+Each figure is a ratio against a baseline measured in the same run, since this machine is
+shared and absolute times drift. BENCH_ONLY=pipeline,serving,monitoring,loop picks a subset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+OUT = Path(os.environ.get("BENCH_OUT", "bench-results"))
+
+
+def _rows(name: str, r: dict) -> list[tuple[str, str, str, str]]:
+    """(benchmark, figure, value, target) rows for the table."""
+    if "error" in r:
+        return [(name, "error", r["error"][-200:], "")]
+    if name == "pipeline":
+        rows = [(name, f"pipeline / direct ({r['rows']} rows)", f"{r['pipeline_over_direct']:.2f}  ({r['pipeline_seconds']} s / {r['direct_seconds']} s)", "<= 1.25"),
+                (name, "cached re-run / first run", f"{r['cached_over_first']:.3f}  ({r['cached_seconds']} s)", "<= 0.10")]
+        big = r.get("big") or {}
+        if big:
+            rows.append((name, f"{big.get('rows')} rows: wall, peak RSS", f"{big.get('seconds')} s, {big.get('peak_rss_gib')} GiB"
+                         if "error" not in big else str(big["error"]), "< 4 GiB"))
+        return rows
+    if name == "serving":
+        ratios = r.get("ratios", {})
+        rows = [(name, k, f"{v:.3f}" if isinstance(v, float) else str(v), "") for k, v in ratios.items()
+                if not isinstance(v, dict)]
+        for case in ("a_sklearn", "a_onnx", "a_nolog", "b_fastapi", "c_constant"):
+            c = r.get(case) or {}
+            if c:
+                rows.append((name, f"{case}: req/s, p50, p99", f"{c.get('rps', 0):.0f}, {c.get('p50_ms', 0):.0f} ms, {c.get('p99_ms', 0):.0f} ms", ""))
+        return rows
+    if name == "monitoring":
+        rows = []
+        for w in r.get("windows", r.get("results", [])):
+            rows.append((name, f"{w.get('rows')} rows: pass / KS, peak RSS",
+                         f"{w.get('pass_over_ks', float('nan')):.2f}, {w.get('peak_rss_gib', '-')} GiB", "<= 1.0 at 1M; < 2 GiB at 10M"))
+        return rows or [(name, k, str(v), "") for k, v in r.items() if not isinstance(v, (dict, list))]
+    if name == "loop":
+        return [(name, "first drifted request -> new champion answering", f"{r['first_drifted_request_to_new_champion_seconds']} s", ""),
+                (name, "requests served / logged / failed", f"{r['served']} / {r['logged']} / {r['failed_requests']}", "logged = served, 0 failed")]
+    return [(name, k, str(v), "") for k, v in r.items()]
+
+
+def main() -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+    results: dict[str, dict] = {}
+    for name in ("pipeline", "serving", "monitoring", "loop"):
+        if only and name not in only:
+            continue
+        module = __import__(f"benchmarks.{name}", fromlist=["main"])
+        start = time.perf_counter()
+        try:
+            results[name] = module.main(str(OUT / f"{name}.json"))
+        except Exception as exc:  # one failing benchmark must not hide the others' figures
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=3)}
+        results[name]["bench_seconds"] = round(time.perf_counter() - start, 1)
+    table = Table(title="Flywheel benchmarks (ratios against a baseline in the same run)")
+    for col in ("benchmark", "figure", "value", "target"):
+        table.add_column(col)
+    for name, r in results.items():
+        for row in _rows(name, r):
+            table.add_row(*row)
+    Console(width=160).print(table)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {OUT / 'bench.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

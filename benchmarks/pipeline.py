@@ -1,0 +1,108 @@
+"""Training-pipeline benchmark: kfp.local overhead, cached re-run, and a 1M-row run.
+
+Figures are ratios against a baseline measured in the same run (the machine is shared):
+  * pipeline / direct: the whole pipeline on kfp.local divided by the same stage functions
+    called one after another in one process (target <= 1.25);
+  * cached / first: a re-run on unchanged data divided by the first run (target <= 0.10);
+  * 1M rows: wall time and the peak RSS of the largest process of the run (target < 4 GiB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from components import evaluate, features, ingest, register, train, validate
+from components.data import DatasetSpec
+from components.registry import Registry
+from components.settings import load_settings
+from components.store import open_store
+from components.synthetic import churn
+from pipelines.local import run_training
+
+ROWS = int(os.environ.get("BENCH_PIPELINE_ROWS", "100000"))
+BIG_ROWS = int(os.environ.get("BENCH_PIPELINE_BIG_ROWS", "1000000"))
+
+
+def dataset(rows: int, folder: Path) -> DatasetSpec:
+    """``rows`` x 20 feature columns (10 churn features + 10 numeric), as Parquet."""
+    path = folder / f"churn-{rows}.parquet"
+    churn(rows, seed=1, days=60, extra_numeric=10).to_parquet(path, index=False)
+    return DatasetSpec(str(path), "churned", timestamp="event_time")
+
+
+def direct(spec: DatasetSpec, settings) -> float:
+    """The same stage functions the pipeline runs, called directly in this process."""
+    start = time.perf_counter()
+    ing = ingest.ingest(spec, settings)
+    validate.validate(ing.frame, ing.schema).raise_for_errors()
+    tr, ho = features.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
+    results = [train.score_candidate(tr, ing.schema, c, settings.cv_folds, settings.seed, settings.max_train_rows)
+               for c in train.candidates(ing.schema.task)]
+    best = train.best(results)
+    model = train.refit(tr, ing.schema, best["candidate"], settings.seed)
+    ev = evaluate.evaluate(model, None, ho, ing.schema)
+    register.register(Registry(open_store(settings.store, settings), settings.model), model, ing.schema, ev, best,
+                      tr, ho, ing.fingerprint, "direct", None, settings)
+    return time.perf_counter() - start
+
+
+def big_run(rows: int, work: Path) -> dict:
+    """The 1M-row pipeline in a child process, so its peak memory can be read afterwards."""
+    code = (
+        "import sys, json, time; from pathlib import Path; from benchmarks.pipeline import dataset;"
+        "from components.settings import load_settings; from pipelines.local import run_training;"
+        f"w=Path({str(work)!r}); spec=dataset({rows}, w);"
+        "s=load_settings(store=str(w/'big-store'), pipeline_root=str(w/'big-root'), model='big', max_train_rows=100000);"
+        "t=time.perf_counter(); r=run_training(spec, s); print(json.dumps({'seconds': time.perf_counter()-t, 'version': r['version']}))"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        return {"rows": rows, "error": proc.stderr.strip().splitlines()[-1:]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"rows": rows, "seconds": round(out["seconds"], 1), "peak_rss_gib": round(max(before, peak_kib) / 2**20, 2),
+            "target_gib": 4.0}
+
+
+def main(out_json: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="fw-bench-pipeline-") as tmp:
+        work = Path(tmp)
+        spec = dataset(ROWS, work)
+        base = load_settings(store=str(work / "direct-store"), pipeline_root=str(work / "root"), model="bench")
+        t_direct = direct(spec, base)
+        s = load_settings(store=str(work / "store"), pipeline_root=str(work / "root"), model="bench")
+        t0 = time.perf_counter()
+        first = run_training(spec, s)
+        t_pipeline = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        again = run_training(spec, s)
+        t_cached = time.perf_counter() - t0
+        result = {
+            "rows": ROWS,
+            "direct_seconds": round(t_direct, 1),
+            "pipeline_seconds": round(t_pipeline, 1),
+            "pipeline_over_direct": round(t_pipeline / t_direct, 3),
+            "pipeline_over_direct_target": 1.25,
+            "cached_seconds": round(t_cached, 1),
+            "cached_over_first": round(t_cached / t_pipeline, 3),
+            "cached_over_first_target": 0.10,
+            "cached": again["cached"],
+            "version": first["version"],
+            "big": big_run(BIG_ROWS, work) if BIG_ROWS else None,
+        }
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else "bench-results/pipeline.json"), indent=2))
