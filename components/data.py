@@ -231,9 +231,9 @@ def infer_task(target: pd.Series) -> Task:
     if s.dtype == object or s.dtype == bool or isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(s):
         return "classification"
     nunique = s.nunique()
-    if pd.api.types.is_integer_dtype(s) or (pd.api.types.is_float_dtype(s) and np.all(np.mod(s.to_numpy(), 1) == 0)):
-        if nunique <= 20 and nunique <= max(2, 0.05 * len(s)):
-            return "classification"
+    whole = pd.api.types.is_integer_dtype(s) or (pd.api.types.is_float_dtype(s) and np.all(np.mod(s.to_numpy(), 1) == 0))
+    if whole and nunique <= 20 and nunique <= max(2, 0.05 * len(s)):
+        return "classification"
     return "regression"
 
 

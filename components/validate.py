@@ -113,12 +113,11 @@ def _leak(x: pd.Series, y: pd.Series, task: str) -> str | None:
         return None
     if both["x"].astype(str).equals(both["y"].astype(str)):
         return "it is a copy of the target"
-    if task == "classification":
-        # x determines y when each x value maps to one y value and x is not an id
-        if both["x"].nunique() <= max(50, 0.2 * len(both)):
-            purity = both.groupby("x", observed=True)["y"].nunique()
-            if (purity == 1).all() and both["x"].nunique() <= both["y"].nunique() * 5:
-                return "each of its values maps to exactly one class"
+    # x determines y when each x value maps to one y value and x is not an id
+    if task == "classification" and both["x"].nunique() <= max(50, 0.2 * len(both)):
+        purity = both.groupby("x", observed=True)["y"].nunique()
+        if (purity == 1).all() and both["x"].nunique() <= both["y"].nunique() * 5:
+            return "each of its values maps to exactly one class"
     if pd.api.types.is_numeric_dtype(both["x"]) and pd.api.types.is_numeric_dtype(both["y"]):
         xs, ys = both["x"].astype(float), both["y"].astype(float)
         with np.errstate(all="ignore"):

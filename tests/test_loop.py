@@ -101,10 +101,9 @@ def test_port_in_use_is_one_sentence():
 
 def test_two_runs_at_once_are_refused(tmp_path):
     settings = loop_settings(tmp_path)
-    with single_run(settings):
-        with pytest.raises(LoopError, match="another `flywheel run` is already running here"):
-            with single_run(settings):
-                pass
+    with single_run(settings), pytest.raises(LoopError, match="another `flywheel run` is already running here"), \
+            single_run(settings):
+        pass
     with single_run(settings):  # released afterwards
         pass
 
