@@ -57,11 +57,14 @@ def test_real_datasets_train_and_register(name, settings, tmp_path):
     # the model that comes back from the registry predicts what the trained one did
     X = ho[ing.schema.feature_names]
     np.testing.assert_allclose(reg.load_model(decision.version).predict(X), model.predict(X))
-    # a challenger that is no better than the champion is kept out
+    # the same data and model again: nothing new is registered
+    same = register.register(reg, model, ing.schema, ev, best, tr, ho, ing.fingerprint, "test-run-2", decision.version, settings)
+    assert same.version == decision.version and not same.promoted and reg.versions() == [decision.version]
+    # a challenger (other data) that is no better than the champion is registered but kept out
     again = register.register(reg, model, ing.schema, evaluate.evaluate(model, model, ho, ing.schema), best, tr, ho,
-                              ing.fingerprint, "test-run-2", decision.version, settings)
+                              "other-data", "test-run-3", decision.version, settings)
     assert not again.promoted and "does not beat" in again.reason
-    assert reg.champion().version == decision.version
+    assert reg.champion().version == decision.version and len(reg.versions()) == 2
 
 
 def test_messy_data_with_dates_categories_nulls(settings, tmp_path):
