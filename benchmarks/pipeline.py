@@ -3,7 +3,9 @@
 Figures are ratios against a baseline measured in the same run (the machine is shared):
   * pipeline / direct: the whole pipeline on kfp.local divided by the same stage functions
     called one after another in one process (target <= 1.25);
-  * cached / first: a re-run on unchanged data divided by the first run (target <= 0.10);
+  * cached / first: a re-run on unchanged data divided by the first run (target <= 0.10); the
+    first re-run still re-validates and re-evaluates (the first run changed the champion they
+    compare with), the next one (steady state) serves everything but the world-facing steps;
   * 1M rows: wall time and the peak RSS of the largest process of the run (target < 4 GiB).
 """
 
@@ -83,8 +85,11 @@ def main(out_json: str | None = None) -> dict:
         first = run_training(spec, s)
         t_pipeline = time.perf_counter() - t0
         t0 = time.perf_counter()
-        again = run_training(spec, s)
+        again = run_training(spec, s)  # the first run promoted v1: validate/evaluate re-run against it
         t_cached = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        steady = run_training(spec, s)  # nothing changed since: the steady-state re-run (e.g. a nightly schedule)
+        t_steady = time.perf_counter() - t0
         result = {
             "rows": ROWS,
             "direct_seconds": round(t_direct, 1),
@@ -95,6 +100,10 @@ def main(out_json: str | None = None) -> dict:
             "cached_over_first": round(t_cached / t_pipeline, 3),
             "cached_over_first_target": 0.10,
             "cached": again["cached"],
+            "cache_hits": again["cache_hits"],
+            "steady_cached_seconds": round(t_steady, 1),
+            "steady_cached_over_first": round(t_steady / t_pipeline, 3),
+            "steady_cache_hits": steady["cache_hits"],
             "version": first["version"],
             "big": big_run(BIG_ROWS, work) if BIG_ROWS else None,
         }

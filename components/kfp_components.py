@@ -38,7 +38,9 @@ def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns:
 
     s = runtime.settings(store, model)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
-    return runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
+    digest = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
+    runtime.record_dataset(s, run, spec, digest)  # register copies it into the version's manifest
+    return digest
 
 
 @component
@@ -221,6 +223,7 @@ def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset]
     decision = runtime.guarded(s, run, "register", lambda: stage.register(
         reg, joblib.load(model.path), Schema.from_json(schema), json.loads(evaluation), json.loads(best),
         pd.read_parquet(train.path), pd.read_parquet(holdout.path), fingerprint, run, champion or None, s,
+        dataset=runtime.recorded_dataset(s, run),
     ))
     return decision.version if decision.promoted else ""
 

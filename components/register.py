@@ -95,6 +95,7 @@ def register(
     run_id: str,
     champion_version: str | None,
     settings: Settings,
+    dataset: dict[str, Any] | None = None,
 ) -> Decision:
     """Write the version (manifest last), then apply the promotion gate and record why.
 
@@ -128,7 +129,7 @@ def register(
         files["model.onnx"] = onnx_bytes
     files["onnx.json"] = json.dumps(onnx_report, indent=2, default=str).encode()
     registry.write_version(version, files, {
-        "fingerprint": fingerprint, "run_id": run_id, "candidate": best["candidate"],
+        "fingerprint": fingerprint, "run_id": run_id, "candidate": best["candidate"], "dataset": dataset,
         "primary_metric": evaluation["primary_metric"],
         "score": evaluation["challenger"][evaluation["primary_metric"]],
     })

@@ -36,6 +36,29 @@ def run_key(model: str, run: str) -> str:
     return f"runs/{model}/{run}"
 
 
+def record_dataset(settings: Settings, run: str, spec: DatasetSpec, fingerprint: str) -> None:
+    """What this run trains on, so a version can say it and a retrain can read the same source."""
+    from dataclasses import asdict
+
+    body = {**asdict(spec), "fingerprint": fingerprint}
+    open_store(settings.store, settings).write(f"{run_key(settings.model, run)}/dataset.json", json.dumps(body).encode())
+
+
+def recorded_dataset(settings: Settings, run: str) -> dict[str, Any] | None:
+    from components.store import NotFound
+
+    try:
+        return json.loads(open_store(settings.store, settings).read(f"{run_key(settings.model, run)}/dataset.json"))
+    except NotFound:
+        return None
+
+
+def spec_of(dataset: dict[str, Any]) -> DatasetSpec:
+    """The DatasetSpec a version recorded (manifest["dataset"])."""
+    fields = {k: dataset[k] for k in ("source", "target", "task", "timestamp", "name") if k in dataset}
+    return DatasetSpec(**fields, id_columns=tuple(dataset.get("id_columns", ())), exclude=tuple(dataset.get("exclude", ())))
+
+
 def guarded(settings: Settings, run: str, step: str, fn: Callable[[], T]) -> T:
     """Run a stage; on failure record which step failed and why, then re-raise."""
     try:

@@ -168,7 +168,7 @@ def monitor(
         raise typer.Exit(subprocess.call(ui_command(s, port)))
     if bool(data) != bool(target):
         raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
-    spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else None
+    spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else _trained_on(s)
     summary = run_pass(s, open_store(s.store, s), make_trigger(s, spec, package, include_feedback))
     console.print(table(summary), highlight=False)
     raise typer.Exit(summary.exit_code)
@@ -219,6 +219,19 @@ def _print_loop(result) -> None:
     console.print(f"{ok}requests: {result.served} records served, {result.failed_requests} failed, "
                   f"{result.logged} logged to the store, {result.feedback} labels received[/]")
     console.print(f"champion: {result.champion}; store: {result.store}; {result.seconds:.0f} s in all")
+
+
+def _trained_on(s):
+    """Without --data, a retrain reads the source the champion was trained on (its manifest says which)."""
+    from components.runtime import spec_of
+
+    try:
+        reg = _registry(s.store, s.model)
+        champ = reg.champion()
+        dataset = reg.manifest(champ.version).get("dataset") if champ else None
+    except Exception:  # no store or no champion: the pass itself reports it
+        return None
+    return spec_of(dataset) if dataset else None
 
 
 @models.command("list")

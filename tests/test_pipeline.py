@@ -36,6 +36,7 @@ def test_first_run_registers_and_promotes(world):
     assert reg.champion().version == "v1"
     manifest = reg.manifest("v1")
     assert manifest["fingerprint"] == first["fingerprint"] and manifest["run_id"] == first["run"]
+    assert manifest["dataset"]["source"] == spec.source and manifest["dataset"]["timestamp"] == "event_time"
     assert {"model.joblib", "schema.json", "metrics.json", "reference.parquet", "card.md", "onnx.json"} <= set(manifest["files"])
     metrics = reg.metrics("v1")
     assert metrics["holdout"]["roc_auc"] > 0.6 and metrics["primary_metric"] == "balanced_accuracy"
