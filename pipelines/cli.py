@@ -89,6 +89,78 @@ def compile_(
     console.print(f"wrote {path}")
 
 
+DataOpt = Annotated[str, typer.Option(help="Dataset in the object store: s3:// URI or a key of the store.")]
+TargetOpt = Annotated[str, typer.Option(help="The column to predict.")]
+HostOpt = Annotated[Optional[str], typer.Option("--host", help="KFP API, e.g. http://ml-pipeline.kubeflow:8888 (default FLYWHEEL_KFP_HOST).")]
+
+
+def _cluster_spec(data, target, task, timestamp, id_column, exclude, name):
+    from components.data import DatasetSpec
+
+    return DatasetSpec(data, target, task, timestamp, tuple(id_column or ()), tuple(exclude or ()), name)
+
+
+@app.command()
+def submit(
+    data: DataOpt,
+    target: TargetOpt,
+    task: Annotated[Optional[str], typer.Option(help="classification or regression; inferred when omitted.")] = None,
+    timestamp: Annotated[Optional[str], typer.Option(help="Timestamp column.")] = None,
+    id_column: Annotated[Optional[list[str]], typer.Option("--id-column", help="Identifier column(s).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Column(s) to leave out.")] = None,
+    host: HostOpt = None,
+    experiment: Annotated[Optional[str], typer.Option(help="KFP experiment (default FLYWHEEL_KFP_EXPERIMENT).")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Component image.")] = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option(help="S3/MinIO endpoint as the pods reach it (default AWS_ENDPOINT_URL).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the run to finish (exit 1 unless it succeeded).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run the training pipeline on Kubeflow Pipelines: upload it (if changed) and start a run."""
+    from components.kfp_components import COMPONENT_IMAGE
+    from pipelines.cluster import submit as run_submit
+
+    s = _settings(model=model, store=store, kfp_host=host, kfp_experiment=experiment)
+    out = run_submit(s, _cluster_spec(data, target, task, timestamp, id_column, exclude, s.model), image or COMPONENT_IMAGE,
+                     s3_endpoint, wait, timeout)
+    console.print(f"run {out['run_id']} ({out['run']}) of {out['pipeline_version']}"
+                  f"{' (uploaded)' if out['uploaded'] else ''}: {out['url']}", highlight=False)
+    if wait:
+        console.print(f"state: {out['state']}")
+        if out["state"] != "SUCCEEDED":
+            err.print(f"[red]error:[/red] run {out['run_id']} ended {out['state']}; see {out['url']}", highlight=False)
+            raise typer.Exit(1)
+
+
+@app.command()
+def schedule(
+    cron: Annotated[str, typer.Option(help="Cron: 5 fields (min hour day month weekday) or KFP's 6 (seconds first).")],
+    name: Annotated[str, typer.Option(help="Name of the recurring run (one per name).")],
+    data: DataOpt,
+    target: TargetOpt,
+    task: Annotated[Optional[str], typer.Option(help="classification or regression.")] = None,
+    timestamp: Annotated[Optional[str], typer.Option(help="Timestamp column.")] = None,
+    id_column: Annotated[Optional[list[str]], typer.Option("--id-column", help="Identifier column(s).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Column(s) to leave out.")] = None,
+    host: HostOpt = None,
+    experiment: Annotated[Optional[str], typer.Option(help="KFP experiment.")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Component image.")] = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option(help="S3/MinIO endpoint as the pods reach it.")] = None,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Create a recurring run of the training pipeline on Kubeflow Pipelines (idempotent by name)."""
+    from components.kfp_components import COMPONENT_IMAGE
+    from pipelines.cluster import schedule as run_schedule
+
+    s = _settings(model=model, store=store, kfp_host=host, kfp_experiment=experiment)
+    out = run_schedule(s, _cluster_spec(data, target, task, timestamp, id_column, exclude, s.model), name, cron,
+                       image or COMPONENT_IMAGE, s3_endpoint)
+    console.print(f"recurring run {out['recurring_run_id']} ({out['name']}, cron '{out['cron']}') of {out['pipeline_version']}",
+                  highlight=False)
+
+
 def _pair(text: str, option: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -281,11 +353,12 @@ def main() -> None:
     from components.settings import ConfigError
     from components.store import StoreError
     from pipelines.local import PipelineFailed
+    from pipelines.kfp_client import KFPError
     from pipelines.loop import LoopError
 
     try:
         app()
-    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError) as exc:
+    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError, KFPError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
