@@ -352,8 +352,8 @@ def main() -> None:
     from components.registry import RegistryError
     from components.settings import ConfigError
     from components.store import StoreError
-    from pipelines.local import PipelineFailed
     from pipelines.kfp_client import KFPError
+    from pipelines.local import PipelineFailed
     from pipelines.loop import LoopError
 
     try:
