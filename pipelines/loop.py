@@ -253,6 +253,7 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
         if fresh:
             reset_demo(store, model)
         logged_before = _count_logged(store, model)
+        feedback_before = _count_logged(store, model, "feedback")
         history = HISTORY.format(model=model)
         if reg.champion() is None:
             say(f"[1/6] writing the demo world to {store.uri}/{history}")
@@ -283,6 +284,9 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
                 t_first = time.monotonic()
                 answers = traffic.send(frame)
                 result.feedback += traffic.label(answers, frame[TARGET])
+                # the service logs off the request path; the pass must see this period whole
+                _wait_landed(store, model, "predictions", logged_before + traffic.served, settings)
+                _wait_landed(store, model, "feedback", feedback_before + result.feedback, settings)
                 _land_labelled_period(store, model, period.name, i, frame)
                 champion_before = reg.champion().version
                 say(f"      monitoring pass ({len(answers)} served so far in this period)")
@@ -360,13 +364,23 @@ def _pass_row(period: str, s: Any) -> dict[str, Any]:
     }
 
 
-def _count_logged(store: Store, model: str) -> int:
+def _wait_landed(store: Store, model: str, kind: str, expected: int, settings: Settings, timeout: float = 60) -> None:
+    """Until ``expected`` records of ``kind`` are in the store (flushes happen every few seconds)."""
+    deadline = time.monotonic() + timeout
+    while _count_logged(store, model, kind) < expected:
+        if time.monotonic() > deadline:
+            raise LoopError(f"{kind} records did not reach the store within {timeout:.0f} s "
+                            f"({_count_logged(store, model, kind)} of {expected})")
+        time.sleep(min(1.0, settings.log_flush_seconds / 2))
+
+
+def _count_logged(store: Store, model: str, kind: str = "predictions") -> int:
     import io
 
     import pyarrow.parquet as pq
 
     total = 0
-    for key in store.list(f"predictions/{model}/"):
+    for key in store.list(f"{kind}/{model}/"):
         if key.endswith(".parquet"):
             total += pq.ParquetFile(io.BytesIO(store.read(key))).metadata.num_rows
     return total

@@ -21,7 +21,7 @@ from components.settings import load_settings
 from components.store import open_store
 from pipelines.loop import LoopError, LoopSize, Period, check_store_writable, free_port, run_loop, single_run
 
-SMALL = LoopSize(history_rows=3000, rows_per_period=800, periods=(Period("stable"), Period("drifted", covariate_shift=1.0)))
+SMALL = LoopSize(history_rows=5000, rows_per_period=1000, periods=(Period("stable"), Period("drifted", covariate_shift=1.0)))
 
 
 def loop_settings(root: Path, **extra):

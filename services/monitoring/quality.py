@@ -57,7 +57,26 @@ def compare_quality(
         drop = base - current[primary]
         how = "drop"
     out["drop"] = float(drop)
-    out["degraded"] = bool(drop > threshold)
+    se = _drop_standard_error(primary, base, len(labelled), holdout.get("rows"))
+    out["drop_se"] = se
+    # past the threshold, and more than sampling noise: two standard errors of the difference
+    noise = se is not None and drop <= NOISE_Z * se
+    out["degraded"] = bool(drop > threshold and not noise)
+    verdict = ">" if drop > threshold else "<="
     out["reason"] = (f"{primary} {current[primary]:.4f} on {len(labelled)} labelled rows vs holdout {base:.4f}: "
-                     f"{how} {drop:.4f} {'>' if drop > threshold else '<='} quality_drop_threshold {threshold}")
+                     f"{how} {drop:.4f} {verdict} quality_drop_threshold {threshold}"
+                     + (f", but within {NOISE_Z:g} standard errors ({se:.4f}) of noise" if noise and drop > threshold else ""))
     return out
+
+
+NOISE_Z = 2.0
+_PROPORTIONS = {"accuracy", "balanced_accuracy", "f1"}
+
+
+def _drop_standard_error(primary: str, base: float, n_window: int, n_holdout: Any) -> float | None:
+    """Standard error of (holdout - window) for proportion-like metrics; None where no simple one exists."""
+    if primary not in _PROPORTIONS or not n_window:
+        return None
+    p = min(max(float(base), 0.01), 0.99)
+    var = p * (1 - p) / n_window + (p * (1 - p) / int(n_holdout) if n_holdout else 0.0)
+    return float(np.sqrt(var))
