@@ -261,3 +261,16 @@ def record_run(status: dsl.PipelineTaskFinalStatus, store: str, model: str, run:
         "kfp_error": status.error_message or None, "error": error,
     }).encode())
     return status.state
+
+
+@component
+def batch_predict(data: str, output: str, version: str, store: str, model: str, run: str) -> str:
+    """Score a whole file or prefix with the registered model and the serving validation."""
+    import json
+
+    from components import runtime
+    from components.predict import predict_batch
+
+    s = runtime.settings(store, model)
+    result = runtime.guarded(s, run, "batch-predict", lambda: predict_batch(s, data, output, version or None))
+    return json.dumps(result.to_dict())

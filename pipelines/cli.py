@@ -161,6 +161,16 @@ def schedule(
                   highlight=False)
 
 
+@app.command("compile-batch")
+def compile_batch(
+    output: Annotated[Path, typer.Option(help="Where to write the batch-scoring pipeline's KFP IR YAML.")] = Path("flywheel-batch-scoring.yaml"),
+) -> None:
+    """Compile the batch-scoring pipeline (one chunked scoring task) for a cluster."""
+    from pipelines.batch import compile_batch as run_compile
+
+    console.print(f"wrote {run_compile(str(output))}")
+
+
 def _pair(text: str, option: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -198,7 +208,7 @@ def predict(
     model: ModelOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Batch-score a whole file in chunks with the serving validation; bad rows go to <output>.errors.csv."""
+    """Batch-score a whole file in chunks with the serving validation; bad rows go to <output without suffix>.errors.csv."""
     from components.predict import predict_batch
 
     result = predict_batch(_settings(model=model, store=store), data, output, version)
