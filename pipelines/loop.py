@@ -352,7 +352,7 @@ def _pass_row(period: str, s: Any) -> dict[str, Any]:
     quality = s.quality or {}
     run = s.decision.get("run") or {}
     line = (f"status {s.status}; drift share {drift.get('share', 0):.2f}; "
-            f"{'RETRAIN' if s.decision.get('retrain') else 'no retrain'}: {s.decision.get('reason', '')}")
+            f"{'RETRAIN: ' if s.decision.get('retrain') else ''}{s.decision.get('reason', '')}")
     if run:
         line += f" -> {run.get('version')} {'promoted' if run.get('promoted') else 'not promoted'}"
     return {
