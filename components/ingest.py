@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from components.data import DatasetSpec, Schema, infer_schema, load, resolve
+from components.data import DatasetSpec, Schema, Source, infer_schema, load, resolve
 from components.settings import Settings
 
 
@@ -23,9 +23,13 @@ def fingerprint(spec: DatasetSpec, settings: Settings) -> str:
 
     Every cached step takes it as an input, so changed data can never be served from cache.
     """
+    return fingerprint_of(resolve(spec.source, settings), spec)
+
+
+def fingerprint_of(src: Source, spec: DatasetSpec) -> str:
+    """The fingerprint of an already resolved source (its content digest) and the spec."""
     import hashlib
 
-    src = resolve(spec.source, settings)
     h = hashlib.sha256(src.fingerprint.encode())
     h.update(repr((spec.target, spec.task, spec.timestamp, spec.id_columns, spec.exclude)).encode())
     return h.hexdigest()[:16]

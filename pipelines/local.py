@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components.data import DataError, DatasetSpec, resolve
-from components.ingest import fingerprint as data_fingerprint
+from components.ingest import fingerprint_of
 from components.registry import Registry
 from components.runtime import run_key
 from components.settings import Settings
@@ -55,7 +55,7 @@ def preflight(spec: DatasetSpec, settings: Settings) -> str:
     for col in (*spec.exclude, *spec.id_columns, *([spec.timestamp] if spec.timestamp else [])):
         if col not in columns:
             raise DataError(f"column {col!r} is not in {src.files[0]}")
-    return data_fingerprint(spec, settings)
+    return fingerprint_of(src, spec)  # the files were hashed once, by resolve()
 
 
 def _local_source(spec: DatasetSpec) -> DatasetSpec:
