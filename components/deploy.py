@@ -1,15 +1,21 @@
 """Deploy: roll the champion out after a promotion.
 
 Embedded (no cluster): the champion pointer is the rollout; the local server follows it and
-swaps with no downtime, so there is nothing more to do than confirm the pointer.
+swaps with no downtime. The step checks the version the way the server accepts one (it
+loads and reproduces the predictions recorded at registration); a version that fails is
+rolled back (the pointer returns to the previous champion, which the server keeps serving).
+
+A rollout that fails is a failed step (``Rollout.raise_for_failure``): the pipeline run
+fails with the reason, whether or not the previous version could be restored.
 
 Cluster: the serving Deployment is updated through the Kubernetes API (a strategic merge
 patch that pins ``MODEL_VERSION`` on the ``serving`` container and stamps the
 ``flywheel.io/model-version`` annotation on the pod template, which starts a rolling
 update), then watched like ``kubectl rollout status`` until it completes or the timeout
-passes. A failed rollout is undone: the previous version is patched back, and the champion
-pointer, if it still names the failed version, is rolled back too, so the registry never
-claims a version the cluster does not serve.
+passes. A failed rollout is undone: the previous version is patched back (or, on a first
+rollout with no pinned version, the template's own env and annotation as they were before),
+and the champion pointer, if it still names the failed version, is rolled back too, so the
+registry never claims a version the cluster does not serve.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class DeployError(RuntimeError):
     """The rollout cannot start (no champion, no Deployment, no cluster access); says which."""
 
 
+class RolloutFailed(DeployError):
+    """The rollout started and failed (and was rolled back where possible); the message says why."""
+
+
 @dataclass(frozen=True)
 class Rollout:
     """What the deploy stage did."""
@@ -49,6 +59,12 @@ class Rollout:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def raise_for_failure(self) -> Rollout:
+        """The rollout itself when it succeeded; RolloutFailed with its reason otherwise."""
+        if not self.succeeded:
+            raise RolloutFailed(self.reason)
+        return self
 
 
 def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", timeout_seconds: float = 300,
@@ -72,11 +88,43 @@ def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", 
         if champion is None or champion.version != version:
             raise DeployError(f"embedded serving follows the champion pointer, which names "
                               f"{champion.version if champion else 'no version'}, not {version}; promote {version} first")
-        return Rollout("embedded", version, champion.previous, True,
-                       reason="the local server follows the champion pointer and swaps to it in the background")
+        problem = smoke_check(registry, version)
+        if problem is None:
+            return Rollout("embedded", version, champion.previous, True,
+                           reason="the local server follows the champion pointer and swaps to it in the background")
+        if champion.previous is None:
+            return Rollout("embedded", version, None, False, False,
+                           f"version {version} cannot serve ({problem}); there is no previous champion: the server, "
+                           "which refuses it too, keeps serving nothing")
+        note = _restore_champion(registry, version, champion.previous)
+        return Rollout("embedded", version, champion.previous, False, True,
+                       f"version {version} cannot serve ({problem}){note}")
     client = api_client if api_client is not None else kube_client(kubeconfig)
     return rollout(client, settings.serving_namespace, settings.serving_deployment, version, timeout_seconds,
                    poll_seconds, registry=registry)
+
+
+def smoke_check(registry: Registry, version: str, rows: int = 32) -> str | None:
+    """Why ``version`` cannot serve (it does not load, or does not reproduce the predictions
+    recorded with its reference rows at registration), or None when it can."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from components.data import PREDICTION
+
+    try:
+        schema = registry.schema(version)
+        model = registry.load_model(version)
+        reference = pd.read_parquet(io.BytesIO(registry.read(version, "reference.parquet"))).head(rows)
+        got = np.asarray(model.predict(reference[schema.feature_names]))
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle raises anything
+        return f"{type(exc).__name__}: {exc}"
+    want = reference[PREDICTION].to_numpy()
+    same = (np.allclose(got.astype(float), want.astype(float), rtol=1e-6, atol=1e-9) if schema.task == "regression"
+            else bool((got.astype(str) == want.astype(str)).all()))
+    return None if same else "its predictions on the reference rows differ from those recorded at registration"
 
 
 def kube_client(kubeconfig: str | None = None) -> Any:
@@ -114,6 +162,7 @@ def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_se
     except ApiException as exc:
         raise DeployError(f"cannot read Deployment {namespace}/{name}: {exc.status} {exc.reason}") from None
     previous = served_version(current)
+    before = _template_values(current)
     if previous == version and _complete(current):
         return Rollout("cluster", version, previous, True, reason=f"Deployment {namespace}/{name} already serves {version}")
     apps.patch_namespaced_deployment(name, namespace, version_patch(version))
@@ -122,9 +171,12 @@ def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_se
         log.info("Deployment %s/%s now serves %s (was %s)", namespace, name, version, previous)
         return Rollout("cluster", version, previous, True, reason=f"rolled out {version} to {namespace}/{name}")
     log.error("rollout of %s to %s/%s failed: %s", version, namespace, name, why)
-    if previous is None:
-        return Rollout("cluster", version, None, False, False,
-                       f"rollout of {version} failed ({why}); there is no previous pinned version to restore")
+    if previous is None:  # a first rollout: put the template back as it was, pods follow what they served
+        apps.patch_namespaced_deployment(name, namespace, restore_patch(*before))
+        restored, why_restore = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
+        note = _restore_champion(registry, version, None) if registry is not None else ""
+        state = "the Deployment's template restored" if restored else f"restore not finished ({why_restore})"
+        return Rollout("cluster", version, None, False, True, f"rollout of {version} failed ({why}); {state}{note}")
     apps.patch_namespaced_deployment(name, namespace, version_patch(previous))
     restored, why_restore = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
     note = ""
@@ -133,6 +185,26 @@ def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_se
     state = "restored" if restored else f"restore not finished ({why_restore})"
     return Rollout("cluster", version, previous, False, True,
                    f"rollout of {version} failed ({why}); {previous} {state}{note}")
+
+
+def _template_values(deployment: Any) -> tuple[str | None, str | None]:
+    """The serving container's MODEL_VERSION value and the version annotation, as they are."""
+    env = None
+    for c in deployment.spec.template.spec.containers or []:
+        if c.name == CONTAINER:
+            env = next((e.value for e in c.env or [] if e.name == ENV_VERSION), None)
+    annotations = deployment.spec.template.metadata.annotations or {}
+    return env, annotations.get(ANNOTATION)
+
+
+def restore_patch(env: str | None, annotation: str | None) -> dict[str, Any]:
+    """The strategic merge patch that puts MODEL_VERSION and the annotation back (None: removed)."""
+    entry: dict[str, Any] = ({"name": ENV_VERSION, "value": env} if env is not None
+                             else {"name": ENV_VERSION, "$patch": "delete"})
+    return {"spec": {"template": {
+        "metadata": {"annotations": {ANNOTATION: annotation}},
+        "spec": {"containers": [{"name": CONTAINER, "env": [entry]}]},
+    }}}
 
 
 def served_version(deployment: Any) -> str | None:
@@ -177,10 +249,14 @@ def _complete(d: Any) -> bool:
             and (st.available_replicas or 0) >= want)
 
 
-def _restore_champion(registry: Registry, failed: str, previous: str) -> str:
+def _restore_champion(registry: Registry, failed: str, previous: str | None) -> str:
+    """Point the champion back at ``previous`` (default: the pointer's own predecessor) if it names ``failed``."""
     champ = registry.champion()
     if champ is None or champ.version != failed:
         return ""
+    previous = previous or champ.previous
+    if previous is None:
+        return f"; the champion pointer still names {failed}: there is no earlier champion"
     try:
         registry.promote(previous, f"rollout of {failed} failed", expected=failed)
     except RegistryError as exc:

@@ -118,7 +118,8 @@ def build(cluster: ClusterOptions | None = None):
             registered.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
             with dsl.If(registered.output != "", name="promoted"):
                 rollout = on(c.deploy(version=registered.output, store=store, model=model, run=run))
-                rollout.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="10s")
+                # one retry (a transient API error); a rollout that failed and was rolled back fails the run
+                rollout.set_caching_options(False).set_retry(num_retries=1, backoff_duration="10s")
 
     return training_pipeline
 

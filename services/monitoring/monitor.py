@@ -53,6 +53,7 @@ class Summary:
     quality: dict[str, Any] | None = None
     columns: dict[str, Any] = field(default_factory=dict)
     decision: dict[str, Any] = field(default_factory=lambda: {"retrain": False, "reason": ""})
+    alarm: dict[str, Any] | None = None  # drift without new labels: a human is told, no retrain runs
     outputs: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     started_at: str = ""
@@ -89,10 +90,11 @@ def current_window(store: Store, settings: Settings, now: dt.datetime) -> Window
 def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime | None = None) -> Summary:
     """Run one monitoring pass; never raises for a failure it can describe (see the module docstring)."""
     t0 = time.perf_counter()
-    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    now = (now or now).astimezone(dt.UTC)
     s = Summary(model=settings.model, started_at=now.isoformat())
     try:
         _evaluate(settings, store, trigger, now, s)
+        _retry_when_skipped(settings, store, trigger, now, s)
     except (StoreError, RegistryError) as exc:
         s.status, s.message = "error", str(exc)
         s.decision = {"retrain": False, "reason": f"no retrain: the pass failed ({exc})"}
@@ -157,8 +159,9 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
         settings.quality_drop_threshold, scan.labelled_rows, schema.classes)
 
     _reports(settings, store, reference, scan, schema, window, s)
-    store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
     _decide(settings, store, trigger, now, window, version, result, s)
+    if s.decision.get("done", True):  # a decision not carried out leaves the window to the next pass
+        store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
 
 
 def _reports(settings: Settings, store: Store, reference: pd.DataFrame, scan: Any, schema: Any, window: Window,
@@ -195,19 +198,36 @@ def _reports(settings: Settings, store: Store, reference: pd.DataFrame, scan: An
 
 def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, window: Window,
             version: str, result: drift_mod.DriftResult, s: Summary) -> None:
+    """Decide, and carry the decision out; ``decision["done"]`` is False when it could not be.
+
+    A failed retrain of an earlier window is retried here when its backoff has passed (even
+    if this window is quiet): the earlier decision still stands until it is carried out.
+    """
     degraded = bool(s.quality and s.quality.get("degraded"))
     quality_reason = (s.quality or {}).get("reason", "")
-    if not (result.detected or degraded):
-        s.decision = {"retrain": False, "reason": f"no retrain: {result.reason}; quality: {quality_reason}"}
-        return
+    wanted = result.detected or degraded
     why = "; ".join(r for r, on in [(result.reason, result.detected), (f"quality degraded: {quality_reason}", degraded)] if on)
-    s.decision = {"retrain": True, "wanted": True, "reason": why, "trigger": None}
-    if trigger is None:
+    s.decision = ({"retrain": True, "wanted": True, "reason": why, "trigger": None} if wanted else
+                  {"retrain": False, "reason": f"no retrain: {result.reason}; quality: {quality_reason}"})
+    if wanted and trigger is None:
         s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but no trigger is configured")
         return
+    if trigger is None:
+        return
+    if wanted and _no_new_data(trigger, s):
+        s.alarm = {"drift": result.detected, "quality_degraded": degraded, "reason": why,
+                   "waiting_for": "labelled production data (feedback) or a dataset given with --data"}
+        s.decision.update(retrain=False, alarm=True, reason=(
+            f"ALARM: {why}; no retrain: there is no new labelled data (the retrain would read only "
+            f"{getattr(trigger, 'source', 'the champion')}'s own training data, which can only reproduce it); "
+            "waiting for labels"))
+        wanted = False
     block = trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now)
     if block:
-        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but {block}")
+        if wanted:
+            s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but {block}")
+        return
+    if _retry_pending(settings, store, trigger, now, version, s, wanted) or not wanted:
         return
     key = Window.stamp(window.start)
     request = trig.RetrainRequest(settings.model, key, version, window.to_dict(), why,
@@ -216,19 +236,79 @@ def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now:
         s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but window {key} already triggered one (another pass)")
         s.decision["trigger"] = trig.record_key(settings.model, key)
         return
-    s.decision["trigger"] = trig.record_key(settings.model, key)
+    _start(settings, store, trigger, request, s, now)
+
+
+def _retry_pending(settings: Settings, store: Store, trigger: trig.Trigger, now: dt.datetime, version: str,
+                   s: Summary, wanted: bool) -> bool:
+    """Carry out an earlier window's failed retrain when its backoff has passed; True when one is pending.
+
+    The caller has checked that nothing is in flight; ``retake`` is a conditional replace, so
+    of passes racing here exactly one starts the retry.
+    """
+    retry = trig.pending(store, settings.model, version)
+    if retry is None:
+        return False
+    if now < dt.datetime.fromisoformat(retry["retry_at"]):
+        note = (f"retrain {retry['key']} failed (attempt {retry.get('attempts', 1)}: {retry.get('error')}); "
+                f"next attempt at {retry['retry_at']}")
+        s.decision.update(retrain=False, reason=f"{s.decision['reason']}; {note}".lstrip("; "))
+        if wanted:
+            s.decision["done"] = False
+        return True
+    record = trig.retake(store, settings.model, retry["key"], now)
+    if record is None:
+        s.decision.update(retrain=False, reason=f"retrain {retry['key']} is being retried by another pass")
+        return True
+    request = trig.RetrainRequest(**{f: record[f] for f in ("model", "key", "version", "window", "reason", "run_name")})
+    s.decision.update(retrain=True, retry=record["attempts"],
+                      reason=f"retrying retrain {request.key} (attempt {record['attempts']}: {request.reason})")
+    _start(settings, store, trigger, request, s, now)
+    return True
+
+
+def _retry_when_skipped(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, s: Summary) -> None:
+    """A pass with nothing to evaluate still carries out an earlier window's pending retry."""
+    if trigger is None or s.status != "skipped" or not s.version:
+        return
+    block = trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now)
+    if block is None:
+        _retry_pending(settings, store, trigger, now, s.version, s, False)
+
+
+def _no_new_data(trigger: trig.Trigger, s: Summary) -> bool:
+    """True when a retrain would read only what the champion was trained on (no --data, no new labels)."""
+    if not getattr(trigger, "reuses_champion_data", False):
+        return False
+    return not (getattr(trigger, "include_feedback", False) and s.rows.get("labelled", 0) > 0)
+
+
+def _start(settings: Settings, store: Store, trigger: trig.Trigger, request: trig.RetrainRequest, s: Summary,
+           now: dt.datetime) -> None:
+    """Start the claimed retrain and record how it went; a failure is recorded with its retry time."""
+    s.decision["trigger"] = trig.record_key(settings.model, request.key)
+    base = dt.timedelta(minutes=settings.retry_backoff_minutes)
     try:
         started = trigger.start(request)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the record must not claim success
-        trig.update(store, settings.model, key, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"},
-                    dt.datetime.now(dt.UTC))
+        rec = trig.failed(store, settings.model, request.key, f"{type(exc).__name__}: {exc}", now,
+                          base, settings.retry_max_attempts)
         s.status, s.message = "error", f"retrain could not be started: {exc}"
-        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but the {trigger.kind} trigger failed: {exc}")
+        s.decision.update(retrain=False, done=False, reason=f"{s.decision['reason']}; the {trigger.kind} trigger failed: "
+                          f"{exc}" + (f" (next attempt at {rec['retry_at']})" if rec.get("retry_at") else " (given up)"))
         return
-    rec = trig.update(store, settings.model, key, started, dt.datetime.now(dt.UTC))
-    s.decision["run"] = {k: rec.get(k) for k in ("status", "run_id", "version", "promoted", "error") if k in rec}
-    if rec.get("status") == "failed":
-        s.status, s.message = "error", f"retrain {key} failed: {rec.get('error')}"
+    if started.get("status") == "failed":
+        rec = trig.failed(store, settings.model, request.key, str(started.get("error")), now, base,
+                          settings.retry_max_attempts, {k: v for k, v in started.items() if k not in ("status", "error")})
+        s.decision["done"] = False
+    else:
+        rec = trig.update(store, settings.model, request.key, started, now)
+    s.decision["run"] = {k: rec.get(k) for k in ("status", "run_id", "version", "registered", "promoted", "error",
+                                                  "retry_at", "attempts") if k in rec}
+    if rec.get("status") in ("failed", "given_up"):
+        s.status, s.message = "error", f"retrain {request.key} failed: {rec.get('error')}"
+    elif rec.get("status") == "succeeded" and not rec.get("registered", True):
+        s.decision["reason"] += f"; the retrain registered nothing new ({rec.get('promotion_reason') or 'same data'})"
 
 
 def _write_summary(store: Store, s: Summary) -> None:
@@ -258,6 +338,8 @@ def table(s: Summary) -> str:
             lines.append(f"  {c['column'][:24]:<24} {c['method']:<17} {c['statistic']:>10.4f} {c['p_value']:>10.3g}  {flag}")
     if s.quality and s.quality.get("reason"):
         lines.append(f"  quality: {s.quality['reason']}")
+    if s.alarm:
+        lines.append(f"  ALARM: {s.alarm['reason']} - waiting for {s.alarm['waiting_for']}")
     lines.append(f"  decision: {'RETRAIN' if s.decision.get('retrain') else 'no retrain'} - {s.decision.get('reason', '')}")
     for w in s.warnings[:5]:
         lines.append(f"  warning: {w}")
