@@ -33,11 +33,11 @@ def component(fn):
 
 @component
 def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
-                store: str, model: str, run: str) -> str:
+                store: str, model: str, run: str, job: str = "") -> str:
     """Digest of the data behind the source; never cached, so changed data is always seen."""
     from components import ingest, runtime
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
     digest = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
     runtime.record_dataset(s, run, spec, digest)  # register copies it into the version's manifest
@@ -45,13 +45,13 @@ def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns:
 
 
 @component
-def champion(store: str, model: str, run: str) -> str:
+def champion(store: str, model: str, run: str, job: str = "") -> str:
     """The champion version right now ('' for none); never cached."""
     from components import runtime
     from components.registry import Registry
     from components.store import open_store
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     current = runtime.guarded(s, run, "champion", lambda: Registry(open_store(s.store, s), s.model).champion())
     return current.version if current else ""
 
@@ -220,7 +220,7 @@ def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: s
 @component
 def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset], schema: str, evaluation: str,
              best: str, fingerprint: str, champion: str, store: str, model_name: str, run: str,
-             promotion_margin: float) -> str:
+             promotion_margin: float, job: str = "") -> str:
     """Write the immutable version and apply the promotion gate; returns the promoted version or ''.
 
     One plain output, because kfp.local conditions only resolve a task's single output.
@@ -237,7 +237,7 @@ def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset]
     from components.registry import Registry
     from components.store import open_store
 
-    s = runtime.settings(store, model_name, promotion_margin=promotion_margin)
+    s, run = runtime.settings(store, model_name, promotion_margin=promotion_margin), runtime.run_id(run, job)
     reg = Registry(open_store(s.store, s), s.model)
     decision = runtime.guarded(s, run, "register", lambda: stage.register(
         reg, joblib.load(model.path), Schema.from_json(schema), json.loads(evaluation), json.loads(best),
@@ -248,19 +248,19 @@ def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset]
 
 
 @component
-def deploy(version: str, store: str, model: str, run: str) -> str:
+def deploy(version: str, store: str, model: str, run: str, job: str = "") -> str:
     """Roll the new champion out (embedded: the server follows the pointer); a failed rollout fails the step."""
     import json
 
     from components import deploy as stage
     from components import runtime
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     return json.dumps(runtime.guarded(s, run, "deploy", lambda: stage.deploy(s, version).raise_for_failure().to_dict()))
 
 
 @component
-def record_run(status: dsl.PipelineTaskFinalStatus, store: str, model: str, run: str) -> str:
+def record_run(status: dsl.PipelineTaskFinalStatus, store: str, model: str, run: str, job: str = "") -> str:
     """Exit handler: record how the run ended (and which step failed first, and why)."""
     import json
 
@@ -269,7 +269,7 @@ def record_run(status: dsl.PipelineTaskFinalStatus, store: str, model: str, run:
     from components.registry import utcnow
     from components.store import open_store
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     st = open_store(s.store, s)
     failed = steps.first_failure(steps.read_all(st, model, run))
     error = {"step": failed.step, "error": failed.reason, "type": failed.error_type, "user_error": failed.user_error} if failed else None

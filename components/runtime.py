@@ -30,6 +30,16 @@ def spec(source: str, target: str, task: str, timestamp: str, id_columns: list, 
     )
 
 
+# KFP's placeholder for the pipeline job's id: the backend resolves it only as a task's whole
+# input value, so the steps that record under the run take it as ``job`` and substitute it.
+JOB_ID = "{{$.pipeline_job_uuid}}"
+
+
+def run_id(run: str, job: str) -> str:
+    """The run's name with KFP's job id in place of the placeholder (a schedule's runs: one id each)."""
+    return run.replace(JOB_ID, job) if job and JOB_ID in run else run
+
+
 def run_key(model: str, run: str) -> str:
     return f"runs/{model}/{run}"
 
