@@ -30,6 +30,7 @@ from components.registry import Registry, RegistryError
 from components.settings import Settings
 from components.store import NotFound, Store, StoreError
 from services.monitoring import drift as drift_mod
+from services.monitoring import late as late_mod
 from services.monitoring import quality as quality_mod
 from services.monitoring import trigger as trig
 from services.monitoring.scan import Window, read_feedback, scan_window
@@ -126,12 +127,14 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
     if len(reference) > settings.sample_size:
         reference = reference.sample(n=settings.sample_size, random_state=settings.seed)
 
+    late = late_mod.late_keys(store, settings.model, window.start, settings.late_log_days)
     feedback, fb_skipped = read_feedback(store, settings.model, window.start, now)
     scan = scan_window(store, settings.model, window, schema, version, reference, settings.sample_size,
-                       feedback if feedback.num_rows else None, seed=settings.seed)
+                       feedback if feedback.num_rows else None, seed=settings.seed, late=late)
     s.rows = {"in_window": scan.rows_in_window, "evaluated": scan.rows, "by_version": scan.rows_by_version,
               "other_versions": scan.rows_in_window - scan.rows, "sample": len(scan.sample),
-              "labelled": scan.labelled_rows, "reference": len(reference), "min_rows": settings.min_rows}
+              "labelled": scan.labelled_rows, "reference": len(reference), "min_rows": settings.min_rows,
+              "late": scan.late_rows}
     s.files = {"read": scan.files_read, "skipped": scan.files_skipped + fb_skipped}
     s.columns = scan.columns
     for f in s.files["skipped"]:
@@ -162,6 +165,7 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
     _decide(settings, store, trigger, now, window, version, result, s)
     if s.decision.get("done", True):  # a decision not carried out leaves the window to the next pass
         store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
+        late_mod.mark_seen(store, settings.model, scan.keys_read)
 
 
 def _reports(settings: Settings, store: Store, reference: pd.DataFrame, scan: Any, schema: Any, window: Window,

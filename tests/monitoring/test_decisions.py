@@ -153,3 +153,18 @@ def test_drift_with_new_labels_retrains(mon_settings: Settings, served: Served) 
     trigger = FlakyTrigger(failures=0, reuses_champion_data=True, include_feedback=True)
     s = run_pass(mon_settings, served.store, trigger, now=NOW)
     assert s.decision["retrain"] is True and s.alarm is None and len(trigger.requests) == 1
+
+
+def test_logs_that_arrive_after_their_window_are_evaluated_in_the_next_one(mon_settings: Settings, served: Served) -> None:
+    write_logs(served, make_frame(2000, seed=37), WINDOW_START, 60)
+    first = run_pass(mon_settings, served.store, None, now=NOW)
+    assert first.rows["evaluated"] == 2000 and first.rows["late"] == 0
+    # a spill re-sent after a restart: rows of the evaluated window land after its pass
+    write_logs(served, make_frame(700, seed=38), WINDOW_START + dt.timedelta(minutes=10), 30, part="resent-spill")
+    write_logs(served, make_frame(1500, seed=39), WINDOW_START + dt.timedelta(hours=1), 60)
+
+    second = run_pass(mon_settings, served.store, None, now=NOW + dt.timedelta(hours=1))
+    third = run_pass(mon_settings, served.store, None, now=NOW + dt.timedelta(hours=2))
+
+    assert second.rows["late"] == 700 and second.rows["evaluated"] == 1500 + 700
+    assert third.rows.get("late", 0) == 0  # evaluated once: the late file is now seen

@@ -17,8 +17,8 @@ from components.data import REQUEST_ID, TIME, DatasetSpec
 from components.settings import Settings
 from components.store import read_parquet, write_parquet
 from pipelines.triggers import retrain_spec
-from services.monitoring.trigger import RetrainRequest
 from services.monitoring.scan import Window
+from services.monitoring.trigger import RetrainRequest
 from tests.monitoring.logs import NOW, Served, make_frame, write_logs
 
 
