@@ -185,15 +185,20 @@ def read_source(src: Source, settings: Settings) -> pd.DataFrame:
 # --- normalising ---------------------------------------------------------------------------
 
 def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
-    """Parse dates, make booleans numeric, keep strings as strings; never reorders rows."""
+    """Parse dates, make booleans 1.0/0.0 (named in ``attrs["boolean_columns"]``), keep strings as strings.
+
+    Never reorders rows.
+    """
     frame = frame.copy()
     frame.columns = [str(c).strip() for c in frame.columns]
+    booleans = []
     for col in frame.columns:
         s = frame[col]
         if col == spec.target or col in spec.id_columns:
             continue
-        if s.dtype == bool:
-            frame[col] = s.astype("float64")
+        if is_boolean(s):
+            frame[col] = boolean_floats(s)
+            booleans.append(col)
         elif s.dtype == object or pd.api.types.is_string_dtype(s):
             if col == spec.timestamp or _looks_like_dates(s):
                 parsed = _parse_dates(s)
@@ -205,7 +210,36 @@ def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             frame[col] = pd.to_datetime(s, utc=True).dt.tz_localize(None)
     if spec.timestamp and spec.timestamp in frame and not pd.api.types.is_datetime64_any_dtype(frame[spec.timestamp]):
         raise DataError(f"timestamp column {spec.timestamp!r} does not hold dates")
+    frame.attrs["boolean_columns"] = booleans
     return frame
+
+
+_BOOLEAN_TEXT = {"true": 1.0, "false": 0.0}
+
+
+def is_boolean(s: pd.Series) -> bool:
+    """A column of true/false values: a bool dtype, Python booleans, or the strings "true"/"false" (any case)."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return True
+    if s.dtype != object:
+        return False
+    values = s.dropna()
+    if values.empty:
+        return False
+    kinds = set(map(type, values.head(1000)))
+    if kinds <= {bool, np.bool_}:
+        return bool(values.map(lambda v: isinstance(v, (bool, np.bool_))).all())
+    if kinds == {str}:
+        return bool(values.str.strip().str.lower().isin(_BOOLEAN_TEXT).all())
+    return False
+
+
+def boolean_floats(s: pd.Series) -> pd.Series:
+    """True/False (or "true"/"false") as 1.0/0.0, missing as NaN: what the model is trained on."""
+    if s.dtype == object:
+        return s.map(lambda v: _BOOLEAN_TEXT[v.strip().lower()] if isinstance(v, str) else
+                     (np.nan if v is None or v != v else float(v))).astype("float64")
+    return s.astype("float64") if s.dtype == bool else s.astype("Float64").astype("float64")
 
 
 def _parse_dates(s: pd.Series) -> pd.Series | None:
@@ -261,6 +295,7 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
     if spec.timestamp and spec.timestamp not in frame.columns:
         raise DataError(f"timestamp column {spec.timestamp!r} is not in the data")
     task = spec.task or infer_task(frame[spec.target])
+    booleans = set(frame.attrs.get("boolean_columns", ()))
     ids = list(spec.id_columns)
     features: list[Column] = []
     for col in frame.columns:
@@ -271,7 +306,9 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
             ids.append(col)
             continue
         null_rate = float(s.isna().mean()) if len(s) else 0.0
-        if pd.api.types.is_datetime64_any_dtype(s):
+        if col in booleans or is_boolean(s):
+            features.append(Column(col, "boolean", "bool", null_rate, 0.0, 1.0))
+        elif pd.api.types.is_datetime64_any_dtype(s):
             lo, hi = s.min(), s.max()
             features.append(Column(col, "datetime", "datetime64[ns]", null_rate,
                                    None if pd.isna(lo) else lo.timestamp(), None if pd.isna(hi) else hi.timestamp()))
