@@ -25,6 +25,10 @@ Task = Literal["classification", "regression"]
 Kind = Literal["numeric", "categorical", "datetime", "boolean"]
 SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
 MAX_CATEGORIES = 50
+# Sparse columns: above INDICATOR_RATE missing, a numeric feature also gets a missing-indicator;
+# above DROP_RATE missing it is dropped (too few values to learn from), with a warning.
+INDICATOR_RATE = 0.5
+DROP_RATE = 0.95
 
 
 class DataError(ValueError):
@@ -53,6 +57,14 @@ class Column:
     min: float | None = None
     max: float | None = None
     categories: list[str] | None = None
+    missing_indicator: bool = False  # sparse: imputed, and whether it was missing is a feature too
+
+    @property
+    def action(self) -> str:
+        """What training does with the column, in words."""
+        if self.missing_indicator:
+            return "kept: imputed, with a missing-indicator (sparse)"
+        return "kept: imputed where missing" if self.null_rate > 0 else "kept"
 
 
 @dataclass
@@ -66,6 +78,8 @@ class Schema:
     timestamp: str | None = None
     id_columns: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    # columns left out by a rule: {"name", "kind", "null_rate", "reason"} (absent in older schemas)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
@@ -86,6 +100,25 @@ class Schema:
         d = dict(text) if isinstance(text, dict) else json.loads(text)
         d["features"] = [Column(**c) for c in d["features"]]
         return cls(**d)
+
+    def column_table(self) -> list[dict[str, str]]:
+        """Every column of the data with its kind, missing rate and what training does with it."""
+        rows = [{"column": self.target, "kind": self.task, "missing": "", "action": "target"}]
+        rows += [{"column": c.name, "kind": c.kind, "missing": f"{c.null_rate:.0%}", "action": c.action}
+                 for c in self.features]
+        rows += [{"column": d["name"], "kind": d.get("kind", ""), "missing": f"{d.get('null_rate', 0):.0%}",
+                  "action": f"dropped: {d['reason']}"} for d in self.dropped]
+        if self.timestamp:
+            rows.append({"column": self.timestamp, "kind": "datetime", "missing": "", "action": "timestamp: orders the split; logged"})
+        rows += [{"column": c, "kind": "id", "missing": "", "action": "id: not a feature; logged"} for c in self.id_columns]
+        rows += [{"column": c, "kind": "", "missing": "", "action": "excluded (--exclude)"} for c in self.excluded]
+        return rows
+
+    def column_markdown(self) -> str:
+        """``column_table`` as a Markdown table (the version card shows it)."""
+        lines = ["| column | kind | missing | action |", "|---|---|---|---|"]
+        lines += [f"| `{r['column']}` | {r['kind']} | {r['missing']} | {r['action']} |" for r in self.column_table()]
+        return "\n".join(lines)
 
 
 def _json_default(o: Any) -> Any:
@@ -298,6 +331,7 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
     booleans = set(frame.attrs.get("boolean_columns", ()))
     ids = list(spec.id_columns)
     features: list[Column] = []
+    dropped: list[dict[str, Any]] = []
     for col in frame.columns:
         if col in (spec.target, spec.timestamp) or col in spec.exclude or col in ids:
             continue
@@ -306,6 +340,11 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
             ids.append(col)
             continue
         null_rate = float(s.isna().mean()) if len(s) else 0.0
+        why = _uninformative(s, null_rate)
+        if why:
+            kind = "boolean" if col in booleans or is_boolean(s) else _kind_of(s)
+            dropped.append({"name": col, "kind": kind, "null_rate": null_rate, "reason": why})
+            continue
         if col in booleans or is_boolean(s):
             features.append(Column(col, "boolean", "bool", null_rate, 0.0, 1.0))
         elif pd.api.types.is_datetime64_any_dtype(s):
@@ -324,7 +363,26 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
     if task == "classification":
         classes = sorted(frame[spec.target].dropna().unique().tolist(), key=str)
         classes = [c.item() if isinstance(c, np.generic) else c for c in classes]
-    return Schema(spec.target, task, features, classes, spec.timestamp, ids, list(spec.exclude))
+    for c in features:
+        c.missing_indicator = c.kind in ("numeric", "boolean") and c.null_rate > INDICATOR_RATE
+    return Schema(spec.target, task, features, classes, spec.timestamp, ids, list(spec.exclude), dropped)
+
+
+def _uninformative(s: pd.Series, null_rate: float) -> str | None:
+    """Why a column cannot teach the model anything (None when it can)."""
+    if len(s) and null_rate == 1.0:
+        return "entirely empty"
+    if null_rate > DROP_RATE:
+        return f"{null_rate:.0%} missing (more than {DROP_RATE:.0%})"
+    if len(s) and s.nunique(dropna=True) <= 1:
+        return f"constant ({s.dropna().iloc[0]!r} in every row)" if s.notna().any() else "entirely empty"
+    return None
+
+
+def _kind_of(s: pd.Series) -> str:
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return "datetime"
+    return "numeric" if pd.api.types.is_numeric_dtype(s) else "categorical"
 
 
 def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Source]:
