@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one run, one table, one JSON file (bench-results/bench.json).
 
 Each figure is a ratio against a baseline measured in the same run, since this machine is
-shared and absolute times drift. BENCH_ONLY=pipeline,serving,monitoring,loop picks a subset.
+shared and absolute times drift. BENCH_ONLY=pipeline,serving,monitoring,loop,faults picks a subset. The faults get a table of
+their own (records served, stored, duplicated, and the outcome per fault).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> dict:
 
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     results: dict[str, dict] = {}
-    for name in ("pipeline", "serving", "monitoring", "loop"):
+    for name in ("pipeline", "serving", "monitoring", "loop", "faults"):
         if only and name not in only:
             continue
         module = __import__(f"benchmarks.{name}", fromlist=["main"])
@@ -70,9 +71,20 @@ def main() -> dict:
     for col in ("benchmark", "figure", "value", "target"):
         table.add_column(col)
     for name, r in results.items():
+        if name == "faults" and "error" not in r:
+            continue
         for row in _rows(name, r):
             table.add_row(*row)
     Console(width=160).print(table)
+    if "faults" in results and "error" not in results["faults"]:
+        from benchmarks.faults import COLUMNS, table_rows
+
+        faults = Table(title="faults (injected into the real server, S3 server and signals)")
+        for col in COLUMNS:
+            faults.add_column(col)
+        for row in table_rows(results["faults"]):
+            faults.add_row(*row)
+        Console(width=160).print(faults)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {OUT / 'bench.json'}")

@@ -243,10 +243,10 @@ class ModelHolder:
         self._thread = threading.Thread(target=self._run, name="flywheel-model-holder", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout)
 
     def wanted(self) -> str | None:
         """The version that should serve now."""
