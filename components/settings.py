@@ -59,8 +59,11 @@ class Settings(BaseSettings):
     quality_drop_threshold: float = Field(0.05, ge=0)
     cooldown_minutes: int = Field(60, ge=0)
     sample_size: int = Field(50_000, ge=1000, description="Rows of the window handed to Evidently.")
-    evidently_workspace: str = ".flywheel/evidently"
-    pushgateway: str | None = None
+    evidently_workspace: str = Field(".flywheel/evidently", description="Evidently UI workspace; empty: no snapshots.")
+    monitor_reports: Literal["always", "drift", "never"] = Field(
+        "always", description="When a pass renders report.html and the workspace snapshot, after its decision: "
+                              "every evaluated window, only when a retrain is wanted, or never.")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL the monitor pushes its metrics to.")
 
     # Serving
     spill_dir: str = Field(".flywheel/spill", description="Where log parts wait when the store does not take them.")
