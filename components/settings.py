@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     serving_poll_seconds: float = Field(2.0, gt=0, description="How often the server checks the champion pointer.")
     serving_runtime: Literal["auto", "sklearn"] = Field("auto", description="auto: ONNX when its holdout check passed.")
     prediction_log: bool = Field(True, description="Log every prediction (off only for benchmarks).")
+    serving_workers: int | None = Field(
+        None, ge=1, description="Service worker processes; default: one per CPU of the container's limit (cgroup cpu.max).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
 
