@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     prediction_log: bool = Field(True, description="Log every prediction (off only for benchmarks).")
     serving_strict_fields: bool = Field(False, description="Refuse records carrying fields the model does not use "
                                                            "(default: ignore and count them).")
+    serving_workers: int | None = Field(
+        None, ge=1, description="Service worker processes; default: one per CPU of the container's limit (cgroup cpu.max).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
 

@@ -100,6 +100,8 @@ def _count_rejected(problems: list[Problem]) -> None:
             m.rejected_records.labels(p.field or "record").inc()
 
 
+# Adaptive batching of /predict, tuned with benchmarks/serving.py (see its settings line).
+BATCHING = {"max_batch_size": 512, "max_latency_ms": 5000}
 BatchRecords = Annotated[list[Any], AfterValidator(_validate_batch_input)]
 
 
@@ -135,7 +137,7 @@ class FlywheelServing:
     def __is_ready__(self) -> bool:
         return self.holder.ready
 
-    @bentoml.api(batchable=True, max_batch_size=512, max_latency_ms=5000)
+    @bentoml.api(batchable=True, **BATCHING)
     def predict(self, records: BatchRecords) -> list[dict[str, Any]]:
         """Predict a few records per request; concurrent requests are batched into one model call.
 

@@ -40,7 +40,8 @@ class Server:
         self.settings = settings
         self.version = version
         self.log_path = log_path
-        self.extra_env = {"FLYWHEEL_SERVING_POLL_SECONDS": "0.5", **(extra_env or {})}
+        # one worker: a swap or a metric is then seen by every request (the default follows the CPUs)
+        self.extra_env = {"FLYWHEEL_SERVING_POLL_SECONDS": "0.5", "FLYWHEEL_SERVING_WORKERS": "1", **(extra_env or {})}
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
