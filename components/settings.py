@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     kfp_experiment: str = "flywheel"
     kfp_pipeline: str = "flywheel-training"
     kfp_namespace: str | None = None
+    component_image: str | None = Field(None, description="Image the compiled pipeline's steps run on: an immutable "
+                                        "reference (digest, or the source-derived tag of `make images`).")
 
     # Training
     parallelism: int = Field(2, ge=1, description="Concurrent training candidates (ParallelFor).")
