@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     kfp_host: str | None = Field(None, description="KFP API host, e.g. http://ml-pipeline.kubeflow:8888.")
     kfp_experiment: str = "flywheel"
     kfp_pipeline: str = "flywheel-training"
-    kfp_namespace: str | None = None
+    kfp_namespace: str | None = Field(None, description="Multi-user KFP: the profile namespace runs and experiments live in.")
+    kfp_token_path: str = Field("/var/run/secrets/kubeflow/pipelines/token",
+                                description="ServiceAccount token (audience pipelines.kubeflow.org) sent to KFP when the file exists.")
 
     # Training
     parallelism: int = Field(2, ge=1, description="Concurrent training candidates (ParallelFor).")
@@ -69,6 +71,7 @@ class Settings(BaseSettings):
     prediction_log: bool = Field(True, description="Log every prediction (off only for benchmarks).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
+    deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")
 
     @field_validator("store")
     @classmethod

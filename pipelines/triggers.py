@@ -92,7 +92,7 @@ class KFPTrigger:
     kind = "kfp"
 
     def __init__(self, settings: Settings, spec: DatasetSpec, package_path: str | Path,
-                 include_feedback: bool = False, token_path: str | None = kfp_client.SA_TOKEN_PATH) -> None:
+                 include_feedback: bool = False, token_path: str | None | object = ...) -> None:
         self.settings, self.spec, self.package_path = settings, spec, Path(package_path)
         self.include_feedback, self.token_path = include_feedback, token_path
 
@@ -111,9 +111,10 @@ class KFPTrigger:
         spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
         try:
             exp = kfp_client.ensure_experiment(client, self.settings.kfp_experiment, self.settings.kfp_namespace)
-            ref = kfp_client.ensure_pipeline_version(client, self.package_path, self.settings.kfp_pipeline)
+            ref = kfp_client.ensure_pipeline_version(client, self.package_path, self.settings.kfp_pipeline,
+                                                     self.settings.kfp_namespace)
             params = pipeline_arguments(spec, self.settings, request.run_name, self.settings.store)
-            run_id = kfp_client.start_run(client, exp, ref, request.run_name, params)
+            run_id = kfp_client.start_run(client, exp, ref, request.run_name, params, kfp_client.pipeline_root(self.settings))
         except kfp_client.KFPError as exc:
             raise TriggerError(str(exc)) from None
         return {"status": "running", "run_id": run_id, "experiment_id": exp, "pipeline_id": ref.pipeline_id,
