@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     serving_poll_seconds: float = Field(2.0, gt=0, description="How often the server checks the champion pointer.")
     serving_runtime: Literal["auto", "sklearn"] = Field("auto", description="auto: ONNX when its holdout check passed.")
     prediction_log: bool = Field(True, description="Log every prediction (off only for benchmarks).")
+    serving_strict_fields: bool = Field(False, description="Refuse records carrying fields the model does not use "
+                                                           "(default: ignore and count them).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
     deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")

@@ -46,7 +46,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Server:
+    def start(self, ready: bool = True) -> Server:
+        """Start and wait until /readyz answers 200 (only /healthz when ``ready`` is False)."""
         self.port = free_port()
         cmd, env = launch.serve_command(self.settings, self.port, self.version)
         env.update(self.extra_env)
@@ -59,7 +60,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/{'readyz' if ready else 'healthz'}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
