@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     kfp_host: str | None = Field(None, description="KFP API host, e.g. http://ml-pipeline.kubeflow:8888.")
     kfp_experiment: str = "flywheel"
     kfp_pipeline: str = "flywheel-training"
-    kfp_namespace: str | None = None
+    kfp_namespace: str | None = Field(None, description="Multi-user KFP: the profile namespace runs and experiments live in.")
+    kfp_token_path: str = Field("/var/run/secrets/kubeflow/pipelines/token",
+                                description="ServiceAccount token (audience pipelines.kubeflow.org) sent to KFP when the file exists.")
     component_image: str | None = Field(None, description="Image the compiled pipeline's steps run on: an immutable "
                                         "reference (digest, or the source-derived tag of `make images`).")
 
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
         None, ge=1, description="Service worker processes; default: one per CPU of the container's limit (cgroup cpu.max).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
+    deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")
 
     @model_validator(mode="after")
     def _lease_outlives_a_write(self) -> Settings:
