@@ -180,7 +180,8 @@ class Validator:
     def check_frame(self, frame: pd.DataFrame) -> Checked:
         """Validate a frame of records (Arrow, Parquet, CSV): each column is one field."""
         self._check_size(len(frame))
-        frame = frame.reset_index(drop=True)
+        if not isinstance(frame.index, pd.RangeIndex) or frame.index.start != 0 or frame.index.step != 1:
+            frame = frame.reset_index(drop=True)
         absent = {name: list(range(len(frame))) for name in self.names if name not in frame.columns}
         if absent:
             frame = frame.assign(**{name: None for name in absent})
@@ -242,7 +243,9 @@ class Validator:
             if count:
                 out.nulls[name] = count
         index = np.flatnonzero(good)
-        model_input = pd.DataFrame({k: v[good] for k, v in cols.items()}, index=index, columns=self.names)
+        every = len(index) == n  # the usual case: no copy of each column
+        model_input = pd.DataFrame({k: v if every else v[good] for k, v in cols.items()},
+                                   index=pd.RangeIndex(n) if every else index, columns=self.names)
         out.frame = model_input
         sent = [name for name in self.passthrough if name in frame.columns]
         if sent:
