@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     kfp_host: str | None = Field(None, description="KFP API host, e.g. http://ml-pipeline.kubeflow:8888.")
     kfp_experiment: str = "flywheel"
     kfp_pipeline: str = "flywheel-training"
-    kfp_namespace: str | None = None
+    kfp_namespace: str | None = Field(None, description="Multi-user KFP: the profile namespace runs and experiments live in.")
+    kfp_token_path: str = Field("/var/run/secrets/kubeflow/pipelines/token",
+                                description="ServiceAccount token (audience pipelines.kubeflow.org) sent to KFP when the file exists.")
+    component_image: str | None = Field(None, description="Image the compiled pipeline's steps run on: an immutable "
+                                        "reference (digest, or the source-derived tag of `make images`).")
 
     # Training
     parallelism: int = Field(2, ge=1, description="Concurrent training candidates (ParallelFor).")
@@ -59,8 +63,11 @@ class Settings(BaseSettings):
     quality_drop_threshold: float = Field(0.05, ge=0)
     cooldown_minutes: int = Field(60, ge=0)
     sample_size: int = Field(50_000, ge=1000, description="Rows of the window handed to Evidently.")
-    evidently_workspace: str = ".flywheel/evidently"
-    pushgateway: str | None = None
+    evidently_workspace: str = Field(".flywheel/evidently", description="Evidently UI workspace; empty: no snapshots.")
+    monitor_reports: Literal["always", "drift", "never"] = Field(
+        "always", description="When a pass renders report.html and the workspace snapshot, after its decision: "
+                              "every evaluated window, only when a retrain is wanted, or never.")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL the monitor pushes its metrics to.")
 
     # Serving
     spill_dir: str = Field(".flywheel/spill", description="Where log parts wait when the store does not take them.")
@@ -74,8 +81,13 @@ class Settings(BaseSettings):
     serving_poll_seconds: float = Field(2.0, gt=0, description="How often the server checks the champion pointer.")
     serving_runtime: Literal["auto", "sklearn"] = Field("auto", description="auto: ONNX when its holdout check passed.")
     prediction_log: bool = Field(True, description="Log every prediction (off only for benchmarks).")
+    serving_strict_fields: bool = Field(False, description="Refuse records carrying fields the model does not use "
+                                                           "(default: ignore and count them).")
+    serving_workers: int | None = Field(
+        None, ge=1, description="Service worker processes; default: one per CPU of the container's limit (cgroup cpu.max).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
+    deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")
 
     @model_validator(mode="after")
     def _lease_outlives_a_write(self) -> Settings:

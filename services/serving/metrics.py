@@ -33,6 +33,9 @@ class Metrics:
     swaps: Any
     unknown_categories: Any
     out_of_range: Any
+    null_values: Any
+    ignored_fields: Any
+    rejected_records: Any
     feedback: Any
 
 
@@ -79,6 +82,12 @@ def _build() -> Metrics:
                                    ["feature"]),
         out_of_range=Counter("flywheel_out_of_range_total",
                              "Numeric values outside the training range (drift, not errors).", ["feature"]),
+        null_values=Counter("flywheel_null_values_total",
+                            "Null feature values served (imputed by the model; drift, not errors).", ["feature"]),
+        ignored_fields=Counter("flywheel_ignored_fields_total",
+                               "Records carrying a field the model does not use (ignored, not refused).", ["field"]),
+        rejected_records=Counter("flywheel_rejected_records_total",
+                                 "Records refused by validation, by the field that refused them.", ["field"]),
         feedback=Counter("flywheel_feedback_total",
                          "Label feedback by outcome: accepted, unknown_request (not a request id this service "
                          "issues), rejected (a label the model cannot have).", ["outcome"]),

@@ -40,7 +40,8 @@ class Server:
         self.settings = settings
         self.version = version
         self.log_path = log_path
-        self.extra_env = {"FLYWHEEL_SERVING_POLL_SECONDS": "0.5", **(extra_env or {})}
+        # one worker: a swap or a metric is then seen by every request (the default follows the CPUs)
+        self.extra_env = {"FLYWHEEL_SERVING_POLL_SECONDS": "0.5", "FLYWHEEL_SERVING_WORKERS": "1", **(extra_env or {})}
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -48,7 +49,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Server:
+    def start(self, ready: bool = True) -> Server:
+        """Start and wait until /readyz answers 200 (only /healthz when ``ready`` is False)."""
         self.port = free_port()
         cmd, env = launch.serve_command(self.settings, self.port, self.version)
         env.update(self.extra_env)
@@ -61,7 +63,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/{'readyz' if ready else 'healthz'}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
