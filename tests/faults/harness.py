@@ -35,6 +35,7 @@ from components.data import REQUEST_ID
 from components.registry import Registry
 from components.settings import Settings
 from components.store import LocalStore
+from services.serving.launch import service_workers
 from services.serving.model import frame_to_records
 from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound
 from tests.faults.odd_model import TRIGGER, add_odd_version
@@ -355,11 +356,13 @@ def sigkill(work: Path) -> FaultResult:
             restarted.stop()
         stored = stored_ids(predictions(s3.objects, "wine"))
     # a request can be logged and killed before its answer left: stored, never served
-    bound = sigkill_loss_bound(flush_rows, concurrency)
+    workers = service_workers(settings)
+    bound = workers * sigkill_loss_bound(flush_rows, concurrency)  # each worker has its own buffer
     result = count("SIGKILL during traffic, store down", traffic.ids, stored, allowed_loss=bound)
     unanswered = len(set(stored) - set(traffic.ids))
     result.ok = result.ok and drained and resent >= on_disk > 0 and code == 0
-    result.outcome = (f"{result.lost} lost (bound {bound} = 2 x (log_flush_rows - 1 + largest batch)); "
+    result.outcome = (f"{result.lost} lost (bound {bound} = {workers} workers x 2 x (log_flush_rows - 1 + "
+                      f"largest batch)); "
                       f"{on_disk} spilled at the kill, {resent:.0f} re-sent by the restarted server")
     result.details = {"spilled_at_kill": on_disk, "resent_on_restart": resent, "stored_not_answered": unanswered,
                       "spill_drained": drained}
