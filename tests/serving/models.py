@@ -43,8 +43,8 @@ def diabetes_frame() -> pd.DataFrame:
 
 
 def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate: dict[str, Any],
-                promote: bool = True, seed: int = 0, onnx: bool = True) -> str:
-    """Fit, export and write one version (manifest last); promote it if asked."""
+                promote: bool = True, seed: int = 0, onnx: bool = True, manifest: dict[str, Any] | None = None) -> str:
+    """Fit, export and write one version (manifest last, with ``manifest``'s extra fields); promote it if asked."""
     spec = DatasetSpec(source="memory", target=target)
     schema = infer_schema(frame, spec)
     train, holdout = split(frame, schema, 0.25, seed)
@@ -66,7 +66,7 @@ def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate:
             files["model.onnx"] = onnx_bytes
         files["onnx.json"] = json.dumps(report, default=str).encode()
     version = registry.claim_version()
-    registry.write_version(version, files, {"candidate": candidate})
+    registry.write_version(version, files, {"candidate": candidate, **(manifest or {})})
     if promote:
         registry.promote(version, "test")
     return version
