@@ -78,6 +78,14 @@ def compile_(
     """Compile the training pipeline to KFP IR YAML, with the cluster's Kubernetes settings."""
     from pipelines.cluster import component_image
     from pipelines.compile import compile_pipeline
+
+    cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
+    path = compile_pipeline(output, image or component_image(_settings(store=store)), cluster, root)
+    console.print(f"wrote {path}")
+
+
+def _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store):
+    """The cluster settings and pipeline root both compile commands share."""
     from pipelines.training import ClusterOptions
 
     s = _settings(store=store)
@@ -85,8 +93,7 @@ def compile_(
                              node_selector=dict(_pair(x, "--node-selector") for x in node_selector or ()),
                              tolerations=tuple(_toleration(t) for t in toleration or ()))
     root = pipeline_root or (f"{s.store.rstrip('/')}/pipeline_root" if s.store.startswith("s3://") else None)
-    path = compile_pipeline(output, image or component_image(s), cluster, root)
-    console.print(f"wrote {path}")
+    return cluster, root
 
 
 DataOpt = Annotated[str, typer.Option(help="Dataset in the object store: s3:// URI or a key of the store.")]
@@ -162,11 +169,20 @@ def schedule(
 @app.command("compile-batch")
 def compile_batch(
     output: Annotated[Path, typer.Option(help="Where to write the batch-scoring pipeline's KFP IR YAML.")] = Path("flywheel-batch-scoring.yaml"),
+    image: Annotated[Optional[str], typer.Option(help="Component image (default FLYWHEEL_COMPONENT_IMAGE, else this checkout's source-derived tag).")] = None,
+    s3_secret: Annotated[str, typer.Option(help="Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")] = "flywheel-s3",
+    s3_endpoint: Annotated[Optional[str], typer.Option(help="S3/MinIO endpoint as the step pods reach it (default: AWS_ENDPOINT_URL).")] = None,
+    node_selector: Annotated[Optional[list[str]], typer.Option(help="key=value node label for the task (repeatable).")] = None,
+    toleration: Annotated[Optional[list[str]], typer.Option(help="key[=value]:Effect toleration for the task (repeatable).")] = None,
+    pipeline_root: Annotated[Optional[str], typer.Option(help="Artifact root in the object store (default: <store>/pipeline_root for s3 stores).")] = None,
+    store: StoreOpt = None,
 ) -> None:
-    """Compile the batch-scoring pipeline (one chunked scoring task) for a cluster."""
+    """Compile the batch-scoring pipeline (one chunked scoring task) with the same cluster settings as training."""
     from pipelines.batch import compile_batch as run_compile
+    from pipelines.cluster import component_image
 
-    console.print(f"wrote {run_compile(str(output))}")
+    cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
+    console.print(f"wrote {run_compile(str(output), image or component_image(_settings(store=store)), cluster, root)}")
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:

@@ -50,7 +50,7 @@ def component_image(settings: Settings) -> str:
 def cluster_package(settings: Settings, image: str, s3_endpoint: str | None, folder: Path) -> Path:
     """Compile the training pipeline for the cluster into ``folder``: the path of the package."""
     cluster = ClusterOptions(s3_endpoint_url=s3_endpoint or settings.s3_endpoint_url)
-    return compile_pipeline(folder / "flywheel-training.yaml", image, cluster, f"{settings.store.rstrip('/')}/pipeline_root")
+    return compile_pipeline(folder / "flywheel-training.yaml", image, cluster, kfp_client.pipeline_root(settings))
 
 
 def kfp_cron(cron: str) -> str:
@@ -71,9 +71,10 @@ def submit(settings: Settings, spec: DatasetSpec, image: str | None = None, s3_e
     run = run_name or new_run_name(settings.model)
     with tempfile.TemporaryDirectory(prefix="flywheel-submit-") as tmp:
         ref = kfp_client.ensure_pipeline_version(client, cluster_package(settings, image or component_image(settings), s3_endpoint, Path(tmp)),
-                                                 settings.kfp_pipeline)
+                                                 settings.kfp_pipeline, settings.kfp_namespace)
     experiment = kfp_client.ensure_experiment(client, settings.kfp_experiment, settings.kfp_namespace)
-    run_id = kfp_client.start_run(client, experiment, ref, run, pipeline_arguments(spec, settings, run, settings.store))
+    run_id = kfp_client.start_run(client, experiment, ref, run, pipeline_arguments(spec, settings, run, settings.store),
+                                  kfp_client.pipeline_root(settings))
     out = {"run_id": run_id, "run": run, "pipeline_version": ref.version_name, "uploaded": ref.uploaded,
            "experiment_id": experiment, "url": f"{settings.kfp_host.rstrip('/')}/#/runs/details/{run_id}", "state": None}
     if wait:
@@ -98,10 +99,10 @@ def schedule(settings: Settings, spec: DatasetSpec, name: str, cron: str, image:
     client = kfp_client.connect(settings)
     with tempfile.TemporaryDirectory(prefix="flywheel-schedule-") as tmp:
         ref = kfp_client.ensure_pipeline_version(client, cluster_package(settings, image or component_image(settings), s3_endpoint, Path(tmp)),
-                                                 settings.kfp_pipeline)
+                                                 settings.kfp_pipeline, settings.kfp_namespace)
     experiment = kfp_client.ensure_experiment(client, settings.kfp_experiment, settings.kfp_namespace)
     # a recurring run's run parameter is fixed, so each run records under the schedule's name
     params = pipeline_arguments(spec, settings, name, settings.store)
-    rid = kfp_client.create_recurring_run(client, experiment, ref, name, expression, params)
+    rid = kfp_client.create_recurring_run(client, experiment, ref, name, expression, params, kfp_client.pipeline_root(settings))
     return {"recurring_run_id": rid, "name": name, "cron": expression, "pipeline_version": ref.version_name,
             "experiment_id": experiment}

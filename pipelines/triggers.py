@@ -95,7 +95,7 @@ class KFPTrigger:
     kind = "kfp"
 
     def __init__(self, settings: Settings, spec: DatasetSpec, package_path: str | Path | None = None,
-                 include_feedback: bool = False, token_path: str | None = kfp_client.SA_TOKEN_PATH) -> None:
+                 include_feedback: bool = False, token_path: str | None | object = ...) -> None:
         self.settings, self.spec = settings, spec
         self.package_path = Path(package_path) if package_path else None
         self.include_feedback, self.token_path = include_feedback, token_path
@@ -117,7 +117,7 @@ class KFPTrigger:
             exp = kfp_client.ensure_experiment(client, self.settings.kfp_experiment, self.settings.kfp_namespace)
             ref = self._pipeline_version(client)
             params = pipeline_arguments(spec, self.settings, request.run_name, self.settings.store)
-            run_id = kfp_client.start_run(client, exp, ref, request.run_name, params)
+            run_id = kfp_client.start_run(client, exp, ref, request.run_name, params, kfp_client.pipeline_root(self.settings))
         except kfp_client.KFPError as exc:
             raise TriggerError(str(exc)) from None
         return {"status": "running", "run_id": run_id, "experiment_id": exp, "pipeline_id": ref.pipeline_id,
@@ -125,7 +125,8 @@ class KFPTrigger:
 
     def _pipeline_version(self, client) -> kfp_client.PipelineRef:
         if self.package_path:
-            return kfp_client.ensure_pipeline_version(client, self.package_path, self.settings.kfp_pipeline)
+            return kfp_client.ensure_pipeline_version(client, self.package_path, self.settings.kfp_pipeline,
+                                                     self.settings.kfp_namespace)
         from pipelines.cluster import cluster_package, component_image
 
         try:
@@ -135,7 +136,7 @@ class KFPTrigger:
         # The scratch folder lives under the temp dir: /tmp is the writable mount in the pod.
         with tempfile.TemporaryDirectory(prefix="flywheel-retrain-") as tmp:
             package = cluster_package(self.settings, image, None, Path(tmp))
-            return kfp_client.ensure_pipeline_version(client, package, self.settings.kfp_pipeline)
+            return kfp_client.ensure_pipeline_version(client, package, self.settings.kfp_pipeline, self.settings.kfp_namespace)
 
     def poll(self, record: dict[str, Any]) -> dict[str, Any]:
         if not record.get("run_id"):

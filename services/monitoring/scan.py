@@ -187,11 +187,14 @@ class _NumericStats:
 
 
 class _CategoricalStats:
-    def __init__(self, reference: pd.Series) -> None:
+    def __init__(self, reference: pd.Series, known: list[str] | None = None) -> None:
         self.ref_counts = reference.dropna().astype(str).value_counts()
         self.ref_null = float(reference.isna().mean()) if len(reference) else 0.0
+        # what serving calls an unknown category: a value training never saw (the schema's
+        # categories), else one the reference sample lacks
+        self.known = {str(c) for c in known} if known else set(self.ref_counts.index)
         self.counts: dict[str, int] = {}
-        self.n = self.nulls = 0
+        self.n = self.nulls = self.unknown = 0
 
     def add(self, arr: pa.ChunkedArray | pa.Array) -> None:
         self.n += len(arr)
@@ -200,6 +203,8 @@ class _CategoricalStats:
         for value, count in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
             if value is None:
                 continue
+            if value not in self.known:
+                self.unknown += count
             if value in self.counts or len(self.counts) < MAX_TRACKED_CATEGORIES:
                 self.counts[value] = self.counts.get(value, 0) + count
             else:
@@ -214,6 +219,7 @@ class _CategoricalStats:
         unseen = sorted(k for k in self.counts if k not in set(cats) and k != "__other__")
         return {"rows": self.n, "null_rate": self.nulls / self.n if self.n else None, "reference_null_rate": self.ref_null,
                 "top": {k: v / m for k, v in top} if m else {}, "unseen_categories": unseen[:20],
+                "unknown_rate": self.unknown / m if m else None,
                 "psi": psi(ref, cur) if m else None}
 
 
@@ -268,7 +274,8 @@ def scan_window(
         if kind == "datetime":
             continue
         ref = reference[c] if c in reference else pd.Series(dtype="float64")
-        stats[c] = _NumericStats(ref) if kind == "numeric" else _CategoricalStats(ref)
+        known = next((f.categories for f in schema.features if f.name == c), None)
+        stats[c] = _NumericStats(ref) if kind == "numeric" else _CategoricalStats(ref, known)
     with_feedback = feedback is not None and feedback.num_rows > 0
     ids = feedback.column(REQUEST_ID) if with_feedback else None
     scan = Scan()
