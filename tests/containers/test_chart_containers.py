@@ -46,6 +46,7 @@ from tests.containers.pods import Container, ContainerSpec, podman, wait_ready
 from tests.k8s.k8s_support import find, helm_render, manifests
 from tests.serving.models import LOGISTIC, add_version, wine_frame
 
+NAMESPACE = "flywheel"  # tests/k8s/k8s_support.py renders the release there
 MODEL = "wine"
 BUCKET = "flywheel"
 STORE = f"s3://{BUCKET}/store"
@@ -148,7 +149,9 @@ def cluster(netns: str, tag: str, images: dict[str, str], tmp_path_factory: pyte
                            "monitoring": {"minRows": 200, "cooldownMinutes": 0, "driftShareThreshold": 0.3}},
             }
             c.docs = manifests(helm_render(values))
-            c.configmaps = {d["metadata"]["name"]: d for d in c.docs if d["kind"] == "ConfigMap"}
+            # A pod's configMapRef resolves in its own namespace (the chart may render copies elsewhere).
+            c.configmaps = {d["metadata"]["name"]: d for d in c.docs
+                            if d["kind"] == "ConfigMap" and d["metadata"].get("namespace") == NAMESPACE}
             # The one object the chart expects to exist (never creates): the storage credentials.
             c.secrets = {"flywheel-s3": {"kind": "Secret", "metadata": {"name": "flywheel-s3"}, "stringData": CREDENTIALS}}
             c.settings = load_settings(store=STORE, model=MODEL, s3_endpoint_url=c.s3_url, s3_region="us-east-1")
