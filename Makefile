@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FLYWHEEL := $(VENV)/bin/flywheel
 export PATH := $(abspath $(TOOLS)/bin):$(abspath $(VENV)/bin):$(PATH)
 
-.PHONY: help env run test bench compile lint monitor monitor-ui images bento clean
+.PHONY: help env run test bench compile lint monitor monitor-ui images bento clean apiserver
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,9 @@ monitor-ui: env  ## Evidently UI over the monitoring workspace (http://localhost
 
 images:  ## Print the docker build commands for the three images (pipe to sh to build)
 	@sh k8s/images.sh
+
+apiserver:  ## Build once (cached under $$K8S120, default /var/tmp/apiserver-1.20) the real kube-apiserver 1.20 of tests/apiserver
+	@bash tests/apiserver/build.sh
 
 bento: env  ## Build the serving Bento offline (bentoml build), with its Dockerfile
 	$(FLYWHEEL) bento
