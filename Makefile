@@ -48,7 +48,7 @@ monitor-ui: env  ## Evidently UI over the monitoring workspace (http://localhost
 images:  ## Print the docker build commands for the three images (pipe to sh to build)
 	@sh k8s/images.sh
 
-apiserver:  ## Build once (cached under $$K8S120, default /var/tmp/apiserver-1.20) the real kube-apiserver 1.20 of tests/apiserver
+apiserver:  ## Build once (cached under $K8S120, default /var/tmp/apiserver-1.20) the real kube-apiserver 1.20 of tests/apiserver
 	@bash tests/apiserver/build.sh
 
 bento: env  ## Build the serving Bento offline (bentoml build), with its Dockerfile
