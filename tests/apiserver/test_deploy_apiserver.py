@@ -157,7 +157,7 @@ def _play_kubelet(core, stop: threading.Event) -> None:
         for pod in core.list_namespaced_pod(RELEASE_NAMESPACE, label_selector=f"app.kubernetes.io/name={SERVING}").items:
             if pod.metadata.deletion_timestamp or (pod.status.phase == "Running"):
                 continue
-            now = dt.datetime.now(dt.timezone.utc).isoformat()
+            now = dt.datetime.now(dt.UTC).isoformat()
             ready = [{"type": t, "status": "True", "lastTransitionTime": now}
                      for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
             core.patch_namespaced_pod_status(pod.metadata.name, RELEASE_NAMESPACE,
