@@ -256,7 +256,8 @@ def deploy(version: str, store: str, model: str, run: str, job: str = "") -> str
     from components import runtime
 
     s, run = runtime.settings(store, model), runtime.run_id(run, job)
-    return json.dumps(runtime.guarded(s, run, "deploy", lambda: stage.deploy(s, version).raise_for_failure().to_dict()))
+    # checked(): a rollout that did not finish (and was restored) fails the step
+    return json.dumps(runtime.guarded(s, run, "deploy", lambda: stage.deploy(s, version).checked().to_dict()))
 
 
 @component
