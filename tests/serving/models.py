@@ -43,8 +43,11 @@ def diabetes_frame() -> pd.DataFrame:
 
 
 def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate: dict[str, Any],
-                promote: bool = True, seed: int = 0, onnx: bool = True) -> str:
-    """Fit, export and write one version (manifest last); promote it if asked."""
+                promote: bool = True, seed: int = 0, onnx: bool = True, metrics: dict[str, Any] | None = None) -> str:
+    """Fit, export and write one version (manifest last); promote it if asked.
+
+    ``metrics``: the version's metrics.json (default: no holdout figures).
+    """
     spec = DatasetSpec(source="memory", target=target)
     schema = infer_schema(frame, spec)
     train, holdout = split(frame, schema, 0.25, seed)
@@ -57,7 +60,7 @@ def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate:
     files = {
         "model.joblib": buf.getvalue(),
         "schema.json": schema.to_json().encode(),
-        "metrics.json": json.dumps({"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
+        "metrics.json": json.dumps(metrics or {"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
         "reference.parquet": ref.getvalue(),
     }
     if onnx:
