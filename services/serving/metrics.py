@@ -28,9 +28,14 @@ class Metrics:
     predictions: Any
     prediction_value: Any
     log_records: Any
+    log_lag: Any
+    spill_errors: Any
     swaps: Any
     unknown_categories: Any
     out_of_range: Any
+    null_values: Any
+    ignored_fields: Any
+    rejected_records: Any
     feedback: Any
 
 
@@ -66,8 +71,14 @@ def _build() -> Metrics:
                             ["class"]),
         prediction_value=Histogram("flywheel_prediction_value", "Distribution of regression predictions.",
                                    buckets=(-1e6, -1e3, -100, -10, -1, 0, 1, 10, 100, 1e3, 1e4, 1e6)),
-        log_records=Counter("flywheel_prediction_log_records_total", "Prediction log records by outcome.",
-                            ["outcome"]),
+        log_records=Counter("flywheel_prediction_log_records_total",
+                            "Prediction log records by outcome: buffered (appended), flushed (stored at the first "
+                            "try), spilled (kept on disk while the store refuses), resent (stored from the spill), "
+                            "quarantined (not serialisable, kept aside as JSON), dropped (lost).", ["outcome"]),
+        log_lag=Gauge("flywheel_prediction_log_lag_seconds",
+                      "Age of the oldest prediction record not yet in the store.", multiprocess_mode="livemax"),
+        spill_errors=Counter("flywheel_prediction_log_spill_errors_total",
+                             "Writes the spill directory refused (full, over spill_max_mb, or unwritable)."),
         swaps=Counter("flywheel_model_swaps_total", "Model swaps by outcome: swapped, or refused (the old version keeps serving).",
                       ["outcome"]),
         unknown_categories=Counter("flywheel_unknown_categories_total",
@@ -75,7 +86,15 @@ def _build() -> Metrics:
                                    ["feature"]),
         out_of_range=Counter("flywheel_out_of_range_total",
                              "Numeric values outside the training range (drift, not errors).", ["feature"]),
-        feedback=Counter("flywheel_feedback_records_total", "Label feedback records accepted."),
+        null_values=Counter("flywheel_null_values_total",
+                            "Null feature values served (imputed by the model; drift, not errors).", ["feature"]),
+        ignored_fields=Counter("flywheel_ignored_fields_total",
+                               "Records carrying a field the model does not use (ignored, not refused).", ["field"]),
+        rejected_records=Counter("flywheel_rejected_records_total",
+                                 "Records refused by validation, by the field that refused them.", ["field"]),
+        feedback=Counter("flywheel_feedback_total",
+                         "Label feedback by outcome: accepted, unknown_request (not a request id this service "
+                         "issues), rejected (a label the model cannot have).", ["outcome"]),
     )
     for outcome in SWAP_OUTCOMES:  # present from the start, so rate() and alerts see a zero, not nothing
         built.swaps.labels(outcome)

@@ -162,7 +162,8 @@ def test_knobs_reach_the_manifests():
         "serving": {"autoscaling": {"enabled": False}, "replicas": 4, "modelVersion": "v7",
                     "image": {"name": "flywheel-serving", "digest": "sha256:" + "a" * 64}},
         "monitor": {"schedule": "*/15 * * * *", "suspend": True},
-        "rbac": {"deployer": {"serviceAccount": "runner", "namespace": "pipelines"}},
+        "rbac": {"deployer": {"serviceAccount": "runner"}},
+        "config": {"kfp": {"namespace": "pipelines"}},
         "networkPolicy": {"enabled": False},
     })
     docs = manifests(helm_render(values))
