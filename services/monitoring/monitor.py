@@ -363,15 +363,23 @@ def _record(settings: Settings, store: Store, s: Summary, t0: float) -> None:
     s.duration_s = round(time.perf_counter() - t0, 3)
     s.finished_at_unix = round(time.time(), 3)
     s.metrics = {f.key: f.value for f in monitor_metrics.figures(s.to_dict())}
+    _push(settings, s)
+    status = s.status
     _write_summary(store, s)
-    if settings.pushgateway:
-        try:
-            monitor_metrics.push(settings.pushgateway, settings.model, s.to_dict())
-            s.outputs["pushgateway"] = settings.pushgateway
-        except Exception as exc:  # noqa: BLE001 - the pass's results are in the store; the push is a view
-            s.warnings.append(f"metrics not pushed to {settings.pushgateway}: {type(exc).__name__}: {exc}")
-            log.warning("metrics not pushed to %s: %s", settings.pushgateway, exc)
-            _write_summary(store, s)
+    if s.status != status:  # summary.json could not be written: the pass failed after all
+        _push(settings, s)
+
+
+def _push(settings: Settings, s: Summary) -> None:
+    """Push the metrics when ``pushgateway`` is set; a failed push is a warning (the store has the results)."""
+    if not settings.pushgateway:
+        return
+    try:
+        monitor_metrics.push(settings.pushgateway, settings.model, s.to_dict())
+        s.outputs["pushgateway"] = settings.pushgateway
+    except Exception as exc:  # noqa: BLE001 - the pass's results are in the store; the push is a view
+        s.warnings.append(f"metrics not pushed to {settings.pushgateway}: {type(exc).__name__}: {exc}")
+        log.warning("metrics not pushed to %s: %s", settings.pushgateway, exc)
 
 
 COUNTERS = "monitoring/{model}/counters.json"
