@@ -1,26 +1,33 @@
-"""Serving benchmark: the Flywheel service against a minimal FastAPI app and the HTTP ceiling.
+"""Serving benchmark: the Flywheel service against FastAPI+uvicorn, driven by ``wrk``.
 
-One run on this machine, the same model behind every server:
+The load generator is ``wrk`` (a compiled HTTP load generator; Debian package ``wrk``),
+with a Lua script that cycles through real JSON POST bodies. Every figure is measured in
+one run on this machine, so the ratios are what count:
 
-    a_onnx      the service (adaptive batching, prediction log on), ONNX runtime
-    a_sklearn   the service, scikit-learn runtime
-    a_nolog     the service, scikit-learn runtime, prediction log off (the log's cost)
-    b_fastapi   FastAPI + uvicorn calling model.predict per request
-    c_constant  the same FastAPI app answering a constant (the HTTP ceiling)
-    many        /predict_many with 10,000 records per request, against raw model.predict
+    service    the Flywheel service (``flywheel serve``: adaptive batching, prediction log on)
+    fastapi    FastAPI + uvicorn (one process, its default) calling ``model.predict`` per request
+    constant   a bare ASGI app on uvicorn that answers a constant: the generator's ceiling
 
-The load generator is a separate process (asyncio + httpx) with 32 concurrent clients,
-bounded in time (BENCH_SECONDS, default 15) and in request count. Run it with
-``python -m benchmarks.serving [out.json]``; ``main(path)`` returns the figures.
+Two model shapes, each at concurrency 1, 8 and 32:
+
+    linear     logistic regression on 30 numeric features (breast cancer)
+    trees      histogram gradient boosting on mixed numeric, categorical and date features (churn)
+
+The ceiling must reach at least 3x the fastest model server's throughput at the same
+concurrency, or the run says its figures are capped by the generator.
+
+Run it with ``python -m benchmarks.serving [out.json]``; ``main(path)`` returns the figures
+and ``rows(figures)`` the lines of the ``make bench`` table.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
-import multiprocessing as mp
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,101 +37,205 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pandas as pd
 
-CONCURRENCY = 32
-MAX_REQUESTS = 2_000_000
-MANY_ROWS = 10_000
+CONCURRENCY = (1, 8, 32)
+SHAPES = ("linear", "trees")
+CEILING_FACTOR = 3.0
+INSTALL_HINT = "install wrk with `sudo apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk` (macOS)"
+TARGETS = {"throughput_c32": 1.5, "p99_c32": 1.0, "p50_c1_ms": 2.0}
+
+# Cycles through one prebuilt request per line of the bodies file (args[1]); done() prints
+# the figures as one JSON line, which the bench parses (wrk's own text output is for people).
+WRK_LUA = r'''
+local requests = {}
+local n = 0
+local i = 0
+
+init = function(args)
+  for line in io.lines(args[1]) do
+    n = n + 1
+    requests[n] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, line)
+  end
+  i = math.random(n) - 1
+end
+
+request = function()
+  i = i % n + 1
+  return requests[i]
+end
+
+done = function(summary, latency, requests_)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "connect_errors": %d, "read_errors": %d, ' ..
+    '"write_errors": %d, "status_errors": %d, "timeouts": %d, "p50_us": %d, "p90_us": %d, ' ..
+    '"p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+'''
 
 
-# --- the model ------------------------------------------------------------------------------
+# --- the generator ----------------------------------------------------------------------------
 
-def make_store(root: Path) -> tuple[list[dict[str, Any]], Any]:
-    """A registry with one promoted classifier (numeric features, so ONNX converts) and its records."""
+def generator() -> dict[str, str]:
+    """Which load generator this run uses; raises with the one-line install hint when missing."""
+    path = shutil.which("wrk")
+    if path is None:
+        raise RuntimeError(f"the serving benchmark needs wrk: {INSTALL_HINT}")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    version = (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "wrk"
+    return {"name": "wrk", "path": path, "version": version.split(" Copyright")[0].strip()}
+
+
+def wrk(url: str, bodies_file: Path, script: Path, seconds: float, concurrency: int) -> dict[str, Any]:
+    """Drive ``url`` with wrk at ``concurrency`` connections; requests/s and latency percentiles."""
+    threads = 1 if concurrency == 1 else 2  # two cores: a second wrk thread only at c > 1
+    cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s",
+           "-s", str(script), url, "--", str(bodies_file)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    match = re.search(r"^WRK_JSON (\{.*\})$", out.stdout, re.MULTILINE)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {(out.stderr or out.stdout).strip()[-500:]}")
+    raw = json.loads(match.group(1))
+    failed = raw["status_errors"] + raw["timeouts"] + raw["connect_errors"] + raw["read_errors"] + raw["write_errors"]
+    ok = max(raw["requests"] - raw["status_errors"], 0)
+    duration = raw["duration_us"] / 1e6
+    return {"rps": ok / duration, "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000,
+            "p99_ms": raw["p99_us"] / 1000, "max_ms": raw["max_us"] / 1000, "requests": raw["requests"],
+            "failures": failed, "seconds": round(duration, 2)}
+
+
+# --- the models -------------------------------------------------------------------------------
+
+def _frame(shape: str) -> tuple[Any, Any]:
+    """(frame, DatasetSpec) of one model shape."""
+    from components.data import DatasetSpec
+
+    if shape == "linear":
+        from sklearn.datasets import load_breast_cancer
+
+        frame = load_breast_cancer(as_frame=True).frame
+        frame.columns = [c.replace(" ", "_") for c in frame.columns]
+        return frame, DatasetSpec(source="memory", target="target", task="classification")
+    from components.synthetic import churn
+
+    frame = churn(4000, seed=3)
+    return frame, DatasetSpec(source="memory", target="churned", task="classification", timestamp="event_time",
+                              id_columns=("customer_id",))
+
+
+CANDIDATE = {"linear": {"family": "logistic", "params": {"C": 1.0}, "select": False},
+             "trees": {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31},
+                       "select": False}}
+
+
+def make_model(store: Path, shape: str, out: Path) -> tuple[list[str], str]:
+    """Train, register and promote model ``bench-<shape>`` in ``store``; dump it to ``out``.
+
+    Returns the JSON request bodies (one record each) and the runtime the service will pick.
+    """
+    import io
+
     import joblib
-    from sklearn.datasets import load_breast_cancer
 
-    from components.data import DatasetSpec, infer_schema
+    from components.data import infer_schema
     from components.features import split
     from components.onnx_export import export_onnx
     from components.register import reference_sample
     from components.registry import Registry
     from components.store import LocalStore
-    from components.train import make_model
+    from components.train import make_model as build
 
-    frame = load_breast_cancer(as_frame=True).frame
-    frame.columns = [c.replace(" ", "_") for c in frame.columns]
-    schema = infer_schema(frame, DatasetSpec(source="memory", target="target", task="classification"))
+    frame, spec = _frame(shape)
+    schema = infer_schema(frame, spec)
     train, holdout = split(frame, schema, 0.25, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = make_model(schema, {"family": "logistic", "params": {"C": 1.0}, "select": False}, 0)
-        model.fit(train[schema.feature_names], train["target"])
-    onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
+        model = build(schema, CANDIDATE[shape], 0)
+        model.fit(train[schema.feature_names], train[schema.target])
+        onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
     buf, ref = io.BytesIO(), io.BytesIO()
     joblib.dump(model, buf)
+    out.write_bytes(buf.getvalue())
     reference_sample(model, train, schema, 0).to_parquet(ref, index=False)
     files = {"model.joblib": buf.getvalue(), "schema.json": schema.to_json().encode(),
              "metrics.json": b'{"task": "classification", "primary_metric": "none", "holdout": {}}',
              "reference.parquet": ref.getvalue(), "onnx.json": json.dumps(report, default=str).encode()}
     if onnx_bytes:
         files["model.onnx"] = onnx_bytes
-    registry = Registry(LocalStore(root), "bench")
+    registry = Registry(LocalStore(store), f"bench-{shape}")
     version = registry.claim_version()
     registry.write_version(version, files, {})
     registry.promote(version, "benchmark")
-    records = frame[schema.feature_names].to_dict("records")
-    return records, model
+    features = frame[schema.feature_names].astype(object)
+    features = features.where(features.notna(), None)  # JSON null, never NaN
+    bodies = [json.dumps({"records": [r]}, default=str) for r in features.to_dict("records")]
+    return bodies, "onnx" if onnx_bytes else "sklearn"
 
 
 # --- servers ----------------------------------------------------------------------------------
 
 FASTAPI_APP = '''
-import io, sys, joblib, pandas as pd
+import sys, joblib, pandas as pd
 from fastapi import FastAPI, Request
-model = joblib.load(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "-" else None
+model = joblib.load(sys.argv[1])
 app = FastAPI()
 
 @app.post("/predict")
 async def predict(request: Request):
     body = await request.json()
-    if model is None:
-        return [{"prediction": 0}]
     frame = pd.DataFrame(body["records"])
     return [{"prediction": p} for p in model.predict(frame).tolist()]
 '''
 
+# The ceiling: no framework, no model; reads the body and answers a constant.
+CONSTANT_APP = '''
+BODY = b'[{"prediction": 0}]'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+'''
+
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready in {timeout}s")
-
-
 class Running:
+    """A server process in its own process group, with its log file."""
+
     def __init__(self, proc: subprocess.Popen, url: str, log: Any) -> None:
         self.proc, self.url, self.log = proc, url, log
 
-    def stop(self) -> None:
-        import signal
+    def wait_ready(self, path: str, probe: bytes | None = None, timeout: float = 120) -> Running:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.flush()
+                tail = Path(self.log.name).read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {tail}")
+            try:
+                r = (httpx.post(self.url + path, content=probe, headers={"content-type": "application/json"}, timeout=5)
+                     if probe is not None else httpx.get(self.url + path, timeout=2))
+                if r.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{self.url}{path} not ready in {timeout}s; see {self.log.name}")
 
+    def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -135,169 +246,166 @@ class Running:
         self.log.close()
 
 
-def start_service(tmp: Path, store: Path, runtime: str, logging_on: bool) -> Running:
+def start_service(tmp: Path, store: Path, shape: str, workers: int | None) -> Running:
+    """``flywheel serve``'s command for model ``bench-<shape>``, prediction log on."""
     from components.settings import load_settings
     from services.serving import launch
 
-    settings = load_settings(store=str(store), model="bench", spill_dir=str(tmp / "spill"))
+    settings = load_settings(store=str(store), model=f"bench-{shape}", spill_dir=str(tmp / f"spill-{shape}"),
+                             prediction_log=True, serving_workers=workers)
     port = _free_port()
     cmd, env = launch.serve_command(settings, port)
-    env.update({"FLYWHEEL_SERVING_RUNTIME": runtime, "FLYWHEEL_PREDICTION_LOG": "on" if logging_on else "off",
-                "BENTOML_HOME": str(tmp / "bentoml-home")})
-    log = open(tmp / f"service-{runtime}-{logging_on}.log", "ab")
+    env["BENTOML_HOME"] = str(tmp / "bentoml-home")
+    log = open(tmp / f"service-{shape}.log", "ab")
     proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    _wait_ready(f"{url}/readyz", proc)
-    return Running(proc, url, log)
+    return Running(proc, f"http://127.0.0.1:{port}", log).wait_ready("/readyz")
 
 
-def start_fastapi(tmp: Path, model_path: str) -> Running:
-    app = tmp / "bench_app.py"
-    app.write_text(FASTAPI_APP)
+def start_uvicorn(tmp: Path, name: str, source: str, argv: list[str]) -> Running:
+    """``source`` as module ``name`` served by uvicorn (one process, httptools, no access log)."""
+    (tmp / f"{name}.py").write_text(source)
     port = _free_port()
-    log = open(tmp / f"fastapi-{Path(model_path).name}.log", "ab")
-    code = f"import sys, uvicorn; sys.argv = ['app', {model_path!r}]; sys.path.insert(0, {str(tmp)!r}); " \
-           f"import bench_app; uvicorn.run(bench_app.app, host='127.0.0.1', port={port}, log_level='warning', access_log=False)"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    _wait_ready(f"{url}/docs", proc)
-    return Running(proc, url, log)
+    log = open(tmp / f"{name}.log", "ab")
+    code = (f"import sys, uvicorn; sys.argv = ['app', *{argv!r}]; sys.path.insert(0, {str(tmp)!r}); "
+            f"import {name}; uvicorn.run({name}.app, host='127.0.0.1', port={port}, log_level='warning', "
+            f"access_log=False)")
+    from services.serving.launch import MODEL_THREAD_ENV
 
-
-# --- load generator (its own process) --------------------------------------------------------
-
-def _load(url: str, bodies: list[bytes], seconds: float, concurrency: int, out: Any) -> None:
-    async def run() -> dict[str, Any]:
-        latencies: list[float] = []
-        failures = 0
-        sent = 0
-        stop_at = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(limits=limits, timeout=60,
-                                     headers={"content-type": "application/json"}) as client:
-            async def worker(k: int) -> None:
-                nonlocal failures, sent
-                i = k
-                while time.perf_counter() < stop_at and sent < MAX_REQUESTS:
-                    sent += 1
-                    t0 = time.perf_counter()
-                    try:
-                        r = await client.post(url, content=bodies[i % len(bodies)])
-                        ok = r.status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    if ok:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        failures += 1
-                    i += concurrency
-
-            start = time.perf_counter()
-            await asyncio.gather(*(worker(k) for k in range(concurrency)))
-            elapsed = time.perf_counter() - start
-        lat = np.array(latencies) if latencies else np.array([np.nan])
-        return {"requests": len(latencies), "failures": failures, "seconds": elapsed,
-                "rps": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1000),
-                "p99_ms": float(np.percentile(lat, 99) * 1000)}
-
-    out.put(asyncio.run(run()))
-
-
-def load(url: str, bodies: list[bytes], seconds: float, concurrency: int = CONCURRENCY) -> dict[str, Any]:
-    """Drive ``url`` from a separate process; returns requests/s and latency percentiles."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    httpx.post(url, content=bodies[0], headers={"content-type": "application/json"}, timeout=60)  # warm-up
-    p = ctx.Process(target=_load, args=(url, bodies, seconds, concurrency, q))
-    p.start()
-    result = q.get(timeout=seconds + 300)
-    p.join(timeout=30)
-    return result
+    # the same compute threads as the service's workers, so the ratio compares the servers
+    env = {**os.environ, **{name: os.environ.get(name, "1") for name in MODEL_THREAD_ENV}}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
+    return Running(proc, f"http://127.0.0.1:{port}", log)
 
 
 # --- the run ----------------------------------------------------------------------------------
 
-def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run every case; write and return the figures (and the ratios the targets are about)."""
-    seconds = float(os.environ.get("BENCH_SECONDS", "15"))
-    results: dict[str, Any] = {"seconds_per_case": seconds, "concurrency": CONCURRENCY, "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as t:
-        tmp = Path(t)
-        records, model = make_store(tmp / "store")
-        import joblib
+def _measure(srv: Running, bodies_file: Path, script: Path, seconds: float, warmup: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in CONCURRENCY:
+        wrk(f"{srv.url}/predict", bodies_file, script, warmup, c)  # warm caches and the batcher's latency model
+        out[str(c)] = wrk(f"{srv.url}/predict", bodies_file, script, seconds, c)
+    return out
 
-        joblib.dump(model, tmp / "model.joblib")
-        single = [json.dumps({"records": [r]}).encode() for r in records]
-        cases = [("a_onnx", "auto", True), ("a_sklearn", "sklearn", True), ("a_nolog", "sklearn", False)]
-        for name, runtime, logging_on in cases:
-            srv = start_service(tmp, tmp / "store", runtime, logging_on)
+
+def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run the matrix (shape x concurrency x server); write and return the figures and ratios."""
+    from components.settings import load_settings
+    from services.serving.launch import service_workers
+
+    seconds = float(os.environ.get("BENCH_SECONDS", "10"))
+    warmup = max(2.0, seconds / 5)
+    workers = service_workers(load_settings())
+    results: dict[str, Any] = {"generator": generator(), "seconds_per_cell": seconds, "cpus": os.cpu_count(),
+                               "service_workers": workers, "fastapi_workers": 1,
+                               "settings_note": _settings_note(workers), "shapes": {}}
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-serving-") as t:
+        tmp = Path(t)
+        script = tmp / "post.lua"
+        script.write_text(WRK_LUA)
+        for shape in SHAPES:
+            model_file = tmp / f"{shape}.joblib"
+            bodies, runtime = make_model(tmp / "store", shape, model_file)
+            bodies_file = tmp / f"{shape}.jsonl"
+            bodies_file.write_text("\n".join(bodies) + "\n")
+            cell: dict[str, Any] = {"runtime": runtime}
+            srv = start_service(tmp, tmp / "store", shape, workers)
             try:
-                results[name] = load(f"{srv.url}/predict", single, seconds)
-                if name in ("a_onnx", "a_sklearn"):
-                    results[f"many_{runtime}"] = _many(srv.url, records, model, seconds)
+                cell["service"] = _measure(srv, bodies_file, script, seconds, warmup)
             finally:
                 srv.stop()
-        for name, path in (("b_fastapi", str(tmp / "model.joblib")), ("c_constant", "-")):
-            srv = start_fastapi(tmp, path)
+            srv = start_uvicorn(tmp, f"fastapi_{shape}", FASTAPI_APP, [str(model_file)])
             try:
-                results[name] = load(f"{srv.url}/predict", single, seconds)
+                srv.wait_ready("/predict", bodies[0].encode())
+                cell["fastapi"] = _measure(srv, bodies_file, script, seconds, warmup)
             finally:
                 srv.stop()
-    results["ratios"] = _ratios(results)
+            results["shapes"][shape] = cell
+        srv = start_uvicorn(tmp, "constant_app", CONSTANT_APP, [])
+        try:
+            srv.wait_ready("/", b"{}")
+            bodies_file = tmp / f"{SHAPES[-1]}.jsonl"
+            results["ceiling"] = _measure(srv, bodies_file, script, seconds, warmup)
+        finally:
+            srv.stop()
+    results["ratios"] = ratios(results)
     if out_json_path:
         Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json_path).write_text(json.dumps(results, indent=2))
     return results
 
 
-def _many(url: str, records: list[dict[str, Any]], model: Any, seconds: float) -> dict[str, Any]:
-    """Rows/s of /predict_many at 10,000 records per request vs raw model.predict on the same rows."""
-    rows = (records * (MANY_ROWS // len(records) + 1))[:MANY_ROWS]
-    frame = pd.DataFrame(rows)
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < min(seconds, 5) or n < 3:
-        model.predict(frame)
-        n += 1
-    raw = n * MANY_ROWS / (time.perf_counter() - t0)
-    body = [json.dumps({"records": rows}).encode()]
-    served = load(f"{url}/predict_many", body, min(seconds, 10), concurrency=2)
-    return {"raw_rows_per_s": raw, "served_rows_per_s": served["rps"] * MANY_ROWS,
-            "p50_ms": served["p50_ms"], "p99_ms": served["p99_ms"], "failures": served["failures"]}
+def _settings_note(workers: int) -> str:
+    from services.serving.service import BATCHING
+
+    return (f"service: {workers} worker(s) (serving_workers, default one per CPU of the cgroup limit), "
+            f"max_batch_size={BATCHING['max_batch_size']}, max_latency_ms={BATCHING['max_latency_ms']}; "
+            f"one model thread per process (OMP/OpenBLAS/MKL_NUM_THREADS=1) in both; fastapi: uvicorn, 1 process")
 
 
-def _ratios(r: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in ("a_onnx", "a_sklearn"):
-        out[f"{a}_vs_b_throughput"] = r[a]["rps"] / r["b_fastapi"]["rps"]
-        out[f"{a}_vs_b_p99"] = r[a]["p99_ms"] / r["b_fastapi"]["p99_ms"]
-        out[f"{a}_vs_ceiling"] = r[a]["rps"] / r["c_constant"]["rps"]
-    out["logging_cost"] = 1 - r["a_sklearn"]["rps"] / r["a_nolog"]["rps"]
-    for k in ("many_auto", "many_sklearn"):
-        if k in r:
-            out[f"{k}_vs_raw_predict"] = r[k]["served_rows_per_s"] / r[k]["raw_rows_per_s"]
+def ratios(r: dict[str, Any]) -> dict[str, Any]:
+    """Service / FastAPI and server / ceiling per cell; the capped flag; the targets."""
+    out: dict[str, Any] = {"cells": {}}
+    capped = []
+    for c in map(str, CONCURRENCY):
+        ceiling = r["ceiling"][c]["rps"]
+        fastest = max(r["shapes"][s][k][c]["rps"] for s in r["shapes"] for k in ("service", "fastapi"))
+        if ceiling < CEILING_FACTOR * fastest:
+            capped.append(c)
+        for shape, cell in r["shapes"].items():
+            svc, fa = cell["service"][c], cell["fastapi"][c]
+            out["cells"][f"{shape}/c{c}"] = {
+                "throughput_vs_fastapi": svc["rps"] / fa["rps"] if fa["rps"] else float("inf"),
+                "p99_vs_fastapi": svc["p99_ms"] / fa["p99_ms"] if fa["p99_ms"] else float("inf"),
+                "p50_minus_fastapi_ms": svc["p50_ms"] - fa["p50_ms"],
+                "service_vs_ceiling": svc["rps"] / ceiling, "fastapi_vs_ceiling": fa["rps"] / ceiling}
+    out["ceiling_over_fastest"] = {c: r["ceiling"][c]["rps"] / max(r["shapes"][s][k][c]["rps"] for s in r["shapes"]
+                                                                    for k in ("service", "fastapi"))
+                                   for c in map(str, CONCURRENCY)}
+    out["capped"] = capped
+    cells = out["cells"]
     out["targets"] = {
-        "a_at_least_b_throughput": max(out["a_onnx_vs_b_throughput"], out["a_sklearn_vs_b_throughput"]) >= 1.0,
-        "a_p99_no_worse": min(out["a_onnx_vs_b_p99"], out["a_sklearn_vs_b_p99"]) <= 1.0,
-        "logging_cost_at_most_10pct": out["logging_cost"] <= 0.10,
-        "many_at_least_half_raw": max(v for k, v in out.items() if k.endswith("_vs_raw_predict")) >= 0.5,
-    }
+        f"{shape}: c=32 throughput >= {TARGETS['throughput_c32']}x fastapi":
+            cells[f"{shape}/c32"]["throughput_vs_fastapi"] >= TARGETS["throughput_c32"] for shape in r["shapes"]}
+    out["targets"].update({f"{shape}: c=32 p99 no worse than fastapi": cells[f"{shape}/c32"]["p99_vs_fastapi"] <= 1.0
+                           for shape in r["shapes"]})
+    out["targets"].update({f"{shape}: c=1 p50 within {TARGETS['p50_c1_ms']:g} ms of fastapi":
+                           cells[f"{shape}/c1"]["p50_minus_fastapi_ms"] <= TARGETS["p50_c1_ms"] for shape in r["shapes"]})
+    out["targets"]["generator not capped (ceiling >= 3x fastest server)"] = not capped
     return out
 
 
-def _table(r: dict[str, Any]) -> str:
-    lines = [f"{'case':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}"]
-    for k in ("a_onnx", "a_sklearn", "a_nolog", "b_fastapi", "c_constant"):
-        v = r[k]
-        lines.append(f"{k:<12} {v['rps']:>9.0f} {v['p50_ms']:>8.1f} {v['p99_ms']:>8.1f} {v['failures']:>7}")
-    for k in ("many_auto", "many_sklearn"):
-        if k in r:
-            v = r[k]
-            lines.append(f"{k:<12} served {v['served_rows_per_s']:,.0f} rows/s vs raw predict {v['raw_rows_per_s']:,.0f} rows/s")
-    lines.append(json.dumps(r["ratios"], indent=2))
-    return "\n".join(lines)
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, value, target) lines for the ``make bench`` table."""
+    g = r["generator"]
+    out = [("generator", f"{g['name']} ({g['version']}); {r['seconds_per_cell']:g} s per cell", "compiled generator"),
+           ("settings", r["settings_note"], "")]
+    ratio = r["ratios"]
+    for c in map(str, CONCURRENCY):
+        ceil = r["ceiling"][c]
+        out.append((f"ceiling (constant server) c={c}", f"{ceil['rps']:.0f} req/s, p50 {ceil['p50_ms']:.1f} ms; "
+                    f"{ratio['ceiling_over_fastest'][c]:.1f}x the fastest model server",
+                    f">= {CEILING_FACTOR:g}x" + ("  CAPPED: figures limited by the generator" if c in ratio["capped"] else "")))
+    for shape, cell in r["shapes"].items():
+        for c in map(str, CONCURRENCY):
+            svc, fa, x = cell["service"][c], cell["fastapi"][c], ratio["cells"][f"{shape}/c{c}"]
+            target = ""
+            if c == "32":
+                target = f">= {TARGETS['throughput_c32']:g}x req/s, p99 ratio <= 1"
+            elif c == "1":
+                target = f"p50 within {TARGETS['p50_c1_ms']:g} ms"
+            out.append((f"{shape} ({cell['runtime']}) c={c}: service | fastapi",
+                        f"{svc['rps']:.0f} | {fa['rps']:.0f} req/s ({x['throughput_vs_fastapi']:.2f}x); "
+                        f"p50 {svc['p50_ms']:.1f} | {fa['p50_ms']:.1f} ms; p99 {svc['p99_ms']:.1f} | {fa['p99_ms']:.1f} ms "
+                        f"({x['p99_vs_fastapi']:.2f}x); ceiling {x['service_vs_ceiling']:.2f} | {x['fastapi_vs_ceiling']:.2f}; "
+                        f"failed {svc['failures']} | {fa['failures']}", target))
+    met = ratio["targets"]
+    out.append(("targets met", f"{sum(met.values())}/{len(met)}", "; ".join(k for k, v in met.items() if not v) or "all"))
+    return out
 
 
 if __name__ == "__main__":
     figures = main(sys.argv[1] if len(sys.argv) > 1 else "bench-results/serving.json")
-    print(_table(figures))
+    for figure, value, target in rows(figures):
+        print(f"{figure:<44} {value}   [{target}]")

@@ -97,7 +97,8 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
     return {**_outcome(settings, run, fp, text), "cache_hits": hits}
 
 
-_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Failed|Exception|Conflict)): (.+)$", re.M)
+# the message and its "  - ..." lines: a refusal lists every error, one line each
+_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Failed|Exception|Conflict)): (.+(?:\n[ \t]+- .+)*)$", re.M)
 
 
 def _reason_from_log(text: str) -> str | None:

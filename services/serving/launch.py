@@ -6,6 +6,7 @@ reads its configuration at its own edge (``load_settings()`` and ``MODEL_VERSION
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -19,6 +20,10 @@ from components.settings import Settings
 SERVICE = "services.serving.service:FlywheelServing"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _AWS_NAMES = {"s3_endpoint_url": "AWS_ENDPOINT_URL", "s3_region": "AWS_DEFAULT_REGION"}
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# One compute thread per worker: the workers already use every CPU of the limit, and
+# OpenMP's per-call thread hand-off costs more than a small batch's whole prediction.
+MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class PackagingError(RuntimeError):
@@ -35,17 +40,49 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def cpu_limit(cgroup_root: Path = CGROUP_ROOT) -> float:
+    """CPUs this process may use: the cgroup v2 quota (``cpu.max``) if one is set, else the CPU count.
+
+    On Kubernetes ``cpu.max`` holds the container's CPU limit ("200000 100000" is 2 CPUs);
+    "max" or a missing file (no limit, cgroup v1, not Linux) falls back to the CPUs available.
+    """
+    available = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:
+        quota, _, period = (cgroup_root / "cpu.max").read_text().strip().partition(" ")
+    except OSError:
+        return available
+    if quota == "max" or not quota.isdigit() or not period.strip().isdigit() or int(period) == 0:
+        return available
+    return min(available, int(quota) / int(period))
+
+
+def service_workers(settings: Settings, cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Worker processes of the service: ``serving_workers`` if set, else one per CPU of the limit.
+
+    A fractional limit rounds up (a 1.5-CPU container gets 2 workers, one always busy while
+    the other waits on I/O); never fewer than one.
+    """
+    if settings.serving_workers:
+        return settings.serving_workers
+    return max(1, math.ceil(cpu_limit(cgroup_root) - 1e-9))
+
+
 def serve_command(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1",
                   workers: int | None = None) -> tuple[list[str], dict[str, str]]:
-    """The ``bentoml serve`` command line and environment for these settings."""
+    """The ``bentoml serve`` command line and environment for these settings.
+
+    ``workers`` (else ``service_workers(settings)``) sets the service's worker processes.
+    """
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     cmd = [bentoml, "serve", SERVICE, "--host", host, "--port", str(port)]
     env = {**os.environ, **settings_env(settings)}
     env.setdefault("BENTOML_HOME", str(Path(settings.spill_dir).expanduser().resolve().parent / "bentoml"))
     if version:
         env["MODEL_VERSION"] = version
-    if workers:
-        env["BENTOML_CONFIG_OPTIONS"] = f"services.flywheel-serving.workers={workers}"
+    for name in MODEL_THREAD_ENV:
+        env.setdefault(name, "1")
+    options = f"services.\"flywheel-serving\".workers={workers or service_workers(settings)}"
+    env["BENTOML_CONFIG_OPTIONS"] = " ".join(o for o in (env.get("BENTOML_CONFIG_OPTIONS"), options) if o)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     return cmd, env
 

@@ -25,8 +25,8 @@ import pandas as pd
 from components.data import PREDICTION, Schema
 from components.onnx_export import onnx_feed
 from components.predict import records_of, score_frame
-from components.validation import Validator
 from components.registry import Registry
+from components.validation import Validator
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32
@@ -243,10 +243,10 @@ class ModelHolder:
         self._thread = threading.Thread(target=self._run, name="flywheel-model-holder", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout)
 
     def wanted(self) -> str | None:
         """The version that should serve now."""

@@ -14,28 +14,31 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import time
 import uuid
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import NotFound, ServiceUnavailable
 from pydantic import AfterValidator, Field, ValidationError
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
 from components.formats import CONTENT_TYPE, Format, read_frame, write_frame
-from components.validation import Checked, InvalidInput, Problem
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
+from components.validation import Checked, InvalidInput, Problem
 from services.serving.gate import NOT_READY, ServingGate
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
-from services.serving.prediction_log import RecordLog
+from services.serving.prediction_log import HOLDER_STOP_SECONDS, NoHooks, RecordLog
 
 log = logging.getLogger("flywheel.serving")
 PROBA = "_proba"
+REQUEST_ID_FORMAT = re.compile(r"[0-9a-f]{32}")  # what _score issues: 20 random + 12 counter hex digits
 _service: FlywheelServing | None = None  # the one instance of this worker process
 
 
@@ -97,6 +100,8 @@ def _count_rejected(problems: list[Problem]) -> None:
             m.rejected_records.labels(p.field or "record").inc()
 
 
+# Adaptive batching of /predict, tuned with benchmarks/serving.py (see its settings line).
+BATCHING = {"max_batch_size": 512, "max_latency_ms": 5000}
 BatchRecords = Annotated[list[Any], AfterValidator(_validate_batch_input)]
 
 
@@ -117,8 +122,11 @@ class FlywheelServing:
         self.holder = ModelHolder(Registry(open_store(settings.store, settings), settings.model), version, poll,
                                   prefer_onnx=prefer_onnx, listener=_on_model_event,
                                   strict_fields=settings.serving_strict_fields)
-        # the log writer fails fast (few botocore retries) and keeps its own retry-then-spill
-        log_store = open_store(settings.store, settings.model_copy(update={"s3_max_attempts": 2}))
+        # one botocore attempt with short timeouts: a refused part waits in the spill directory,
+        # and a write is bounded, which bounds the shutdown path (close_path_seconds)
+        log_store = open_store(settings.store, settings.model_copy(update={
+            "s3_max_attempts": 1, "s3_connect_timeout_seconds": settings.log_write_timeout_seconds,
+            "s3_read_timeout_seconds": settings.log_write_timeout_seconds}))
         self.predictions_log = _record_log(log_store, settings, "predictions") if log_predictions else _NoLog()
         self.feedback_log = _record_log(log_store, settings, "feedback")
         self.holder.start()
@@ -129,7 +137,7 @@ class FlywheelServing:
     def __is_ready__(self) -> bool:
         return self.holder.ready
 
-    @bentoml.api(batchable=True, max_batch_size=512, max_latency_ms=5000)
+    @bentoml.api(batchable=True, **BATCHING)
     def predict(self, records: BatchRecords) -> list[dict[str, Any]]:
         """Predict a few records per request; concurrent requests are batched into one model call.
 
@@ -218,18 +226,32 @@ class FlywheelServing:
     def feedback(self, request_id: Annotated[str, Field(min_length=1, max_length=128)], label: Any) -> dict[str, Any]:
         """Record the true label of a served prediction (joined by request id in monitoring)."""
         model = _require_model()
-        value = _check_label(model, label)
+        counter = metrics().feedback
+        if not REQUEST_ID_FORMAT.fullmatch(request_id):
+            counter.labels("unknown_request").inc()
+            raise NotFound(f"request_id {request_id!r} is not one this service issued: "
+                           "its request ids are 32 lowercase hexadecimal digits")
+        try:
+            value = _check_label(model, label)
+        except ValidationError:
+            counter.labels("rejected").inc()
+            raise
         now = pd.Timestamp.now(tz="UTC")
         self.feedback_log.append(pd.DataFrame({REQUEST_ID: [request_id], TIME: [now], LABEL: [value]}))
-        metrics().feedback.inc()
+        counter.labels("accepted").inc()
         return {"request_id": request_id, "accepted": True}
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Flush every buffered record before the process exits (SIGTERM included)."""
-        self.holder.stop()
+        """Flush every buffered record before the process exits (SIGTERM included).
+
+        Bounded: both logs share one deadline of ``log_close_seconds``; what the store has not
+        taken by then stays in the spill directory (the chart's grace period covers this path).
+        """
+        self.holder.stop(timeout=HOLDER_STOP_SECONDS)
+        deadline = time.monotonic() + self.settings.log_close_seconds
         for record_log in (self.predictions_log, self.feedback_log):
-            record_log.close()
+            record_log.close(max(0.0, deadline - time.monotonic()))
         log.info("logs flushed: %d predictions and %d feedback records written, %d and %d spilled",
                  self.predictions_log.logged, self.feedback_log.logged,
                  self.predictions_log.spilled, self.feedback_log.spilled)
@@ -320,7 +342,7 @@ class _NoLog:
     def start(self) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, seconds: float = 0.0) -> None:
         pass
 
 
@@ -336,9 +358,29 @@ def _configure_logging() -> None:
 
 def _record_log(store: Any, settings: Settings, kind: str) -> RecordLog:
     return RecordLog(store, settings.model, kind, settings.spill_dir, settings.log_flush_rows,
-                     settings.log_flush_seconds,
-                     on_outcome=lambda outcome, n: metrics().log_records.labels(outcome).inc(n)
-                     if kind == "predictions" else None)
+                     settings.log_flush_seconds, lease_seconds=settings.spill_lease_seconds,
+                     spill_max_bytes=int(settings.spill_max_mb * 1e6), max_buffer_rows=settings.log_max_buffer_rows,
+                     hooks=_PredictionLogMetrics() if kind == "predictions" else _SpillErrors())
+
+
+class _PredictionLogMetrics:
+    """The prediction log's outcomes, lag and spill errors as Prometheus metrics."""
+
+    def outcome(self, outcome: str, records: int) -> None:
+        metrics().log_records.labels(outcome).inc(records)
+
+    def spill_error(self) -> None:
+        metrics().spill_errors.inc()
+
+    def lag(self, seconds: float) -> None:
+        metrics().log_lag.set(seconds)
+
+
+class _SpillErrors(NoHooks):
+    """The feedback log shares the spill directory: its refusals count too."""
+
+    def spill_error(self) -> None:
+        metrics().spill_errors.inc()
 
 
 _serving_info: list[tuple[str, str]] = []
@@ -369,9 +411,8 @@ def _count_predictions(model: LoadedModel, values: np.ndarray) -> None:
     m = metrics()
     m.batch_size.observe(len(values))
     if model.schema.task == "classification":
-        labels, counts = np.unique(values.astype(str), return_counts=True)
-        for label, n in zip(labels, counts, strict=True):
-            m.predictions.labels(label).inc(int(n))
+        for label, n in pd.Series(values).value_counts().items():  # hashed: cheap at 100k rows
+            m.predictions.labels(str(label)).inc(int(n))
     else:
         m.predictions.labels("value").inc(len(values))
         for v in values[:: max(1, len(values) // 256)]:  # a sample keeps a 10k-row call cheap

@@ -22,7 +22,10 @@ def test_workflow_installs_pinned_kfp_minio_and_the_chart():
     major, minor, *_ = (int(x) for x in wf["env"]["KFP_VERSION"].split("."))
     assert (major, minor) >= kfp_client.RECOMMENDED_KFP, "the workflow pins KFP 2.17 or later"
     assert "manifests/kustomize/env/platform-agnostic?ref=${KFP_VERSION}" in script
-    assert "sh k8s/images.sh | sh" in script and "kind load docker-image" in script
+    # Built with the project's script, tagged with the immutable source-derived tag, installed with it.
+    assert "BUILDER=docker BASE_IMAGE=python:3.11-slim-bookworm" in script and "bash k8s/images.sh" in script
+    assert 'IMAGE_TAG="$(python3 pipelines/image_tag.py)"' in script and "IMAGE_TAG" not in wf["env"]
+    assert "kind load docker-image" in script and '--set image.tag="${IMAGE_TAG}"' in script
     assert "kubectl apply -k k8s/overlays/kind/minio" in script
     assert "helm install flywheel helm/flywheel" in script and "-f helm/flywheel/values-kind.yaml" in script
     assert "flywheel submit --host http://localhost:8888 --data s3://flywheel/datasets/demo/ --target label --wait" in script

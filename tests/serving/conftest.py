@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from components.registry import Registry
@@ -38,7 +40,8 @@ class Server:
         self.settings = settings
         self.version = version
         self.log_path = log_path
-        self.extra_env = {"FLYWHEEL_SERVING_POLL_SECONDS": "0.5", **(extra_env or {})}
+        # one worker: a swap or a metric is then seen by every request (the default follows the CPUs)
+        self.extra_env = {"FLYWHEEL_SERVING_POLL_SECONDS": "0.5", "FLYWHEEL_SERVING_WORKERS": "1", **(extra_env or {})}
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -80,9 +83,33 @@ class Server:
         finally:
             self.stop()
 
+    def tree(self) -> list[psutil.Process]:
+        """The arbiter and its workers (circus starts each worker in a session of its own)."""
+        try:
+            arbiter = psutil.Process(self.proc.pid) if self.proc is not None else None
+            return [arbiter, *arbiter.children(recursive=True)] if arbiter else []
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL the arbiter and every worker at once, as the kubelet does when the grace period ends."""
+        for p in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
     def stop(self) -> None:
         if self.proc is None:
             return
+        tree = self.tree()
+        self._stop()
+        for p in tree:  # no worker outlives its server
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+
+    def _stop(self) -> None:
+        assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

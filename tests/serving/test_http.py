@@ -218,12 +218,15 @@ def test_probes_and_metrics(wine: Server) -> None:
     httpx.post(f"{wine.url}/predict", json={"records": [with_(alcohol="x")]})
     text = httpx.get(f"{wine.url}/metrics").text
     assert metric(text, "flywheel_model_info", version="v1", runtime="sklearn") == 1
-    assert metric(text, "flywheel_requests_total", endpoint="predict", status="200") >= 1
-    assert metric(text, "flywheel_requests_total", endpoint="predict", status="400") >= 1
-    assert metric(text, "flywheel_request_duration_seconds_count", endpoint="predict", status="200") >= 1
+    assert metric(text, "flywheel_requests_total", api="predict", status="200") >= 1
+    assert metric(text, "flywheel_requests_total", api="predict", status="400") >= 1
+    assert metric(text, "flywheel_request_duration_seconds_count", api="predict", status="200") >= 1
+    # `endpoint` is the Prometheus Operator's own target label: none of ours may carry it
+    assert not re.search(r'^flywheel_\w+\{[^}]*\bendpoint="', text, re.M)
     assert metric(text, "flywheel_batch_size_count") >= 1
     assert sum(metric(text, "flywheel_predictions_total", **{"class": c}) for c in ("class_0", "class_1", "class_2")) >= 3
     assert metric(text, "flywheel_model_swaps_total", outcome="swapped") == 1
+    assert re.search(r'^flywheel_model_swaps_total\{outcome="refused"\} 0\.0$', text, re.M)  # a zero before any refusal
 
 
 def test_served_records_reach_the_prediction_log(wine: Server, serving_store: Path) -> None:
@@ -286,3 +289,19 @@ def test_regressor_refuses_a_string(diabetes: Server) -> None:
     rec = frame_to_records(diabetes_frame().drop(columns=["target"]).head(1))[0]
     r = httpx.post(f"{diabetes.url}/predict", json={"records": [{**rec, "bmi": "0.3"}]})
     assert r.status_code == 400 and "bmi" in r.text
+
+
+def test_feedback_outcomes_are_counted(wine: Server) -> None:
+    """Before: only accepted feedback was counted, under another name; unknown ids were accepted."""
+    before = httpx.get(f"{wine.url}/metrics").text
+    rid = httpx.post(f"{wine.url}/predict", json={"records": wine_records(1)}).json()[0]["request_id"]
+    assert httpx.post(f"{wine.url}/feedback", json={"request_id": rid, "label": "class_2"}).status_code == 200
+    assert httpx.post(f"{wine.url}/feedback", json={"request_id": rid, "label": "merlot"}).status_code == 400
+    unknown = httpx.post(f"{wine.url}/feedback", json={"request_id": "order-1234", "label": "class_2"})
+    assert unknown.status_code == 404 and "order-1234" in unknown.text and "32" in unknown.text
+    after = httpx.get(f"{wine.url}/metrics").text
+    for outcome in ("accepted", "rejected", "unknown_request"):
+        got = metric(after, "flywheel_feedback_total", outcome=outcome) - metric(before, "flywheel_feedback_total", outcome=outcome)
+        assert got == 1, f"{outcome}: {got}"
+    assert "flywheel_prediction_log_lag_seconds" in after
+    assert metric(after, "flywheel_prediction_log_records_total", outcome="buffered") >= 1

@@ -1,23 +1,20 @@
-"""The pure parts without HTTP: validator, prediction log, model holder, ONNX export."""
+"""The pure parts without HTTP: validator, model holder, ONNX export (the log: test_prediction_log.py)."""
 
 from __future__ import annotations
 
 import json
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import TIME, DatasetSpec, infer_schema
+from components.data import DatasetSpec, infer_schema
 from components.onnx_export import export_onnx
-from components.validation import InvalidInput, Validator
 from components.registry import Registry
 from components.store import LocalStore
+from components.validation import InvalidInput, Validator
 from services.serving.model import ModelHolder, load_version
-from services.serving.prediction_log import RecordLog
 from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
 
 
@@ -98,72 +95,6 @@ def test_boolean_kind_accepts_true_false_01_and_strings() -> None:
     assert np.isnan(checked.frame["flag"].tolist()[6])
     assert [(p.record, p.field) for p in checked.problems] == [(7, "flag"), (8, "flag")]
     assert "must be true or false" in checked.problems[0].problem
-
-
-class FlakyStore(LocalStore):
-    """A real local store whose writes fail while ``down`` is set."""
-
-    down = False
-
-    def write(self, key: str, data: bytes) -> None:
-        if self.down:
-            raise OSError("store is down")
-        super().write(key, data)
-
-
-def _records(n: int, start: int = 0) -> pd.DataFrame:
-    return pd.DataFrame({"_request_id": [f"r{i}" for i in range(start, start + n)],
-                         TIME: pd.Timestamp.now(tz="UTC"), "x": np.arange(n, dtype=float)})
-
-
-def _logged(store: LocalStore) -> list[str]:
-    keys = store.list("predictions/m/")
-    return sorted(pd.concat([pd.read_parquet(store.url(k)) for k in keys])["_request_id"]) if keys else []
-
-
-def test_log_flushes_by_size_and_by_time(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "store")
-    log = RecordLog(store, "m", "predictions", tmp_path / "spill", flush_rows=100, flush_seconds=0.5)
-    log.start()
-    log.append(_records(150))  # over the size: flushed at once
-    time.sleep(0.2)
-    assert len(_logged(store)) == 150
-    log.append(_records(10, 150))  # under the size: flushed by time
-    time.sleep(0.2)
-    assert len(_logged(store)) == 150
-    time.sleep(0.6)
-    assert len(_logged(store)) == 160
-    log.close()
-    assert all("/date=" in k for k in store.list("predictions/m/"))
-
-
-def test_log_spills_when_the_store_fails_and_resends_once(tmp_path: Path) -> None:
-    store = FlakyStore(tmp_path / "store")
-    outcomes: list[tuple[str, int]] = []
-    log = RecordLog(store, "m", "predictions", tmp_path / "spill", flush_rows=1000, flush_seconds=60,
-                    retries=2, retry_wait=0.01, on_outcome=lambda o, n: outcomes.append((o, n)))
-    store.down = True
-    log.append(_records(30))
-    log.flush()
-    assert _logged(store) == [] and len(log.spilled_files()) == 1
-    assert log.resend_spilled() == 0, "still down: the file stays spilled"
-    store.down = False
-    assert log.resend_spilled() == 30
-    assert log.resend_spilled() == 0 and log.spilled_files() == []
-    assert _logged(store) == sorted(f"r{i}" for i in range(30))
-    assert outcomes == [("spilled", 30), ("logged", 30)]
-    spilled_key = store.list("predictions/m/")[0]
-    assert spilled_key.startswith("predictions/m/date=")
-
-
-def test_close_flushes_everything(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "store")
-    log = RecordLog(store, "m", "predictions", tmp_path / "spill", flush_rows=10**6, flush_seconds=3600)
-    log.start()
-    for i in range(5):
-        log.append(_records(7, i * 7))
-    log.close()
-    assert len(_logged(store)) == 35
 
 
 @pytest.fixture(scope="module")
