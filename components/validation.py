@@ -248,8 +248,9 @@ class Validator:
                                    index=pd.RangeIndex(n) if every else index, columns=self.names)
         out.frame = model_input
         sent = [name for name in self.passthrough if name in frame.columns]
-        if sent:
-            out.passthrough = frame[sent].iloc[index].set_axis(index)
+        if sent:  # as text, so every log part has one type per column whatever the client sent
+            kept = frame[sent].iloc[index].set_axis(model_input.index)
+            out.passthrough = kept.astype(str).where(kept.notna(), None).astype(object)
         self._drift(out)
         problems.sort(key=lambda p: -1 if p.record is None else p.record)
         out.problems = problems
