@@ -25,10 +25,10 @@ from pydantic import AfterValidator, Field, ValidationError
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
 from components.formats import CONTENT_TYPE, Format, read_frame, write_frame
-from components.validation import Checked, InvalidInput, Problem
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
+from components.validation import Checked, InvalidInput, Problem
 from services.serving.gate import NOT_READY, ServingGate
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
