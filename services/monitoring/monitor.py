@@ -262,7 +262,7 @@ def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now:
             f"{getattr(trigger, 'source', 'the champion')}, the champion's own training data, which can only "
             "reproduce it); waiting for labels"))
         wanted = False
-    block = trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now)
+    block = _blocking(settings, store, trigger, now)
     if block:
         if wanted:
             s.decision.update(retrain=False, outcome="cooldown" if "cooldown" in block else "in_flight",
@@ -279,6 +279,11 @@ def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now:
         s.decision["trigger"] = trig.record_key(settings.model, key)
         return
     _start(settings, store, trigger, request, s, now)
+
+
+def _blocking(settings: Settings, store: Store, trigger: trig.Trigger, now: dt.datetime) -> str | None:
+    return trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now,
+                         dt.timedelta(minutes=settings.retry_backoff_minutes), settings.retry_max_attempts)
 
 
 def _retry_pending(settings: Settings, store: Store, trigger: trig.Trigger, now: dt.datetime, version: str,
@@ -315,7 +320,7 @@ def _retry_when_skipped(settings: Settings, store: Store, trigger: trig.Trigger 
     """A pass with nothing to evaluate still carries out an earlier window's pending retry."""
     if trigger is None or s.status != "skipped" or not s.version:
         return
-    block = trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now)
+    block = _blocking(settings, store, trigger, now)
     if block is None:
         _retry_pending(settings, store, trigger, now, s.version, s, False)
 

@@ -147,11 +147,13 @@ def records(store: Store, model: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r.get("created_at", ""))
 
 
-def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.timedelta, now: dt.datetime) -> str | None:
+def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.timedelta, now: dt.datetime,
+             retry_backoff: dt.timedelta = dt.timedelta(minutes=5), max_attempts: int = 1) -> str | None:
     """Why no retrain may start now (one in flight, or inside the cooldown), else None.
 
     In-flight records are polled through the trigger first, and the answer is written back,
-    so a finished run stops blocking as soon as any pass notices.
+    so a finished run stops blocking as soon as any pass notices; a run found failed gets its
+    retry time like a start that failed (``failed``).
     """
     for rec in reversed(records(store, model)):
         status = rec.get("status")
@@ -162,7 +164,12 @@ def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.tim
                 fresh = trigger.poll(rec)
             except TriggerError as exc:
                 return f"retrain {rec['key']} is in flight and its state cannot be read ({exc})"
-            if fresh.get("status") and fresh.get("status") != status:
+            if fresh.get("status") == "failed":
+                why = fresh.get("error") or f"run {rec['run_id']} ended {fresh.get('kfp_state', 'failed')}"
+                rec = failed(store, model, rec["key"], why, now, retry_backoff, max_attempts,
+                             {k: v for k, v in fresh.items() if k not in ("status", "error")})
+                status = rec["status"]
+            elif fresh.get("status") and fresh.get("status") != status:
                 rec = update(store, model, rec["key"], fresh, now)
                 status = rec["status"]
         if status in IN_FLIGHT:

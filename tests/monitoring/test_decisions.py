@@ -168,3 +168,33 @@ def test_logs_that_arrive_after_their_window_are_evaluated_in_the_next_one(mon_s
 
     assert second.rows["late"] == 700 and second.rows["evaluated"] == 1500 + 700
     assert third.rows.get("late", 0) == 0  # evaluated once: the late file is now seen
+
+
+class PolledTrigger:
+    """Like the KFP trigger: a start returns a running run; a later poll finds the first one failed."""
+
+    kind = "polled"
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    def start(self, request: RetrainRequest) -> dict[str, Any]:
+        self.starts += 1
+        return {"status": "running", "run_id": f"kfp-{self.starts}"}
+
+    def poll(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "failed", "kfp_state": "FAILED"} if record["run_id"] == "kfp-1" else {"status": "running"}
+
+
+def test_a_run_found_failed_by_a_later_pass_is_retried_after_its_backoff(mon_settings: Settings, served: Served) -> None:
+    settings = settings_for(mon_settings)
+    write_logs(served, make_frame(3000, seed=40, shift=0.5), WINDOW_START, 60)
+    trigger = PolledTrigger()
+    run_pass(settings, served.store, trigger, now=NOW)
+    noticed = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=1))
+    [rec] = records(served.store, "test")
+    assert rec["status"] == "failed" and "kfp-1 ended FAILED" in rec["error"] and trigger.starts == 1
+    assert "next attempt at" in noticed.decision["reason"]
+    run_pass(settings, served.store, trigger, now=dt.datetime.fromisoformat(rec["retry_at"]) + dt.timedelta(seconds=1))
+    [rec] = records(served.store, "test")
+    assert trigger.starts == 2 and rec["attempts"] == 2 and rec["run_id"] == "kfp-2" and rec["status"] == "running"
