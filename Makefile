@@ -57,7 +57,9 @@ monitor-ui: env  ## Evidently UI over the monitoring workspace (http://localhost
 images:  ## Build the components, serving and monitor images (buildah; tag derived from uv.lock and the sources)
 	@bash k8s/images.sh
 
-container-test: env  ## The images run as real containers with the chart's pod specs (podman, own network namespace)
+container-test: env  ## The images run as real containers with the chart's pod specs (podman, own network namespace); the deploy step against a real kube-apiserver
+	@bash tests/apiserver/build.sh
+	@$(PY) -m pytest tests/apiserver -o addopts= -p no:randomly -p no:xdist -v
 	@PY=$(PY) bash tests/containers/run.sh
 
 apiserver:  ## Build once (cached under $K8S120, default /var/tmp/apiserver-1.20) the real kube-apiserver 1.20 of tests/apiserver
