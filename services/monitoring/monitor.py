@@ -414,10 +414,15 @@ def _retrains(store: Store, s: Summary) -> dict[str, Any]:
     in_flight = sum(r.get("status") in trig.IN_FLIGHT
                     and now - dt.datetime.fromisoformat(r["created_at"]) <= trig.STALE_AFTER for r in recs)
     by_status: dict[str, int] = {}
+    failed_attempts = 0
     for r in recs:
         by_status[str(r.get("status"))] = by_status.get(str(r.get("status")), 0) + 1
+        # every attempt of a record failed but the one still running or succeeded: a count that
+        # only grows, even when a failed record is retried
+        attempts = int(r.get("attempts", 1))
+        failed_attempts += attempts if r.get("status") in ("failed", "given_up") else attempts - 1
     return {"decisions_total": {o: counts.get(o, 0) for o in monitor_metrics.DECISION_OUTCOMES},
-            "records": {"total": len(recs), "failed": by_status.get("failed", 0), "in_flight": in_flight,
+            "records": {"total": len(recs), "failed": failed_attempts, "in_flight": in_flight,
                         "by_status": by_status}}
 
 
