@@ -239,3 +239,38 @@ def test_a_token_for_the_kfp_audience_authenticates_the_monitor_only_for_that_au
     ok = review("pipelines.kubeflow.org")
     assert ok["authenticated"] and ok["user"]["username"] == f"system:serviceaccount:{MULTI_USER_NAMESPACE}:flywheel-monitor"
     assert not review("https://kubernetes.default.svc").get("authenticated"), "the KFP token is no Kubernetes API token"
+
+
+def test_the_steps_configmap_points_the_deploy_step_at_the_release(multi_user_cluster, two_versions, tmp_path,
+                                                                   monkeypatch) -> None:
+    """Defect 4: the deploy step reads the serving names from flywheel-config in the run's namespace.
+
+    Without that ConfigMap it would fall back to flywheel/flywheel-serving, which the profile's
+    runner may not touch; with it, it patches the multi-user release's Deployment.
+    """
+    import json
+
+    import yaml
+    from kubernetes import client, config
+
+    from pipelines.compile import compile_pipeline
+    from pipelines.training import ClusterOptions
+
+    cp, _ = multi_user_cluster
+    fixture_settings, _ = two_versions
+    ir = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", cluster=ClusterOptions()).read_text()))
+    [ref] = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-deploy"]["configMapAsEnv"]
+    data = json.loads(cp.kubectl("-n", PROFILE, "get", "configmap", ref["configMapName"], "-o", "jsonpath={.data}").stdout)
+    for pair in ref["keyToEnv"]:  # what KFP's launcher puts into the step's environment
+        monkeypatch.setenv(pair["envVar"], data[pair["configMapKey"]])
+    settings = load_settings(store=fixture_settings.store, model="wine", spill_dir=fixture_settings.spill_dir)
+    assert (settings.serving_namespace, settings.serving_deployment) == (MULTI_USER_NAMESPACE, SERVING)
+
+    editor = cp.kubeconfig(token_for(cp, PROFILE, "default-editor"), name="default-editor")
+    result = deploy(settings, mode="cluster", kubeconfig=str(editor), timeout_seconds=2, poll_seconds=0.2)
+
+    assert result.rolled_back and "timed out" in result.reason  # no kubelet: the timeout path, after a real patch
+    apps = client.AppsV1Api(config.new_client_from_config(config_file=str(cp.kubeconfig())))
+    pinned = [r for r in apps.list_namespaced_replica_set(MULTI_USER_NAMESPACE).items
+              if _serving_env(r.spec.template).get("MODEL_VERSION") == "v2"]
+    assert pinned, "the patch reached the multi-user release's Deployment"
