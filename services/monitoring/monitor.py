@@ -368,15 +368,23 @@ def _record(settings: Settings, store: Store, s: Summary, t0: float) -> None:
     s.duration_s = round(time.perf_counter() - t0, 3)
     s.finished_at_unix = round(time.time(), 3)
     s.metrics = {f.key: f.value for f in monitor_metrics.figures(s.to_dict())}
+    _push(settings, s)
+    status = s.status
     _write_summary(store, s)
-    if settings.pushgateway:
-        try:
-            monitor_metrics.push(settings.pushgateway, settings.model, s.to_dict())
-            s.outputs["pushgateway"] = settings.pushgateway
-        except Exception as exc:  # noqa: BLE001 - the pass's results are in the store; the push is a view
-            s.warnings.append(f"metrics not pushed to {settings.pushgateway}: {type(exc).__name__}: {exc}")
-            log.warning("metrics not pushed to %s: %s", settings.pushgateway, exc)
-            _write_summary(store, s)
+    if s.status != status:  # summary.json could not be written: the pass failed after all
+        _push(settings, s)
+
+
+def _push(settings: Settings, s: Summary) -> None:
+    """Push the metrics when ``pushgateway`` is set; a failed push is a warning (the store has the results)."""
+    if not settings.pushgateway:
+        return
+    try:
+        monitor_metrics.push(settings.pushgateway, settings.model, s.to_dict())
+        s.outputs["pushgateway"] = settings.pushgateway
+    except Exception as exc:  # noqa: BLE001 - the pass's results are in the store; the push is a view
+        s.warnings.append(f"metrics not pushed to {settings.pushgateway}: {type(exc).__name__}: {exc}")
+        log.warning("metrics not pushed to %s: %s", settings.pushgateway, exc)
 
 
 COUNTERS = "monitoring/{model}/counters.json"
@@ -406,10 +414,15 @@ def _retrains(store: Store, s: Summary) -> dict[str, Any]:
     in_flight = sum(r.get("status") in trig.IN_FLIGHT
                     and now - dt.datetime.fromisoformat(r["created_at"]) <= trig.STALE_AFTER for r in recs)
     by_status: dict[str, int] = {}
+    failed_attempts = 0
     for r in recs:
         by_status[str(r.get("status"))] = by_status.get(str(r.get("status")), 0) + 1
+        # every attempt of a record failed but the one still running or succeeded: a count that
+        # only grows, even when a failed record is retried
+        attempts = int(r.get("attempts", 1))
+        failed_attempts += attempts if r.get("status") in ("failed", "given_up") else attempts - 1
     return {"decisions_total": {o: counts.get(o, 0) for o in monitor_metrics.DECISION_OUTCOMES},
-            "records": {"total": len(recs), "failed": by_status.get("failed", 0), "in_flight": in_flight,
+            "records": {"total": len(recs), "failed": failed_attempts, "in_flight": in_flight,
                         "by_status": by_status}}
 
 
