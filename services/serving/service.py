@@ -1,7 +1,8 @@
 """The BentoML service: HTTP endpoints over the model holder, the validator and the logs.
 
     POST /predict        {"records": [{...}]}  a few records; adaptive batching across requests
-    POST /predict_many   {"records": [...]}     many records in one call (columnar answer)
+    POST /predict_many   {"records": [...]}     many records in one call (columnar answer), or an Arrow IPC
+                                                stream / Parquet body answered in the same format (gate.py)
     POST /feedback       {"request_id": "...", "label": ...}
     GET  /healthz /readyz /metrics              (BentoML's; /readyz asks __is_ready__)
 
