@@ -88,10 +88,16 @@ run "${build[@]}" -f components/Dockerfile --build-arg "BASE_IMAGE=$base" \
   --build-arg "COMPONENT_IMAGE=$components" -t "$components" .
 run "${build[@]}" -f services/serving/Dockerfile --build-arg "BASE_IMAGE=$base" \
   -t "${registry}/flywheel-serving:${tag}" .
-run "${build[@]}" -f services/monitoring/Dockerfile --build-arg "BASE_IMAGE=$components" \
+run "${build[@]}" -f services/monitoring/Dockerfile --build-arg "COMPONENTS_IMAGE=$components" --build-arg "BASE_IMAGE=$base" \
   -t "${registry}/flywheel-monitor:${tag}" .
 if [ "$support" = 1 ]; then
   run "${build[@]}" -f tests/containers/support.Dockerfile --build-arg "BASE_IMAGE=$base" \
     -t "localhost/flywheel-test-support:${tag}" .
+fi
+if [ "$print" = 0 ] && [ "$builder" = buildah ]; then
+  # Older builds of these images only fill the disk (a full copy per layer under vfs): drop their tags.
+  podman "${storage[@]}" images --format '{{.Repository}}:{{.Tag}}' \
+    | grep -E "^(${registry}/flywheel-(components|serving|monitor)|localhost/flywheel-test-support):" \
+    | grep -v ":${tag}\$" | xargs -r podman "${storage[@]}" rmi >/dev/null 2>&1 || true
 fi
 echo "images: tag ${tag} (${registry}/flywheel-{components,serving,monitor}:${tag})"

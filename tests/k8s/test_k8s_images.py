@@ -42,7 +42,7 @@ def test_images_script_builds_one_image_per_dockerfile_with_the_source_derived_t
     assert f"--build-arg COMPONENT_IMAGE={components} " in lines[0]
     assert "--build-arg BASE_IMAGE=localhost/flywheel-base:bookworm " in lines[0]
     # ... and the monitor builds FROM the component image of the same tag, so it comes after it.
-    assert f"--build-arg BASE_IMAGE={components} " in lines[2]
+    assert f"--build-arg COMPONENTS_IMAGE={components} " in lines[2]
     assert "support.Dockerfile" in run_script("--support")[3]
 
 
