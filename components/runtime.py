@@ -10,15 +10,23 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from components.data import DataError, DatasetSpec
 from components.registry import utcnow
 from components.settings import ConfigError, Settings, load_settings
 from components.store import StoreError, open_store
 
+if TYPE_CHECKING:  # components.data brings pandas: imported where a spec is built
+    from components.data import DatasetSpec
+
 T = TypeVar("T")
-USER_ERRORS = (DataError, ConfigError, StoreError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user causes (bad data, config or store): recorded with their one sentence."""
+    from components.data import DataError
+
+    return (DataError, ConfigError, StoreError)
 
 
 def settings(store: str, model: str, **extra: Any) -> Settings:
@@ -26,6 +34,8 @@ def settings(store: str, model: str, **extra: Any) -> Settings:
 
 
 def spec(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, name: str) -> DatasetSpec:
+    from components.data import DatasetSpec
+
     return DatasetSpec(
         source=source, target=target, task=task or None, timestamp=timestamp or None,  # type: ignore[arg-type]
         id_columns=tuple(id_columns), exclude=tuple(exclude), name=name,
@@ -55,6 +65,8 @@ def recorded_dataset(settings: Settings, run: str) -> dict[str, Any] | None:
 
 def spec_of(dataset: dict[str, Any]) -> DatasetSpec:
     """The DatasetSpec a version recorded (manifest["dataset"])."""
+    from components.data import DatasetSpec
+
     fields = {k: dataset[k] for k in ("source", "target", "task", "timestamp", "name") if k in dataset}
     return DatasetSpec(**fields, id_columns=tuple(dataset.get("id_columns", ())), exclude=tuple(dataset.get("exclude", ())))
 
@@ -65,7 +77,7 @@ def guarded(settings: Settings, run: str, step: str, fn: Callable[[], T]) -> T:
         return fn()
     except Exception as exc:
         record = {
-            "step": step, "error": str(exc), "type": type(exc).__name__, "user_error": isinstance(exc, USER_ERRORS),
+            "step": step, "error": str(exc), "type": type(exc).__name__, "user_error": isinstance(exc, user_errors()),
             "at": utcnow(), "traceback": traceback.format_exc(limit=5),
         }
         try:

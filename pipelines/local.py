@@ -89,12 +89,27 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False,
                enable_caching=True)
-    env = {"FLYWHEEL_STORE": store_uri, "FLYWHEEL_MODEL": settings.model}
+    env = {"FLYWHEEL_STORE": store_uri, "FLYWHEEL_MODEL": settings.model, **model_threads()}
     with _captured(echo=not quiet) as log, _env(env):
         training_pipeline(**pipeline_arguments(spec, settings, run, store_uri))
     text = _ANSI.sub("", log.getvalue())
     hits = re.findall(r"Task (\S+) cache hit", text)
     return {**_outcome(settings, run, fp, text), "cache_hits": hits}
+
+
+# kfp.local runs at most two ParallelFor iterations at once (its ParallelExecutor's cap)
+LOCAL_PARALLEL_TASKS = 2
+MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def model_threads() -> dict[str, str]:
+    """Compute threads per task: the CPUs shared by the tasks that run at once (the user's value wins).
+
+    Without a limit each search task's OpenMP pool (HistGradientBoosting) takes every CPU,
+    and two of them at once spend their time handing work between threads.
+    """
+    n = str(max(1, (os.cpu_count() or 1) // LOCAL_PARALLEL_TASKS))
+    return {name: os.environ.get(name, n) for name in MODEL_THREAD_ENV}
 
 
 _RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Failed|Exception|Conflict)): (.+)$", re.M)
