@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FLYWHEEL := $(VENV)/bin/flywheel
 export PATH := $(abspath $(TOOLS)/bin):$(abspath $(VENV)/bin):$(PATH)
 
-.PHONY: help env run test bench compile lint monitor monitor-ui images bento clean
+.PHONY: help env run test bench compile lint monitor monitor-ui images container-test apiserver bento clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,8 +50,14 @@ monitor: env  ## One monitoring pass (drift, quality, report, retrain decision)
 monitor-ui: env  ## Evidently UI over the monitoring workspace (http://localhost:8000)
 	$(FLYWHEEL) monitor --ui
 
-images:  ## Print the docker build commands for the three images (pipe to sh to build)
-	@sh k8s/images.sh
+images:  ## Build the components, serving and monitor images (buildah; tag derived from uv.lock and the sources)
+	@bash k8s/images.sh
+
+container-test: env  ## The images run as real containers with the chart's pod specs (podman, own network namespace)
+	@PY=$(PY) bash tests/containers/run.sh
+
+apiserver:  ## Build once (cached under $K8S120, default /var/tmp/apiserver-1.20) the real kube-apiserver 1.20 of tests/apiserver
+	@bash tests/apiserver/build.sh
 
 bento: env  ## Build the serving Bento offline (bentoml build), with its Dockerfile
 	$(FLYWHEEL) bento

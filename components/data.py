@@ -25,6 +25,10 @@ Task = Literal["classification", "regression"]
 Kind = Literal["numeric", "categorical", "datetime", "boolean"]
 SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
 MAX_CATEGORIES = 50
+# Sparse columns: above INDICATOR_RATE missing, a numeric feature also gets a missing-indicator;
+# above DROP_RATE missing it is dropped (too few values to learn from), with a warning.
+INDICATOR_RATE = 0.5
+DROP_RATE = 0.95
 
 
 class DataError(ValueError):
@@ -53,6 +57,14 @@ class Column:
     min: float | None = None
     max: float | None = None
     categories: list[str] | None = None
+    missing_indicator: bool = False  # sparse: imputed, and whether it was missing is a feature too
+
+    @property
+    def action(self) -> str:
+        """What training does with the column, in words."""
+        if self.missing_indicator:
+            return "kept: imputed, with a missing-indicator (sparse)"
+        return "kept: imputed where missing" if self.null_rate > 0 else "kept"
 
 
 @dataclass
@@ -66,6 +78,8 @@ class Schema:
     timestamp: str | None = None
     id_columns: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    # columns left out by a rule: {"name", "kind", "null_rate", "reason"} (absent in older schemas)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
@@ -86,6 +100,25 @@ class Schema:
         d = dict(text) if isinstance(text, dict) else json.loads(text)
         d["features"] = [Column(**c) for c in d["features"]]
         return cls(**d)
+
+    def column_table(self) -> list[dict[str, str]]:
+        """Every column of the data with its kind, missing rate and what training does with it."""
+        rows = [{"column": self.target, "kind": self.task, "missing": "", "action": "target"}]
+        rows += [{"column": c.name, "kind": c.kind, "missing": f"{c.null_rate:.0%}", "action": c.action}
+                 for c in self.features]
+        rows += [{"column": d["name"], "kind": d.get("kind", ""), "missing": f"{d.get('null_rate', 0):.0%}",
+                  "action": f"dropped: {d['reason']}"} for d in self.dropped]
+        if self.timestamp:
+            rows.append({"column": self.timestamp, "kind": "datetime", "missing": "", "action": "timestamp: orders the split; logged"})
+        rows += [{"column": c, "kind": "id", "missing": "", "action": "id: not a feature; logged"} for c in self.id_columns]
+        rows += [{"column": c, "kind": "", "missing": "", "action": "excluded (--exclude)"} for c in self.excluded]
+        return rows
+
+    def column_markdown(self) -> str:
+        """``column_table`` as a Markdown table (the version card shows it)."""
+        lines = ["| column | kind | missing | action |", "|---|---|---|---|"]
+        lines += [f"| `{r['column']}` | {r['kind']} | {r['missing']} | {r['action']} |" for r in self.column_table()]
+        return "\n".join(lines)
 
 
 def _json_default(o: Any) -> Any:
@@ -185,15 +218,20 @@ def read_source(src: Source, settings: Settings) -> pd.DataFrame:
 # --- normalising ---------------------------------------------------------------------------
 
 def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
-    """Parse dates, make booleans numeric, keep strings as strings; never reorders rows."""
+    """Parse dates, make booleans 1.0/0.0 (named in ``attrs["boolean_columns"]``), keep strings as strings.
+
+    Never reorders rows.
+    """
     frame = frame.copy()
     frame.columns = [str(c).strip() for c in frame.columns]
+    booleans = []
     for col in frame.columns:
         s = frame[col]
         if col == spec.target or col in spec.id_columns:
             continue
-        if s.dtype == bool:
-            frame[col] = s.astype("float64")
+        if is_boolean(s):
+            frame[col] = boolean_floats(s)
+            booleans.append(col)
         elif s.dtype == object or pd.api.types.is_string_dtype(s):
             if col == spec.timestamp or _looks_like_dates(s):
                 parsed = _parse_dates(s)
@@ -205,7 +243,36 @@ def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             frame[col] = pd.to_datetime(s, utc=True).dt.tz_localize(None)
     if spec.timestamp and spec.timestamp in frame and not pd.api.types.is_datetime64_any_dtype(frame[spec.timestamp]):
         raise DataError(f"timestamp column {spec.timestamp!r} does not hold dates")
+    frame.attrs["boolean_columns"] = booleans
     return frame
+
+
+_BOOLEAN_TEXT = {"true": 1.0, "false": 0.0}
+
+
+def is_boolean(s: pd.Series) -> bool:
+    """A column of true/false values: a bool dtype, Python booleans, or the strings "true"/"false" (any case)."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return True
+    if s.dtype != object:
+        return False
+    values = s.dropna()
+    if values.empty:
+        return False
+    kinds = set(map(type, values.head(1000)))
+    if kinds <= {bool, np.bool_}:
+        return bool(values.map(lambda v: isinstance(v, (bool, np.bool_))).all())
+    if kinds == {str}:
+        return bool(values.str.strip().str.lower().isin(_BOOLEAN_TEXT).all())
+    return False
+
+
+def boolean_floats(s: pd.Series) -> pd.Series:
+    """True/False (or "true"/"false") as 1.0/0.0, missing as NaN: what the model is trained on."""
+    if s.dtype == object:
+        return s.map(lambda v: _BOOLEAN_TEXT[v.strip().lower()] if isinstance(v, str) else
+                     (np.nan if v is None or v != v else float(v))).astype("float64")
+    return s.astype("float64") if s.dtype == bool else s.astype("Float64").astype("float64")
 
 
 def _parse_dates(s: pd.Series) -> pd.Series | None:
@@ -261,8 +328,10 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
     if spec.timestamp and spec.timestamp not in frame.columns:
         raise DataError(f"timestamp column {spec.timestamp!r} is not in the data")
     task = spec.task or infer_task(frame[spec.target])
+    booleans = set(frame.attrs.get("boolean_columns", ()))
     ids = list(spec.id_columns)
     features: list[Column] = []
+    dropped: list[dict[str, Any]] = []
     for col in frame.columns:
         if col in (spec.target, spec.timestamp) or col in spec.exclude or col in ids:
             continue
@@ -271,7 +340,14 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
             ids.append(col)
             continue
         null_rate = float(s.isna().mean()) if len(s) else 0.0
-        if pd.api.types.is_datetime64_any_dtype(s):
+        why = _uninformative(s, null_rate)
+        if why:
+            kind = "boolean" if col in booleans or is_boolean(s) else _kind_of(s)
+            dropped.append({"name": col, "kind": kind, "null_rate": null_rate, "reason": why})
+            continue
+        if col in booleans or is_boolean(s):
+            features.append(Column(col, "boolean", "bool", null_rate, 0.0, 1.0))
+        elif pd.api.types.is_datetime64_any_dtype(s):
             lo, hi = s.min(), s.max()
             features.append(Column(col, "datetime", "datetime64[ns]", null_rate,
                                    None if pd.isna(lo) else lo.timestamp(), None if pd.isna(hi) else hi.timestamp()))
@@ -287,7 +363,26 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
     if task == "classification":
         classes = sorted(frame[spec.target].dropna().unique().tolist(), key=str)
         classes = [c.item() if isinstance(c, np.generic) else c for c in classes]
-    return Schema(spec.target, task, features, classes, spec.timestamp, ids, list(spec.exclude))
+    for c in features:
+        c.missing_indicator = c.kind in ("numeric", "boolean") and c.null_rate > INDICATOR_RATE
+    return Schema(spec.target, task, features, classes, spec.timestamp, ids, list(spec.exclude), dropped)
+
+
+def _uninformative(s: pd.Series, null_rate: float) -> str | None:
+    """Why a column cannot teach the model anything (None when it can)."""
+    if len(s) and null_rate == 1.0:
+        return "entirely empty"
+    if null_rate > DROP_RATE:
+        return f"{null_rate:.0%} missing (more than {DROP_RATE:.0%})"
+    if len(s) and s.nunique(dropna=True) <= 1:
+        return f"constant ({s.dropna().iloc[0]!r} in every row)" if s.notna().any() else "entirely empty"
+    return None
+
+
+def _kind_of(s: pd.Series) -> str:
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return "datetime"
+    return "numeric" if pd.api.types.is_numeric_dtype(s) else "categorical"
 
 
 def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Source]:

@@ -7,9 +7,11 @@ Cluster: the serving Deployment is updated through the Kubernetes API (a strateg
 patch that pins ``MODEL_VERSION`` on the ``serving`` container and stamps the
 ``flywheel.io/model-version`` annotation on the pod template, which starts a rolling
 update), then watched like ``kubectl rollout status`` until it completes or the timeout
-passes. A failed rollout is undone: the previous version is patched back, and the champion
-pointer, if it still names the failed version, is rolled back too, so the registry never
-claims a version the cluster does not serve.
+passes. A failed rollout is undone: the pod template's previous values are patched back
+exactly (``MODEL_VERSION=champion`` from the chart included, so the Deployment returns to its
+old ReplicaSet), and the champion pointer, if it still names the failed version, is rolled
+back too, so the registry never claims a version the cluster does not serve. The KFP step
+fails on a failed rollout (``Rollout.checked``).
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ log = logging.getLogger("flywheel.deploy")
 CONTAINER = "serving"
 ENV_VERSION = "MODEL_VERSION"
 ANNOTATION = "flywheel.io/model-version"
+# The chart's MODEL_VERSION: serve whatever the champion pointer names.
+FOLLOW_CHAMPION = "champion"
 Mode = Literal["auto", "embedded", "cluster"]
 
 
 class DeployError(RuntimeError):
     """The rollout cannot start (no champion, no Deployment, no cluster access); says which."""
+
+
+class RolloutFailed(DeployError):
+    """The rollout started but did not finish; the previous state was restored (the reason says how far)."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +58,20 @@ class Rollout:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def checked(self) -> Rollout:
+        """This rollout if it succeeded; raises RolloutFailed with the reason otherwise (fails the KFP step)."""
+        if not self.succeeded:
+            raise RolloutFailed(self.reason)
+        return self
 
-def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", timeout_seconds: float = 300,
+
+def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", timeout_seconds: float | None = None,
            api_client: Any = None, kubeconfig: str | None = None, poll_seconds: float = 2.0) -> Rollout:
     """Roll ``version`` (default: the champion) out; on a failed cluster rollout, restore the previous one.
 
     ``mode="auto"`` means cluster when an ``api_client`` or ``kubeconfig`` is given or the
-    process runs in a pod (KUBERNETES_SERVICE_HOST), embedded otherwise.
+    process runs in a pod (KUBERNETES_SERVICE_HOST), embedded otherwise. ``timeout_seconds``
+    defaults to the ``deploy_timeout_seconds`` setting.
     """
     registry = Registry(open_store(settings.store, settings), settings.model)
     champion = registry.champion()
@@ -75,7 +90,8 @@ def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", 
         return Rollout("embedded", version, champion.previous, True,
                        reason="the local server follows the champion pointer and swaps to it in the background")
     client = api_client if api_client is not None else kube_client(kubeconfig)
-    return rollout(client, settings.serving_namespace, settings.serving_deployment, version, timeout_seconds,
+    timeout = settings.deploy_timeout_seconds if timeout_seconds is None else timeout_seconds
+    return rollout(client, settings.serving_namespace, settings.serving_deployment, version, timeout,
                    poll_seconds, registry=registry)
 
 
@@ -96,9 +112,20 @@ def kube_client(kubeconfig: str | None = None) -> Any:
 
 def version_patch(version: str) -> dict[str, Any]:
     """The strategic merge patch that pins a version (containers and env merge by name)."""
+    return template_patch(version, version)
+
+
+def template_patch(env_value: str | None, annotation: str | None) -> dict[str, Any]:
+    """A strategic merge patch setting the serving container's MODEL_VERSION and the pod-template annotation.
+
+    ``None`` removes them (a null annotation, a ``$patch: delete`` env entry), so a restore
+    brings the template back byte for byte and the Deployment reuses its previous ReplicaSet.
+    """
+    env: dict[str, Any] = ({"name": ENV_VERSION, "value": env_value} if env_value is not None
+                           else {"name": ENV_VERSION, "$patch": "delete"})
     return {"spec": {"template": {
-        "metadata": {"annotations": {ANNOTATION: version}},
-        "spec": {"containers": [{"name": CONTAINER, "env": [{"name": ENV_VERSION, "value": version}]}]},
+        "metadata": {"annotations": {ANNOTATION: annotation}},
+        "spec": {"containers": [{"name": CONTAINER, "env": [env]}]},
     }}}
 
 
@@ -114,25 +141,40 @@ def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_se
     except ApiException as exc:
         raise DeployError(f"cannot read Deployment {namespace}/{name}: {exc.status} {exc.reason}") from None
     previous = served_version(current)
+    env_before, annotation_before = template_values(current)
     if previous == version and _complete(current):
         return Rollout("cluster", version, previous, True, reason=f"Deployment {namespace}/{name} already serves {version}")
-    apps.patch_namespaced_deployment(name, namespace, version_patch(version))
+    try:
+        apps.patch_namespaced_deployment(name, namespace, version_patch(version))
+    except ApiException as exc:
+        raise DeployError(f"cannot patch Deployment {namespace}/{name}: {exc.status} {exc.reason}") from None
     ok, why = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
     if ok:
         log.info("Deployment %s/%s now serves %s (was %s)", namespace, name, version, previous)
         return Rollout("cluster", version, previous, True, reason=f"rolled out {version} to {namespace}/{name}")
     log.error("rollout of %s to %s/%s failed: %s", version, namespace, name, why)
-    if previous is None:
+    if previous is None and env_before is None and annotation_before is None:
         return Rollout("cluster", version, None, False, False,
                        f"rollout of {version} failed ({why}); there is no previous pinned version to restore")
-    apps.patch_namespaced_deployment(name, namespace, version_patch(previous))
+    apps.patch_namespaced_deployment(name, namespace, template_patch(env_before, annotation_before))
     restored, why_restore = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
     note = ""
     if registry is not None:
         note = _restore_champion(registry, version, previous)
-    state = "restored" if restored else f"restore not finished ({why_restore})"
+    what = previous or f"{ENV_VERSION}={env_before}"
+    state = "restored" if restored else f"restored in the spec, its rollout not finished ({why_restore})"
     return Rollout("cluster", version, previous, False, True,
-                   f"rollout of {version} failed ({why}); {previous} {state}{note}")
+                   f"rollout of {version} failed ({why}); {what} {state}{note}")
+
+
+def template_values(deployment: Any) -> tuple[str | None, str | None]:
+    """The serving container's MODEL_VERSION value and the pod-template annotation, as they are (None: absent)."""
+    env_value = None
+    for c in deployment.spec.template.spec.containers or []:
+        if c.name == CONTAINER:
+            env_value = next((e.value for e in c.env or [] if e.name == ENV_VERSION), None)
+    annotations = deployment.spec.template.metadata.annotations or {}
+    return env_value, annotations.get(ANNOTATION)
 
 
 def served_version(deployment: Any) -> str | None:
@@ -141,7 +183,7 @@ def served_version(deployment: Any) -> str | None:
     for c in spec.containers or []:
         if c.name == CONTAINER:
             for e in c.env or []:
-                if e.name == ENV_VERSION and e.value and e.value != "champion":
+                if e.name == ENV_VERSION and e.value and e.value != FOLLOW_CHAMPION:
                     return e.value
     annotations = deployment.spec.template.metadata.annotations or {}
     return annotations.get(ANNOTATION)
@@ -177,12 +219,20 @@ def _complete(d: Any) -> bool:
             and (st.available_replicas or 0) >= want)
 
 
-def _restore_champion(registry: Registry, failed: str, previous: str) -> str:
+def _restore_champion(registry: Registry, failed: str, previous: str | None) -> str:
+    """Point the champion back at what the cluster serves again.
+
+    ``previous`` is the version the Deployment pinned; None means it followed the champion
+    pointer, so the pointer goes back to its own predecessor.
+    """
     champ = registry.champion()
     if champ is None or champ.version != failed:
         return ""
+    target = previous or champ.previous
+    if not target:
+        return f"; the champion pointer still names {failed} (it has no predecessor)"
     try:
-        registry.promote(previous, f"rollout of {failed} failed", expected=failed)
+        registry.promote(target, f"rollout of {failed} failed", expected=failed)
     except RegistryError as exc:
         return f"; the champion pointer still names {failed} ({exc})"
-    return f"; champion pointer restored to {previous}"
+    return f"; champion pointer restored to {target}"

@@ -86,14 +86,19 @@ def _dense(X: Any) -> np.ndarray:
 
 
 def preprocessor(schema: Schema) -> ColumnTransformer:
-    """Impute + scale numbers, impute + one-hot categories (unknowns ignored), date parts."""
+    """Impute + scale numbers (sparse ones with a missing-indicator), impute + one-hot categories
+    (unknowns ignored), date parts."""
     by_kind: dict[str, list[str]] = {"numeric": [], "categorical": [], "datetime": [], "boolean": []}
+    sparse: list[str] = []
     for c in schema.features:
-        by_kind[c.kind].append(c.name)
+        (sparse if c.missing_indicator else by_kind[c.kind]).append(c.name)
     parts: list[tuple[str, Any, list[str]]] = []
     numeric = by_kind["numeric"] + by_kind["boolean"]
     if numeric:
         parts.append(("numeric", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()), numeric))
+    if sparse:  # mostly missing: whether a value was there is itself a signal
+        parts.append(("sparse", make_pipeline(
+            SimpleImputer(strategy="median", keep_empty_features=True, add_indicator=True), StandardScaler()), sparse))
     if by_kind["categorical"]:
         parts.append((
             "categorical",

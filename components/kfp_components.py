@@ -240,7 +240,8 @@ def deploy(version: str, store: str, model: str, run: str) -> str:
     from components import runtime
 
     s = runtime.settings(store, model)
-    return json.dumps(runtime.guarded(s, run, "deploy", lambda: stage.deploy(s, version).to_dict()))
+    # checked(): a rollout that did not finish (and was restored) fails the step
+    return json.dumps(runtime.guarded(s, run, "deploy", lambda: stage.deploy(s, version).checked().to_dict()))
 
 
 @component

@@ -77,9 +77,9 @@ def model_card(version: str, model_name: str, schema: Schema, evaluation: dict[s
 |---|---|
 {metrics}
 
-## Features
+## Columns
 
-{', '.join(f'`{c.name}` ({c.kind})' for c in schema.features)}
+{schema.column_markdown()}
 """
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -33,12 +33,18 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLYWHEEL_S3_ENDPOINT_URL"))
     s3_region: str | None = Field(None, validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION"))
     s3_max_attempts: int = Field(5, ge=1, description="botocore standard-mode retry attempts.")
+    s3_connect_timeout_seconds: float = Field(5.0, gt=0, description="Connect timeout of one S3 request.")
+    s3_read_timeout_seconds: float = Field(30.0, gt=0, description="Read timeout of one S3 request.")
 
     # KFP cluster
     kfp_host: str | None = Field(None, description="KFP API host, e.g. http://ml-pipeline.kubeflow:8888.")
     kfp_experiment: str = "flywheel"
     kfp_pipeline: str = "flywheel-training"
-    kfp_namespace: str | None = None
+    kfp_namespace: str | None = Field(None, description="Multi-user KFP: the profile namespace runs and experiments live in.")
+    kfp_token_path: str = Field("/var/run/secrets/kubeflow/pipelines/token",
+                                description="ServiceAccount token (audience pipelines.kubeflow.org) sent to KFP when the file exists.")
+    component_image: str | None = Field(None, description="Image the compiled pipeline's steps run on: an immutable "
+                                        "reference (digest, or the source-derived tag of `make images`).")
 
     # Training
     parallelism: int = Field(2, ge=1, description="Concurrent training candidates (ParallelFor).")
@@ -57,20 +63,39 @@ class Settings(BaseSettings):
     quality_drop_threshold: float = Field(0.05, ge=0)
     cooldown_minutes: int = Field(60, ge=0)
     sample_size: int = Field(50_000, ge=1000, description="Rows of the window handed to Evidently.")
-    evidently_workspace: str = ".flywheel/evidently"
-    pushgateway: str | None = None
+    evidently_workspace: str = Field(".flywheel/evidently", description="Evidently UI workspace; empty: no snapshots.")
+    monitor_reports: Literal["always", "drift", "never"] = Field(
+        "always", description="When a pass renders report.html and the workspace snapshot, after its decision: "
+                              "every evaluated window, only when a retrain is wanted, or never.")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL the monitor pushes its metrics to.")
 
     # Serving
-    spill_dir: str = ".flywheel/spill"
-    log_flush_rows: int = Field(1000, ge=1)
-    log_flush_seconds: float = Field(2.0, gt=0)
+    spill_dir: str = Field(".flywheel/spill", description="Where log parts wait when the store does not take them.")
+    spill_max_mb: float = Field(1024.0, gt=0, description="Size the spill directory may reach; keep it below its volume's limit.")
+    spill_lease_seconds: float = Field(120.0, gt=0, description="How long a claim on a spilled part holds before another worker may send it.")
+    log_flush_rows: int = Field(1000, ge=1, description="Buffered records that trigger a flush (and bound what a SIGKILL loses).")
+    log_flush_seconds: float = Field(2.0, gt=0, description="Longest time a record waits in memory before it is flushed.")
+    log_write_timeout_seconds: float = Field(5.0, gt=0, description="Connect and read timeout of one log write to the store.")
+    log_close_seconds: float = Field(15.0, gt=0, description="At shutdown, how long the logs keep sending to the store before leaving the rest spilled.")
+    log_max_buffer_rows: int = Field(200_000, ge=1, description="Records kept in memory while neither the store nor the spill directory takes them.")
     serving_poll_seconds: float = Field(2.0, gt=0, description="How often the server checks the champion pointer.")
     serving_runtime: Literal["auto", "sklearn"] = Field("auto", description="auto: ONNX when its holdout check passed.")
     prediction_log: bool = Field(True, description="Log every prediction (off only for benchmarks).")
+    serving_strict_fields: bool = Field(False, description="Refuse records carrying fields the model does not use "
+                                                           "(default: ignore and count them).")
     serving_workers: int | None = Field(
         None, ge=1, description="Service worker processes; default: one per CPU of the container's limit (cgroup cpu.max).")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
+    deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_write(self) -> Settings:
+        # a claim that expires while its owner is still writing lets a second worker send the part too
+        if self.spill_lease_seconds <= 2 * self.log_write_timeout_seconds:
+            raise ValueError(f"spill_lease_seconds ({self.spill_lease_seconds}) must be longer than one log write "
+                             f"(2 x log_write_timeout_seconds = {2 * self.log_write_timeout_seconds})")
+        return self
 
     @field_validator("store")
     @classmethod

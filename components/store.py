@@ -217,8 +217,8 @@ class S3Store:
         self.uri = uri.rstrip("/")
         cfg = Config(
             retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
-            connect_timeout=5,
-            read_timeout=30,
+            connect_timeout=settings.s3_connect_timeout_seconds,
+            read_timeout=settings.s3_read_timeout_seconds,
         )
         self.client = boto3.client(
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region or "us-east-1", config=cfg

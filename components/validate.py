@@ -1,4 +1,11 @@
-"""Validate: the data-quality gate. Errors stop the run; warnings are reported, not raised."""
+"""Validate: the data-quality gate. Errors stop the run; warnings are reported, not raised.
+
+What stops a run is data that cannot train a sound model (no rows, a constant or missing
+target, a column that leaks the target) or a *change* against the champion (a column gone,
+a kind changed, a missing rate that jumped). What the schema already handled by a rule (a
+sparse column imputed or dropped, a constant column dropped) is a warning. A refusal names
+every error, one line each.
+"""
 
 from __future__ import annotations
 
@@ -28,15 +35,19 @@ class ValidationReport:
 
     def raise_for_errors(self) -> None:
         if self.errors:
-            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
-            raise DataError(f"data validation failed: {self.errors[0]}{more}")
+            n = len(self.errors)
+            lines = "".join(f"\n  - {e}" for e in self.errors)
+            raise DataError(f"data validation failed with {n} error{'s' if n > 1 else ''}:{lines}")
+
+
+NULL_JUMP = 0.25  # a missing rate this much above the champion's is a data break, not drift
 
 
 def validate(
     frame: pd.DataFrame,
     schema: Schema,
     champion_schema: Schema | None = None,
-    max_null_rate: float = 0.5,
+    max_null_rate: float = 0.2,
     min_rows: int = 30,
 ) -> ValidationReport:
     """Check the data before any training; every message names the column."""
@@ -64,20 +75,24 @@ def validate(
             warn(f"target column {schema.target!r} is imbalanced: {counts.idxmax()!r} is {counts.max() / counts.sum():.0%} of rows")
     elif y.nunique() < 2:
         err(f"target column {schema.target!r} is constant")
+    for d in schema.dropped:
+        warn(f"column {d['name']!r} is dropped: {d['reason']}")
     if not schema.features:
-        err("no feature columns are left after ids and excluded columns are removed")
+        left = "; ".join(f"{d['name']!r} {d['reason']}" for d in schema.dropped)
+        err("no feature columns are left after ids, excluded and uninformative columns are removed"
+            + (f" ({left})" if left else ""))
     for col in schema.features:
         s = frame[col.name]
         null_rate = float(s.isna().mean())
-        if null_rate == 1.0:
-            err(f"column {col.name!r} is entirely empty")
+        if null_rate == 1.0 or s.nunique(dropna=True) < 1:
+            warn(f"column {col.name!r} is entirely empty; the model ignores it")
             continue
-        if null_rate > max_null_rate:
-            err(f"column {col.name!r} is {null_rate:.0%} missing (limit {max_null_rate:.0%})")
-        elif null_rate > 0.2:
-            warn(f"column {col.name!r} is {null_rate:.0%} missing")
-        if s.nunique(dropna=True) <= 1:
-            err(f"column {col.name!r} is constant")
+        if col.missing_indicator:
+            warn(f"column {col.name!r} is {null_rate:.0%} missing: kept, imputed, with a missing-indicator")
+        elif null_rate > max_null_rate:
+            warn(f"column {col.name!r} is {null_rate:.0%} missing: kept, imputed")
+        if s.nunique(dropna=True) == 1:
+            warn(f"column {col.name!r} is constant; the model drops it")
         leak = _leak(s, frame[schema.target], schema.task)
         if leak:
             err(f"column {col.name!r} leaks the target {schema.target!r}: {leak}")
@@ -98,10 +113,18 @@ def schema_break(schema: Schema, champion: Schema) -> list[str]:
     if schema.task != champion.task:
         out.append(f"task changed from {champion.task} to {schema.task} (schema break against the champion)")
     mine = {c.name: c for c in schema.features}
+    dropped = {d["name"]: d for d in schema.dropped}
     for c in champion.features:
-        if c.name not in mine:
+        rate = mine[c.name].null_rate if c.name in mine else dropped.get(c.name, {}).get("null_rate")
+        if rate is not None and rate - c.null_rate > NULL_JUMP:
+            out.append(f"column {c.name!r} is {rate:.0%} missing, against {c.null_rate:.0%} in the champion's "
+                       "training data (data break)")
+        elif c.name in dropped:
+            out.append(f"column {c.name!r} used by the champion is now {dropped[c.name]['reason']} (schema break)")
+        elif c.name not in mine:
             out.append(f"column {c.name!r} used by the champion is missing (schema break)")
-        elif mine[c.name].kind != c.kind:
+        elif mine[c.name].kind != c.kind and {mine[c.name].kind, c.kind} != {"numeric", "boolean"}:
+            # numeric <-> boolean: an older schema recorded booleans as numbers; the model reads both as 0/1
             out.append(f"column {c.name!r} changed from {c.kind} to {mine[c.name].kind} (schema break)")
     return out
 

@@ -15,8 +15,16 @@ app = typer.Typer(help="Flywheel: train, serve, monitor and retrain tabular mode
                   pretty_exceptions_enable=False)
 models = typer.Typer(help="Inspect and manage the model registry.", no_args_is_help=True)
 app.add_typer(models, name="models")
-console = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that never wraps a path or a message mid-word when the output is a pipe or a file."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty else 1000, soft_wrap=not tty)
+
+
+console = _console()
+err = _console(stderr=True)
 
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store URI (directory, file://… or s3://bucket/prefix); default FLYWHEEL_STORE.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name; default FLYWHEEL_MODEL or 'demo'.")]
@@ -50,12 +58,20 @@ def train(
 ) -> None:
     """Run the training pipeline on kfp.local and print the version and the promotion decision."""
     from components.data import DatasetSpec
+    from components.ingest import preview
     from pipelines.local import run_training
 
     if task not in (None, "classification", "regression"):
         raise typer.BadParameter("must be classification or regression", param_hint="--task")
     s = _settings(store=store, model=model)
     spec = DatasetSpec(data, target, task, timestamp, tuple(id_column or ()), tuple(exclude or ()), s.model)  # type: ignore[arg-type]
+    schema, first = preview(spec, s)
+    console.print(columns_table(schema, first))
+    for c in schema.features:
+        if c.missing_indicator:
+            err.print(f"[yellow]warning:[/yellow] column {c.name!r} is {c.null_rate:.0%} missing: {c.action}", highlight=False)
+    for d in schema.dropped:
+        err.print(f"[yellow]warning:[/yellow] column {d['name']!r} is dropped: {d['reason']}", highlight=False)
     with console.status(f"Training {s.model} on {data} (kfp.local)…"):
         result = run_training(spec, s, quiet=not verbose)
     verdict = "[green]promoted[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
@@ -64,10 +80,20 @@ def train(
     console.print(f"champion: {result['champion']}  run: {result['run']}  data fingerprint: {result['fingerprint']}")
 
 
+def columns_table(schema, source: str) -> Table:
+    """The columns the model will see, as `flywheel train` shows them before training."""
+    table = Table(title=f"Columns of {source}", title_justify="left")
+    for col in ("column", "kind", "missing", "action"):
+        table.add_column(col)
+    for row in schema.column_table():
+        table.add_row(row["column"], row["kind"], row["missing"], row["action"])
+    return table
+
+
 @app.command("compile")
 def compile_(
     output: Annotated[Path, typer.Option(help="Where to write the KFP IR YAML.")] = Path("flywheel-training.yaml"),
-    image: Annotated[Optional[str], typer.Option(help="Component image (default: the project's published image).")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Component image (default FLYWHEEL_COMPONENT_IMAGE, else this checkout's source-derived tag).")] = None,
     s3_secret: Annotated[str, typer.Option(help="Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")] = "flywheel-s3",
     s3_endpoint: Annotated[Optional[str], typer.Option(help="S3/MinIO endpoint as the step pods reach it (default: AWS_ENDPOINT_URL).")] = None,
     node_selector: Annotated[Optional[list[str]], typer.Option(help="key=value node label for every task (repeatable).")] = None,
@@ -76,8 +102,16 @@ def compile_(
     store: StoreOpt = None,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML, with the cluster's Kubernetes settings."""
-    from components.kfp_components import COMPONENT_IMAGE
+    from pipelines.cluster import component_image
     from pipelines.compile import compile_pipeline
+
+    cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
+    path = compile_pipeline(output, image or component_image(_settings(store=store)), cluster, root)
+    console.print(f"wrote {path}")
+
+
+def _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store):
+    """The cluster settings and pipeline root both compile commands share."""
     from pipelines.training import ClusterOptions
 
     s = _settings(store=store)
@@ -85,8 +119,7 @@ def compile_(
                              node_selector=dict(_pair(x, "--node-selector") for x in node_selector or ()),
                              tolerations=tuple(_toleration(t) for t in toleration or ()))
     root = pipeline_root or (f"{s.store.rstrip('/')}/pipeline_root" if s.store.startswith("s3://") else None)
-    path = compile_pipeline(output, image or COMPONENT_IMAGE, cluster, root)
-    console.print(f"wrote {path}")
+    return cluster, root
 
 
 DataOpt = Annotated[str, typer.Option(help="Dataset in the object store: s3:// URI or a key of the store.")]
@@ -118,11 +151,10 @@ def submit(
     store: StoreOpt = None,
 ) -> None:
     """Run the training pipeline on Kubeflow Pipelines: upload it (if changed) and start a run."""
-    from components.kfp_components import COMPONENT_IMAGE
     from pipelines.cluster import submit as run_submit
 
     s = _settings(model=model, store=store, kfp_host=host, kfp_experiment=experiment)
-    out = run_submit(s, _cluster_spec(data, target, task, timestamp, id_column, exclude, s.model), image or COMPONENT_IMAGE,
+    out = run_submit(s, _cluster_spec(data, target, task, timestamp, id_column, exclude, s.model), image,
                      s3_endpoint, wait, timeout)
     console.print(f"run {out['run_id']} ({out['run']}) of {out['pipeline_version']}"
                   f"{' (uploaded)' if out['uploaded'] else ''}: {out['url']}", highlight=False)
@@ -151,12 +183,11 @@ def schedule(
     store: StoreOpt = None,
 ) -> None:
     """Create a recurring run of the training pipeline on Kubeflow Pipelines (idempotent by name)."""
-    from components.kfp_components import COMPONENT_IMAGE
     from pipelines.cluster import schedule as run_schedule
 
     s = _settings(model=model, store=store, kfp_host=host, kfp_experiment=experiment)
     out = run_schedule(s, _cluster_spec(data, target, task, timestamp, id_column, exclude, s.model), name, cron,
-                       image or COMPONENT_IMAGE, s3_endpoint)
+                       image, s3_endpoint)
     console.print(f"recurring run {out['recurring_run_id']} ({out['name']}, cron '{out['cron']}') of {out['pipeline_version']}",
                   highlight=False)
 
@@ -164,11 +195,20 @@ def schedule(
 @app.command("compile-batch")
 def compile_batch(
     output: Annotated[Path, typer.Option(help="Where to write the batch-scoring pipeline's KFP IR YAML.")] = Path("flywheel-batch-scoring.yaml"),
+    image: Annotated[Optional[str], typer.Option(help="Component image (default FLYWHEEL_COMPONENT_IMAGE, else this checkout's source-derived tag).")] = None,
+    s3_secret: Annotated[str, typer.Option(help="Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")] = "flywheel-s3",
+    s3_endpoint: Annotated[Optional[str], typer.Option(help="S3/MinIO endpoint as the step pods reach it (default: AWS_ENDPOINT_URL).")] = None,
+    node_selector: Annotated[Optional[list[str]], typer.Option(help="key=value node label for the task (repeatable).")] = None,
+    toleration: Annotated[Optional[list[str]], typer.Option(help="key[=value]:Effect toleration for the task (repeatable).")] = None,
+    pipeline_root: Annotated[Optional[str], typer.Option(help="Artifact root in the object store (default: <store>/pipeline_root for s3 stores).")] = None,
+    store: StoreOpt = None,
 ) -> None:
-    """Compile the batch-scoring pipeline (one chunked scoring task) for a cluster."""
+    """Compile the batch-scoring pipeline (one chunked scoring task) with the same cluster settings as training."""
     from pipelines.batch import compile_batch as run_compile
+    from pipelines.cluster import component_image
 
-    console.print(f"wrote {run_compile(str(output))}")
+    cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
+    console.print(f"wrote {run_compile(str(output), image or component_image(_settings(store=store)), cluster, root)}")
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:
@@ -188,9 +228,9 @@ def _toleration(text: str) -> dict[str, str]:
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 3000,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
     version: Annotated[Optional[str], typer.Option(help="Pin a model version; default follows the champion.")] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to bind: loopback here; 0.0.0.0 in a container (the image and the chart say so).")] = "127.0.0.1",
     model: ModelOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -233,7 +273,7 @@ def monitor(
     target: Annotated[Optional[str], typer.Option(help="Target column of --data.")] = None,
     timestamp: Annotated[Optional[str], typer.Option(help="Timestamp column of --data.")] = None,
     include_feedback: Annotated[bool, typer.Option(help="Retrain on --data plus the labelled production rows.")] = False,
-    package: Annotated[Path, typer.Option(help="Compiled pipeline uploaded to KFP when the runner is kfp.")] = Path("dist/flywheel-training.yaml"),
+    package: Annotated[Optional[Path], typer.Option(help="Compiled pipeline uploaded to KFP when the runner is kfp (default: compiled from the code installed here).")] = None,
     model: ModelOpt = None,
     store: StoreOpt = None,
 ) -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from components.data import DatasetSpec
-from components.kfp_components import COMPONENT_IMAGE
 from components.settings import ConfigError, Settings
-from pipelines import kfp_client
+from pipelines import image_tag, kfp_client
 from pipelines.compile import compile_pipeline
 from pipelines.local import new_run_name, pipeline_arguments
 from pipelines.training import ClusterOptions
@@ -34,9 +33,24 @@ def _check(settings: Settings) -> None:
         raise ConfigError("setting 'kfp_host' is empty: pass --host or set FLYWHEEL_KFP_HOST")
 
 
-def _package(settings: Settings, image: str, s3_endpoint: str | None, folder: Path) -> Path:
+def component_image(settings: Settings) -> str:
+    """The component image a compiled pipeline runs on: setting ``component_image`` (the images
+    and the chart set it), else the source-derived tag of this checkout (what `make images` tags).
+
+    Never a mutable tag by default: KFP caches by image string, so a rebuilt ``:0.1.0`` would
+    let cached steps answer for code they never ran.
+    """
+    image = settings.component_image or image_tag.component_image()
+    if not image:
+        raise ConfigError("setting 'component_image' is empty and this is no checkout of the project: set "
+                          "FLYWHEEL_COMPONENT_IMAGE to the component image (a digest or the tag `make images` printed)")
+    return image
+
+
+def cluster_package(settings: Settings, image: str, s3_endpoint: str | None, folder: Path) -> Path:
+    """Compile the training pipeline for the cluster into ``folder``: the path of the package."""
     cluster = ClusterOptions(s3_endpoint_url=s3_endpoint or settings.s3_endpoint_url)
-    return compile_pipeline(folder / "flywheel-training.yaml", image, cluster, f"{settings.store.rstrip('/')}/pipeline_root")
+    return compile_pipeline(folder / "flywheel-training.yaml", image, cluster, kfp_client.pipeline_root(settings))
 
 
 def kfp_cron(cron: str) -> str:
@@ -49,17 +63,18 @@ def kfp_cron(cron: str) -> str:
     return " ".join(fields)
 
 
-def submit(settings: Settings, spec: DatasetSpec, image: str = COMPONENT_IMAGE, s3_endpoint: str | None = None,
+def submit(settings: Settings, spec: DatasetSpec, image: str | None = None, s3_endpoint: str | None = None,
            wait: bool = False, timeout: float = 3600, poll: float = 10, run_name: str | None = None) -> dict[str, Any]:
     """Upload the pipeline (if this package is new) and start one run; optionally wait for it."""
     _check(settings)
     client = kfp_client.connect(settings)
     run = run_name or new_run_name(settings.model)
     with tempfile.TemporaryDirectory(prefix="flywheel-submit-") as tmp:
-        ref = kfp_client.ensure_pipeline_version(client, _package(settings, image, s3_endpoint, Path(tmp)),
-                                                 settings.kfp_pipeline)
+        ref = kfp_client.ensure_pipeline_version(client, cluster_package(settings, image or component_image(settings), s3_endpoint, Path(tmp)),
+                                                 settings.kfp_pipeline, settings.kfp_namespace)
     experiment = kfp_client.ensure_experiment(client, settings.kfp_experiment, settings.kfp_namespace)
-    run_id = kfp_client.start_run(client, experiment, ref, run, pipeline_arguments(spec, settings, run, settings.store))
+    run_id = kfp_client.start_run(client, experiment, ref, run, pipeline_arguments(spec, settings, run, settings.store),
+                                  kfp_client.pipeline_root(settings))
     out = {"run_id": run_id, "run": run, "pipeline_version": ref.version_name, "uploaded": ref.uploaded,
            "experiment_id": experiment, "url": f"{settings.kfp_host.rstrip('/')}/#/runs/details/{run_id}", "state": None}
     if wait:
@@ -76,18 +91,18 @@ def submit(settings: Settings, spec: DatasetSpec, image: str = COMPONENT_IMAGE, 
     return out
 
 
-def schedule(settings: Settings, spec: DatasetSpec, name: str, cron: str, image: str = COMPONENT_IMAGE,
+def schedule(settings: Settings, spec: DatasetSpec, name: str, cron: str, image: str | None = None,
              s3_endpoint: str | None = None) -> dict[str, Any]:
     """A recurring run of the pipeline (one per name: an existing one is kept)."""
     _check(settings)
     expression = kfp_cron(cron)
     client = kfp_client.connect(settings)
     with tempfile.TemporaryDirectory(prefix="flywheel-schedule-") as tmp:
-        ref = kfp_client.ensure_pipeline_version(client, _package(settings, image, s3_endpoint, Path(tmp)),
-                                                 settings.kfp_pipeline)
+        ref = kfp_client.ensure_pipeline_version(client, cluster_package(settings, image or component_image(settings), s3_endpoint, Path(tmp)),
+                                                 settings.kfp_pipeline, settings.kfp_namespace)
     experiment = kfp_client.ensure_experiment(client, settings.kfp_experiment, settings.kfp_namespace)
     # a recurring run's run parameter is fixed, so each run records under the schedule's name
     params = pipeline_arguments(spec, settings, name, settings.store)
-    rid = kfp_client.create_recurring_run(client, experiment, ref, name, expression, params)
+    rid = kfp_client.create_recurring_run(client, experiment, ref, name, expression, params, kfp_client.pipeline_root(settings))
     return {"recurring_run_id": rid, "name": name, "cron": expression, "pipeline_version": ref.version_name,
             "experiment_id": experiment}

@@ -19,9 +19,14 @@ def compile_pipeline(output: str | Path, image: str = COMPONENT_IMAGE, cluster: 
     Kubernetes settings; ``pipeline_root`` (e.g. ``s3://bucket/pipeline_root``) puts the
     run artifacts in the object store.
     """
+    return write_package(build(cluster), output, image, pipeline_root)
+
+
+def write_package(pipeline, output: str | Path, image: str = COMPONENT_IMAGE, pipeline_root: str | None = None) -> Path:
+    """Compile any of the project's pipelines: its components on ``image``, its artifacts under ``pipeline_root``."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(cluster), str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     docs = list(yaml.safe_load_all(out.read_text()))
     for executor in docs[0]["deploymentSpec"]["executors"].values():
         container = executor.get("container", {})

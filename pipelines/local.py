@@ -112,7 +112,8 @@ def model_threads() -> dict[str, str]:
     return {name: os.environ.get(name, n) for name in MODEL_THREAD_ENV}
 
 
-_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Failed|Exception|Conflict)): (.+)$", re.M)
+# the message and its "  - ..." lines: a refusal lists every error, one line each
+_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Failed|Exception|Conflict)): (.+(?:\n[ \t]+- .+)*)$", re.M)
 
 
 def _reason_from_log(text: str) -> str | None:

@@ -35,8 +35,11 @@ class ClusterOptions:
     run_as_user: int = 10001
 
 
-def _platform(task: dsl.PipelineTask, cluster: ClusterOptions | None) -> dsl.PipelineTask:
-    """S3 credentials from the Secret, settings from the ConfigMap, placement, non-root."""
+def apply_cluster(task: dsl.PipelineTask, cluster: ClusterOptions | None) -> dsl.PipelineTask:
+    """S3 credentials from the Secret, settings from the ConfigMap, placement, non-root.
+
+    The one place a task gets its cluster settings: the training and the batch-scoring pipeline both use it.
+    """
     if cluster is None:
         return task
     k8s.use_secret_as_env(task, cluster.s3_secret, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
@@ -59,7 +62,7 @@ def build(cluster: ClusterOptions | None = None):
     """The pipeline, with the cluster's Kubernetes settings applied to every task when given."""
 
     def on(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        return _platform(task, cluster)
+        return apply_cluster(task, cluster)
 
     @dsl.pipeline(name="flywheel-training", description="Ingest, validate, train (fan-out), evaluate, register, deploy.")
     def training_pipeline(

@@ -4,7 +4,9 @@
   kfp.local and waits for it; the trigger record ends as succeeded/failed with the version.
 * ``KFPTrigger`` (cluster): starts a run of the uploaded pipeline version through the KFP
   API (uploading the compiled package first if no version holds it) in a named experiment,
-  and records the run id; later passes poll the run's state.
+  and records the run id; later passes poll the run's state. Without a package file it
+  compiles the pipeline from the code installed beside it (the monitor image's own), for
+  the component image the settings name.
 
 Both retrain on "the latest data": the configured dataset, plus, when ``include_feedback``
 is on, the labelled production rows (feedback joined to logged features) written next to it
@@ -16,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import pandas as pd
 
 from components.data import DataError, DatasetSpec, read_source, resolve
 from components.registry import Registry
-from components.settings import Settings
+from components.settings import ConfigError, Settings
 from components.store import StoreError, open_store
 from pipelines import kfp_client
 from services.monitoring.feedback import labelled_rows
@@ -91,9 +94,10 @@ class KFPTrigger:
 
     kind = "kfp"
 
-    def __init__(self, settings: Settings, spec: DatasetSpec, package_path: str | Path,
-                 include_feedback: bool = False, token_path: str | None = kfp_client.SA_TOKEN_PATH) -> None:
-        self.settings, self.spec, self.package_path = settings, spec, Path(package_path)
+    def __init__(self, settings: Settings, spec: DatasetSpec, package_path: str | Path | None = None,
+                 include_feedback: bool = False, token_path: str | None | object = ...) -> None:
+        self.settings, self.spec = settings, spec
+        self.package_path = Path(package_path) if package_path else None
         self.include_feedback, self.token_path = include_feedback, token_path
 
     def _client(self):
@@ -106,18 +110,33 @@ class KFPTrigger:
         from pipelines.local import pipeline_arguments
 
         client = self._client()  # before anything is written: an API that is down changes nothing
-        if not self.package_path.is_file():
+        if self.package_path and not self.package_path.is_file():
             raise TriggerError(f"compiled pipeline {self.package_path} does not exist: run `flywheel compile --output {self.package_path}`")
         spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
         try:
             exp = kfp_client.ensure_experiment(client, self.settings.kfp_experiment, self.settings.kfp_namespace)
-            ref = kfp_client.ensure_pipeline_version(client, self.package_path, self.settings.kfp_pipeline)
+            ref = self._pipeline_version(client)
             params = pipeline_arguments(spec, self.settings, request.run_name, self.settings.store)
-            run_id = kfp_client.start_run(client, exp, ref, request.run_name, params)
+            run_id = kfp_client.start_run(client, exp, ref, request.run_name, params, kfp_client.pipeline_root(self.settings))
         except kfp_client.KFPError as exc:
             raise TriggerError(str(exc)) from None
         return {"status": "running", "run_id": run_id, "experiment_id": exp, "pipeline_id": ref.pipeline_id,
                 "pipeline_version_id": ref.version_id, "pipeline_version": ref.version_name, "source": spec.source}
+
+    def _pipeline_version(self, client) -> kfp_client.PipelineRef:
+        if self.package_path:
+            return kfp_client.ensure_pipeline_version(client, self.package_path, self.settings.kfp_pipeline,
+                                                     self.settings.kfp_namespace)
+        from pipelines.cluster import cluster_package, component_image
+
+        try:
+            image = component_image(self.settings)
+        except ConfigError as exc:
+            raise TriggerError(str(exc)) from None
+        # The scratch folder lives under the temp dir: /tmp is the writable mount in the pod.
+        with tempfile.TemporaryDirectory(prefix="flywheel-retrain-") as tmp:
+            package = cluster_package(self.settings, image, None, Path(tmp))
+            return kfp_client.ensure_pipeline_version(client, package, self.settings.kfp_pipeline, self.settings.kfp_namespace)
 
     def poll(self, record: dict[str, Any]) -> dict[str, Any]:
         if not record.get("run_id"):
@@ -129,9 +148,12 @@ class KFPTrigger:
         return {"status": kfp_client.FINISHED.get(state, "running"), "kfp_state": state}
 
 
-def make_trigger(settings: Settings, spec: DatasetSpec | None, package_path: str | Path = "dist/flywheel-training.yaml",
+def make_trigger(settings: Settings, spec: DatasetSpec | None, package_path: str | Path | None = None,
                  include_feedback: bool = False):
-    """The trigger the settings ask for (``runner``: local or kfp); None when no dataset is configured."""
+    """The trigger the settings ask for (``runner``: local or kfp); None when no dataset is configured.
+
+    ``package_path``: a compiled pipeline for KFP; None compiles one from the installed code.
+    """
     if spec is None:
         return None
     if settings.runner == "kfp":

@@ -2,9 +2,12 @@
 
 A pass reads the current window of prediction logs and the served version's reference,
 tests drift per feature (drift.py), compares quality on the labelled rows with the
-version's holdout quality (quality.py), writes ``monitoring/<model>/<window>/`` (report.html,
-quality.html when labels exist, summary.json), adds the reports to the Evidently workspace,
-and decides whether to retrain (trigger.py).
+version's holdout quality (quality.py) and decides whether to retrain (trigger.py). The
+decision comes first: summary.json and the metrics (metrics.py, pushed to a Pushgateway
+when ``pushgateway`` is set) are written as soon as it is made. Evidently's reports
+(report.html, quality.html when labels exist) and the workspace snapshot are costly fixed
+work (plotly rendering), so they are a second step, rendered after the decision when
+``monitor_reports`` asks for them, and the summary is then updated with where they are.
 
 Statuses and exit codes: ``ok`` (the window was evaluated, drift or not) and ``skipped``
 (nothing to evaluate yet: no champion, no logs, too few rows) exit 0; ``error`` (the store,
@@ -30,6 +33,7 @@ from components.registry import Registry, RegistryError
 from components.settings import Settings
 from components.store import NotFound, Store, StoreError
 from services.monitoring import drift as drift_mod
+from services.monitoring import metrics as monitor_metrics
 from services.monitoring import quality as quality_mod
 from services.monitoring import trigger as trig
 from services.monitoring.scan import Window, read_feedback, scan_window
@@ -54,8 +58,12 @@ class Summary:
     columns: dict[str, Any] = field(default_factory=dict)
     decision: dict[str, Any] = field(default_factory=lambda: {"retrain": False, "reason": ""})
     outputs: dict[str, Any] = field(default_factory=dict)
+    retrains: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     started_at: str = ""
+    finished_at_unix: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
     duration_s: float = 0.0
 
     @property
@@ -87,28 +95,49 @@ def current_window(store: Store, settings: Settings, now: dt.datetime) -> Window
 
 
 def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime | None = None) -> Summary:
-    """Run one monitoring pass; never raises for a failure it can describe (see the module docstring)."""
+    """Run one monitoring pass; never raises for a failure it can describe (see the module docstring).
+
+    First the decision (recorded in summary.json and pushed as metrics), then the reports.
+    """
     t0 = time.perf_counter()
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     s = Summary(model=settings.model, started_at=now.isoformat())
+    evaluated: Evaluated | None = None
     try:
-        _evaluate(settings, store, trigger, now, s)
+        evaluated = _evaluate(settings, store, trigger, now, s)
     except (StoreError, RegistryError) as exc:
         s.status, s.message = "error", str(exc)
-        s.decision = {"retrain": False, "reason": f"no retrain: the pass failed ({exc})"}
-    s.duration_s = round(time.perf_counter() - t0, 3)
-    _write_summary(store, s)
+        s.decision = {"retrain": False, "outcome": "error", "reason": f"no retrain: the pass failed ({exc})"}
+    s.timings["decision_s"] = round(time.perf_counter() - t0, 3)
+    _record(settings, store, s, t0)
     (log.error if s.status == "error" else log.info)("monitor %s: %s %s", settings.model, s.status, s.decision["reason"] or s.message)
+    if evaluated is not None and _wants_reports(settings, s):
+        t1 = time.perf_counter()
+        _reports(settings, store, evaluated, s)
+        s.timings["reports_s"] = round(time.perf_counter() - t1, 3)
+        _record(settings, store, s, t0)
     return s
 
 
-def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, s: Summary) -> None:
+@dataclass
+class Evaluated:
+    """What the report step needs from an evaluated window."""
+
+    reference: pd.DataFrame
+    scan: Any
+    schema: Any
+    window: Window
+
+
+def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime,
+              s: Summary) -> Evaluated | None:
+    """Read, test and decide; returns what the reports need when the window was evaluated."""
     reg = Registry(store, settings.model)
     champion = reg.champion()
     if champion is None:
         s.status, s.message = "skipped", f"model {settings.model} has no champion yet: nothing is served, nothing to monitor"
-        s.decision["reason"] = "no retrain: nothing to compare with"
-        return
+        s.decision.update(outcome="no_champion", reason="no retrain: nothing to compare with")
+        return None
     version = s.version = champion.version
     window = current_window(store, settings, now)
     s.window = window.to_dict()
@@ -138,15 +167,15 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
         s.status = "skipped"
         s.message = (f"no prediction logs under predictions/{settings.model}/ for window {window.key}"
                      + (f" ({len(scan.files_skipped)} unreadable file(s))" if scan.files_skipped else ""))
-        s.decision["reason"] = "no retrain: no prediction logs yet"
-        return
+        s.decision.update(outcome="no_logs", reason="no retrain: no prediction logs yet")
+        return None
     if scan.rows < settings.min_rows:
         s.status = "skipped"
         others = scan.rows_in_window - scan.rows
         s.message = (f"{scan.rows} rows of version {version} in window {window.key} (< min_rows {settings.min_rows})"
                      + (f"; {others} rows of other versions ignored" if others else ""))
-        s.decision["reason"] = f"no retrain: too few rows ({scan.rows} < min_rows {settings.min_rows})"
-        return
+        s.decision.update(outcome="too_few_rows", reason=f"no retrain: too few rows ({scan.rows} < min_rows {settings.min_rows})")
+        return None
 
     kinds = {c.name: c.kind for c in schema.features}
     result = drift_mod.detect_drift(reference, scan.sample, kinds, settings.drift_share_threshold,
@@ -156,16 +185,23 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
         schema.task, scan.labelled, LABEL, PREDICTION, metrics.get("holdout", {}), metrics.get("primary_metric", ""),
         settings.quality_drop_threshold, scan.labelled_rows, schema.classes)
 
-    _reports(settings, store, reference, scan, schema, window, s)
     store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
     _decide(settings, store, trigger, now, window, version, result, s)
+    return Evaluated(reference, scan, schema, window)
 
 
-def _reports(settings: Settings, store: Store, reference: pd.DataFrame, scan: Any, schema: Any, window: Window,
-             s: Summary) -> None:
+def _wants_reports(settings: Settings, s: Summary) -> bool:
+    """Whether this pass renders its reports (``monitor_reports``)."""
+    if settings.monitor_reports == "never":
+        return False
+    return settings.monitor_reports == "always" or bool(s.decision.get("wanted"))
+
+
+def _reports(settings: Settings, store: Store, ev: Evaluated, s: Summary) -> None:
     """Evidently reports into the store and the workspace; a failing report is a warning, not a failed pass."""
     from services.monitoring import report
 
+    reference, scan, schema, window = ev.reference, ev.scan, ev.schema, ev.window
     prefix = f"monitoring/{settings.model}/{window.key}"
     snapshots = []
     try:
@@ -180,12 +216,12 @@ def _reports(settings: Settings, store: Store, reference: pd.DataFrame, scan: An
                 snap_.save_html(str(path))
                 store.upload_file(path, f"{prefix}/{name}")
                 s.outputs[name.removesuffix(".html")] = f"{prefix}/{name}"
-    except StoreError:
-        raise
+    except StoreError as exc:
+        s.warnings.append(f"Evidently report not stored: {exc}")
     except Exception as exc:
         s.warnings.append(f"Evidently report failed: {type(exc).__name__}: {exc}")
         log.exception("Evidently report failed")
-    if snapshots:
+    if snapshots and settings.evidently_workspace:
         try:
             s.outputs["evidently_snapshots"] = report.add_to_workspace(settings.evidently_workspace, settings.model, snapshots)
             s.outputs["evidently_workspace"] = settings.evidently_workspace
@@ -198,22 +234,24 @@ def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now:
     degraded = bool(s.quality and s.quality.get("degraded"))
     quality_reason = (s.quality or {}).get("reason", "")
     if not (result.detected or degraded):
-        s.decision = {"retrain": False, "reason": f"no retrain: {result.reason}; quality: {quality_reason}"}
+        s.decision = {"retrain": False, "outcome": "no_drift", "reason": f"no retrain: {result.reason}; quality: {quality_reason}"}
         return
     why = "; ".join(r for r, on in [(result.reason, result.detected), (f"quality degraded: {quality_reason}", degraded)] if on)
-    s.decision = {"retrain": True, "wanted": True, "reason": why, "trigger": None}
+    s.decision = {"retrain": True, "wanted": True, "outcome": "triggered", "reason": why, "trigger": None}
     if trigger is None:
-        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but no trigger is configured")
+        s.decision.update(retrain=False, outcome="no_trigger", reason=f"retrain wanted ({why}) but no trigger is configured")
         return
     block = trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now)
     if block:
-        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but {block}")
+        s.decision.update(retrain=False, outcome="cooldown" if "cooldown" in block else "in_flight",
+                          reason=f"retrain wanted ({why}) but {block}")
         return
     key = Window.stamp(window.start)
     request = trig.RetrainRequest(settings.model, key, version, window.to_dict(), why,
                                   f"{settings.model}-retrain-{key.lower()}")
     if not trig.claim(store, request, trigger.kind, now):
-        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but window {key} already triggered one (another pass)")
+        s.decision.update(retrain=False, outcome="duplicate",
+                          reason=f"retrain wanted ({why}) but window {key} already triggered one (another pass)")
         s.decision["trigger"] = trig.record_key(settings.model, key)
         return
     s.decision["trigger"] = trig.record_key(settings.model, key)
@@ -223,12 +261,65 @@ def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now:
         trig.update(store, settings.model, key, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"},
                     dt.datetime.now(dt.UTC))
         s.status, s.message = "error", f"retrain could not be started: {exc}"
-        s.decision.update(retrain=False, reason=f"retrain wanted ({why}) but the {trigger.kind} trigger failed: {exc}")
+        s.decision.update(retrain=False, outcome="failed",
+                          reason=f"retrain wanted ({why}) but the {trigger.kind} trigger failed: {exc}")
         return
     rec = trig.update(store, settings.model, key, started, dt.datetime.now(dt.UTC))
     s.decision["run"] = {k: rec.get(k) for k in ("status", "run_id", "version", "promoted", "error") if k in rec}
     if rec.get("status") == "failed":
         s.status, s.message = "error", f"retrain {key} failed: {rec.get('error')}"
+
+
+def _record(settings: Settings, store: Store, s: Summary, t0: float) -> None:
+    """Write summary.json and push the metrics; called after the decision and again after the reports."""
+    if not s.retrains and s.status != "error":
+        s.retrains = _retrains(store, s)
+    s.duration_s = round(time.perf_counter() - t0, 3)
+    s.finished_at_unix = round(time.time(), 3)
+    s.metrics = {f.key: f.value for f in monitor_metrics.figures(s.to_dict())}
+    _write_summary(store, s)
+    if settings.pushgateway:
+        try:
+            monitor_metrics.push(settings.pushgateway, settings.model, s.to_dict())
+            s.outputs["pushgateway"] = settings.pushgateway
+        except Exception as exc:  # noqa: BLE001 - the pass's results are in the store; the push is a view
+            s.warnings.append(f"metrics not pushed to {settings.pushgateway}: {type(exc).__name__}: {exc}")
+            log.warning("metrics not pushed to %s: %s", settings.pushgateway, exc)
+            _write_summary(store, s)
+
+
+COUNTERS = "monitoring/{model}/counters.json"
+
+
+def _retrains(store: Store, s: Summary) -> dict[str, Any]:
+    """The running totals behind the retrain counters: decisions (kept in the store) and trigger records.
+
+    A pass that wanted a retrain adds one to its outcome's count. Passes do not overlap (the
+    CronJob forbids it), so a read-modify-write is enough.
+    """
+    key = COUNTERS.format(model=s.model)
+    try:
+        try:
+            counts = json.loads(store.read(key)).get("decisions_total", {})
+        except NotFound:
+            counts = {}
+        outcome = s.decision.get("outcome")
+        if s.decision.get("wanted") and outcome in monitor_metrics.DECISION_OUTCOMES:
+            counts[outcome] = counts.get(outcome, 0) + 1
+            store.write(key, json.dumps({"decisions_total": counts}, indent=2).encode())
+        recs = trig.records(store, s.model)
+    except (StoreError, ValueError) as exc:
+        s.warnings.append(f"retrain counters not read: {exc}")
+        return {}
+    now = dt.datetime.now(dt.UTC)
+    in_flight = sum(r.get("status") in trig.IN_FLIGHT
+                    and now - dt.datetime.fromisoformat(r["created_at"]) <= trig.STALE_AFTER for r in recs)
+    by_status: dict[str, int] = {}
+    for r in recs:
+        by_status[str(r.get("status"))] = by_status.get(str(r.get("status")), 0) + 1
+    return {"decisions_total": {o: counts.get(o, 0) for o in monitor_metrics.DECISION_OUTCOMES},
+            "records": {"total": len(recs), "failed": by_status.get("failed", 0), "in_flight": in_flight,
+                        "by_status": by_status}}
 
 
 def _write_summary(store: Store, s: Summary) -> None:
@@ -261,7 +352,28 @@ def table(s: Summary) -> str:
     lines.append(f"  decision: {'RETRAIN' if s.decision.get('retrain') else 'no retrain'} - {s.decision.get('reason', '')}")
     for w in s.warnings[:5]:
         lines.append(f"  warning: {w}")
+    lines += _metrics_lines(s)
     return "\n".join(lines)
+
+
+def _metrics_lines(s: Summary, per_family: int = 10) -> list[str]:
+    """The pass's metrics as Prometheus shows them (at most ``per_family`` series of each)."""
+    t = s.timings
+    lines = [f"  time: decision {t.get('decision_s', 0):.2f} s"
+             + (f", reports {t['reports_s']:.2f} s" if "reports_s" in t else ", reports not rendered")
+             + f", total {s.duration_s:.2f} s"]
+    pushed = s.outputs.get("pushgateway")
+    lines.append(f"  metrics{f' (pushed to {pushed})' if pushed else ''}:")
+    seen: dict[str, int] = {}
+    for key, value in s.metrics.items():
+        name = key.split("{")[0]
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] <= per_family:
+            lines.append(f"    {key} {value:g}")
+    hidden = sum(max(0, n - per_family) for n in seen.values())
+    if hidden:
+        lines.append(f"    ... {hidden} more series in summary.json")
+    return lines
 
 
 def ui_command(settings: Settings, port: int = 8000) -> list[str]:

@@ -24,8 +24,9 @@ import pandas as pd
 
 from components.data import PREDICTION, Schema
 from components.onnx_export import onnx_feed
-from components.predict import RecordValidator, records_of, score_frame
+from components.predict import records_of, score_frame
 from components.registry import Registry
+from components.validation import Validator
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32
@@ -94,7 +95,7 @@ class LoadedModel:
 
     version: str
     schema: Schema
-    validator: RecordValidator
+    validator: Validator
     runtime: Any  # SklearnRuntime | OnnxRuntime
     fallback_reason: str | None = None  # why ONNX is not used, when it is not
 
@@ -110,14 +111,14 @@ class LoadedModel:
         return self.runtime.predict(frame)
 
 
-def load_version(registry: Registry, version: str, prefer_onnx: bool = True) -> LoadedModel:
+def load_version(registry: Registry, version: str, prefer_onnx: bool = True, strict_fields: bool = False) -> LoadedModel:
     """Load and smoke-test a version; raise ModelRefused saying why it cannot serve."""
     try:
         schema = registry.schema(version)
         model = registry.load_model(version)
     except Exception as exc:  # a corrupt pickle raises anything
         raise ModelRefused(f"version {version} of {registry.model} cannot be loaded: {exc}") from exc
-    validator = RecordValidator(schema)
+    validator = Validator(schema, strict_fields=strict_fields)
     sk = SklearnRuntime(model, schema.task)
     reference = _reference(registry, version)
     fallback = None
@@ -180,9 +181,9 @@ def smoke_test(model: LoadedModel, reference: pd.DataFrame | None) -> None:
     """Predict on reference rows; refuse a model that fails, or disagrees with its registration."""
     records = smoke_records(model.schema, reference)
     try:
-        rows, problems = model.validator.check(records)
+        rows = model.validator.check_records(records)
         if not len(rows):
-            raise ModelRefused(f"no reference row passes the version's own schema ({problems[0]})")
+            raise ModelRefused(f"no reference row passes the version's own schema ({rows.problems[0]})")
         pred = model.predict(rows.frame)
     except ModelRefused:
         raise
@@ -220,12 +221,13 @@ class ModelHolder:
     """The model in service, pinned or following the champion, swapped without downtime."""
 
     def __init__(self, registry: Registry, version: str = CHAMPION, poll_seconds: float = 2.0,
-                 prefer_onnx: bool = True, listener: Listener | None = None) -> None:
+                 prefer_onnx: bool = True, listener: Listener | None = None, strict_fields: bool = False) -> None:
         self.registry = registry
         self.follow = version == CHAMPION
         self.pinned = None if self.follow else version
         self.poll_seconds = poll_seconds
         self.prefer_onnx = prefer_onnx
+        self.strict_fields = strict_fields
         self.listener = listener or (lambda *a: None)
         self.current: LoadedModel | None = None
         self._refused: dict[str, float] = {}  # version -> when; retried after a while
@@ -241,10 +243,10 @@ class ModelHolder:
         self._thread = threading.Thread(target=self._run, name="flywheel-model-holder", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout)
 
     def wanted(self) -> str | None:
         """The version that should serve now."""
@@ -266,7 +268,7 @@ class ModelHolder:
         if refused_at is not None and time.monotonic() - refused_at < 60:
             return False
         try:
-            loaded = load_version(self.registry, wanted, self.prefer_onnx)
+            loaded = load_version(self.registry, wanted, self.prefer_onnx, self.strict_fields)
         except ModelRefused as exc:
             self._refused[wanted] = time.monotonic()
             serving = self.current.version if self.current else "nothing"

@@ -1,14 +1,28 @@
-"""Buffered, loss-free record logs: served predictions and label feedback, into the store.
+"""Loss-free record logs: served predictions and label feedback, into the store.
 
     predictions/<model>/date=YYYY-MM-DD/<time>-<uuid>.parquet
     feedback/<model>/date=YYYY-MM-DD/<time>-<uuid>.parquet
+    quarantine/<kind>/<model>/date=YYYY-MM-DD/<time>-<uuid>.jsonl    records Parquet cannot hold
 
-Requests only append to an in-memory buffer. A background thread writes it out when it
-holds ``flush_rows`` records or every ``flush_seconds``. A write that fails is retried a
-few times; past that the part is spilled to local disk under the very key it would have had
-in the store, and re-sent later (a spilled file is claimed by an atomic rename, so two
-workers never send it twice, and re-sending writes the same key, so nothing is duplicated).
-``close()`` flushes everything still buffered: on shutdown nothing served goes unlogged.
+The life of a record:
+
+1. ``append`` (the request path) converts the records to Arrow at once. A frame that does
+   not convert is converted record by record, and a record that still does not is
+   quarantined by itself: kept as a JSON line, never dropped, never taking others with it.
+2. The spooler thread writes the buffer out every ``flush_seconds``, or as soon as it holds
+   ``flush_rows`` records: one Parquet part per day and Arrow schema, written to the spill
+   directory under the very key it gets in the store. It touches only local disk, so what a
+   SIGKILL can lose is bounded by the buffer (``sigkill_loss_bound``), whatever the store does.
+3. The sender thread sends spilled parts to the store and deletes them: its own, those of
+   other workers on the same directory, and those a killed process left. It claims a part by
+   renaming it to ``.<name>.claim-<token>-<expiry>``: a unique token and a lease, so a part
+   whose owner died is sent again once the lease ends, and never while its owner may still
+   be sending it. Sending again writes the same key, so nothing is ever stored twice.
+4. When the spill directory is full (or over ``spill_max_bytes``) parts are sent to the store
+   directly; when the store refuses too they wait in memory, up to ``max_buffer_rows``
+   records. The error is logged and counted; requests are served all along.
+5. ``close`` (SIGTERM) spools what is buffered and sends what it can before a deadline (see
+   ``close_path_seconds``); what is left stays spilled for the next server on that directory.
 """
 
 from __future__ import annotations
@@ -16,195 +30,556 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import json
 import logging
+import math
 import os
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from components.data import TIME
 from components.store import Store
 
 log = logging.getLogger("flywheel.serving")
-Outcome = Callable[[str, int], None]  # (logged|spilled|failed, records)
+QUARANTINE = "quarantine"
+OUTCOMES = ("buffered", "flushed", "spilled", "resent", "quarantined", "dropped")
+HOLDER_STOP_SECONDS = 1.0  # the service waits this long for the model holder at shutdown
+_CLAIM = ".claim-"
+_TMP = ".tmp-"
+_STAMP = "%Y%m%dT%H%M%S%f"
+_ERROR_LOG_EVERY = 60.0
+
+
+class LogHooks(Protocol):
+    """Where a log reports what becomes of its records (metrics in the service)."""
+
+    def outcome(self, outcome: str, records: int) -> None: ...
+    def spill_error(self) -> None: ...
+    def lag(self, seconds: float) -> None: ...
+
+
+class NoHooks:
+    """Reports nothing."""
+
+    def outcome(self, outcome: str, records: int) -> None:
+        pass
+
+    def spill_error(self) -> None:
+        pass
+
+    def lag(self, seconds: float) -> None:
+        pass
+
+
+@dataclass
+class _Batch:
+    day: str
+    batch: pa.RecordBatch
+    since: float  # wall time it was appended
+
+
+@dataclass
+class _Part:
+    key: str
+    data: bytes
+    records: int
+    since: float  # wall time of its oldest record
+
+    @property
+    def quarantine(self) -> bool:
+        return self.key.startswith(f"{QUARANTINE}/")
+
+
+def close_path_seconds(log_close_seconds: float, log_write_timeout_seconds: float) -> float:
+    """Worst case from SIGTERM to exit of the serving process, in seconds.
+
+    Shutdown waits up to ``HOLDER_STOP_SECONDS`` for the model holder, then the logs send to
+    the store until their deadline (``log_close_seconds``); a write started just before it
+    may take one more connect and read timeout. The pod's grace period must be longer.
+    """
+    return HOLDER_STOP_SECONDS + log_close_seconds + 2 * log_write_timeout_seconds
+
+
+def sigkill_loss_bound(flush_rows: int, largest_append: int) -> int:
+    """Most records one worker can lose to a SIGKILL: what sits in memory, not yet spooled.
+
+    The buffer is spooled once it holds ``flush_rows`` records, so it never holds more than
+    ``flush_rows - 1`` plus one append (one model batch or one ``/predict_many`` request);
+    at most one such buffer is being written while the next one fills.
+    """
+    return 2 * (flush_rows - 1 + largest_append)
 
 
 class RecordLog:
     """One kind of record log (``predictions`` or ``feedback``) of one model."""
 
     def __init__(self, store: Store, model: str, kind: str, spill_dir: str | Path,
-                 flush_rows: int = 1000, flush_seconds: float = 2.0, retries: int = 3,
-                 retry_wait: float = 0.2, on_outcome: Outcome | None = None) -> None:
+                 flush_rows: int = 1000, flush_seconds: float = 2.0, *, lease_seconds: float = 120.0,
+                 spill_max_bytes: int = 1 << 30, max_buffer_rows: int = 200_000,
+                 hooks: LogHooks | None = None) -> None:
         self.store = store
         self.kind = kind
         self.prefix = f"{kind}/{model}"
-        self.spill_dir = Path(spill_dir).expanduser().resolve() / self.prefix
+        self.root = Path(spill_dir).expanduser().resolve()
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self.retries = retries
-        self.retry_wait = retry_wait
-        self.on_outcome = on_outcome or (lambda outcome, n: None)
-        self._buffer: list[pd.DataFrame] = []
+        self.lease_seconds = lease_seconds
+        self.spill_max_bytes = spill_max_bytes
+        self.max_buffer_rows = max_buffer_rows
+        self.hooks: LogHooks = hooks or NoHooks()
+        self._buffer: list[_Batch] = []
+        self._lines: list[tuple[str, str, float]] = []  # quarantined: (day, JSON line, since)
         self._rows = 0
+        self._held: list[_Part] = []  # parts neither the spill directory nor the store took
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._deadline: float | None = None  # set by close(): no store write starts after it
+        self._spool_wake = threading.Event()
+        self._send_wake = threading.Event()
         self._stop = threading.Event()
-        self._write_lock = threading.Lock()  # one writer at a time: the thread, or close()
-        self._thread: threading.Thread | None = None
-        self.logged = 0
-        self.spilled = 0
+        self._threads: list[threading.Thread] = []
+        self._retried: set[str] = set()  # keys whose send failed once (or left by an earlier process)
+        self._spill_error_logged = -math.inf
+        self._spill_failing = False
+        self._store_failing = False
+        self.logged = 0  # records in the store (this process)
+        self.spilled = 0  # records whose first send failed
+        self.quarantined = 0
+        self.dropped = 0
 
-    # --- request path -------------------------------------------------------------------------
+    # --- request path -----------------------------------------------------------------------
     def append(self, records: pd.DataFrame) -> None:
-        """Queue records (they must carry the TIME column); never blocks on the store."""
+        """Queue records (they must carry the TIME column); never blocks on the store or disk."""
         if records.empty:
             return
+        now = time.time()
+        batches, lines = _encode(records, now)
         with self._lock:
-            self._buffer.append(records)
-            self._rows += len(records)
+            self._buffer += batches
+            self._lines += lines
+            self._rows += sum(b.batch.num_rows for b in batches)
             full = self._rows >= self.flush_rows
+        self.hooks.outcome("buffered", len(records))
+        if lines:
+            self.quarantined += len(lines)
+            self.hooks.outcome("quarantined", len(lines))
         if full:
-            self._wake.set()
+            self._spool_wake.set()
 
     @property
     def pending(self) -> int:
+        """Records in memory: buffered, or held because neither disk nor store took them."""
         with self._lock:
-            return self._rows
+            return self._rows + len(self._lines) + sum(p.records for p in self._held)
 
     # --- background -----------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"flywheel-{self.kind}-log", daemon=True)
-        self._thread.start()
+        """Start the spooler and the sender; parts already spilled are sent as leftovers."""
+        self._retried.update(self._key_of(p) for p in self.spilled_files())
+        for name, loop in (("spool", self._spool_loop), ("send", self._send_loop)):
+            t = threading.Thread(target=loop, name=f"flywheel-{self.kind}-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
-    def _run(self) -> None:
+    def _spool_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
+            self._spool_wake.wait(self.flush_seconds)
+            self._spool_wake.clear()
             if self._stop.is_set():
                 break
             try:
-                self.flush()
-                self.resend_spilled()
-            except Exception:  # the logger must outlive any one failure
-                log.exception("%s log flush failed", self.kind)
+                if self.spool():
+                    self._send_wake.set()
+            except Exception:  # the log must outlive any one failure
+                log.exception("%s log: spooling failed", self.kind)
 
-    def flush(self) -> int:
-        """Write out everything buffered now; returns the number of records handled."""
-        with self._write_lock:
-            with self._lock:
-                parts, self._buffer, self._rows = self._buffer, [], 0
-            if not parts:
-                return 0
-            frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
-            days = pd.to_datetime(frame[TIME], utc=True).dt.strftime("%Y-%m-%d")
-            for day, part in frame.groupby(days.to_numpy(), sort=True):
-                self._write(f"{self.prefix}/date={day}/{_part_name()}", part.reset_index(drop=True))
-            return len(frame)
-
-    def _write(self, key: str, part: pd.DataFrame) -> None:
-        buf = io.BytesIO()
-        part.to_parquet(buf, index=False)
-        data = buf.getvalue()
-        for attempt in range(self.retries):
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            self._send_wake.wait(self.flush_seconds)
+            self._send_wake.clear()
+            if self._stop.is_set():
+                break
             try:
-                self.store.write(key, data)
-                self.logged += len(part)
-                self.on_outcome("logged", len(part))
-                return
-            except Exception as exc:  # any store failure: retry, then spill
-                log.warning("writing %s (%d records) failed (attempt %d/%d): %s", key, len(part), attempt + 1, self.retries, exc)
-                if attempt + 1 < self.retries:
-                    time.sleep(self.retry_wait * (2 ** attempt))
-        self._spill(key, data, len(part))
+                self.send()
+                self.hooks.lag(self.lag_seconds())
+            except Exception:
+                log.exception("%s log: sending failed", self.kind)
 
-    def _spill(self, key: str, data: bytes, n: int) -> None:
-        path = self.spill_dir.parent.parent / key  # spill_dir is <root>/<kind>/<model>
+    # --- spooling: memory -> spill directory --------------------------------------------------
+    def spool(self) -> int:
+        """Write the buffer to the spill directory (or, if it is full, to the store); returns records."""
+        with self._lock:
+            batches, self._buffer, self._rows = self._buffer, [], 0
+            lines, self._lines = self._lines, []
+            held, self._held = self._held, []
+        parts = held + _parts(self.prefix, batches, lines, self._quarantine_key)
+        done = 0
+        for i, part in enumerate(parts):
+            if self._write_spill(part):
+                if self._store_failing and not part.quarantine:  # it waits on disk for the store
+                    self._retried.add(part.key)
+                    self.spilled += part.records
+                    self.hooks.outcome("spilled", part.records)
+            elif not (self._may_write() and self._send_direct(part)):
+                self._hold(parts[i:])  # the store refuses as well: keep the rest, in order
+                break
+            done += part.records
+        return done
+
+    def _may_write(self) -> bool:
+        return self._deadline is None or time.monotonic() < self._deadline
+
+    def _write_spill(self, part: _Part) -> bool:
+        path = self.root / part.key
+        used = _tree_bytes(self.root)
+        if used + len(part.data) > self.spill_max_bytes:
+            self._spill_failed(f"it holds {used / 1e6:.1f} MB and may hold {self.spill_max_bytes / 1e6:.1f} MB "
+                               "(setting spill_max_mb)")
+            return False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.error("%d %s records are lost: the store and the spill directory %s both failed: %s",
-                      n, self.kind, path.parent, exc)
-            self.on_outcome("failed", n)
-            return
-        self.spilled += n
-        self.on_outcome("spilled", n)
-        log.warning("spilled %d %s records to %s; they are re-sent when the store answers", n, self.kind, path)
-
-    def spilled_files(self) -> list[Path]:
-        if not self.spill_dir.is_dir():
-            return []
-        for claimed in self.spill_dir.rglob(".*.parquet.sending-*"):
-            pid = int(claimed.name.rsplit("-", 1)[1])
-            if not _alive(pid):  # a worker died while sending: the file is ours to send again
-                with contextlib.suppress(OSError):
-                    os.rename(claimed, claimed.with_name(claimed.name[1:].rsplit(".sending-", 1)[0]))
-        return sorted(p for p in self.spill_dir.rglob("*.parquet") if not p.name.startswith("."))
-
-    def resend_spilled(self) -> int:
-        """Send spilled parts to the store under their original keys; returns records sent."""
-        sent = 0
-        root = self.spill_dir.parent.parent
-        for path in self.spilled_files():
-            claimed = path.with_name(f".{path.name}.sending-{os.getpid()}")
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP}", dir=path.parent)
             try:
-                os.rename(path, claimed)  # atomic claim: no other worker sends this file
+                with os.fdopen(fd, "wb") as f:
+                    f.write(part.data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            self._spill_failed(exc.strerror or str(exc))
+            return False
+        if self._spill_failing:
+            log.warning("spill directory %s takes %s parts again", self.root, self.kind)
+            self._spill_failing = False
+        return True
+
+    def _spill_failed(self, reason: str) -> None:
+        self.hooks.spill_error()
+        self._spill_failing = True
+        now = time.monotonic()
+        if now - self._spill_error_logged >= _ERROR_LOG_EVERY:
+            self._spill_error_logged = now
+            log.error("spill directory %s cannot take %s records: %s; they go to the store directly, or wait in "
+                      "memory (%d now, at most %d: setting log_max_buffer_rows) while the store refuses them",
+                      self.root, self.kind, reason, self.pending, self.max_buffer_rows)
+
+    def _send_direct(self, part: _Part) -> bool:
+        if not self._put(part.key, part.data):
+            return False
+        self._sent(part.key, part.data, part.records)
+        return True
+
+    def _hold(self, parts: list[_Part]) -> None:
+        with self._lock:
+            self._held = parts + self._held
+            over = sum(p.records for p in self._held) - self.max_buffer_rows
+            while over > 0 and self._held:
+                lost = self._held.pop(0)  # the oldest goes first
+                over -= lost.records
+                self.dropped += lost.records
+                self.hooks.outcome("dropped", lost.records)
+                log.error("%d %s records are lost: neither the store nor the spill directory %s takes them and "
+                          "memory holds at most %d (setting log_max_buffer_rows)",
+                          lost.records, self.kind, self.root, self.max_buffer_rows)
+
+    # --- sending: spill directory -> store --------------------------------------------------------
+    def spilled_files(self) -> list[Path]:
+        """Spilled parts of this log that nobody holds a live claim on, oldest first."""
+        now = time.time()
+        out = []
+        for base in (self.root / self.prefix, self.root / QUARANTINE / self.prefix):
+            if not base.is_dir():
+                continue
+            for p in base.rglob("*"):
+                name = p.name
+                if not name.startswith("."):
+                    if name.endswith((".parquet", ".jsonl")):
+                        out.append(p)
+                elif _CLAIM in name:
+                    if _claim_expiry(name) < now:  # its owner died or gave up: ours to send
+                        out.append(p)
+                elif _TMP in name:
+                    with contextlib.suppress(OSError):
+                        if p.stat().st_mtime < now - self.lease_seconds:  # a write cut short by a crash
+                            p.unlink()
+        return sorted(out, key=lambda p: _original_name(p.name))
+
+    def send(self, deadline: float | None = None) -> int:
+        """Send spilled parts to the store under their own keys until one fails; returns records sent.
+
+        ``deadline`` (time.monotonic) stops it starting a write after that moment.
+        """
+        sent = 0
+        for path in self.spilled_files():
+            if not self._may_write() or (deadline is not None and time.monotonic() >= deadline):
+                break
+            key = self._key_of(path)
+            claimed = self._claim_path(key)
+            try:
+                os.rename(path, claimed)  # atomic: of all workers, one wins the claim
             except FileNotFoundError:
                 continue
-            key = path.relative_to(root).as_posix()
-            data = claimed.read_bytes()
             try:
-                self.store.write(key, data)
-            except Exception as exc:
-                os.rename(claimed, path)
-                log.info("store still refuses %s records (%s); keeping %s spilled", self.kind, exc, key)
-                return sent
-            n = _rows_in(data)
-            claimed.unlink()
-            sent += n
-            self.logged += n
-            self.on_outcome("logged", n)
+                data = claimed.read_bytes()
+            except OSError as exc:
+                log.error("spilled part %s cannot be read (%s); it is left for the next attempt", claimed, exc)
+                self._release(claimed, key)
+                continue
+            records = _records_in(key, data)
+            if not self._put(key, data):
+                self._release(claimed, key)
+                if key not in self._retried:
+                    self._retried.add(key)
+                    if not key.startswith(f"{QUARANTINE}/"):
+                        self.spilled += records
+                        self.hooks.outcome("spilled", records)
+                break
+            with contextlib.suppress(FileNotFoundError):
+                claimed.unlink()
+            self._sent(key, data, records)
+            sent += records
         return sent
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the thread and flush what is buffered (spilling if the store is down)."""
+    def _sent(self, key: str, data: bytes, records: int) -> None:
+        if key.startswith(f"{QUARANTINE}/"):
+            return
+        outcome = "resent" if key in self._retried else "flushed"
+        self._retried.discard(key)
+        self.logged += records
+        self.hooks.outcome(outcome, records)
+
+    def _put(self, key: str, data: bytes) -> bool:
+        try:
+            self.store.write(key, data)
+        except Exception as exc:  # any store failure: the part stays where it is
+            if not self._store_failing:
+                log.warning("the store refuses %s records (%s); they stay spilled in %s and are re-sent",
+                            self.kind, exc, self.root)
+            self._store_failing = True
+            return False
+        if self._store_failing:
+            log.info("the store takes %s records again", self.kind)
+            self._store_failing = False
+        return True
+
+    def _claim_path(self, key: str) -> Path:
+        path = self.root / key
+        expiry = int(time.time() + self.lease_seconds) + 1
+        return path.with_name(f".{path.name}{_CLAIM}{uuid.uuid4().hex}-{expiry}")
+
+    def _release(self, claimed: Path, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(claimed, self.root / key)
+
+    def _key_of(self, path: Path) -> str:
+        return (path.parent / _original_name(path.name)).relative_to(self.root).as_posix()
+
+    # --- both --------------------------------------------------------------------------------------
+    def flush(self, deadline: float | None = None) -> int:
+        """Spool the buffer, then send what is spilled; returns the records sent."""
+        self.spool()
+        return self.send(deadline)
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest record not yet in the store (0 when everything is there)."""
+        with self._lock:
+            since = [b.since for b in self._buffer[:1]] + [s for _, _, s in self._lines[:1]]
+            since += [min(p.since for p in self._held)] if self._held else []
+        for base in (self.root / self.prefix, self.root / QUARANTINE / self.prefix):
+            if base.is_dir():
+                since += [t for p in base.rglob("*") if (t := _stamp_of(_original_name(p.name))) is not None]
+        return max(0.0, time.time() - min(since)) if since else 0.0
+
+    def close(self, seconds: float = 15.0) -> None:
+        """Stop the threads, spool what is buffered and send until ``seconds`` have passed."""
+        deadline = time.monotonic() + seconds
+        self._deadline = deadline
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-        self.flush()
-        with contextlib.suppress(Exception):
-            self.resend_spilled()
+        self._spool_wake.set()
+        self._send_wake.set()
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.flush(deadline)
+        lost = self.pending
+        if lost:  # neither the spill directory nor the store took these: they end with us
+            with self._lock:
+                self._held, self._buffer, self._lines, self._rows = [], [], [], 0
+            self.dropped += lost
+            self.hooks.outcome("dropped", lost)
+            log.error("%d %s records are lost at shutdown: neither the store nor the spill directory %s took them",
+                      lost, self.kind, self.root)
+        left = [p for p in self.spilled_files() if p.name.endswith(".parquet")]
+        if left:
+            log.warning("%d %s parts stay spilled in %s: a server started on this spill directory sends them "
+                        "(on an emptyDir they are lost with the pod)", len(left), self.kind, self.root)
+        self.hooks.lag(self.lag_seconds())
+
+    def _quarantine_key(self, day: str, since: float) -> str:
+        return f"{QUARANTINE}/{self.prefix}/date={day}/{_part_name(since, 'jsonl')}"
 
 
-def _part_name() -> str:
-    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-    return f"{now}-{uuid.uuid4().hex[:12]}.parquet"
+# --- encoding --------------------------------------------------------------------------------------
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _encode(records: pd.DataFrame, now: float) -> tuple[list[_Batch], list[tuple[str, str, float]]]:
+    """Arrow batches of the records; a record that cannot be converted becomes a quarantined JSON line."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return [_Batch(day, batch, now) for day, batch in _batches(records)], []
+    except Exception:  # noqa: BLE001 - some record does not convert: find which, keep the others
+        pass
+    batches, lines = [], []
+    for i in range(len(records)):
+        row = records.iloc[i:i + 1]
+        try:
+            batches += [_Batch(day, batch, now) for day, batch in _batches(row)]
+        except Exception as exc:  # noqa: BLE001 - this record alone is quarantined
+            line = _json_line(row, exc)
+            log.error("a record cannot be logged as Parquet (%s: %s); it is quarantined by itself: %s",
+                      type(exc).__name__, exc, line[:300])
+            lines.append((_day_of(row), line, now))
+    return batches, lines
 
 
-def _rows_in(data: bytes) -> int:
-    import pyarrow.parquet as pq
+def _batches(frame: pd.DataFrame) -> list[tuple[str, pa.RecordBatch]]:
+    # column by column: about twice as fast as from_pandas, which builds pandas metadata we never read
+    batch = pa.RecordBatch.from_arrays([pa.array(frame[c], from_pandas=True) for c in frame.columns],
+                                       names=[str(c) for c in frame.columns])
+    times = batch.column(TIME)
+    if pa.types.is_timestamp(times.type):
+        span = pc.min_max(times)
+        first, last = span["min"].as_py(), span["max"].as_py()
+        if first is not None and _utc_day(first) == _utc_day(last):  # the usual case: one request, one time
+            return [(_utc_day(first), batch)]
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")  # a record without a time is today's
+    days = pd.to_datetime(frame[TIME], utc=True).dt.strftime("%Y-%m-%d").fillna(today).to_numpy()
+    return [(day, batch.filter(pa.array(days == day))) for day in sorted(set(days))]
 
-    return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+
+def _utc_day(t: dt.datetime) -> str:
+    return (t.astimezone(dt.UTC) if t.tzinfo else t).strftime("%Y-%m-%d")
+
+
+def _day_of(row: pd.DataFrame) -> str:
+    try:
+        return pd.to_datetime(row[TIME], utc=True).iloc[0].strftime("%Y-%m-%d")
+    except Exception:  # noqa: BLE001 - a record with an odd time still gets a day
+        return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+
+
+def _json_line(row: pd.DataFrame, exc: Exception) -> str:
+    record = {str(k): v for k, v in row.iloc[0].to_dict().items()}
+    return json.dumps({"error": f"{type(exc).__name__}: {exc}", "record": record}, default=_plain, allow_nan=True)
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if hasattr(v, "item"):
+        with contextlib.suppress(Exception):
+            return v.item()
+    return repr(v)
+
+
+def _parts(prefix: str, batches: list[_Batch], lines: list[tuple[str, str, float]],
+           quarantine_key: Any) -> list[_Part]:
+    """One Parquet part per (day, schema), in order; what Parquet refuses goes to quarantine lines."""
+    groups: dict[tuple[str, pa.Schema], list[_Batch]] = {}
+    for b in batches:
+        groups.setdefault((b.day, b.batch.schema), []).append(b)
+    parts = []
+    bad: list[tuple[str, str, float]] = list(lines)
+    for (day, _), group in groups.items():
+        since = min(b.since for b in group)
+        try:
+            data = _parquet([b.batch for b in group])
+            parts.append(_Part(f"{prefix}/date={day}/{_part_name(since, 'parquet')}", data,
+                               sum(b.batch.num_rows for b in group), since))
+            continue
+        except Exception:  # noqa: BLE001 - write batch by batch to find the one that fails
+            pass
+        for b in group:
+            try:
+                parts.append(_Part(f"{prefix}/date={day}/{_part_name(b.since, 'parquet')}", _parquet([b.batch]),
+                                   b.batch.num_rows, b.since))
+            except Exception as exc:  # noqa: BLE001
+                bad += [(day, json.dumps({"error": f"{type(exc).__name__}: {exc}", "record": r}, default=_plain),
+                         b.since) for r in b.batch.to_pylist()]
+    by_day: dict[str, list[tuple[str, float]]] = {}
+    for day, line, since in bad:
+        by_day.setdefault(day, []).append((line, since))
+    for day, items in by_day.items():
+        since = min(s for _, s in items)
+        parts.append(_Part(quarantine_key(day, since), "".join(f"{line}\n" for line, _ in items).encode(),
+                           len(items), since))
+    return sorted(parts, key=lambda p: p.since)
+
+
+def _parquet(batches: list[pa.RecordBatch]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_batches(batches), buf)
+    return buf.getvalue()
+
+
+# --- names -------------------------------------------------------------------------------------------
+
+def _part_name(since: float, ext: str) -> str:
+    stamp = dt.datetime.fromtimestamp(since, dt.UTC).strftime(_STAMP)
+    return f"{stamp}-{uuid.uuid4().hex[:12]}.{ext}"
+
+
+def _original_name(name: str) -> str:
+    if name.startswith(".") and _CLAIM in name:
+        return name[1:].rsplit(_CLAIM, 1)[0]
+    return name
+
+
+def _claim_expiry(name: str) -> float:
+    try:
+        return float(name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0.0  # a claim name we cannot read is treated as expired
+
+
+def _stamp_of(name: str) -> float | None:
+    if name.startswith("."):
+        return None
+    try:
+        return dt.datetime.strptime(name[:21], _STAMP).replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    stack = [root]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            with contextlib.suppress(OSError):
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                else:
+                    total += e.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _records_in(key: str, data: bytes) -> int:
+    if key.endswith(".jsonl"):
+        return data.count(b"\n")
+    try:
+        return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+    except Exception:  # noqa: BLE001 - a part we cannot read is still sent; it counts as none
+        return 0

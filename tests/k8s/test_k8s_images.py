@@ -1,14 +1,15 @@
-"""The image recipes and the script that prints how to build them."""
+"""The image recipes and the script that builds them (`make images`)."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
 from k8s_support import REPO
+
+from pipelines.image_tag import source_tag
 
 SCRIPT = REPO / "k8s" / "images.sh"
 DOCKERFILES = {
@@ -18,47 +19,64 @@ DOCKERFILES = {
 }
 
 
-def run_script(**env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("IMAGE_REGISTRY", "IMAGE_TAG")}
-    proc = subprocess.run(["sh", str(SCRIPT)], capture_output=True, text=True, check=True, cwd=REPO, env={**clean, **env})
-    return proc.stdout.splitlines()
+def run_script(*flags: str, **env: str) -> list[str]:
+    """The build commands `k8s/images.sh --print` shows (nothing is built)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("IMAGE_REGISTRY", "IMAGE_TAG", "BASE_IMAGE", "BUILDER")}
+    proc = subprocess.run(["bash", str(SCRIPT), "--print", *flags], capture_output=True, text=True, check=True, cwd=REPO,
+                          env={**clean, "BUILDER": "buildah", **env})
+    return [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
 
 
-def test_images_script_prints_one_build_per_dockerfile_with_default_tags():
+def test_images_script_builds_one_image_per_dockerfile_with_the_source_derived_tag():
+    tag = source_tag(REPO)
     lines = run_script()
     assert len(lines) == 3
     for (dockerfile, image), line in zip(DOCKERFILES.items(), lines):
-        assert line.startswith("docker build ") and line.endswith(" .")
+        assert line.startswith("buildah ") and " bud --isolation chroot --layers " in line and line.endswith(" .")
+        assert "--storage-driver vfs" in line and "--ulimit nofile=1024:20000" in line
         assert f"-f {dockerfile} " in line
-        assert f"-t ghcr.io/flywheel/{image}:0.1.0 " in line
+        assert f"-t ghcr.io/flywheel/{image}:{tag} " in line
         assert (REPO / dockerfile).is_file()
-    # The monitor builds FROM the component image of the same tag, so it comes after it.
-    assert "--build-arg BASE_IMAGE=ghcr.io/flywheel/flywheel-components:0.1.0" in lines[2]
+    components = f"ghcr.io/flywheel/flywheel-components:{tag}"
+    # The component image knows its own immutable reference (what a retrain compiles against) ...
+    assert f"--build-arg COMPONENT_IMAGE={components} " in lines[0]
+    assert "--build-arg BASE_IMAGE=localhost/flywheel-base:bookworm " in lines[0]
+    # ... and the monitor builds FROM the component image of the same tag, so it comes after it.
+    assert f"--build-arg COMPONENTS_IMAGE={components} " in lines[2]
+    assert "support.Dockerfile" in run_script("--support")[3]
 
 
-def test_images_script_honours_registry_and_tag():
-    lines = run_script(IMAGE_REGISTRY="registry.example.com/ml", IMAGE_TAG="2.0.1")
+def test_images_script_honours_registry_tag_and_base():
+    lines = run_script(IMAGE_REGISTRY="registry.example.com/ml", IMAGE_TAG="2.0.1", BASE_IMAGE="python:3.11-slim-bookworm")
     assert all("registry.example.com/ml/flywheel-" in line and ":2.0.1" in line for line in lines)
     assert "ghcr.io" not in "\n".join(lines)
+    assert "--build-arg BASE_IMAGE=python:3.11-slim-bookworm " in lines[0]
 
 
-def test_component_image_default_matches_the_kfp_components():
-    """KFP component wrappers name the image the script builds (components/kfp_components.py)."""
-    source = (REPO / "components" / "kfp_components.py").read_text()
-    declared = re.search(r'COMPONENT_IMAGE = "([^"]+)"', source).group(1)
-    assert f"-t {declared} " in run_script()[0]
+def _stage(text: str, name: str) -> str:
+    return text.split(f" AS {name}\n", 1)[1].split("\nFROM ", 1)[0]
 
 
 @pytest.mark.parametrize("dockerfile", ["components/Dockerfile", "services/serving/Dockerfile"])
-def test_python_images_are_multi_stage_from_the_lock_file(dockerfile):
+def test_python_images_are_multi_stage_from_the_lock_file_on_the_base_argument(dockerfile):
     text = (REPO / dockerfile).read_text()
     froms = re.findall(r"^FROM (\S+) AS (\w+)", text, flags=re.MULTILINE)
-    assert [alias for _, alias in froms] == ["builder", "runtime"]
-    assert all(image.startswith("python:3.11-slim") for image, _ in froms)
+    assert froms == [("${BASE_IMAGE}", "builder"), ("${BASE_IMAGE}", "runtime")]
+    assert re.search(r"^ARG BASE_IMAGE=\S+", text, flags=re.MULTILINE)
     assert "COPY pyproject.toml uv.lock ./" in text
     assert text.count("uv sync --frozen --no-dev") == 2
     assert "COPY --from=builder /opt/venv /opt/venv" in text
-    assert re.search(r"ghcr.io/astral-sh/uv:\d+\.\d+\.\d+ ", text), "uv image must be pinned"
+    # uv from the package registry, pinned to the version the Makefile uses; no registry image.
+    uv = re.search(r"^UV_VERSION := (\S+)", (REPO / "Makefile").read_text(), flags=re.MULTILINE).group(1)
+    assert f"ARG UV_VERSION={uv}" in text and "COPY --from=ghcr.io" not in text
+
+
+def test_the_builder_stage_is_shared_text_so_its_layers_are_shared():
+    components = _stage((REPO / "components/Dockerfile").read_text(), "builder")
+    assert _stage((REPO / "services/serving/Dockerfile").read_text(), "builder") == components
+    support = _stage((REPO / "tests/containers/support.Dockerfile").read_text(), "builder")
+    deps = components.split("COPY . ./")[0]
+    assert support.startswith(deps.rsplit("\n# The rest", 1)[0])
 
 
 @pytest.mark.parametrize("dockerfile", list(DOCKERFILES))
@@ -72,7 +90,7 @@ def test_images_run_as_numeric_non_root_without_credentials(dockerfile):
 
 def test_serving_image_serves_on_3000_with_a_healthcheck():
     text = (REPO / "services/serving/Dockerfile").read_text()
-    assert 'ENTRYPOINT ["flywheel", "serve"]' in text and 'CMD ["--port", "3000"]' in text
+    assert 'ENTRYPOINT ["flywheel", "serve"]' in text and 'CMD ["--host", "0.0.0.0", "--port", "3000"]' in text
     assert "EXPOSE 3000" in text
     assert re.search(r"HEALTHCHECK .*\n.*http://127\.0\.0\.1:3000/healthz", text)
 
@@ -89,12 +107,7 @@ def test_dockerignore_keeps_the_context_to_what_is_installed():
     assert not any(line.startswith("!") and (".venv" in line or "tests" in line or ".git" in line) for line in lines)
 
 
-def test_make_images_names_each_dockerfile():
-    makefile = REPO / "Makefile"
-    if not makefile.is_file() or not re.search(r"^images:", makefile.read_text(), flags=re.MULTILINE):
-        pytest.skip("Makefile has no `images` target yet; add: images:  ## Print the docker build commands (pipe to sh)\n\t@sh k8s/images.sh")
-    if not shutil.which("make"):
-        pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-s", "images"], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    for dockerfile in DOCKERFILES:
-        assert f"-f {dockerfile} " in out
+def test_make_images_builds_with_the_script():
+    makefile = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^images:.*\n((?:\t.*\n)+)", makefile, flags=re.MULTILINE).group(1)
+    assert "k8s/images.sh" in recipe

@@ -19,6 +19,21 @@ from k8s_support import (
 
 ALL_BUILDS = [*KUSTOMIZATIONS, *HELM_VALUE_SETS]
 
+
+def serve_binding(args: list[str]) -> tuple[str, int]:
+    """(host, port) the real `flywheel serve` CLI binds when given the container's args."""
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    with mock.patch("services.serving.launch.serve", return_value=0) as serve:
+        result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 0, result.output
+    _settings, port, _version, host = serve.call_args.args
+    return host, port
+
 # Pod-creating workloads each build must contain (so a dropped workload fails, not passes).
 EXPECTED_WORKLOADS = {
     "kustomize-base": {"Deployment/flywheel-serving", "CronJob/flywheel-monitor"},
@@ -119,7 +134,9 @@ def test_serving_matches_the_code_contract(builds, build):
     (c,) = pod["containers"]
     assert c["name"] == "serving"  # the deploy step patches this container by name
     assert c["image"].split("/")[-1].startswith("flywheel-serving:")
-    assert c["args"] == ["--port", "3000"]
+    # All interfaces: a server on 127.0.0.1 never passes a probe on the pod IP (defect 1).
+    assert c["args"] == ["--host", "0.0.0.0", "--port", "3000"]
+    assert serve_binding(c["args"]) == ("0.0.0.0", 3000)
     assert {"name": "http", "containerPort": 3000, "protocol": "TCP"} in c["ports"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -11,6 +11,10 @@ request so a test can assert exactly what a client sent. Reusable by any test:
 
 ``kfp_api.down()`` closes the listening socket (connection refused, as when the API is
 down); ``kfp_api.fail[(method, path)] = status`` makes one endpoint answer with an error.
+
+Its healthz answers what the backend's HTTP proxy writes (backend/src/apiserver/main.go):
+``{"commit_sha": …, "tag_name": …, "multi_user": …, "pipeline_store": "database"}``, where
+``tag_name`` is the release the API server image was built as (``unknown`` for a dev build).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ class Call:
 class FakeKFP:
     """The fake API server (a ThreadingHTTPServer on 127.0.0.1, random port)."""
 
-    def __init__(self, multi_user: bool = False) -> None:
+    def __init__(self, multi_user: bool = False, tag_name: str = "2.17.0") -> None:
         self.multi_user = multi_user
+        self.tag_name = tag_name
         self.requests: list[Call] = []
         self.experiments: dict[str, dict] = {}
         self.pipelines: dict[str, dict] = {}
@@ -87,7 +92,8 @@ class FakeKFP:
             return 404, {"error": "not found"}
         p = p[len(PREFIX):]
         if m == "GET" and p == "/healthz":
-            return 200, {"multi_user": self.multi_user}
+            return 200, {"commit_sha": "0" * 40 if self.tag_name != "unknown" else "unknown", "tag_name": self.tag_name,
+                         "multi_user": self.multi_user, "pipeline_store": "database"}
         if p == "/experiments" and m == "GET":
             return 200, _listing("experiments", self.experiments.values(), q)
         if p == "/experiments" and m == "POST":
@@ -101,7 +107,8 @@ class FakeKFP:
             name = q.get("name") or q.get("display_name")
             if any(x["display_name"] == name for x in self.pipelines.values()):
                 return 409, {"error": f"pipeline {name} already exists", "code": 6}
-            pipe = {"pipeline_id": _id(), "display_name": name, "description": q.get("description")}
+            pipe = {"pipeline_id": _id(), "display_name": name, "description": q.get("description"),
+                    "namespace": q.get("namespace")}
             self.pipelines[pipe["pipeline_id"]] = pipe
             self._add_version(pipe["pipeline_id"], name, call.files.get("uploadfile", b""))
             return 200, pipe

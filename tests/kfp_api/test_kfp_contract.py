@@ -25,6 +25,7 @@ PACKAGE = b"# PIPELINE DEFINITION\npipelineInfo:\n  name: flywheel-training\n"
 REQUEST = RetrainRequest("test", "20260310T110000Z", "v1", {"start": "2026-03-10T11:00:00+00:00",
                          "end": "2026-03-10T12:00:00+00:00", "key": "w"}, "drift", "test-retrain-20260310t110000z")
 SPEC = DatasetSpec(source="datasets/test/data.parquet", target="y", name="test")
+ROOT = "s3://bucket/store/pipeline_root"
 
 
 @pytest.fixture
@@ -159,8 +160,8 @@ def test_recurring_run_is_created_once(kfp_api: FakeKFP, kfp_settings: Settings,
     client = kfp_client.connect(kfp_settings, token_path=None)
     exp = kfp_client.ensure_experiment(client, "flywheel")
     ref = kfp_client.ensure_pipeline_version(client, package, "flywheel-training")
-    first = kfp_client.create_recurring_run(client, exp, ref, "nightly", "0 0 2 * * *", {"model": "test"})
-    second = kfp_client.create_recurring_run(client, exp, ref, "nightly", "0 0 2 * * *", {"model": "test"})
+    first = kfp_client.create_recurring_run(client, exp, ref, "nightly", "0 0 2 * * *", {"model": "test"}, ROOT)
+    second = kfp_client.create_recurring_run(client, exp, ref, "nightly", "0 0 2 * * *", {"model": "test"}, ROOT)
     assert first == second and len(kfp_api.calls("POST", "/apis/v2beta1/recurringruns")) == 1
     body = kfp_api.calls("POST", "/apis/v2beta1/recurringruns")[0].json
     assert body["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *" and body["max_concurrency"] == "1" or body["max_concurrency"] == 1

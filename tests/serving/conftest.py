@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from components.registry import Registry
@@ -47,7 +49,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Server:
+    def start(self, ready: bool = True) -> Server:
+        """Start and wait until /readyz answers 200 (only /healthz when ``ready`` is False)."""
         self.port = free_port()
         cmd, env = launch.serve_command(self.settings, self.port, self.version)
         env.update(self.extra_env)
@@ -60,7 +63,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/{'readyz' if ready else 'healthz'}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -80,9 +83,33 @@ class Server:
         finally:
             self.stop()
 
+    def tree(self) -> list[psutil.Process]:
+        """The arbiter and its workers (circus starts each worker in a session of its own)."""
+        try:
+            arbiter = psutil.Process(self.proc.pid) if self.proc is not None else None
+            return [arbiter, *arbiter.children(recursive=True)] if arbiter else []
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL the arbiter and every worker at once, as the kubelet does when the grace period ends."""
+        for p in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
     def stop(self) -> None:
         if self.proc is None:
             return
+        tree = self.tree()
+        self._stop()
+        for p in tree:  # no worker outlives its server
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+
+    def _stop(self) -> None:
+        assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -42,10 +42,28 @@ def diabetes_frame() -> pd.DataFrame:
     return load_diabetes(as_frame=True).frame
 
 
+def shop_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Orders with an id, a timestamp, a boolean, a category, a sparse numeric and whether they came back."""
+    rng = np.random.default_rng(seed)
+    basket = rng.gamma(3.0, 20.0, n).round(2)
+    member = rng.uniform(size=n) < 0.4
+    channel = rng.choice(["web", "app", "store"], n)
+    coupon = np.where(rng.uniform(size=n) < 0.7, np.nan, rng.uniform(0, 30, n).round(1))
+    logit = -1.0 + 0.02 * (basket - 60) - 1.2 * member + (channel == "app") * 0.8
+    returned = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-logit)), "returned", "kept")
+    return pd.DataFrame({
+        "order_id": [f"ORD-{seed:02d}-{i:07d}" for i in range(n)],
+        "ordered_at": pd.Timestamp("2026-01-01") + pd.to_timedelta(np.arange(n) * 37, unit="min"),
+        "basket": basket, "items": rng.integers(1, 9, n), "member": member, "channel": channel,
+        "coupon": coupon, "returned": returned,
+    })
+
+
 def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate: dict[str, Any],
-                promote: bool = True, seed: int = 0, onnx: bool = True) -> str:
-    """Fit, export and write one version (manifest last); promote it if asked."""
-    spec = DatasetSpec(source="memory", target=target)
+                promote: bool = True, seed: int = 0, onnx: bool = True, spec: DatasetSpec | None = None,
+                manifest: dict[str, Any] | None = None) -> str:
+    """Fit, export and write one version (manifest last, with ``manifest``'s extra fields); promote it if asked."""
+    spec = spec or DatasetSpec(source="memory", target=target)
     schema = infer_schema(frame, spec)
     train, holdout = split(frame, schema, 0.25, seed)
     model = make_model(schema, candidate, seed)
@@ -66,7 +84,7 @@ def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate:
             files["model.onnx"] = onnx_bytes
         files["onnx.json"] = json.dumps(report, default=str).encode()
     version = registry.claim_version()
-    registry.write_version(version, files, {"candidate": candidate})
+    registry.write_version(version, files, {"candidate": candidate, **(manifest or {})})
     if promote:
         registry.promote(version, "test")
     return version

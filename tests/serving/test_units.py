@@ -1,29 +1,26 @@
-"""The pure parts without HTTP: validator, prediction log, model holder, ONNX export."""
+"""The pure parts without HTTP: validator, model holder, ONNX export (the log: test_prediction_log.py)."""
 
 from __future__ import annotations
 
 import json
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import TIME, DatasetSpec, infer_schema
+from components.data import DatasetSpec, infer_schema
 from components.onnx_export import export_onnx
-from components.predict import InvalidInput, RecordValidator
 from components.registry import Registry
 from components.store import LocalStore
+from components.validation import InvalidInput, Validator
 from services.serving.model import ModelHolder, load_version
-from services.serving.prediction_log import RecordLog
 from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
 
 
 @pytest.fixture(scope="module")
-def validator() -> RecordValidator:
-    return RecordValidator(infer_schema(wine_frame(), DatasetSpec("memory", "target")), max_records=10)
+def validator() -> Validator:
+    return Validator(infer_schema(wine_frame(), DatasetSpec("memory", "target")), max_records=10)
 
 
 GOOD = {"alcohol": 13.0, "malic_acid": 2, "ash": 2.4, "alcalinity_of_ash": 15.0, "magnesium": None,
@@ -32,105 +29,72 @@ GOOD = {"alcohol": 13.0, "malic_acid": 2, "ash": 2.4, "alcalinity_of_ash": 15.0,
         "harvest": "2021-03-04T10:00:00+02:00"}
 
 
-def test_validator_builds_the_model_frame(validator: RecordValidator) -> None:
-    rows = validator.validate([GOOD, {**GOOD, "region": "atlantis", "proline": 99999.0}])
+def test_validator_builds_the_model_frame(validator: Validator) -> None:
+    rows = validator.validate_records([GOOD, {**GOOD, "region": "atlantis", "proline": 99999.0}])
     f = rows.frame
     assert f["malic_acid"].dtype == np.float64 and np.isnan(f.loc[0, "magnesium"])
     assert f["region"].tolist() == ["north", "atlantis"]
     assert f.loc[0, "harvest"] == pd.Timestamp("2021-03-04 08:00:00"), "ISO with offset becomes naive UTC"
     assert rows.unknown_categories == {"region": 1} and rows.out_of_range == {"proline": 1}
+    assert rows.nulls == {"magnesium": 2} and rows.problems == []
 
 
 @pytest.mark.parametrize("record,field,words", [
     ({**GOOD, "alcohol": "13"}, "alcohol", "must be a number"),
     ({**GOOD, "alcohol": float("inf")}, "alcohol", "finite"),
-    ({**GOOD, "alcohol": float("nan")}, "alcohol", "must not be NaN"),
-    ({**GOOD, "ash": None}, "ash", "must not be null"),
+    ({**GOOD, "hue": True}, "hue", "must be a number, got a boolean"),
     ({k: v for k, v in GOOD.items() if k != "hue"}, "hue", "required"),
-    ({**GOOD, "extra": 1}, "extra", "not a feature"),
     ({**GOOD, "harvest": "soon"}, "harvest", "ISO 8601"),
     ({**GOOD, "region": ["north"]}, "region", "must be a string"),
+    ({**GOOD, "region": 1.5}, "region", "must be a string"),
 ])
-def test_validator_names_record_field_and_problem(validator: RecordValidator, record, field, words) -> None:
-    with pytest.raises(InvalidInput) as info:
-        validator.validate([GOOD, record])
-    [p] = info.value.problems
+def test_a_bad_record_is_refused_by_itself(validator: Validator, record, field, words) -> None:
+    checked = validator.check_records([GOOD, record, GOOD])
+    [p] = checked.problems
     assert (p.record, p.field) == (1, field) and words in p.problem, p
-    assert f"record 1, field {field!r}" in str(info.value)
+    assert checked.frame.index.tolist() == [0, 2] and checked.rejected == 1
+    with pytest.raises(InvalidInput) as info:
+        validator.validate_records([record])
+    assert f"record 0, field {field!r}" in str(info.value)
 
 
-def test_validator_limits_and_batch_mode(validator: RecordValidator) -> None:
+def test_nulls_and_unused_fields_are_counted_not_refused(validator: Validator) -> None:
+    checked = validator.check_records([{**GOOD, "ash": None, "alcohol": float("nan"), "customer": "c1"},
+                                       {**GOOD, "customer": "c2", "note": "x"}])
+    assert checked.problems == [] and len(checked) == 2
+    assert checked.nulls == {"ash": 1, "alcohol": 1, "magnesium": 2}
+    assert checked.ignored == {"customer": 2, "note": 1}
+    strict = Validator(validator.schema, strict_fields=True).check_records([{**GOOD, "note": "x"}, GOOD])
+    assert [(p.record, p.field) for p in strict.problems] == [(0, "note")] and len(strict) == 1
+
+
+def test_every_problem_of_a_request_is_named(validator: Validator) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validator.validate_records([{**GOOD, "alcohol": "x", "region": 2.5}, 7])
+    text = str(info.value)
+    assert "record 0, field 'alcohol'" in text and "record 0, field 'region'" in text and "record 1" in text
+
+
+def test_validator_limits_and_batch_mode(validator: Validator) -> None:
     with pytest.raises(InvalidInput, match="more than the limit of 10"):
-        validator.validate([GOOD] * 11)
-    rows, problems = validator.check([GOOD, {**GOOD, "hue": "x"}, GOOD, {**GOOD, "ash": None}])
+        validator.check_records([GOOD] * 11)
+    with pytest.raises(InvalidInput, match="must be a list"):
+        validator.check_records({"a": 1})
+    rows = validator.check_records([GOOD, {**GOOD, "hue": "x"}, GOOD, {**GOOD, "ash": float("inf")}])
     assert rows.frame.index.tolist() == [0, 2]
-    assert [(p.record, p.field) for p in problems] == [(1, "hue"), (3, "ash")]
+    assert [(p.record, p.field) for p in rows.problems] == [(1, "hue"), (3, "ash")]
 
 
-class FlakyStore(LocalStore):
-    """A real local store whose writes fail while ``down`` is set."""
-
-    down = False
-
-    def write(self, key: str, data: bytes) -> None:
-        if self.down:
-            raise OSError("store is down")
-        super().write(key, data)
-
-
-def _records(n: int, start: int = 0) -> pd.DataFrame:
-    return pd.DataFrame({"_request_id": [f"r{i}" for i in range(start, start + n)],
-                         TIME: pd.Timestamp.now(tz="UTC"), "x": np.arange(n, dtype=float)})
-
-
-def _logged(store: LocalStore) -> list[str]:
-    keys = store.list("predictions/m/")
-    return sorted(pd.concat([pd.read_parquet(store.url(k)) for k in keys])["_request_id"]) if keys else []
-
-
-def test_log_flushes_by_size_and_by_time(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "store")
-    log = RecordLog(store, "m", "predictions", tmp_path / "spill", flush_rows=100, flush_seconds=0.5)
-    log.start()
-    log.append(_records(150))  # over the size: flushed at once
-    time.sleep(0.2)
-    assert len(_logged(store)) == 150
-    log.append(_records(10, 150))  # under the size: flushed by time
-    time.sleep(0.2)
-    assert len(_logged(store)) == 150
-    time.sleep(0.6)
-    assert len(_logged(store)) == 160
-    log.close()
-    assert all("/date=" in k for k in store.list("predictions/m/"))
-
-
-def test_log_spills_when_the_store_fails_and_resends_once(tmp_path: Path) -> None:
-    store = FlakyStore(tmp_path / "store")
-    outcomes: list[tuple[str, int]] = []
-    log = RecordLog(store, "m", "predictions", tmp_path / "spill", flush_rows=1000, flush_seconds=60,
-                    retries=2, retry_wait=0.01, on_outcome=lambda o, n: outcomes.append((o, n)))
-    store.down = True
-    log.append(_records(30))
-    log.flush()
-    assert _logged(store) == [] and len(log.spilled_files()) == 1
-    assert log.resend_spilled() == 0, "still down: the file stays spilled"
-    store.down = False
-    assert log.resend_spilled() == 30
-    assert log.resend_spilled() == 0 and log.spilled_files() == []
-    assert _logged(store) == sorted(f"r{i}" for i in range(30))
-    assert outcomes == [("spilled", 30), ("logged", 30)]
-    spilled_key = store.list("predictions/m/")[0]
-    assert spilled_key.startswith("predictions/m/date=")
-
-
-def test_close_flushes_everything(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "store")
-    log = RecordLog(store, "m", "predictions", tmp_path / "spill", flush_rows=10**6, flush_seconds=3600)
-    log.start()
-    for i in range(5):
-        log.append(_records(7, i * 7))
-    log.close()
-    assert len(_logged(store)) == 35
+def test_boolean_kind_accepts_true_false_01_and_strings() -> None:
+    frame = pd.DataFrame({"flag": [True, False] * 30, "x": np.arange(60.0), "y": [0, 1] * 30})
+    schema = infer_schema(frame, DatasetSpec("memory", "y"))
+    assert schema.column("flag").kind == "boolean"
+    checked = Validator(schema).check_records([{"flag": v, "x": 1.0} for v in
+                                               (True, False, 1, 0, "true", "FALSE", None, "maybe", 2)])
+    assert checked.frame["flag"].tolist()[:6] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert np.isnan(checked.frame["flag"].tolist()[6])
+    assert [(p.record, p.field) for p in checked.problems] == [(7, "flag"), (8, "flag")]
+    assert "must be true or false" in checked.problems[0].problem
 
 
 @pytest.fixture(scope="module")
@@ -191,14 +155,12 @@ def test_onnx_export_reports_unsupported_steps() -> None:
     assert "FunctionTransformer" in report["reason"]
 
 
-def test_fast_path_matches_the_exact_path_and_falls_back_on_errors(validator: RecordValidator) -> None:
-    big = RecordValidator(validator.schema, max_records=1000)
+def test_json_and_frame_inputs_give_the_same_answer(validator: Validator) -> None:
+    big = Validator(validator.schema, max_records=1000)
     records = [{**GOOD, "alcohol": 11.0 + i / 100, "magnesium": None if i % 3 else 100} for i in range(200)]
-    fast = big.validate(records)
-    exact, problems = big.check(records)
-    assert problems == []
-    pd.testing.assert_frame_equal(fast.frame.reset_index(drop=True), exact.frame.reset_index(drop=True))
-    bad = [dict(r) for r in records]
-    bad[150]["ash"] = None
-    with pytest.raises(InvalidInput, match="record 150, field 'ash'"):
-        big.validate(bad)
+    records[150] = {**records[150], "ash": "x"}
+    from_json = big.check_records(records)
+    from_frame = big.check_frame(pd.DataFrame(records))
+    pd.testing.assert_frame_equal(from_json.frame, from_frame.frame)
+    assert from_json.problems == from_frame.problems == [from_json.problems[0]]
+    assert (from_json.problems[0].record, from_json.problems[0].field) == (150, "ash")

@@ -74,3 +74,14 @@ imagePullSecrets:
 checkov.io/skip1: CKV_K8S_43=images are pinned by release tag; set <workload>.image.digest to pin by digest
 checkov.io/skip2: CKV_K8S_35=the storage credentials reach the settings object as the standard AWS_* variables, which is the contract
 {{- end }}
+
+{{/* The pipeline step pods' ServiceAccount in config.kfp.namespace: the deploy step's identity. */}}
+{{- define "flywheel.stepServiceAccount" -}}
+{{- if .Values.rbac.deployer.serviceAccount -}}
+{{- .Values.rbac.deployer.serviceAccount -}}
+{{- else if eq .Values.config.kfp.mode "multi-user" -}}
+default-editor
+{{- else -}}
+pipeline-runner
+{{- end -}}
+{{- end }}

@@ -1,0 +1,66 @@
+"""The serving fault suite: each fault injected into the real server, store and signals; what was kept.
+
+The faults themselves live in tests/faults/harness.py, shared with `make bench`'s faults table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults import harness
+
+pytestmark = pytest.mark.slow
+
+
+def _kept_everything(r: harness.FaultResult) -> None:
+    assert r.served and r.served > 0, r
+    assert r.duplicates == 0, f"{r.duplicates} records stored twice: {r}"
+    assert r.lost == 0, f"{r.lost} served records are not in the store: {r}"
+    assert r.stored == r.served, r
+
+
+def test_s3_down_for_30_seconds_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> None:
+    r = harness.store_outage(tmp_path)
+    _kept_everything(r)
+    assert r.details["served_during_outage"] > 0, "requests are served while the store is down"
+    assert r.details["failed_requests"] == 0, r.details["statuses"]
+    assert r.details["resent"] > 0 and r.details["spill_drained"], r.details
+    assert r.ok, r
+
+
+def test_sigterm_during_traffic_loses_no_record(tmp_path: Path) -> None:
+    r = harness.sigterm(tmp_path)
+    assert r.details["stored_before_signal"] == 0, "only the shutdown flush may write these records"
+    assert r.details["exit_code"] == 0
+    _kept_everything(r)
+    assert r.ok, r
+
+
+def test_sigkill_loses_at_most_the_buffer_and_the_restart_resends_the_spill(tmp_path: Path) -> None:
+    r = harness.sigkill(tmp_path)
+    assert r.duplicates == 0, r
+    assert r.lost is not None and r.lost <= r.allowed_loss, f"lost {r.lost} > bound {r.allowed_loss}: {r}"
+    assert r.details["spilled_at_kill"] > 0
+    assert r.details["resent_on_restart"] >= r.details["spilled_at_kill"], r.details
+    assert r.details["spill_drained"], "the restarted server empties the spill directory"
+    assert r.ok, r
+
+
+def test_a_full_spill_directory_is_an_error_a_metric_and_the_service_stays_up(tmp_path: Path) -> None:
+    r = harness.spill_full(tmp_path)
+    assert "spill directory" in r.details["error_line"] and "cannot take predictions records" in r.details["error_line"]
+    assert r.details["spill_errors"] > 0
+    assert r.details["readyz"] == 200 and r.details["failed_requests"] == 0
+    _kept_everything(r)  # what the disk refused waited in memory until the store was back
+    assert r.ok, r
+
+
+def test_a_record_that_cannot_be_serialised_is_quarantined_alone(tmp_path: Path) -> None:
+    r = harness.unserialisable(tmp_path)
+    assert r.details["odd_id"] is not None, r
+    assert r.details["quarantined_ids"] == [r.details["odd_id"]]
+    assert r.details["quarantined_metric"] == 1
+    _kept_everything(r)
+    assert r.ok, r

@@ -1,0 +1,273 @@
+"""The prediction log without HTTP: spooling, spilling, claims, quarantine, a full spill directory, close."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.data import TIME
+from components.store import LocalStore
+from services.serving.prediction_log import QUARANTINE, RecordLog
+
+ID = "_request_id"
+
+
+class FlakyStore(LocalStore):
+    """A real local store whose writes fail while ``down`` is set (or hang for ``hang`` seconds)."""
+
+    down = False
+    hang = 0.0
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes: Counter[str] = Counter()
+
+    def write(self, key: str, data: bytes) -> None:
+        if self.hang:
+            time.sleep(self.hang)
+        if self.down:
+            raise OSError("store is down")
+        self.writes[key] += 1
+        super().write(key, data)
+
+
+class Outcomes:
+    """Hooks that remember what they were told."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.spill_errors = 0
+        self.lags: list[float] = []
+
+    def outcome(self, outcome: str, records: int) -> None:
+        self.counts[outcome] += records
+
+    def spill_error(self) -> None:
+        self.spill_errors += 1
+
+    def lag(self, seconds: float) -> None:
+        self.lags.append(seconds)
+
+
+def _records(n: int, start: int = 0, **extra: object) -> pd.DataFrame:
+    return pd.DataFrame({ID: [f"r{i}" for i in range(start, start + n)], TIME: pd.Timestamp.now(tz="UTC"),
+                         "x": np.arange(n, dtype=float), **extra})
+
+
+def _logged(store: LocalStore) -> list[str]:
+    keys = [k for k in store.list("predictions/m/") if k.endswith(".parquet")]
+    return sorted(pd.concat([pd.read_parquet(store.url(k)) for k in keys])[ID]) if keys else []
+
+
+def _until(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _ids(*ranges: range) -> list[str]:
+    return sorted(f"r{i}" for r in ranges for i in r)
+
+
+def _log(store: LocalStore, spill: Path, **kw: object) -> RecordLog:
+    kw = {"flush_rows": 10**6, "flush_seconds": 3600, **kw}
+    return RecordLog(store, "m", "predictions", spill, **kw)  # type: ignore[arg-type]
+
+
+def test_log_flushes_by_size_and_by_time(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    log = _log(store, tmp_path / "spill", flush_rows=100, flush_seconds=3.0)
+    log.start()
+    start = time.monotonic()
+    log.append(_records(150))  # over the size: spooled and sent at once
+    assert _until(lambda: len(_logged(store)) == 150, 2.0)
+    log.append(_records(10, 150))  # under the size: by time, flush_seconds after the last spool
+    time.sleep(0.2)
+    if time.monotonic() - start < 2.5:
+        assert len(_logged(store)) == 150
+    assert _until(lambda: len(_logged(store)) == 160, 8.0)
+    log.close()
+    assert all("/date=" in k for k in store.list("predictions/m/"))
+    assert not list((tmp_path / "spill").rglob("*.parquet")), "sent parts leave the spill directory"
+
+
+def test_log_spills_when_the_store_fails_and_resends_once(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "store")
+    hooks = Outcomes()
+    log = _log(store, tmp_path / "spill", hooks=hooks)
+    store.down = True
+    log.append(_records(30))
+    assert log.flush() == 0
+    assert _logged(store) == [] and len(log.spilled_files()) == 1
+    assert log.lag_seconds() > 0
+    assert log.send() == 0, "still down: the part stays spilled"
+    store.down = False
+    assert log.send() == 30
+    assert log.send() == 0 and log.spilled_files() == []
+    assert _logged(store) == _ids(range(30))
+    assert hooks.counts == {"buffered": 30, "spilled": 30, "resent": 30}
+    assert set(store.writes.values()) == {1}
+    assert log.lag_seconds() == 0
+
+
+def test_close_flushes_everything(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    hooks = Outcomes()
+    log = _log(store, tmp_path / "spill", hooks=hooks)
+    log.start()
+    for i in range(5):
+        log.append(_records(7, i * 7))
+    log.close()
+    assert _logged(store) == _ids(range(35))
+    assert hooks.counts == {"buffered": 35, "flushed": 35}
+
+
+def test_a_record_that_cannot_be_serialised_is_quarantined_alone(tmp_path: Path) -> None:
+    """Before: the whole buffer went to one to_parquet call, and one odd value dropped every record in it."""
+    store = LocalStore(tmp_path / "store")
+    hooks = Outcomes()
+    log = _log(store, tmp_path / "spill", hooks=hooks)
+    log.append(_records(20))
+    odd = np.array([1.5, 2.5, 2**70, 3.5, 4.5], dtype=object)  # an int no Parquet column can hold
+    log.append(_records(5, 20, _prediction=odd))
+    log.append(_records(20, 25))
+    log.flush()
+    assert _logged(store) == sorted(set(_ids(range(45))) - {"r22"})
+    (qkey,) = store.list(f"{QUARANTINE}/predictions/m/")
+    assert qkey.endswith(".jsonl") and "/date=" in qkey
+    (line,) = store.read(qkey).decode().splitlines()
+    kept = json.loads(line)
+    assert kept["record"][ID] == "r22" and kept["record"]["_prediction"] == 2**70
+    assert "int" in kept["error"].lower()
+    assert hooks.counts["quarantined"] == 1 and hooks.counts["flushed"] == 44
+
+
+def test_records_of_another_type_after_a_model_swap_are_all_kept(tmp_path: Path) -> None:
+    """Before: int and str labels in one buffer made one object column that Parquet refused: all lost."""
+    store = LocalStore(tmp_path / "store")
+    log = _log(store, tmp_path / "spill")
+    log.append(_records(10, _prediction=np.arange(10)))
+    log.append(_records(10, 10, _prediction=[f"class_{i}" for i in range(10)]))
+    log.flush()
+    assert _logged(store) == _ids(range(20))
+    assert len(store.list("predictions/m/")) == 2, "one part per schema"
+
+
+def test_records_of_two_days_go_to_their_own_partitions(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    log = _log(store, tmp_path / "spill")
+    frame = _records(4)
+    frame[TIME] = pd.to_datetime(["2026-01-01T23:59:59Z", "2026-01-01T12:00:00Z", "2026-01-02T00:00:01Z",
+                                  "2026-01-02T08:00:00Z"], utc=True)
+    log.append(frame)
+    log.flush()
+    days = sorted(k.split("/date=")[1][:10] for k in store.list("predictions/m/"))
+    assert days == ["2026-01-01", "2026-01-02"] and _logged(store) == _ids(range(4))
+
+
+def test_a_claim_holds_until_its_lease_ends_whatever_the_pid(tmp_path: Path) -> None:
+    """Before: a claim named after the PID looked alive in a restarted container that got the same PID."""
+    store = FlakyStore(tmp_path / "store")
+    spill = tmp_path / "spill"
+    first = _log(store, spill, lease_seconds=30)
+    store.down = True
+    first.append(_records(10))
+    first.flush()
+    (part,) = first.spilled_files()
+    # a worker claimed the part and died while sending it (its PID is ours: the restarted-container case)
+    live = part.with_name(f".{part.name}.claim-{os.getpid()}abc-{int(time.time()) + 30}")
+    os.rename(part, live)
+    store.down = False
+    restarted = _log(store, spill)
+    assert restarted.spilled_files() == [] and restarted.send() == 0, "a live lease is respected"
+    expired = live.with_name(f".{part.name}.claim-{os.getpid()}abc-{int(time.time()) - 1}")
+    os.rename(live, expired)
+    assert restarted.send() == 10, "an expired lease is taken over"
+    assert _logged(store) == _ids(range(10)) and not list(spill.rglob("*claim*"))
+
+
+def test_workers_sharing_a_spill_directory_send_each_part_once(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "store")
+    spill = tmp_path / "spill"
+    logs = [_log(store, spill) for _ in range(4)]
+    store.down = True
+    for i, log in enumerate(logs):
+        for j in range(5):
+            log.append(_records(10, (i * 5 + j) * 10))
+            log.spool()
+    store.down = False
+    threads = [threading.Thread(target=log.send) for log in logs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _logged(store) == _ids(range(200))
+    assert len(store.writes) == 20 and set(store.writes.values()) == {1}, "no part is sent twice"
+
+
+def test_a_full_spill_directory_is_an_error_and_a_metric_and_loses_nothing(tmp_path: Path, caplog) -> None:
+    store = FlakyStore(tmp_path / "store")
+    hooks = Outcomes()
+    log = _log(store, tmp_path / "spill", spill_max_bytes=6000, hooks=hooks)
+    store.down = True
+    with caplog.at_level(logging.ERROR, logger="flywheel.serving"):
+        for i in range(10):
+            log.append(_records(20, i * 20))
+            log.spool()
+    assert hooks.spill_errors > 0
+    assert any("cannot take predictions records" in r.getMessage() and "spill_max_mb" in r.getMessage()
+               for r in caplog.records)
+    assert log.pending > 0, "what neither disk nor store takes waits in memory"
+    store.down = False
+    log.flush()
+    assert log.pending == 0
+    assert _logged(store) == _ids(range(200))
+    assert hooks.counts["dropped"] == 0
+
+
+def test_memory_is_bounded_when_neither_disk_nor_store_takes_records(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "store")
+    hooks = Outcomes()
+    log = _log(store, tmp_path / "spill", spill_max_bytes=1, max_buffer_rows=50, hooks=hooks)
+    store.down = True
+    for i in range(10):
+        log.append(_records(10, i * 10))
+        log.spool()
+    assert log.pending <= 50
+    assert hooks.counts["dropped"] == 100 - log.pending
+    store.down = False
+    log.flush()
+    assert _logged(store) == _ids(range(100 - len(_logged(store)), 100)), "the newest records are kept"
+
+
+def test_close_is_bounded_and_leaves_the_rest_spilled_for_the_next_server(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "store")
+    spill = tmp_path / "spill"
+    log = _log(store, spill)
+    for i in range(5):
+        log.append(_records(10, i * 10))
+        log.spool()
+    log.append(_records(10, 50))
+    store.hang, store.down = 0.8, True  # every write hangs, then fails
+    start = time.monotonic()
+    log.close(seconds=1.0)
+    took = time.monotonic() - start
+    assert took < 1.0 + 0.8 + 0.5, f"close took {took:.1f}s"
+    assert _logged(store) == []
+    store.hang, store.down = 0.0, False
+    after = _log(store, spill)
+    after.start()
+    assert after.send() == 60
+    after.close()
+    assert _logged(store) == _ids(range(60))
