@@ -121,7 +121,7 @@ def first_model(work: Path) -> dict:
         return {"error": f"flywheel train failed: {(run.stderr or run.stdout).strip()[-300:]}"}
     return {"rows": FIRST_ROWS, "pipeline_seconds": round(t_pipeline, 1), "hand_seconds": round(t_hand, 1),
             "pipeline_over_hand": round(t_pipeline / t_hand, 2), "target": FIRST_MODEL_TARGET,
-            "hand_best": hand.stdout.strip(), "pipeline_result": run.stdout.strip().splitlines()[0]}
+            "hand_best": hand.stdout.strip(), "pipeline_result": next((line for line in run.stdout.splitlines() if "promoted" in line), "")}
 
 
 def main(out_json: str | None = None) -> dict:
