@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FLYWHEEL := $(VENV)/bin/flywheel
 export PATH := $(abspath $(TOOLS)/bin):$(abspath $(VENV)/bin):$(PATH)
 
-.PHONY: help env run test bench compile lint monitor monitor-ui images container-test apiserver bento clean
+.PHONY: help env test-tools run test bench compile lint monitor monitor-ui images container-test apiserver bento clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,6 +23,15 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 	@touch $@
 
 env: $(VENV)/.synced  ## Create .venv from uv.lock
+
+# promtool and the Pushgateway for tests/observability (Debian packages); installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-tools:  ## Install promtool (prometheus) and prometheus-pushgateway when missing (apt-get)
+	@if command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null; then \
+	  echo "promtool and prometheus-pushgateway are installed"; \
+	else \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway; \
+	fi
 
 run: env  ## The whole loop on the embedded default: train, serve, drift, retrain, rollout
 	$(FLYWHEEL) run
@@ -53,7 +62,9 @@ monitor-ui: env  ## Evidently UI over the monitoring workspace (http://localhost
 images:  ## Build the components, serving and monitor images (buildah; tag derived from uv.lock and the sources)
 	@bash k8s/images.sh
 
-container-test: env  ## The images run as real containers with the chart's pod specs (podman, own network namespace)
+container-test: env  ## The images run as real containers with the chart's pod specs (podman, own network namespace); the deploy step against a real kube-apiserver
+	@bash tests/apiserver/build.sh
+	@$(PY) -m pytest tests/apiserver -o addopts= -p no:randomly -p no:xdist -v
 	@PY=$(PY) bash tests/containers/run.sh
 
 apiserver:  ## Build once (cached under $K8S120, default /var/tmp/apiserver-1.20) the real kube-apiserver 1.20 of tests/apiserver

@@ -51,7 +51,7 @@ def _rows(name: str, r: dict) -> list[tuple[str, str, str, str]]:
     if name == "columnar":
         rows = []
         for shape, s in r.get("shapes", {}).items():
-            for fmt in ("arrow", "parquet", "json"):
+            for fmt in ("arrow", "parquet", "json", "arrow_log_off"):
                 f = s.get(fmt) or {}
                 value = f"error: {f['error'][:80]}" if "error" in f else \
                     f"{f.get('over_raw', float('nan')):.2f}  ({f.get('rows_per_s', 0):,.0f} vs raw {s.get('raw_rows_per_s', 0):,.0f} rows/s)"

@@ -9,7 +9,7 @@ log on, runtime "auto": ONNX where its check passed):
 For each, the same 100,000 records are posted as an Apache Arrow IPC stream, as Parquet
 and as JSON, one request at a time, and the served rows/s is set against the raw rows/s
 of the scikit-learn pipeline's ``model.predict`` on the same frame, in the same run.
-Target: Arrow at least 0.5 of raw. Run it with ``python -m benchmarks.columnar [out.json]``.
+Target: Arrow at least 0.5 of raw (Arrow is also measured with the prediction log off). Run it with ``python -m benchmarks.columnar [out.json]``.
 """
 
 from __future__ import annotations
@@ -113,17 +113,18 @@ def bodies(records: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
 class Server:
     """`bentoml serve` of the service for one model, in its own process group."""
 
-    def __init__(self, tmp: Path, store: Path, model: str) -> None:
+    def __init__(self, tmp: Path, store: Path, model: str, logging_on: bool = True) -> None:
         from components.settings import load_settings
         from services.serving import launch
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        settings = load_settings(store=str(store), model=model, spill_dir=str(tmp / f"spill-{model}"))
+        settings = load_settings(store=str(store), model=model, spill_dir=str(tmp / f"spill-{model}"),
+                                 prediction_log=logging_on)
         cmd, env = launch.serve_command(settings, port)
         env["BENTOML_HOME"] = str(tmp / "bentoml-home")
-        self.log = open(tmp / f"server-{model}.log", "ab")
+        self.log = open(tmp / f"server-{model}-{logging_on}.log", "ab")
         self.proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
@@ -212,6 +213,16 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
                 results["shapes"][name] = shape
             finally:
                 server.stop()
+            # the same Arrow requests with the prediction log off: what scoring itself costs
+            server = Server(tmp, store, name, logging_on=False)
+            try:
+                served = served_rows_per_s(server.url, *payloads["arrow"], REPEATS)
+                served["over_raw"] = served["rows_per_s"] / shape["raw_rows_per_s"]
+                shape["arrow_log_off"] = served
+            except RuntimeError as exc:
+                shape["arrow_log_off"] = {"error": str(exc)}
+            finally:
+                server.stop()
     results["meets_target"] = all(s.get("arrow", {}).get("over_raw", 0) >= TARGET for s in results["shapes"].values())
     if out_json_path:
         Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +235,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [f"/predict_many at {results['rows_per_request']:,} records per request (rows/s; ratio to raw model.predict)"]
     for name, s in results["shapes"].items():
         lines.append(f"  {name:<7} raw model.predict {s['raw_rows_per_s']:>12,.0f}   ({s.get('runtime', '')})")
-        for fmt in ("arrow", "parquet", "json"):
+        for fmt in ("arrow", "parquet", "json", "arrow_log_off"):
             f = s.get(fmt, {})
             if "error" in f:
                 lines.append(f"  {'':<7} {fmt:<17} error: {f['error'][:120]}")

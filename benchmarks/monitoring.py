@@ -43,6 +43,8 @@ REFERENCE_ROWS = 100_000
 FEATURES = [f"f{i:02d}" for i in range(20)]
 PART_ROWS = 1_000_000
 SAMPLE_SIZE = int(os.environ.get("BENCH_MONITOR_SAMPLE", "50000"))  # the settings' default
+# The machine is shared: each figure is the best of a few runs, the pass and its baseline alike.
+REPEATS = int(os.environ.get("BENCH_MONITOR_REPEATS", "2"))
 DAY = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
 NOW = DAY + dt.timedelta(days=1)  # with window_minutes=1440 the pass evaluates DAY
 
@@ -149,14 +151,20 @@ def main(out_json: str | None = None) -> dict:
         root = Path(tmp)
         for rows in SIZES:
             store_dir = build_store(root, rows)
-            p = measure_pass(store_dir, root / f"ws-{rows}")
-            ks = ks_baseline(store_dir)
+            runs, ks_runs = [], []
+            for _ in range(REPEATS):  # interleaved, so both see the same load
+                runs.append(measure_pass(store_dir, root / f"ws-{rows}"))
+                ks_runs.append(ks_baseline(store_dir))
+            ks = min(ks_runs)
+            p = min(runs, key=lambda r: r["decision_seconds"])
+            p["seconds"] = min(r["seconds"] for r in runs)
             row = {"rows": rows, "decision_seconds": round(p["decision_seconds"], 3),
                    "decision_over_ks": round(p["decision_seconds"] / ks, 3), "reports_seconds": p["reports_seconds"],
                    "pass_seconds": round(p["seconds"], 3), "pass_process_seconds": round(p["process_seconds"], 3),
                    "import_seconds": round(p["import_seconds"], 3), "sample_size": SAMPLE_SIZE,
                    "ks_full_window_seconds": round(ks, 3), "pass_over_ks": round(p["seconds"] / ks, 3),
-                   "peak_rss_gib": round(p["max_rss_bytes"] / 2**30, 3), "status": p["status"],
+                   "peak_rss_gib": round(max(r["max_rss_bytes"] for r in runs) / 2**30, 3), "status": p["status"],
+                   "repeats": REPEATS,
                    "rows_evaluated": p["rows"], "drift_share": p["drift_share"], "decision": p["decision"]}
             if rows <= 100_000 or (rows <= 1_000_000 and full):
                 row["evidently_plain_preset_seconds"] = round(evidently_plain(store_dir), 3)

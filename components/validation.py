@@ -248,8 +248,9 @@ class Validator:
                                    index=pd.RangeIndex(n) if every else index, columns=self.names)
         out.frame = model_input
         sent = [name for name in self.passthrough if name in frame.columns]
-        if sent:
-            out.passthrough = frame[sent].iloc[index].set_axis(index)
+        if sent:  # as text, so every log part has one type per column whatever the client sent
+            kept = frame[sent].iloc[index].set_axis(model_input.index)
+            out.passthrough = kept.astype(str).where(kept.notna(), None).astype(object)
         self._drift(out)
         problems.sort(key=lambda p: -1 if p.record is None else p.record)
         out.problems = problems
@@ -277,7 +278,8 @@ def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     expected = "must be a number"
     if is_bool_dtype(s.dtype):
         return np.full(len(s), np.nan), null, ~null, lambda v: f"{expected}, got {_kind(v)} {_shown(v)}"
-    if is_numeric_dtype(s.dtype) or s.dtype == object and infer_dtype(s, skipna=True) in ("integer", "floating", "mixed-integer-float", "empty"):
+    if is_numeric_dtype(s.dtype) or s.dtype == object and infer_dtype(s, skipna=True) in (
+            "integer", "floating", "mixed-integer-float", "decimal", "empty"):
         values = s.to_numpy(dtype="float64", na_value=np.nan)
     elif s.dtype == object:  # mixed JSON values: the rare slow path, one look per value
         ok = np.fromiter((v is None or (type(v) in _NUMBER_TYPES or isinstance(v, _NUMBER_TYPES))

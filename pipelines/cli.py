@@ -291,7 +291,8 @@ def monitor(
     if bool(data) != bool(target):
         raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
     spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else _trained_on(s)
-    summary = run_pass(s, open_store(s.store, s), make_trigger(s, spec, package, include_feedback))
+    trigger = make_trigger(s, spec, package, include_feedback, reuses_champion_data=not data)
+    summary = run_pass(s, open_store(s.store, s), trigger)
     console.print(table(summary), highlight=False)
     raise typer.Exit(summary.exit_code)
 
@@ -300,6 +301,7 @@ def monitor(
 def run(
     port: Annotated[Optional[int], typer.Option(help="Serving port (default: a free loopback port).")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Continue from the store instead of starting the demo model clean.")] = False,
+    force_reset: Annotated[bool, typer.Option("--force-reset", help="Allow the clean start to delete a model other than 'demo', or in a non-local store.")] = False,
     model: ModelOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -308,7 +310,8 @@ def run(
 
     s = _settings(model=model, store=store, cooldown_minutes=0, min_rows=500, serving_poll_seconds=1.0)
     check_store_writable(s)
-    result = run_loop(s, lambda line: console.print(line, highlight=False), port=port, fresh=not keep)
+    result = run_loop(s, lambda line: console.print(line, highlight=False), port=port, fresh=not keep,
+                      force_reset=force_reset)
     _print_loop(result)
     if result.failed_requests or result.logged != result.served:
         raise typer.Exit(1)

@@ -62,6 +62,8 @@ class Scan:
     rows: int = 0  # rows of the served version: the ones evaluated
     rows_by_version: dict[str, int] = field(default_factory=dict)
     files_read: int = 0
+    keys_read: list[str] = field(default_factory=list)
+    late_rows: int = 0  # rows before the window from files no earlier pass had read (late.py)
     files_skipped: list[dict[str, str]] = field(default_factory=list)
     labelled_rows: int = 0
     sample: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -274,8 +276,15 @@ def scan_window(
     feedback: pa.Table | None = None,
     seed: int = 0,
     batch_rows: int = BATCH_ROWS,
+    late: set[str] | None = None,
 ) -> Scan:
-    """One streaming pass over the window's prediction logs (see the module docstring)."""
+    """One streaming pass over the window's prediction logs (see the module docstring).
+
+    Files in ``late`` arrived after their rows' window was evaluated: they are read whole
+    (every row before the window's end), and their rows before the window count as late.
+    """
+    late = late or set()
+    everything_before = Window(None, window.end)
     features = [c.name for c in schema.features]
     kinds = {c.name: c.kind for c in schema.features}
     rng = np.random.default_rng(seed)
@@ -292,7 +301,7 @@ def scan_window(
     ids = feedback.column(REQUEST_ID) if with_feedback else None
     scan = Scan()
     needed = [TIME, MODEL_VERSION, *features, PREDICTION] + ([REQUEST_ID] if with_feedback else [])
-    for key in partition_keys(store, f"predictions/{model}", window):
+    for key in sorted(set(partition_keys(store, f"predictions/{model}", window)) | late):
         try:
             pf = _open(store, key)
             present = set(pf.schema_arrow.names)
@@ -304,9 +313,14 @@ def scan_window(
             # column on its first batch, so in practice a bad file contributes no rows.
             for batch in pf.iter_batches(batch_size=batch_rows, columns=[c for c in needed if c in present]):
                 tbl = pa.Table.from_batches([batch])
-                mask = _time_mask(tbl.column(TIME), window)
-                if not pc.all(mask).as_py():  # filtering copies every column: only when rows go
-                    tbl = tbl.filter(mask)
+                if key in late:
+                    tbl = tbl.filter(_time_mask(tbl.column(TIME), everything_before))
+                    in_window = pc.sum(pc.cast(_time_mask(tbl.column(TIME), window), pa.int64())).as_py() or 0
+                    scan.late_rows += tbl.num_rows - in_window
+                else:
+                    mask = _time_mask(tbl.column(TIME), window)
+                    if not pc.all(mask).as_py():  # filtering copies every column: only when rows go
+                        tbl = tbl.filter(mask)
                 if tbl.num_rows == 0:
                     continue
                 versions = pc.cast(tbl.column(MODEL_VERSION), pa.string())
@@ -326,6 +340,7 @@ def scan_window(
             log.warning("skipping %s: %s", key, exc)
             continue
         scan.files_read += 1
+        scan.keys_read.append(key)
         for v, n in counts.items():
             scan.rows_by_version[v] = scan.rows_by_version.get(v, 0) + n
             scan.rows_in_window += n

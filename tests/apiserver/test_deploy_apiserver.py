@@ -15,21 +15,23 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from components.deploy import ANNOTATION, DeployError, RolloutFailed, deploy
+from components.registry import Registry
+from components.settings import load_settings
+from components.store import LocalStore
+from tests.apiserver.cluster import (
     DEPLOYER,
     KFP_NAMESPACE,
+    MULTI_USER_NAMESPACE,
+    PROFILE,
     RELEASE_NAMESPACE,
     Applied,
     can_i,
     token_for,
     wait_for,
 )
-from control_plane import ControlPlane
-
-from components.deploy import ANNOTATION, DeployError, RolloutFailed, deploy
-from components.registry import Registry
-from components.settings import load_settings
-from components.store import LocalStore
+from tests.apiserver.control_plane import ControlPlane
 from tests.serving.models import LINEAR, add_version, diabetes_frame
 
 SERVING = "flywheel-serving"
@@ -84,6 +86,8 @@ def test_the_server_takes_every_chart_object_it_serves(cluster) -> None:
                                         ("policy/v1", "PodDisruptionBudget"), ("batch/v1", "CronJob")}
     assert {("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
             ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment")} <= applied.kinds("applied")
+    # the only field newer than 1.20 in what it took; the deploy step never touches it
+    assert set(applied.removed) <= {f"Deployment/{SERVING}: containers[serving].lifecycle.preStop.sleep"}
 
 
 def test_the_deployer_may_patch_only_the_serving_deployment(api) -> None:
@@ -189,23 +193,29 @@ def test_a_rollout_whose_pods_become_ready_completes(api, two_versions) -> None:
 
 # --- multi-user KFP: the profile namespace's RBAC and the projected token ------------------------
 
-def test_multi_user_rbac_lets_the_monitor_use_kfp_in_the_profile_and_the_deployer_patch(multi_user_cluster) -> None:
-    from conftest import MULTI_USER_NAMESPACE, PROFILE
+def kfp_access(cp: ControlPlane, user: str, namespace: str, verb: str, resource: str) -> bool:
+    """The SubjectAccessReview KFP's API server sends before it acts for ``user``."""
+    import json
 
+    main, _, sub = resource.partition("/")
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{user.split(':')[2]}"],
+                     "resourceAttributes": {"namespace": namespace, "verb": verb, "group": "pipelines.kubeflow.org",
+                                            "version": "v1beta1", "resource": main, "subresource": sub}}}
+    return bool(json.loads(cp.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(body)).stdout)["status"].get("allowed"))
+
+
+def test_multi_user_rbac_lets_the_monitor_use_kfp_in_the_profile_and_the_deployer_patch(multi_user_cluster) -> None:
     cp, applied = multi_user_cluster
     assert ("rbac.authorization.k8s.io/v1", "Role") in applied.kinds("applied")
-    monitor = f"--as=system:serviceaccount:{MULTI_USER_NAMESPACE}:flywheel-monitor"
-    # what KFP's API server asks with a SubjectAccessReview before it acts for the caller
+    monitor = f"system:serviceaccount:{MULTI_USER_NAMESPACE}:flywheel-monitor"
+    # exactly what KFP's API server asks (a SubjectAccessReview, group pipelines.kubeflow.org, v1beta1)
     for verb, resource in [("create", "runs"), ("get", "runs"), ("create", "experiments"), ("list", "experiments"),
-                           ("create", "pipelines"), ("create", "pipelines/versions")]:
-        if "/" in resource:
-            main, sub = resource.split("/")
-            args = [verb, f"{main}.pipelines.kubeflow.org", "--subresource", sub]
-        else:
-            args = [verb, f"{resource}.pipelines.kubeflow.org"]
-        assert can_i(cp, *args, "-n", PROFILE, monitor), f"{verb} {resource}"
-    assert not can_i(cp, "delete", "runs.pipelines.kubeflow.org", "-n", PROFILE, monitor)
-    assert not can_i(cp, "create", "runs.pipelines.kubeflow.org", "-n", "other-profile", monitor)
+                           ("create", "pipelines"), ("get", "pipelines"), ("create", "pipelines/versions")]:
+        assert kfp_access(cp, monitor, PROFILE, verb, resource), f"{verb} {resource}"
+    assert not kfp_access(cp, monitor, PROFILE, "delete", "runs")
+    assert not kfp_access(cp, monitor, "other-profile", "create", "runs")
+    assert not kfp_access(cp, f"system:serviceaccount:{RELEASE_NAMESPACE}:flywheel-monitor", PROFILE, "create", "runs")
     editor = f"--as=system:serviceaccount:{PROFILE}:default-editor"
     assert can_i(cp, "patch", f"deployments/{SERVING}", "-n", MULTI_USER_NAMESPACE, editor)
     assert not can_i(cp, "patch", f"deployments/{SERVING}", "-n", RELEASE_NAMESPACE, editor)
@@ -216,8 +226,6 @@ def test_multi_user_rbac_lets_the_monitor_use_kfp_in_the_profile_and_the_deploye
 def test_a_token_for_the_kfp_audience_authenticates_the_monitor_only_for_that_audience(multi_user_cluster) -> None:
     """What KFP's TokenReview authenticator does with the projected token the chart mounts."""
     import json
-
-    from conftest import MULTI_USER_NAMESPACE
 
     cp, _ = multi_user_cluster
     token = token_for(cp, MULTI_USER_NAMESPACE, "flywheel-monitor", audience="pipelines.kubeflow.org")
@@ -231,3 +239,38 @@ def test_a_token_for_the_kfp_audience_authenticates_the_monitor_only_for_that_au
     ok = review("pipelines.kubeflow.org")
     assert ok["authenticated"] and ok["user"]["username"] == f"system:serviceaccount:{MULTI_USER_NAMESPACE}:flywheel-monitor"
     assert not review("https://kubernetes.default.svc").get("authenticated"), "the KFP token is no Kubernetes API token"
+
+
+def test_the_steps_configmap_points_the_deploy_step_at_the_release(multi_user_cluster, two_versions, tmp_path,
+                                                                   monkeypatch) -> None:
+    """Defect 4: the deploy step reads the serving names from flywheel-config in the run's namespace.
+
+    Without that ConfigMap it would fall back to flywheel/flywheel-serving, which the profile's
+    runner may not touch; with it, it patches the multi-user release's Deployment.
+    """
+    import json
+
+    import yaml
+    from kubernetes import client, config
+
+    from pipelines.compile import compile_pipeline
+    from pipelines.training import ClusterOptions
+
+    cp, _ = multi_user_cluster
+    fixture_settings, _ = two_versions
+    ir = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", cluster=ClusterOptions()).read_text()))
+    [ref] = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-deploy"]["configMapAsEnv"]
+    data = json.loads(cp.kubectl("-n", PROFILE, "get", "configmap", ref["configMapName"], "-o", "jsonpath={.data}").stdout)
+    for pair in ref["keyToEnv"]:  # what KFP's launcher puts into the step's environment
+        monkeypatch.setenv(pair["envVar"], data[pair["configMapKey"]])
+    settings = load_settings(store=fixture_settings.store, model="wine", spill_dir=fixture_settings.spill_dir)
+    assert (settings.serving_namespace, settings.serving_deployment) == (MULTI_USER_NAMESPACE, SERVING)
+
+    editor = cp.kubeconfig(token_for(cp, PROFILE, "default-editor"), name="default-editor")
+    result = deploy(settings, mode="cluster", kubeconfig=str(editor), timeout_seconds=2, poll_seconds=0.2)
+
+    assert result.rolled_back and "timed out" in result.reason  # no kubelet: the timeout path, after a real patch
+    apps = client.AppsV1Api(config.new_client_from_config(config_file=str(cp.kubeconfig())))
+    pinned = [r for r in apps.list_namespaced_replica_set(MULTI_USER_NAMESPACE).items
+              if _serving_env(r.spec.template).get("MODEL_VERSION") == "v2"]
+    assert pinned, "the patch reached the multi-user release's Deployment"

@@ -35,7 +35,6 @@ from components.data import REQUEST_ID
 from components.registry import Registry
 from components.settings import Settings
 from components.store import LocalStore
-from services.serving.launch import service_workers
 from services.serving.model import frame_to_records
 from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound
 from tests.faults.odd_model import TRIGGER, add_odd_version
@@ -263,7 +262,8 @@ def _seed(s3: S3, work: Path, model: str) -> None:
 
 
 def _server(settings: Settings, work: Path, name: str, env: dict[str, str] | None = None) -> Server:
-    return Server(settings, work / f"{name}.log", extra_env=env).start()
+    workers = {"FLYWHEEL_SERVING_WORKERS": str(settings.serving_workers or 1)}
+    return Server(settings, work / f"{name}.log", extra_env={**workers, **(env or {})}).start()
 
 
 # --- the faults ---------------------------------------------------------------------------------
@@ -334,7 +334,8 @@ def sigkill(work: Path) -> FaultResult:
     flush_rows, concurrency = 50, 8
     with S3() as s3:
         _seed(s3, work, "wine")
-        settings = _s3_settings(s3, work, "wine", log_flush_rows=flush_rows, log_flush_seconds=0.5)
+        # two workers: two buffers to lose, one spill directory for both and for the restarted server
+        settings = _s3_settings(s3, work, "wine", log_flush_rows=flush_rows, log_flush_seconds=0.5, serving_workers=2)
         spill = Path(settings.spill_dir)
         server = _server(settings, work, "sigkill", s3.env)
         try:
@@ -356,7 +357,7 @@ def sigkill(work: Path) -> FaultResult:
             restarted.stop()
         stored = stored_ids(predictions(s3.objects, "wine"))
     # a request can be logged and killed before its answer left: stored, never served
-    workers = service_workers(settings)
+    workers = settings.serving_workers or 1
     bound = workers * sigkill_loss_bound(flush_rows, concurrency)  # each worker has its own buffer
     result = count("SIGKILL during traffic, store down", traffic.ids, stored, allowed_loss=bound)
     unanswered = len(set(stored) - set(traffic.ids))

@@ -1,0 +1,49 @@
+"""The real BentoML server of `flywheel run`, as a child process in its own process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from components.settings import Settings
+from pipelines.loop_guards import LoopError
+
+
+class Server:
+    """The real BentoML server as a child process (its own process group)."""
+
+    def __init__(self, settings: Settings, port: int, log_path: Path) -> None:
+        from services.serving.launch import start
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(log_path, "ab")
+        self.proc = start(settings, port, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LoopError(f"the serving process exited with code {self.proc.returncode}; see {self.log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.5)
+        raise LoopError(f"the service was not ready within {timeout:.0f} s; see {self.log.name}")
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM: the service flushes its prediction log before it exits."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
