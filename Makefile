@@ -36,8 +36,13 @@ test-tools:  ## Install promtool (prometheus) and prometheus-pushgateway when mi
 run: env  ## The whole loop on the embedded default: train, serve, drift, retrain, rollout
 	$(FLYWHEEL) run
 
-test: env  ## All tests (unit, integration, e2e)
-	$(PY) -m pytest
+# Test workers: one per CPU (pytest-xdist); each test file stays on one worker, so a module's
+# fixtures (a pipeline run, a server) are built once. Override with `make test TEST_WORKERS=4`.
+TEST_WORKERS ?= logical
+
+test: env test-tools  ## All tests (unit, integration, e2e incl. slow), in parallel; lists the 15 slowest
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; exit $$rc
 
 bench: env  ## Every benchmark; one table and bench-results/bench.json
 	$(PY) -m benchmarks

@@ -30,6 +30,11 @@ def _rows(name: str, r: dict) -> list[tuple[str, str, str, str]]:
                 (name, "cached re-run / first run", f"{r['cached_over_first']:.3f}  ({r['cached_seconds']} s)", "<= 0.10")]
         if "steady_cached_over_first" in r:
             rows.append((name, "steady-state cached re-run / first run", f"{r['steady_cached_over_first']:.3f}  ({r['steady_cached_seconds']} s)", "<= 0.10"))
+        first = r.get("first_model") or {}
+        if first:
+            rows.append((name, f"time to first model ({first.get('rows')} rows): flywheel train / hand-written search",
+                         f"{first['pipeline_over_hand']:.2f}  ({first['pipeline_seconds']} s / {first['hand_seconds']} s)"
+                         if "error" not in first else str(first["error"]), f"<= {first.get('target', 2.0)}"))
         big = r.get("big") or {}
         if big:
             rows.append((name, f"{big.get('rows')} rows: wall, peak RSS", f"{big.get('seconds')} s, {big.get('peak_rss_gib')} GiB"
@@ -83,7 +88,8 @@ def main() -> dict:
             continue
         for row in _rows(name, r):
             table.add_row(*row)
-    Console(width=160).print(table)
+    if table.row_count:
+        Console(width=160).print(table)
     if "faults" in results and "error" not in results["faults"]:
         from benchmarks.faults import COLUMNS, table_rows
 

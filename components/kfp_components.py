@@ -123,18 +123,20 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
 
 @component
 def search_space(schema: str) -> list:
-    """The hyper-parameter candidates for the task: one fan-out task each."""
+    """The model families of the task, each with its candidates: one fan-out task each."""
+    import json
+
     from components import runtime
     from components import train as stage
-    from components.data import Schema
 
-    return runtime.cached_step("search-space", lambda: stage.candidates(Schema.from_json(schema).task), schema=schema)
+    fields = schema if isinstance(schema, dict) else json.loads(schema)  # kfp.local may hand it decoded
+    return runtime.cached_step("search-space", lambda: stage.families(fields["task"]), schema=schema)
 
 
 @component
-def train(train: Input[Dataset], candidate: dict, folds: int, seed: int, max_rows: int,
+def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: int,
           metrics: Output[Metrics]) -> str:
-    """Cross-validate one candidate (one fan-out task); returns its result (JSON).
+    """Cross-validate every candidate of one model family (one fan-out task); returns the results (JSON).
 
     The schema comes from the training set's metadata: kfp.local (2.17) replaces every
     upstream task output passed into a ParallelFor body with the loop item.
@@ -149,14 +151,15 @@ def train(train: Input[Dataset], candidate: dict, folds: int, seed: int, max_row
     from components.status import cache_key
 
     schema = Schema.from_json(train.metadata["schema"])
-    inputs = dict(train=train.uri, candidate=candidate, folds=folds, seed=seed, max_rows=max_rows)
-    result = runtime.cached_step(f"train-{cache_key(**inputs)}", lambda: stage.score_candidate(
-        pd.read_parquet(train.path), schema, candidate, folds, seed, max_rows), **inputs)
-    metrics.log_metric(result["metric"], result["score"])
-    metrics.log_metric("cv_std", result["std"])
+    inputs = dict(train=train.uri, family=family, folds=folds, seed=seed, max_rows=max_rows)
+    results = runtime.cached_step(f"train-{cache_key(**inputs)}", lambda: stage.score_family(
+        pd.read_parquet(train.path), schema, family, folds, seed, max_rows), **inputs)
+    top = stage.best(results)
+    metrics.log_metric(top["metric"], top["score"])
+    metrics.log_metric("cv_std", top["std"])
     with open(metrics.path, "w") as f:  # KFP keeps metrics in metadata; the file lets caches verify the output
         json.dump(metrics.metadata, f)
-    return json.dumps(result)
+    return json.dumps(results)
 
 
 @component

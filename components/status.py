@@ -26,13 +26,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeVar
 
-from components.data import DataError
 from components.settings import ConfigError, Settings
 from components.store import NotFound, Store, StoreError, open_store
 
 T = TypeVar("T")
-USER_ERRORS = (DataError, ConfigError, StoreError)
 Outcome = Literal["succeeded", "failed"]
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user causes; components.data (and pandas) only when a step failed."""
+    from components.data import DataError
+
+    return (DataError, ConfigError, StoreError)
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def run_step(settings: Settings, run: str | None, step: str, fn: Callable[[], T]
         result = fn()
     except Exception as exc:
         _record(settings, run, StepStatus(step, "failed", str(exc) or type(exc).__name__, key, type(exc).__name__,
-                                          isinstance(exc, USER_ERRORS), _now(), traceback.format_exc(limit=5)))
+                                          isinstance(exc, _user_errors()), _now(), traceback.format_exc(limit=5)))
         raise
     _record(settings, run, StepStatus(step, "succeeded", "", key, at=_now()))
     return result

@@ -99,7 +99,22 @@ def child_environment(settings: Settings, run: str, store_uri: str) -> dict[str,
             env["AWS_DEFAULT_REGION"] = text
         else:
             env[f"FLYWHEEL_{name.upper()}"] = text
-    return env
+    return env | model_threads()
+
+
+# kfp.local runs at most two ParallelFor iterations at once (its ParallelExecutor's cap)
+LOCAL_PARALLEL_TASKS = 2
+MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def model_threads() -> dict[str, str]:
+    """Compute threads per task: the CPUs shared by the tasks that run at once (the user's value wins).
+
+    Without a limit each search task's OpenMP pool (HistGradientBoosting) takes every CPU,
+    and two of them at once spend their time handing work between threads.
+    """
+    n = str(max(1, (os.cpu_count() or 1) // LOCAL_PARALLEL_TASKS))
+    return {name: os.environ.get(name, n) for name in MODEL_THREAD_ENV}
 
 
 def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = None, quiet: bool = True) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
     fingerprint ─┐          champion ─┐
                  ▼                    ▼
-               ingest ─► validate ─► features ─► train × N (ParallelFor) ─► refit
+               ingest ─► validate ─► features ─► train × family (ParallelFor) ─► refit
                                                                              ▼
                                             deploy ◄─ [promoted] ◄─ register ◄─ evaluate
     (record_run: exit handler, always runs)
@@ -102,8 +102,8 @@ def build(cluster: ClusterOptions | None = None):
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
             space = on(c.search_space(schema=schema))
-            with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as candidate:
-                trial = on(c.train(train=split.outputs["train"], candidate=candidate, folds=cv_folds, seed=seed,
+            with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as family:
+                trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
                                    max_rows=max_train_rows))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("8G")
             best = on(c.refit(train=split.outputs["train"], schema=schema,
