@@ -179,6 +179,8 @@ def _play_kubelet(core, stop: threading.Event) -> None:
     """Report every serving pod Running and Ready, as a kubelet would once its probes pass."""
     import datetime as dt
 
+    from kubernetes.client.exceptions import ApiException
+
     while not stop.is_set():
         for pod in core.list_namespaced_pod(RELEASE_NAMESPACE, label_selector=f"app.kubernetes.io/name={SERVING}").items:
             if pod.metadata.deletion_timestamp or (pod.status.phase == "Running"):
@@ -186,8 +188,12 @@ def _play_kubelet(core, stop: threading.Event) -> None:
             now = dt.datetime.now(dt.UTC).isoformat()
             ready = [{"type": t, "status": "True", "lastTransitionTime": now}
                      for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-            core.patch_namespaced_pod_status(pod.metadata.name, RELEASE_NAMESPACE,
-                                             {"status": {"phase": "Running", "conditions": ready}})
+            try:
+                core.patch_namespaced_pod_status(pod.metadata.name, RELEASE_NAMESPACE,
+                                                 {"status": {"phase": "Running", "conditions": ready}})
+            except ApiException as exc:
+                if exc.status != 404:  # a pod the ReplicaSet controller deleted meanwhile
+                    raise
         stop.wait(0.2)
 
 
