@@ -21,6 +21,9 @@ from components.settings import load_settings
 from components.store import open_store
 from pipelines.loop import LoopError, LoopSize, Period, check_store_writable, free_port, run_loop, single_run
 
+# the module's loop (two trainings, traffic, passes) is one fixture: its setup gets the whole budget
+pytestmark = pytest.mark.timeout(1500)
+
 SMALL = LoopSize(history_rows=5000, rows_per_period=1000, periods=(Period("stable"), Period("drifted", covariate_shift=1.0)))
 
 
