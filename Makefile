@@ -40,7 +40,7 @@ run: env  ## The whole loop on the embedded default: train, serve, drift, retrai
 # fixtures (a pipeline run, a server) are built once. Override with `make test TEST_WORKERS=4`.
 TEST_WORKERS ?= logical
 
-test: env  ## All tests (unit, integration, e2e incl. slow), in parallel; lists the 15 slowest
+test: env test-tools  ## All tests (unit, integration, e2e incl. slow), in parallel; lists the 15 slowest
 	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; exit $$rc
 

@@ -88,7 +88,8 @@ def main() -> dict:
             continue
         for row in _rows(name, r):
             table.add_row(*row)
-    Console(width=160).print(table)
+    if table.row_count:
+        Console(width=160).print(table)
     if "faults" in results and "error" not in results["faults"]:
         from benchmarks.faults import COLUMNS, table_rows
 

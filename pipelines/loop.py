@@ -140,7 +140,7 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
                 wait_landed(store, model, "feedback", feedback_before + result.feedback, settings)
                 _land_labelled_period(store, model, period.name, i, frame)
                 champion_before = reg.champion().version
-                say(f"      monitoring pass ({len(answers)} served so far in this period)")
+                say(f"      monitoring pass ({sum(a is not None for a in answers)} served so far in this period)")
                 with traffic.background(frame):
                     summary = _monitor(settings, store, trigger)
                     champion_after = reg.champion().version

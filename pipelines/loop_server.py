@@ -26,15 +26,25 @@ class Server:
         # one worker: /readyz answers from one worker only, and the loop's traffic starts on it
         self.proc = start(settings, port, workers=1, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = 180, in_a_row: int = 12) -> None:
+        """Until ``in_a_row`` fresh connections in a row find it ready.
+
+        Each connection may land on another worker process, and a worker answers /readyz for
+        itself only: one 200 can come from the first worker to load the model while another
+        would still answer 503.
+        """
         deadline = time.monotonic() + timeout
+        ready = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LoopError(f"the serving process exited with code {self.proc.returncode}; see {self.log.name}")
+            ok = False
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
+                ok = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            ready = ready + 1 if ok else 0
+            if ready >= in_a_row:
+                return
+            time.sleep(0.1 if ok else 0.5)
         raise LoopError(f"the service was not ready within {timeout:.0f} s; see {self.log.name}")
 
     def stop(self, timeout: float = 60) -> None:

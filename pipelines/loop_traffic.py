@@ -23,7 +23,7 @@ class Traffic:
         self.lock = threading.Lock()
         self.versions: dict[str, float] = {}  # version -> first time it answered
 
-    def _post(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _post(self, records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
         try:
             r = self.client.post(f"{self.url}/predict", json={"records": records})
         except httpx.HTTPError:
@@ -31,15 +31,15 @@ class Traffic:
         with self.lock:
             if r is None or r.status_code != 200:
                 self.failed += len(records)
-                return []
+                return [None] * len(records)  # keeps the answers aligned with the rows
             answers = r.json()
             self.served += len(answers)
             for a in answers:
                 self.versions.setdefault(a["model_version"], time.monotonic())
             return answers
 
-    def send(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
-        """Send every row; returns the answers in row order (request ids, versions)."""
+    def send(self, frame: pd.DataFrame) -> list[dict[str, Any] | None]:
+        """Send every row; returns one answer per row, in row order (None where the request failed)."""
         features = frame.drop(columns=[c for c in self.not_features if c in frame.columns])
         records = [
             {k: (None if pd.isna(v) else v) for k, v in row.items()}
@@ -53,10 +53,12 @@ class Traffic:
             results = list(pool.map(self._post, chunks))
         return [a for chunk in results for a in chunk]
 
-    def label(self, answers: list[dict[str, Any]], labels: pd.Series) -> int:
+    def label(self, answers: list[dict[str, Any] | None], labels: pd.Series) -> int:
         """The true labels arrive later: one feedback call per served record."""
         sent = 0
         for answer, label in zip(answers, labels.tolist(), strict=False):
+            if answer is None:  # a failed request: no prediction to label (a shifted label would be wrong)
+                continue
             r = self.client.post(f"{self.url}/feedback", json={"request_id": answer["request_id"], "label": int(label)})
             sent += r.status_code == 200
         return sent

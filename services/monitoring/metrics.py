@@ -28,8 +28,10 @@ STATUSES = ("ok", "skipped", "error")
 # What a pass that wanted a retrain did about it (the decision counters).
 DECISION_OUTCOMES = ("triggered", "failed", "in_flight", "cooldown", "duplicate", "no_trigger", "alarm")
 # Families a failed pass pushes (POST): everything else keeps the last good pass's values.
+# The retrain counters are among them when the pass could read them (a failed trigger).
 ERROR_FAMILIES = ("flywheel_monitor_status", "flywheel_monitor_duration_seconds",
-                  "flywheel_monitor_last_run_timestamp_seconds", "flywheel_retrain_decision")
+                  "flywheel_monitor_last_run_timestamp_seconds", "flywheel_retrain_decision",
+                  "flywheel_retrain_decisions_total", "flywheel_retrain_failures_total", "flywheel_retrain_in_flight")
 
 
 @dataclass(frozen=True)

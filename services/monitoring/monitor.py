@@ -363,7 +363,7 @@ def _start(settings: Settings, store: Store, trigger: trig.Trigger, request: tri
 
 def _record(settings: Settings, store: Store, s: Summary, t0: float) -> None:
     """Write summary.json and push the metrics; called after the decision and again after the reports."""
-    if not s.retrains and s.status != "error":
+    if not s.retrains and s.decision.get("outcome") != "error":  # a failed trigger is counted; a failed store cannot be
         s.retrains = _retrains(store, s)
     s.duration_s = round(time.perf_counter() - t0, 3)
     s.finished_at_unix = round(time.time(), 3)
@@ -409,7 +409,7 @@ def _retrains(store: Store, s: Summary) -> dict[str, Any]:
         recs = trig.records(store, s.model)
     except (StoreError, ValueError) as exc:
         s.warnings.append(f"retrain counters not read: {exc}")
-        return {}
+        return {"unavailable": str(exc)}  # not empty: the report step must not count this pass again
     now = dt.datetime.now(dt.UTC)
     in_flight = sum(r.get("status") in trig.IN_FLIGHT
                     and now - dt.datetime.fromisoformat(r["created_at"]) <= trig.STALE_AFTER for r in recs)

@@ -526,7 +526,11 @@ def _parts(prefix: str, batches: list[_Batch], lines: list[tuple[str, str, float
 
 def _parquet(batches: list[pa.RecordBatch]) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_batches(batches), buf)
+    table = pa.Table.from_batches(batches)
+    # dictionary-encode text columns only: unique doubles (features, probabilities) gain nothing
+    # from a dictionary and it was half the cost of writing a large part
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, buf, use_dictionary=text)
     return buf.getvalue()
 
 

@@ -1,7 +1,8 @@
 """The BentoML service: HTTP endpoints over the model holder, the validator and the logs.
 
     POST /predict        {"records": [{...}]}  a few records; adaptive batching across requests
-    POST /predict_many   {"records": [...]}     many records in one call (columnar answer)
+    POST /predict_many   {"records": [...]}     many records in one call (columnar answer), or an Arrow IPC
+                                                stream / Parquet body answered in the same format (gate.py)
     POST /feedback       {"request_id": "...", "label": ...}
     GET  /healthz /readyz /metrics              (BentoML's; /readyz asks __is_ready__)
 
@@ -26,7 +27,7 @@ from bentoml.exceptions import NotFound, ServiceUnavailable
 from pydantic import AfterValidator, Field, ValidationError
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
-from components.formats import CONTENT_TYPE, Format, read_frame, write_frame
+from components.formats import CONTENT_TYPE, Format, read_frame, write_columns
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
@@ -196,12 +197,12 @@ class FlywheelServing:
                                     "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
                                    default=str).encode(), "application/json", {}
         out, headers = self.score_checked(model, checked)
-        answer = pd.DataFrame({k: (v.array if isinstance(v, pd.Series) else v) for k, v in out.items()})
-        errors = np.full(checked.total, None, dtype=object)
-        for pos, problems in checked.by_record().items():
-            errors[pos] = "; ".join(str(Problem(None, p.field, p.problem)) for p in problems)
-        answer["error"] = pd.array(errors, dtype=pd.ArrowDtype(__import__("pyarrow").string()))
-        return 200, write_frame(answer, fmt), CONTENT_TYPE[fmt], headers
+        errors: np.ndarray | None = None
+        if checked.rejected:
+            errors = np.full(checked.total, None, dtype=object)
+            for pos, problems in checked.by_record().items():
+                errors[pos] = "; ".join(str(Problem(None, p.field, p.problem)) for p in problems)
+        return 200, write_columns(out, errors, fmt), CONTENT_TYPE[fmt], headers
 
     def score_checked(self, model: LoadedModel, checked: Checked) -> tuple[dict[str, Any], dict[str, str]]:
         """Score the valid records of a request: outputs in record order (None where refused), and headers."""
@@ -262,6 +263,9 @@ class FlywheelServing:
         pred = model.predict(frame)
         n = len(frame)
         ids = request_ids(n)
+        _count_predictions(model, pred.values)
+        if isinstance(self.predictions_log, _NoLog):
+            return ids, pred.values, pred.proba
         # one frame built from columns at once: inserting them one by one copies 100k-row blocks each time
         columns: dict[str, Any] = {REQUEST_ID: ids.array, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
                                    MODEL_VERSION: np.full(n, model.version, dtype=object)}
@@ -272,7 +276,6 @@ class FlywheelServing:
         if pred.proba is not None:
             columns[PROBA] = pred.proba.max(axis=1)
         self.predictions_log.append(pd.DataFrame(columns))
-        _count_predictions(model, pred.values)
         return ids, pred.values, pred.proba
 
 

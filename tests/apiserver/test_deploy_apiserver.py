@@ -153,9 +153,33 @@ def test_a_rollout_that_misses_the_deadline_is_restored_and_fails_the_step(api, 
     assert registry.champion().version == "v1" and "champion pointer restored to v1" in result.reason
 
 
+def test_a_first_rollout_that_fails_leaves_the_template_as_it_was(api, two_versions) -> None:
+    """No version was ever pinned (no MODEL_VERSION, no annotation): the restore removes them again."""
+    from components.deploy import template_patch
+
+    cp, apps, _, deployer = api
+    settings, registry = two_versions
+    apps.patch_namespaced_deployment(SERVING, RELEASE_NAMESPACE, template_patch(None, None))
+    wait_for(lambda: "MODEL_VERSION" not in _serving_env(
+        apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE).spec.template) or None, what="an unpinned template")
+
+    result = deploy(settings.model_copy(update={"deploy_timeout_seconds": 3}), mode="cluster",
+                    kubeconfig=str(deployer), poll_seconds=0.2)
+
+    assert not result.succeeded and result.rolled_back and result.previous is None, result
+    assert "the unpinned template restored" in result.reason, result.reason
+    dep = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
+    assert "MODEL_VERSION" not in _serving_env(dep.spec.template)
+    assert ANNOTATION not in (dep.spec.template.metadata.annotations or {})
+    assert registry.champion().version == "v1"
+    _reset(apps)
+
+
 def _play_kubelet(core, stop: threading.Event) -> None:
     """Report every serving pod Running and Ready, as a kubelet would once its probes pass."""
     import datetime as dt
+
+    from kubernetes.client.exceptions import ApiException
 
     while not stop.is_set():
         for pod in core.list_namespaced_pod(RELEASE_NAMESPACE, label_selector=f"app.kubernetes.io/name={SERVING}").items:
@@ -164,8 +188,12 @@ def _play_kubelet(core, stop: threading.Event) -> None:
             now = dt.datetime.now(dt.UTC).isoformat()
             ready = [{"type": t, "status": "True", "lastTransitionTime": now}
                      for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-            core.patch_namespaced_pod_status(pod.metadata.name, RELEASE_NAMESPACE,
-                                             {"status": {"phase": "Running", "conditions": ready}})
+            try:
+                core.patch_namespaced_pod_status(pod.metadata.name, RELEASE_NAMESPACE,
+                                                 {"status": {"phase": "Running", "conditions": ready}})
+            except ApiException as exc:
+                if exc.status != 404:  # a pod the ReplicaSet controller deleted meanwhile
+                    raise
         stop.wait(0.2)
 
 

@@ -281,7 +281,6 @@ def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultRes
                 s3.stop()
                 down_at, before = time.monotonic(), len(traffic.served)
                 spilled_seen = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) > 0, timeout=outage_seconds)
-                peak_spilled = spilled_rows(Path(settings.spill_dir))
                 time.sleep(max(0.0, outage_seconds - (time.monotonic() - down_at)))
                 during = len(traffic.served) - before
                 s3.start()
@@ -290,6 +289,7 @@ def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultRes
             drained = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) == 0
                                and len(set(stored_ids(predictions(s3.objects, "wine")))) >= len(set(served)), timeout=60)
             resent = metric(server.url, "flywheel_prediction_log_records_total", outcome="resent")
+            spilled = metric(server.url, "flywheel_prediction_log_records_total", outcome="spilled")
             code = server.terminate()
         finally:
             server.stop()
@@ -297,9 +297,9 @@ def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultRes
     result = count("S3 endpoint down 30 s during traffic", served, stored)
     failed = sum(n for status, n in traffic.statuses.items() if status != 200) + len(traffic.errors)
     result.ok = result.ok and spilled_seen and drained and during > 0 and failed == 0 and code == 0
-    result.outcome = (f"{during} served while down, {peak_spilled}+ spilled, {resent:.0f} re-sent after; "
+    result.outcome = (f"{during} served while down, {spilled:.0f} spilled, {resent:.0f} re-sent after; "
                       f"{failed} failed requests; exit {code}")
-    result.details = {"served_during_outage": during, "resent": resent, "failed_requests": failed,
+    result.details = {"served_during_outage": during, "spilled": spilled, "resent": resent, "failed_requests": failed,
                       "statuses": dict(traffic.statuses), "spill_drained": drained, "exit_code": code}
     return result
 

@@ -11,8 +11,9 @@ bench` prints it next to the serving faults, and the tests call the same functio
 * ``rollout_failure``: a promoted version the server cannot load; the deploy step fails the
   run, the pointer returns to the previous champion, the server answers with it throughout.
 
-The outcome says the run's state and the champion before and after. ``served`` is the
-requests answered where a server is involved; no prediction records are at stake here.
+The outcome says the run's state and the champion before and after (and, for the rollout,
+which versions answered the requests). No prediction records are at stake here, so the
+record columns stay empty.
 """
 
 # no `from __future__ import annotations`: kfp reads the rollout pipeline's real parameter types
@@ -234,7 +235,7 @@ def rollout_failure(work: Path) -> FaultResult:
     ok = (status["state"] == "FAILED" and deploy is not None and deploy.outcome == "failed" and after == before
           and versions == [before])
     return FaultResult("rollout_failure", f"run {status['state']} at {(status.get('error') or {}).get('step')}; "
-                       f"champion {before} -> v2 -> {after}; the service answered {', '.join(versions)}", ok,
-                       served=sum(a == before for a in answered),
+                       f"champion {before} -> v2 -> {after}; {len(answered)} requests answered by "
+                       f"{', '.join(versions)}", ok,
                        details={"status": status, "deploy": deploy and deploy.reason, "answers": len(answered),
                                 "versions": versions, "champion_reason": registry.champion().reason})

@@ -60,6 +60,20 @@ def test_drift_renders_reports_after_the_decision_and_counts_it(mon_settings: Se
     assert m2['flywheel_retrain_decisions_total{outcome="cooldown"}'] == 1
 
 
+def test_a_trigger_that_fails_is_counted(mon_settings: Settings, served: Served) -> None:
+    write_logs(served, make_frame(3000, seed=25, shift=0.4), WINDOW_START, 60)
+    s = run_pass(mon_settings.model_copy(update={"monitor_reports": "never"}), served.store,
+                 RecordingTrigger(fail=RuntimeError("KFP is down")), now=NOW)
+    assert s.status == "error" and s.decision["outcome"] == "failed"
+    assert s.metrics['flywheel_retrain_decisions_total{outcome="failed"}'] == 1
+    assert s.metrics["flywheel_retrain_failures_total"] == 1
+    assert s.metrics['flywheel_monitor_status{status="error"}'] == 1
+    pushed = monitor_metrics.registry_of(monitor_metrics.figures(s.to_dict()), monitor_metrics.ERROR_FAMILIES)
+    from prometheus_client import generate_latest
+
+    assert "flywheel_retrain_failures_total 1.0" in generate_latest(pushed).decode()
+
+
 def test_never_policy_keeps_the_decision_and_writes_no_report(mon_settings: Settings, served: Served) -> None:
     write_logs(served, make_frame(3000, seed=24, shift=0.4), WINDOW_START, 60)
     s = run_pass(mon_settings.model_copy(update={"monitor_reports": "never"}), served.store, None, now=NOW)
