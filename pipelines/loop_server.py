@@ -23,7 +23,8 @@ class Server:
 
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(log_path, "ab")
-        self.proc = start(settings, port, stdout=self.log, stderr=subprocess.STDOUT)
+        # one worker: /readyz answers from one worker only, and the loop's traffic starts on it
+        self.proc = start(settings, port, workers=1, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180, in_a_row: int = 12) -> None:
         """Until ``in_a_row`` fresh connections in a row find it ready.

@@ -88,9 +88,9 @@ def serve_command(settings: Settings, port: int = 3000, version: str | None = No
 
 
 def start(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1",
-          **popen: Any) -> subprocess.Popen:
+          workers: int | None = None, **popen: Any) -> subprocess.Popen:
     """Start the service as a child process (its own process group) and return it."""
-    cmd, env = serve_command(settings, port, version, host)
+    cmd, env = serve_command(settings, port, version, host, workers)
     return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True, **popen)
 
 
