@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FLYWHEEL := $(VENV)/bin/flywheel
 export PATH := $(abspath $(TOOLS)/bin):$(abspath $(VENV)/bin):$(PATH)
 
-.PHONY: help env run test bench compile lint monitor monitor-ui images container-test bento clean
+.PHONY: help env test-tools run test bench compile lint monitor monitor-ui images container-test apiserver bento clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,11 +24,25 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 
 env: $(VENV)/.synced  ## Create .venv from uv.lock
 
+# promtool and the Pushgateway for tests/observability (Debian packages); installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-tools:  ## Install promtool (prometheus) and prometheus-pushgateway when missing (apt-get)
+	@if command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null; then \
+	  echo "promtool and prometheus-pushgateway are installed"; \
+	else \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway; \
+	fi
+
 run: env  ## The whole loop on the embedded default: train, serve, drift, retrain, rollout
 	$(FLYWHEEL) run
 
-test: env  ## All tests (unit, integration, e2e)
-	$(PY) -m pytest
+# Test workers: one per CPU (pytest-xdist); each test file stays on one worker, so a module's
+# fixtures (a pipeline run, a server) are built once. Override with `make test TEST_WORKERS=4`.
+TEST_WORKERS ?= logical
+
+test: env test-tools  ## All tests (unit, integration, e2e incl. slow), in parallel; lists the 15 slowest
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; exit $$rc
 
 bench: env  ## Every benchmark; one table and bench-results/bench.json
 	$(PY) -m benchmarks
@@ -48,8 +62,13 @@ monitor-ui: env  ## Evidently UI over the monitoring workspace (http://localhost
 images:  ## Build the components, serving and monitor images (buildah; tag derived from uv.lock and the sources)
 	@bash k8s/images.sh
 
-container-test: env  ## The images run as real containers with the chart's pod specs (podman, own network namespace)
+container-test: env  ## The images run as real containers with the chart's pod specs (podman, own network namespace); the deploy step against a real kube-apiserver
+	@bash tests/apiserver/build.sh
+	@$(PY) -m pytest tests/apiserver -o addopts= -p no:randomly -p no:xdist -v
 	@PY=$(PY) bash tests/containers/run.sh
+
+apiserver:  ## Build once (cached under $K8S120, default /var/tmp/apiserver-1.20) the real kube-apiserver 1.20 of tests/apiserver
+	@bash tests/apiserver/build.sh
 
 bento: env  ## Build the serving Bento offline (bentoml build), with its Dockerfile
 	$(FLYWHEEL) bento

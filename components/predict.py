@@ -16,7 +16,6 @@ import pandas as pd
 from components.data import PREDICTION, DataError, Schema
 from components.validation import Validator
 
-
 # --- scoring ----------------------------------------------------------------------------------
 
 def score_frame(model: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -39,9 +39,8 @@ def gate(evaluation: dict[str, Any], champion_version: str | None, settings: Set
     if champion_version is None:
         return True, f"first model: {metric} {score:.4f} passes the floor {floor:.4f}"
     champ = evaluation.get("champion")
-    if not champ:
-        why = evaluation.get("champion_error") or "champion could not be scored"
-        return True, f"{metric} {score:.4f} passes the floor; champion {champion_version} cannot score this data ({why})"
+    if not champ:  # evaluate fails the run first; a missing comparison never promotes
+        return False, f"{metric} {score:.4f} passes the floor but champion {champion_version} was not scored on the holdout"
     if score > champ[metric] + settings.promotion_margin:
         return True, f"{metric} {score:.4f} beats champion {champion_version} ({champ[metric]:.4f}) by more than {settings.promotion_margin}"
     return False, f"{metric} {score:.4f} does not beat champion {champion_version} ({champ[metric]:.4f}) + margin {settings.promotion_margin}"
@@ -77,9 +76,9 @@ def model_card(version: str, model_name: str, schema: Schema, evaluation: dict[s
 |---|---|
 {metrics}
 
-## Features
+## Columns
 
-{', '.join(f'`{c.name}` ({c.kind})' for c in schema.features)}
+{schema.column_markdown()}
 """
 
 

@@ -18,12 +18,12 @@ import io
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
-
-from components.data import Schema
 from components.store import NotFound, Store, StoreError
+
+if TYPE_CHECKING:  # pandas/joblib only where a schema or model is read: pointer-only tasks start faster
+    from components.data import Schema
 
 MANIFEST = "manifest.json"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -104,12 +104,16 @@ class Registry:
         return self.store.read(self.key(version, name))
 
     def schema(self, version: str) -> Schema:
+        from components.data import Schema
+
         return Schema.from_json(self.read(version, "schema.json"))
 
     def metrics(self, version: str) -> dict[str, Any]:
         return json.loads(self.read(version, "metrics.json"))
 
     def load_model(self, version: str) -> Any:
+        import joblib
+
         return joblib.load(io.BytesIO(self.read(version, "model.joblib")))
 
     # --- champion ---------------------------------------------------------------------------

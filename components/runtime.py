@@ -1,24 +1,24 @@
 """What every KFP component body shares: settings from parameters, and error records.
 
-A component body is three lines: build settings, call the stage, write outputs. When a
-stage fails on the user's input, the one-sentence reason is also written to the store
-(``runs/<model>/<run>/error.json``) so the CLI can print it instead of a stack trace.
+A component body is three lines: build settings, call the stage, write outputs. The stage
+runs through ``guarded``, which records how the step ended in the store
+(``runs/<model>/<run>/steps/<step>.json``, see components/status.py) so the runner can say
+which step failed and why instead of printing a stack trace.
 """
 
 from __future__ import annotations
 
 import json
-import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from components.data import DataError, DatasetSpec
-from components.registry import utcnow
-from components.settings import ConfigError, Settings, load_settings
-from components.store import StoreError, open_store
+from components.settings import Settings, load_settings
+from components.store import open_store
+
+if TYPE_CHECKING:  # components.data brings pandas: imported where a spec is built
+    from components.data import DatasetSpec
 
 T = TypeVar("T")
-USER_ERRORS = (DataError, ConfigError, StoreError)
 
 
 def settings(store: str, model: str, **extra: Any) -> Settings:
@@ -26,10 +26,22 @@ def settings(store: str, model: str, **extra: Any) -> Settings:
 
 
 def spec(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, name: str) -> DatasetSpec:
+    from components.data import DatasetSpec
+
     return DatasetSpec(
         source=source, target=target, task=task or None, timestamp=timestamp or None,  # type: ignore[arg-type]
         id_columns=tuple(id_columns), exclude=tuple(exclude), name=name,
     )
+
+
+# KFP's placeholder for the pipeline job's id: the backend resolves it only as a task's whole
+# input value, so the steps that record under the run take it as ``job`` and substitute it.
+JOB_ID = "{{$.pipeline_job_uuid}}"
+
+
+def run_id(run: str, job: str) -> str:
+    """The run's name with KFP's job id in place of the placeholder (a schedule's runs: one id each)."""
+    return run.replace(JOB_ID, job) if job and JOB_ID in run else run
 
 
 def run_key(model: str, run: str) -> str:
@@ -55,21 +67,26 @@ def recorded_dataset(settings: Settings, run: str) -> dict[str, Any] | None:
 
 def spec_of(dataset: dict[str, Any]) -> DatasetSpec:
     """The DatasetSpec a version recorded (manifest["dataset"])."""
+    from components.data import DatasetSpec
+
     fields = {k: dataset[k] for k in ("source", "target", "task", "timestamp", "name") if k in dataset}
     return DatasetSpec(**fields, id_columns=tuple(dataset.get("id_columns", ())), exclude=tuple(dataset.get("exclude", ())))
 
 
-def guarded(settings: Settings, run: str, step: str, fn: Callable[[], T]) -> T:
-    """Run a stage; on failure record which step failed and why, then re-raise."""
-    try:
-        return fn()
-    except Exception as exc:
-        record = {
-            "step": step, "error": str(exc), "type": type(exc).__name__, "user_error": isinstance(exc, USER_ERRORS),
-            "at": utcnow(), "traceback": traceback.format_exc(limit=5),
-        }
-        try:
-            open_store(settings.store, settings).create(f"{run_key(settings.model, run)}/error.json", json.dumps(record).encode())
-        except Exception:  # the original error matters more than the record
-            pass
-        raise
+def guarded(settings: Settings, run: str | None, step: str, fn: Callable[[], T], key: str | None = None) -> T:
+    """Run a stage and record how it ended (``runs/<model>/<run>/steps/<step>.json``); re-raise failures."""
+    from components.status import run_step
+
+    return run_step(settings, run, step, fn, key)
+
+
+def cached_step(step: str, fn: Callable[[], T], settings_: Settings | None = None, **inputs: Any) -> T:
+    """Run a cached step's stage and record it under the run named by the ``run`` setting.
+
+    Cached steps cannot take the run as an input (every cache key would differ); the embedded
+    runner names it through the settings of the process that runs the pipeline.
+    """
+    from components.status import cache_key, run_step
+
+    s = settings_ or load_settings()
+    return run_step(s, s.run, step, fn, cache_key(**inputs) if inputs else None)

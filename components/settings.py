@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     model: str = Field("demo", description="Model name: the registry, predictions and monitoring key.")
     runner: Literal["local", "kfp"] = Field("local", description="Where pipelines run.")
     pipeline_root: str = Field(".flywheel/pipeline_root", description="KFP pipeline root (local dir for kfp.local).")
+    run: str | None = Field(None, description="The pipeline run a step records its status under (set by the embedded "
+                                              "runner for its kfp.local process; cached steps cannot take it as an input).")
 
     # S3 / MinIO: the standard AWS variables, never FLYWHEEL_-prefixed.
     s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLYWHEEL_S3_ENDPOINT_URL"))
@@ -62,6 +64,9 @@ class Settings(BaseSettings):
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
     quality_drop_threshold: float = Field(0.05, ge=0)
     cooldown_minutes: int = Field(60, ge=0)
+    retry_backoff_minutes: float = Field(5.0, ge=0, description="A failed retrain is retried after this, doubling per attempt.")
+    retry_max_attempts: int = Field(4, ge=1, description="Attempts of one window's retrain before it is given up.")
+    late_log_days: int = Field(7, ge=0, description="How far back a pass looks for prediction logs that arrived late.")
     sample_size: int = Field(50_000, ge=1000, description="Rows of the window handed to Evidently.")
     evidently_workspace: str = Field(".flywheel/evidently", description="Evidently UI workspace; empty: no snapshots.")
     monitor_reports: Literal["always", "drift", "never"] = Field(

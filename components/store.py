@@ -22,11 +22,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import pandas as pd
+from typing import TYPE_CHECKING, Protocol
 
 from components.settings import Settings
+
+if TYPE_CHECKING:  # pandas only where a frame is read or written: tasks that move no data start faster
+    import pandas as pd
 
 
 class StoreError(RuntimeError):
@@ -346,4 +347,6 @@ def write_parquet(store: Store, key: str, frame: pd.DataFrame) -> None:
 
 def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pd.DataFrame:
     """Read one Parquet object."""
+    import pandas as pd
+
     return pd.read_parquet(io.BytesIO(store.read(key)), columns=columns)

@@ -1,25 +1,22 @@
-"""Train: the hyper-parameter search space, one cross-validated score per candidate, refit."""
+"""Train: the hyper-parameter search space, one cross-validated score per candidate, refit.
+
+The search fans out by model family (one task each, its candidates scored inside), so a
+small table pays a task's start-up once per family rather than once per candidate.
+scikit-learn, pandas and the feature code are imported where they are used: the task that
+only lists the search space starts without them.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit, cross_val_score
-from sklearn.pipeline import Pipeline
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
 
-from components.data import Schema
-from components.features import build, xy
+    from components.data import Schema
 
 # The search space: model family x parameters; each entry is one fan-out task.
 CLASSIFIERS: list[dict[str, Any]] = [
@@ -46,7 +43,23 @@ def candidates(task: str) -> list[dict[str, Any]]:
     return [{**c, "id": f"{i}-{c['family']}"} for i, c in enumerate(space)]
 
 
+def families(task: str) -> list[dict[str, Any]]:
+    """The search space grouped by model family, in order: one fan-out task per family."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in candidates(task):
+        groups.setdefault(c["family"], []).append(c)
+    return [{"family": family, "candidates": members} for family, members in groups.items()]
+
+
 def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.linear_model import LogisticRegression, Ridge
+
     # parameters may come back from JSON as floats (KFP); integers stay integers
     params = {k: int(v) if isinstance(v, float) and v.is_integer() and k in _INT_PARAMS else v for k, v in params.items()}
     if task == "classification":
@@ -67,11 +80,15 @@ def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
 
 
 def make_model(schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:
+    from components.features import build
+
     est = estimator(schema.task, candidate["family"], candidate["params"], seed)
     return build(schema, est, candidate.get("select", False), seed)
 
 
 def _cv(schema: Schema, n: int, folds: int, seed: int) -> Any:
+    from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+
     if schema.timestamp:
         return TimeSeriesSplit(n_splits=folds)
     if schema.task == "classification":
@@ -90,6 +107,11 @@ def score_candidate(
     train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], folds: int, seed: int, max_rows: int
 ) -> dict[str, Any]:
     """Cross-validated primary metric of one candidate on the training rows."""
+    import numpy as np
+    from sklearn.model_selection import cross_val_score
+
+    from components.features import xy
+
     rows = sample_rows(train, schema, max_rows, seed)
     X, y = xy(rows, schema)
     start = time.perf_counter()
@@ -108,9 +130,22 @@ def score_candidate(
     }
 
 
-def best(results: list[dict[str, Any] | str]) -> dict[str, Any]:
-    """The highest cross-validated score (ties: the simpler, earlier candidate)."""
-    parsed = [json.loads(r) if isinstance(r, str) else r for r in results]
+def score_family(
+    train: pd.DataFrame, schema: Schema, family: dict[str, Any], folds: int, seed: int, max_rows: int
+) -> list[dict[str, Any]]:
+    """Cross-validated scores of every candidate of one family (one fan-out task)."""
+    return [score_candidate(train, schema, c, folds, seed, max_rows) for c in family["candidates"]]
+
+
+def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
+    """The highest cross-validated score (ties: the simpler, earlier candidate).
+
+    ``results`` holds candidate results, or lists of them (one per family task), or their JSON.
+    """
+    parsed: list[dict[str, Any]] = []
+    for r in results:
+        r = json.loads(r) if isinstance(r, str) else r
+        parsed.extend(r if isinstance(r, list) else [r])
     if not parsed:
         raise ValueError("no candidate was scored")
     return max(parsed, key=lambda r: (round(r["score"], 6), -int(r["candidate"]["id"].split("-")[0])))
@@ -118,5 +153,7 @@ def best(results: list[dict[str, Any] | str]) -> dict[str, Any]:
 
 def refit(train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:
     """Fit the chosen candidate on all training rows."""
+    from components.features import xy
+
     X, y = xy(train, schema)
     return make_model(schema, candidate, seed).fit(X, y)

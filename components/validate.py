@@ -34,10 +34,11 @@ class ValidationReport:
         return "\n".join(lines)
 
     def raise_for_errors(self) -> None:
+        if len(self.errors) == 1:
+            raise DataError(f"data validation failed: {self.errors[0]}")
         if self.errors:
-            n = len(self.errors)
             lines = "".join(f"\n  - {e}" for e in self.errors)
-            raise DataError(f"data validation failed with {n} error{'s' if n > 1 else ''}:{lines}")
+            raise DataError(f"data validation failed with {len(self.errors)} errors:{lines}")
 
 
 NULL_JUMP = 0.25  # a missing rate this much above the champion's is a data break, not drift

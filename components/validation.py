@@ -180,7 +180,8 @@ class Validator:
     def check_frame(self, frame: pd.DataFrame) -> Checked:
         """Validate a frame of records (Arrow, Parquet, CSV): each column is one field."""
         self._check_size(len(frame))
-        frame = frame.reset_index(drop=True)
+        if not isinstance(frame.index, pd.RangeIndex) or frame.index.start != 0 or frame.index.step != 1:
+            frame = frame.reset_index(drop=True)
         absent = {name: list(range(len(frame))) for name in self.names if name not in frame.columns}
         if absent:
             frame = frame.assign(**{name: None for name in absent})
@@ -242,11 +243,14 @@ class Validator:
             if count:
                 out.nulls[name] = count
         index = np.flatnonzero(good)
-        model_input = pd.DataFrame({k: v[good] for k, v in cols.items()}, index=index, columns=self.names)
+        every = len(index) == n  # the usual case: no copy of each column
+        model_input = pd.DataFrame({k: v if every else v[good] for k, v in cols.items()},
+                                   index=pd.RangeIndex(n) if every else index, columns=self.names)
         out.frame = model_input
         sent = [name for name in self.passthrough if name in frame.columns]
-        if sent:
-            out.passthrough = frame[sent].iloc[index].set_axis(index)
+        if sent:  # as text, so every log part has one type per column whatever the client sent
+            kept = frame[sent].iloc[index].set_axis(model_input.index)
+            out.passthrough = kept.astype(str).where(kept.notna(), None).astype(object)
         self._drift(out)
         problems.sort(key=lambda p: -1 if p.record is None else p.record)
         out.problems = problems
@@ -270,13 +274,16 @@ class Validator:
 # --- one converter per kind: (values for the model, null mask, refused mask, reason) -----------
 
 def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
-    null = s.isna().to_numpy()
     expected = "must be a number"
+    if s.dtype == np.float64:  # the common case (JSON numbers, Arrow doubles): no copy, two masks
+        values = s.to_numpy()
+        inf = np.isinf(values)
+        return values, np.isnan(values), inf, lambda v: f"must be a finite number, got {v}"
+    null = s.isna().to_numpy()
     if is_bool_dtype(s.dtype):
         return np.full(len(s), np.nan), null, ~null, lambda v: f"{expected}, got {_kind(v)} {_shown(v)}"
-    if is_numeric_dtype(s.dtype):
-        values = s.to_numpy(dtype="float64", na_value=np.nan)
-    elif s.dtype == object and infer_dtype(s, skipna=True) in ("integer", "floating", "mixed-integer-float", "empty"):
+    if is_numeric_dtype(s.dtype) or s.dtype == object and infer_dtype(s, skipna=True) in (
+            "integer", "floating", "mixed-integer-float", "decimal", "empty"):
         values = s.to_numpy(dtype="float64", na_value=np.nan)
     elif s.dtype == object:  # mixed JSON values: the rare slow path, one look per value
         ok = np.fromiter((v is None or (type(v) in _NUMBER_TYPES or isinstance(v, _NUMBER_TYPES))

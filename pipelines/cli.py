@@ -15,8 +15,16 @@ app = typer.Typer(help="Flywheel: train, serve, monitor and retrain tabular mode
                   pretty_exceptions_enable=False)
 models = typer.Typer(help="Inspect and manage the model registry.", no_args_is_help=True)
 app.add_typer(models, name="models")
-console = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that never wraps a path or a message mid-word when the output is a pipe or a file."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty else 1000, soft_wrap=not tty)
+
+
+console = _console()
+err = _console(stderr=True)
 
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store URI (directory, file://… or s3://bucket/prefix); default FLYWHEEL_STORE.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name; default FLYWHEEL_MODEL or 'demo'.")]
@@ -50,18 +58,36 @@ def train(
 ) -> None:
     """Run the training pipeline on kfp.local and print the version and the promotion decision."""
     from components.data import DatasetSpec
+    from components.ingest import preview
     from pipelines.local import run_training
 
     if task not in (None, "classification", "regression"):
         raise typer.BadParameter("must be classification or regression", param_hint="--task")
     s = _settings(store=store, model=model)
     spec = DatasetSpec(data, target, task, timestamp, tuple(id_column or ()), tuple(exclude or ()), s.model)  # type: ignore[arg-type]
+    schema, first = preview(spec, s)
+    console.print(columns_table(schema, first))
+    for c in schema.features:
+        if c.missing_indicator:
+            err.print(f"[yellow]warning:[/yellow] column {c.name!r} is {c.null_rate:.0%} missing: {c.action}", highlight=False)
+    for d in schema.dropped:
+        err.print(f"[yellow]warning:[/yellow] column {d['name']!r} is dropped: {d['reason']}", highlight=False)
     with console.status(f"Training {s.model} on {data} (kfp.local)…"):
         result = run_training(spec, s, quiet=not verbose)
     verdict = "[green]promoted[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
     cached = " (served from cache: same data as before)" if result["cached"] else ""
     console.print(f"{s.model} [bold]{result['version']}[/bold] {verdict}{cached}: {result['reason']}")
     console.print(f"champion: {result['champion']}  run: {result['run']}  data fingerprint: {result['fingerprint']}")
+
+
+def columns_table(schema, source: str) -> Table:
+    """The columns the model will see, as `flywheel train` shows them before training."""
+    table = Table(title=f"Columns of {source}", title_justify="left")
+    for col in ("column", "kind", "missing", "action"):
+        table.add_column(col)
+    for row in schema.column_table():
+        table.add_row(row["column"], row["kind"], row["missing"], row["action"])
+    return table
 
 
 @app.command("compile")
@@ -265,7 +291,8 @@ def monitor(
     if bool(data) != bool(target):
         raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
     spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else _trained_on(s)
-    summary = run_pass(s, open_store(s.store, s), make_trigger(s, spec, package, include_feedback))
+    trigger = make_trigger(s, spec, package, include_feedback, reuses_champion_data=not data)
+    summary = run_pass(s, open_store(s.store, s), trigger)
     console.print(table(summary), highlight=False)
     raise typer.Exit(summary.exit_code)
 
@@ -274,6 +301,7 @@ def monitor(
 def run(
     port: Annotated[Optional[int], typer.Option(help="Serving port (default: a free loopback port).")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Continue from the store instead of starting the demo model clean.")] = False,
+    force_reset: Annotated[bool, typer.Option("--force-reset", help="Allow the clean start to delete a model other than 'demo', or in a non-local store.")] = False,
     model: ModelOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -282,7 +310,8 @@ def run(
 
     s = _settings(model=model, store=store, cooldown_minutes=0, min_rows=500, serving_poll_seconds=1.0)
     check_store_writable(s)
-    result = run_loop(s, lambda line: console.print(line, highlight=False), port=port, fresh=not keep)
+    result = run_loop(s, lambda line: console.print(line, highlight=False), port=port, fresh=not keep,
+                      force_reset=force_reset)
     _print_loop(result)
     if result.failed_requests or result.logged != result.served:
         raise typer.Exit(1)

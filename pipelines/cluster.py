@@ -91,6 +91,13 @@ def submit(settings: Settings, spec: DatasetSpec, image: str | None = None, s3_e
     return out
 
 
+def scheduled_run_name(name: str) -> str:
+    """The run name of a schedule's runs: the schedule's name and each run's own KFP job id."""
+    from components.runtime import JOB_ID
+
+    return f"{name}-{JOB_ID}"
+
+
 def schedule(settings: Settings, spec: DatasetSpec, name: str, cron: str, image: str | None = None,
              s3_endpoint: str | None = None) -> dict[str, Any]:
     """A recurring run of the pipeline (one per name: an existing one is kept)."""
@@ -101,8 +108,9 @@ def schedule(settings: Settings, spec: DatasetSpec, name: str, cron: str, image:
         ref = kfp_client.ensure_pipeline_version(client, cluster_package(settings, image or component_image(settings), s3_endpoint, Path(tmp)),
                                                  settings.kfp_pipeline, settings.kfp_namespace)
     experiment = kfp_client.ensure_experiment(client, settings.kfp_experiment, settings.kfp_namespace)
-    # a recurring run's run parameter is fixed, so each run records under the schedule's name
-    params = pipeline_arguments(spec, settings, name, settings.store)
+    # a recurring run's parameters are fixed: the run name carries KFP's job-id placeholder,
+    # which the steps replace with their own run's id, so every scheduled run records apart
+    params = pipeline_arguments(spec, settings, scheduled_run_name(name), settings.store)
     rid = kfp_client.create_recurring_run(client, experiment, ref, name, expression, params, kfp_client.pipeline_root(settings))
     return {"recurring_run_id": rid, "name": name, "cron": expression, "pipeline_version": ref.version_name,
             "experiment_id": experiment}

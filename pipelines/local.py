@@ -1,19 +1,24 @@
-"""Run the training pipeline on the embedded default: KFP's own local runner (kfp.local)."""
+"""Run the training pipeline on the embedded default: KFP's own local runner (kfp.local).
+
+The run happens in a child process (``pipelines/kfp_local.py``): kfp.local's console
+output and logger changes stay there, so this is safe to call from any thread. How the
+run went is read from the store: ``runs/<model>/<run>/status.json`` (written by the exit
+handler) and the step records ``runs/<model>/<run>/steps/<step>.json`` (components/status.py).
+A cacheable step without a record in a succeeded run was served from kfp.local's cache.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import json
-import logging
 import os
-import re
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from components import status as steps
 from components.data import DataError, DatasetSpec, resolve
 from components.ingest import fingerprint_of
 from components.registry import Registry
@@ -72,54 +77,85 @@ def _store_uri(settings: Settings) -> str:
     return str(Path(settings.store.removeprefix("file://")).expanduser().resolve())
 
 
+# Steps kfp.local may serve from its cache; with no record in a succeeded run, they were.
+CACHEABLE = ("ingest", "validate", "features", "search-space", "train", "refit", "evaluate")
+
+
+def child_environment(settings: Settings, run: str, store_uri: str) -> dict[str, str]:
+    """The environment of the kfp.local process: the caller's, plus every setting it chose.
+
+    kfp.local's task processes inherit it, and each builds its settings from it, so a task
+    sees exactly the caller's settings (and the run its status records belong to).
+    """
+    env = dict(os.environ)
+    values = settings.model_dump(mode="json") | {"store": store_uri, "run": run}
+    for name, value in values.items():
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        if name == "s3_endpoint_url":
+            env["AWS_ENDPOINT_URL"] = text
+        elif name == "s3_region":
+            env["AWS_DEFAULT_REGION"] = text
+        else:
+            env[f"FLYWHEEL_{name.upper()}"] = text
+    return env | model_threads()
+
+
+# kfp.local runs at most two ParallelFor iterations at once (its ParallelExecutor's cap)
+LOCAL_PARALLEL_TASKS = 2
+MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def model_threads() -> dict[str, str]:
+    """Compute threads per task: the CPUs shared by the tasks that run at once (the user's value wins).
+
+    Without a limit each search task's OpenMP pool (HistGradientBoosting) takes every CPU,
+    and two of them at once spend their time handing work between threads.
+    """
+    n = str(max(1, (os.cpu_count() or 1) // LOCAL_PARALLEL_TASKS))
+    return {name: os.environ.get(name, n) for name in MODEL_THREAD_ENV}
+
+
 def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = None, quiet: bool = True) -> dict[str, Any]:
     """Run the whole training pipeline locally; returns the version and the promotion decision.
 
+    kfp.local runs in a child process (its console output goes to ``<pipeline_root>/logs/<run>.log``,
+    or to this terminal when not quiet); the outcome is read from the run's step records.
     Raises DataError/StoreError/PipelineFailed with one sentence naming the file, column or setting.
     """
-    from kfp import local
-
-    from pipelines.training import training_pipeline
-
     spec = _local_source(spec)
     fp = preflight(spec, settings)
     store_uri = _store_uri(settings)
     run = run_name or new_run_name(settings.model)
     root = Path(settings.pipeline_root).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False,
-               enable_caching=True)
-    env = {"FLYWHEEL_STORE": store_uri, "FLYWHEEL_MODEL": settings.model}
-    with _captured(echo=not quiet) as log, _env(env):
-        training_pipeline(**pipeline_arguments(spec, settings, run, store_uri))
-    text = _ANSI.sub("", log.getvalue())
-    hits = re.findall(r"Task (\S+) cache hit", text)
-    return {**_outcome(settings, run, fp, text), "cache_hits": hits}
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = root / "logs" / f"{run}.log"
+    arguments = json.dumps(pipeline_arguments(spec, settings, run, store_uri))
+    with open(log_path, "wb") as log:
+        out = None if not quiet else log
+        code = subprocess.call([sys.executable, "-m", "pipelines.kfp_local", str(root), arguments],
+                               env=child_environment(settings, run, store_uri), stdout=out, stderr=out)
+    if code != 0:
+        raise PipelineFailed(f"the kfp.local process of run {run} exited with code {code}; see {log_path}")
+    return _outcome(settings, run, fp, log_path)
 
 
-_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Failed|Exception|Conflict)): (.+)$", re.M)
-
-
-def _reason_from_log(text: str) -> str | None:
-    """The last exception a task raised, from kfp.local's captured task output."""
-    found = _RAISED.findall(text)
-    return f"{found[-1][1]}" if found else None
-
-
-def _outcome(settings: Settings, run: str, fp: str, log: str = "") -> dict[str, Any]:
+def _outcome(settings: Settings, run: str, fp: str, log_path: Path) -> dict[str, Any]:
     store = open_store(settings.store, settings)
     key = run_key(settings.model, run)
+    records = steps.read_all(store, settings.model, run)
     try:
         status = json.loads(store.read(f"{key}/status.json"))
     except NotFound:
-        raise PipelineFailed(f"pipeline run {run} ended without a status record in {store.uri}") from None
+        raise PipelineFailed(f"pipeline run {run} ended without a status record in {store.uri}; see {log_path}") from None
     if status["state"] != "SUCCEEDED":
-        err = status.get("error")
-        if err:
-            raise PipelineFailed(f"step {err['step']} failed: {err['error']}")
-        failed = re.findall(r"Task '?([\w-]+)'? finished with status FAILURE", log)
-        reason = _reason_from_log(log) or status.get("kfp_error") or "see the task logs (--verbose)"
-        raise PipelineFailed(f"step {failed[0] if failed else '?'} failed: {reason}")
+        failed = steps.first_failure(records)
+        if failed:
+            raise PipelineFailed(f"step {failed.step} failed: {failed.reason}")
+        reason = status.get("kfp_error") or "no step recorded a failure"
+        raise PipelineFailed(f"pipeline run {run} ended {status['state']}: {reason}; see {log_path}")
+    hits = [name for name in CACHEABLE if not any(r == name or r.startswith(f"{name}-") for r in records)]
     reg = Registry(store, settings.model)
     decision = None
     for version in reversed(reg.versions()):
@@ -127,60 +163,16 @@ def _outcome(settings: Settings, run: str, fp: str, log: str = "") -> dict[str, 
         if d and d.get("run_id") == run:
             decision, cached = d, False
             break
-    if decision is None:  # register was cached or found the same data's version: nothing new
+    if decision is None:  # register found the same data's version: nothing new was registered
         for version in reversed(reg.versions()):
             if reg.manifest(version).get("fingerprint") == fp:
-                decision, cached = reg.decision(version), True
+                earlier = reg.decision(version) or {}
+                decision = {**earlier, "version": version, "promoted": False,
+                            "reason": f"nothing new: the same data gave {version} before (run {earlier.get('run_id', '?')})"}
+                cached = True
                 break
     if decision is None:
         raise PipelineFailed(f"pipeline run {run} succeeded but registered no version")
     champ = reg.champion()
-    return {**decision, "run": run, "cached": cached, "fingerprint": fp, "champion": champ.version if champ else None}
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]):
-    """kfp.local tasks inherit the environment: hand them the store the caller chose."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class _Tee(io.StringIO):
-    def __init__(self, echo: Any) -> None:
-        super().__init__()
-        self.echo = echo
-
-    def write(self, text: str) -> int:
-        if self.echo is not None:
-            self.echo.write(text)
-        return super().write(text)
-
-
-@contextlib.contextmanager
-def _captured(echo: bool):
-    """kfp.local narrates every task on stdout (cache hits included): keep it, show it on --verbose."""
-    sink = _Tee(sys.stdout if echo else None)
-    # kfp.local logs cache hits from its orchestrator, outside its own logger context: listen at INFO
-    root, handler = logging.getLogger(), logging.StreamHandler(sink)
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink if not echo else sys.stderr):
-            yield sink
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-
-
+    return {**decision, "run": run, "cached": cached, "registered": not cached, "fingerprint": fp,
+            "champion": champ.version if champ else None, "cache_hits": hits, "log": str(log_path)}

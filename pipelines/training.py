@@ -2,7 +2,7 @@
 
     fingerprint ─┐          champion ─┐
                  ▼                    ▼
-               ingest ─► validate ─► features ─► train × N (ParallelFor) ─► refit
+               ingest ─► validate ─► features ─► train × family (ParallelFor) ─► refit
                                                                              ▼
                                             deploy ◄─ [promoted] ◄─ register ◄─ evaluate
     (record_run: exit handler, always runs)
@@ -82,12 +82,13 @@ def build(cluster: ClusterOptions | None = None):
         promotion_margin: float = 0.0,
     ) -> None:
         data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude)
-        recorder = on(c.record_run(store=store, model=model, run=run).set_caching_options(False))
+        job = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # a schedule's run name holds it: each run records under its own id
+        recorder = on(c.record_run(store=store, model=model, run=run, job=job).set_caching_options(False))
         with dsl.ExitHandler(recorder, name="run"):
             # never cached: they look at the world as it is now
-            fp = on(c.fingerprint(**data, store=store, model=model, run=run).set_caching_options(False))
+            fp = on(c.fingerprint(**data, store=store, model=model, run=run, job=job).set_caching_options(False))
             fp.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
-            champ = on(c.champion(store=store, model=model, run=run).set_caching_options(False))
+            champ = on(c.champion(store=store, model=model, run=run, job=job).set_caching_options(False))
             champ.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
 
             # cached: every key includes the data fingerprint (and the champion where it matters)
@@ -101,8 +102,8 @@ def build(cluster: ClusterOptions | None = None):
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
             space = on(c.search_space(schema=schema))
-            with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as candidate:
-                trial = on(c.train(train=split.outputs["train"], candidate=candidate, folds=cv_folds, seed=seed,
+            with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as family:
+                trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
                                    max_rows=max_train_rows))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("8G")
             best = on(c.refit(train=split.outputs["train"], schema=schema,
@@ -115,13 +116,14 @@ def build(cluster: ClusterOptions | None = None):
                 model=best.outputs["model"], train=split.outputs["train"], holdout=split.outputs["holdout"],
                 schema=schema, evaluation=evaluation.outputs["Output"], best=best.outputs["Output"],
                 fingerprint=fp.output, champion=champ.output, store=store, model_name=model, run=run,
-                promotion_margin=promotion_margin,
+                promotion_margin=promotion_margin, job=job,
             ))
             # never cached: it writes the registry (and is idempotent for the same data and model)
             registered.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
             with dsl.If(registered.output != "", name="promoted"):
-                rollout = on(c.deploy(version=registered.output, store=store, model=model, run=run))
-                rollout.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="10s")
+                rollout = on(c.deploy(version=registered.output, store=store, model=model, run=run, job=job))
+                # one retry (a transient API error); a rollout that failed and was rolled back fails the run
+                rollout.set_caching_options(False).set_retry(num_retries=1, backoff_duration="10s")
 
     return training_pipeline
 

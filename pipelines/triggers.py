@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.data import DataError, DatasetSpec, read_source, resolve
+from components.data import REQUEST_ID, TIME, DataError, DatasetSpec, read_source, resolve
 from components.registry import Registry
 from components.settings import ConfigError, Settings
 from components.store import StoreError, open_store
@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 def retrain_spec(spec: DatasetSpec, settings: Settings, request: RetrainRequest, include_feedback: bool) -> DatasetSpec:
     """The dataset a retrain reads: ``spec``, or ``spec`` plus the labelled feedback as one new file.
 
-    The combined data is written to ``datasets/<model>-retrain/<key>.parquet``; the user's own
-    dataset is never modified.
+    Production rows keep their logged prediction time as the timestamp (a time-aware split
+    then orders them among the dataset's rows) and their request id, recorded as an id
+    column: when the base already holds production rows (the champion was trained on an
+    earlier retrain file), only request ids it does not hold are added, so no row appears
+    twice. The combined data is written to ``datasets/<model>-retrain/<key>.parquet``; the
+    user's own dataset is never modified.
     """
     if not include_feedback:
         return spec
@@ -51,14 +55,33 @@ def retrain_spec(spec: DatasetSpec, settings: Settings, request: RetrainRequest,
     if extra.empty:
         return spec
     base = read_source(resolve(spec.source, settings), settings)
-    keep = [c for c in base.columns if c in extra.columns]
+    if REQUEST_ID in base.columns:  # an earlier retrain's file: its production rows are in already
+        extra = extra[~extra[REQUEST_ID].isin(set(base[REQUEST_ID].dropna()))]
+    if extra.empty:
+        log.info("retrain data: no labelled production rows beyond those in %s", spec.source)
+        return spec
+    extra = extra.rename(columns={TIME: spec.timestamp}) if spec.timestamp else extra.drop(columns=[TIME])
+    if spec.timestamp and spec.timestamp in base.columns:
+        # one type for the column: UTC instants (naive dataset times are taken as UTC, as ingest does)
+        base = base.assign(**{spec.timestamp: _utc(base[spec.timestamp])})
+        extra = extra.assign(**{spec.timestamp: _utc(extra[spec.timestamp])})
+    keep = [c for c in base.columns if c in extra.columns] + ([REQUEST_ID] if REQUEST_ID not in base.columns else [])
     combined = pd.concat([base, extra[keep]], ignore_index=True)
     key = f"datasets/{request.model}-retrain/{request.key}.parquet"
     buf = io.BytesIO()
     combined.to_parquet(buf, index=False)
     store.write(key, buf.getvalue())
-    log.info("retrain data: %d dataset rows + %d labelled production rows -> %s", len(base), len(extra), key)
-    return replace(spec, source=key)
+    log.info("retrain data: %d dataset rows + %d new labelled production rows -> %s", len(base), len(extra), key)
+    ids = spec.id_columns if REQUEST_ID in spec.id_columns else (*spec.id_columns, REQUEST_ID)
+    return replace(spec, source=key, id_columns=ids)
+
+
+def _utc(values: pd.Series) -> pd.Series:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
 
 
 class LocalTrigger:
@@ -66,8 +89,11 @@ class LocalTrigger:
 
     kind = "local"
 
-    def __init__(self, settings: Settings, spec: DatasetSpec, include_feedback: bool = False) -> None:
+    def __init__(self, settings: Settings, spec: DatasetSpec, include_feedback: bool = False,
+                 reuses_champion_data: bool = False) -> None:
         self.settings, self.spec, self.include_feedback = settings, spec, include_feedback
+        # no --data: the spec is the champion's own training source (the monitor then needs new labels)
+        self.reuses_champion_data, self.source = reuses_champion_data, spec.source
 
     def start(self, request: RetrainRequest) -> dict[str, Any]:
         from pipelines.local import (  # pipelines/ sits above the monitor
@@ -81,7 +107,8 @@ class LocalTrigger:
         except (DataError, StoreError, PipelineFailed) as exc:
             return {"status": "failed", "error": str(exc), "run_id": request.run_name}
         return {"status": "succeeded", "run_id": result.get("run", request.run_name), "version": result.get("version"),
-                "promoted": result.get("promoted"), "promotion_reason": result.get("reason"), "source": spec.source}
+                "registered": result.get("registered", True), "promoted": bool(result.get("promoted")),
+                "promotion_reason": result.get("reason"), "source": spec.source}
 
     def poll(self, record: dict[str, Any]) -> dict[str, Any]:
         # A local run is finished when its pass writes the record; an open one belongs to a
@@ -95,10 +122,12 @@ class KFPTrigger:
     kind = "kfp"
 
     def __init__(self, settings: Settings, spec: DatasetSpec, package_path: str | Path | None = None,
-                 include_feedback: bool = False, token_path: str | None | object = ...) -> None:
+                 include_feedback: bool = False, token_path: str | None | object = ...,
+                 reuses_champion_data: bool = False) -> None:
         self.settings, self.spec = settings, spec
         self.package_path = Path(package_path) if package_path else None
         self.include_feedback, self.token_path = include_feedback, token_path
+        self.reuses_champion_data, self.source = reuses_champion_data, spec.source
 
     def _client(self):
         try:
@@ -149,13 +178,15 @@ class KFPTrigger:
 
 
 def make_trigger(settings: Settings, spec: DatasetSpec | None, package_path: str | Path | None = None,
-                 include_feedback: bool = False):
+                 include_feedback: bool = False, reuses_champion_data: bool = False):
     """The trigger the settings ask for (``runner``: local or kfp); None when no dataset is configured.
 
     ``package_path``: a compiled pipeline for KFP; None compiles one from the installed code.
+    ``reuses_champion_data``: the spec is the champion's own training source (no ``--data``);
+    the monitor then retrains only on new labels and otherwise raises an alarm.
     """
     if spec is None:
         return None
     if settings.runner == "kfp":
-        return KFPTrigger(settings, spec, package_path, include_feedback)
-    return LocalTrigger(settings, spec, include_feedback)
+        return KFPTrigger(settings, spec, package_path, include_feedback, reuses_champion_data=reuses_champion_data)
+    return LocalTrigger(settings, spec, include_feedback, reuses_champion_data)

@@ -10,6 +10,23 @@ import pytest
 
 from components.settings import Settings, load_settings
 
+ROOT = Path(__file__).resolve().parent.parent
+# End-to-end modules (real pipelines on kfp.local, real servers, the whole loop, a Bento build):
+# marked slow, kept in `make test`, and scheduled first so parallel workers finish together.
+SLOW_MODULES = {
+    "tests/test_pipeline.py", "tests/test_loop.py", "tests/test_batch_pipeline.py", "tests/test_real_data.py",
+    "tests/monitoring/test_local_trigger.py", "tests/serving/test_lifecycle.py", "tests/serving/test_http.py",
+    "tests/serving/test_faults.py", "tests/serving/test_packaging.py", "tests/apiserver/test_deploy_apiserver.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the end-to-end modules slow and run the slow tests first (stable: modules stay together)."""
+    for item in items:
+        if item.path.relative_to(ROOT).as_posix() in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 def free_port() -> int:
     with socket.socket() as s:

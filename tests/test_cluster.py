@@ -130,3 +130,24 @@ def test_cli_submit_and_its_errors(api):
     down = _cli("submit", "--data", SPEC.source, "--target", "churned", "--host", api.url, env=env)
     assert down.returncode == 1 and f"KFP API at {api.url} is unreachable" in down.stderr.replace("\n", "")
     assert "Traceback" not in down.stderr
+
+
+def test_each_scheduled_run_records_under_its_own_id(api, cluster_settings, tmp_path):
+    from components.runtime import JOB_ID, run_id, run_key
+    from pipelines.compile import compile_pipeline
+    from pipelines.training import ClusterOptions
+
+    schedule(cluster_settings, SPEC, "nightly", "0 3 * * *")
+    rr = next(iter(api.recurring.values()))
+    run = rr["runtime_config"]["parameters"]["run"]
+    assert run == f"nightly-{JOB_ID}"
+    # every step that records under the run gets KFP's job id as a whole input value (the only form the backend resolves)
+    ir = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", "img:1", ClusterOptions(), None).read_text()))
+    tasks = {**ir["root"]["dag"]["tasks"], **ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]}
+    tasks.update(next(c["dag"]["tasks"] for n, c in ir["components"].items() if "condition" in n))
+    for name in ("record-run", "fingerprint", "champion", "register", "deploy"):
+        job = tasks[name]["inputs"]["parameters"]["job"]
+        assert job == {"runtimeValue": {"constant": JOB_ID}}, name
+    keys = {run_key("demo", run_id(run, job)) for job in ("3f2a-run-1", "9c41-run-2")}
+    assert keys == {"runs/demo/nightly-3f2a-run-1", "runs/demo/nightly-9c41-run-2"}
+    assert run_id("manual-run", "3f2a") == "manual-run"  # a named run keeps its name

@@ -149,3 +149,60 @@ def test_cli_bad_input_is_one_clear_sentence(tmp_path, args, message):
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "store" / "registry").exists()  # nothing registered
+
+
+def _unscorable_model() -> bytes:
+    """A model that loads but cannot score this data: it needs a column the holdout lacks."""
+    import io
+
+    import joblib
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.dummy import DummyClassifier
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(ColumnTransformer([("x", "passthrough", ["gone"])]), DummyClassifier())
+    model.fit(pd.DataFrame({"gone": [0.0, 1.0]}), [0, 1])
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    return buf.getvalue()
+
+
+def test_a_champion_that_cannot_be_loaded_or_scored_fails_the_run_and_stays(world, tmp_path):
+    settings, *_ = world
+    reg = Registry(open_store(settings.store, settings), "churn")
+    champion, versions = reg.champion().version, reg.versions()
+    key = reg.key(champion, "model.joblib")
+    original = reg.store.read(key)
+    fresh = tmp_path / "fresh.csv"
+    churn(1500, seed=14).to_csv(fresh, index=False)
+    spec = DatasetSpec(str(fresh), "churned", timestamp="event_time")
+    try:
+        reg.store.write(key, b"not a pickle")  # the fault: the champion's model object is damaged
+        with pytest.raises(PipelineFailed, match=f"step evaluate failed: champion {champion} cannot be loaded"):
+            run_training(spec, settings)
+        assert reg.champion().version == champion and reg.versions() == versions
+
+        reg.store.write(key, _unscorable_model())  # the fault: it loads but cannot score the holdout
+        with pytest.raises(PipelineFailed, match=f"step evaluate failed: champion {champion} cannot be scored on the holdout"):
+            run_training(spec, settings)
+        assert reg.champion().version == champion and reg.versions() == versions
+    finally:
+        reg.store.write(key, original)
+    runs = sorted({k.split("/")[2] for k in reg.store.list("runs/churn/") if k.endswith("/status.json")})
+    failed = [json.loads(reg.store.read(f"runs/churn/{r}/status.json")) for r in runs]
+    assert sum(1 for s in failed if s["state"] != "SUCCEEDED" and s["error"]["step"] == "evaluate") == 2
+
+
+def test_step_records_say_what_ran_and_what_came_from_the_cache(world):
+    settings, _, _, first, second = world
+    store = open_store(settings.store, settings)
+    from components import status as steps
+
+    ran = steps.read_all(store, "churn", first["run"])
+    assert {"fingerprint", "champion", "ingest", "validate", "features", "search-space", "refit", "evaluate",
+            "register"} <= set(ran) and any(name.startswith("train-") for name in ran)
+    assert all(r.outcome == "succeeded" for r in ran.values())
+    assert ran["ingest"].cache_key and ran["ingest"].cache_key == steps.cache_key(fingerprint=first["fingerprint"])
+    again = steps.read_all(store, "churn", second["run"])
+    assert {"fingerprint", "champion", "register"} <= set(again) and "ingest" not in again  # cached: never executed

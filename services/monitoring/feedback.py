@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.data import LABEL, REQUEST_ID, Schema
+from components.data import LABEL, REQUEST_ID, TIME, Schema
 from components.store import NotFound, Store
 from services.monitoring.scan import BATCH_ROWS, Window, _open, partition_keys, read_feedback
 
@@ -22,12 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def labelled_rows(store: Store, model: str, schema: Schema, until: dt.datetime, since: dt.datetime | None = None) -> pd.DataFrame:
-    """Logged features of every labelled prediction, with the label under the schema's target name."""
+    """Logged features of every labelled prediction, one row per request id, with the label under
+    the schema's target name, the request id and the prediction time (``REQUEST_ID``, ``TIME``)."""
+    out = [REQUEST_ID, TIME, *schema.feature_names, schema.target]
     feedback, _ = read_feedback(store, model, since, until + dt.timedelta(days=1))
     if feedback.num_rows == 0:
-        return pd.DataFrame(columns=[*schema.feature_names, schema.target])
+        return pd.DataFrame(columns=out)
     ids = feedback.column(REQUEST_ID)
-    columns = [REQUEST_ID, *schema.feature_names]
+    columns = [REQUEST_ID, TIME, *schema.feature_names]
     parts = []
     for key in partition_keys(store, f"predictions/{model}", Window(since, until)):
         try:
@@ -44,7 +46,7 @@ def labelled_rows(store: Store, model: str, schema: Schema, until: dt.datetime, 
         except Exception as exc:  # noqa: BLE001 - a corrupt file is left out, never fatal
             log.warning("feedback join skips %s: %s", key, exc)
     if not parts:
-        return pd.DataFrame(columns=[*schema.feature_names, schema.target])
+        return pd.DataFrame(columns=out)
     joined = pa.concat_tables(parts, promote_options="permissive").join(feedback, REQUEST_ID, join_type="inner")
     frame = joined.to_pandas().drop_duplicates(REQUEST_ID)
-    return frame.rename(columns={LABEL: schema.target})[[*schema.feature_names, schema.target]].reset_index(drop=True)
+    return frame.rename(columns={LABEL: schema.target})[out].reset_index(drop=True)

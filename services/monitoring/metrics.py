@@ -26,10 +26,12 @@ JOB = "flywheel-monitor"
 MAX_FEATURE_SERIES = 50
 STATUSES = ("ok", "skipped", "error")
 # What a pass that wanted a retrain did about it (the decision counters).
-DECISION_OUTCOMES = ("triggered", "failed", "in_flight", "cooldown", "duplicate", "no_trigger")
+DECISION_OUTCOMES = ("triggered", "failed", "in_flight", "cooldown", "duplicate", "no_trigger", "alarm")
 # Families a failed pass pushes (POST): everything else keeps the last good pass's values.
+# The retrain counters are among them when the pass could read them (a failed trigger).
 ERROR_FAMILIES = ("flywheel_monitor_status", "flywheel_monitor_duration_seconds",
-                  "flywheel_monitor_last_run_timestamp_seconds", "flywheel_retrain_decision")
+                  "flywheel_monitor_last_run_timestamp_seconds", "flywheel_retrain_decision",
+                  "flywheel_retrain_decisions_total", "flywheel_retrain_failures_total", "flywheel_retrain_in_flight")
 
 
 @dataclass(frozen=True)
@@ -150,11 +152,12 @@ def _decision(summary: dict[str, Any], add: Any) -> None:
     if counts is not None:
         for outcome in DECISION_OUTCOMES:
             add("flywheel_retrain_decisions_total", "counter",
-                "Passes that wanted a retrain, by what they did: triggered, failed, in_flight, cooldown, duplicate, no_trigger.",
+                "Passes that wanted a retrain, by what they did: triggered, failed, in_flight, cooldown, duplicate, "
+                "no_trigger, alarm (no new labelled data to retrain on).",
                 counts.get(outcome, 0), outcome=outcome)
     records = retrains.get("records")
     if records is not None:
-        add("flywheel_retrain_failures_total", "counter", "Retrains the monitor started that failed (trigger records).",
+        add("flywheel_retrain_failures_total", "counter", "Attempts of retrains the monitor started that failed (trigger records).",
             records.get("failed", 0))
         add("flywheel_retrain_in_flight", "gauge", "Retrains started by the monitor and not finished yet.",
             records.get("in_flight", 0))

@@ -33,6 +33,7 @@ from components.registry import Registry, RegistryError
 from components.settings import Settings
 from components.store import NotFound, Store, StoreError
 from services.monitoring import drift as drift_mod
+from services.monitoring import late as late_mod
 from services.monitoring import metrics as monitor_metrics
 from services.monitoring import quality as quality_mod
 from services.monitoring import trigger as trig
@@ -57,6 +58,7 @@ class Summary:
     quality: dict[str, Any] | None = None
     columns: dict[str, Any] = field(default_factory=dict)
     decision: dict[str, Any] = field(default_factory=lambda: {"retrain": False, "reason": ""})
+    alarm: dict[str, Any] | None = None  # drift without new labels: a human is told, no retrain runs
     outputs: dict[str, Any] = field(default_factory=dict)
     retrains: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -105,6 +107,7 @@ def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now
     evaluated: Evaluated | None = None
     try:
         evaluated = _evaluate(settings, store, trigger, now, s)
+        _retry_when_skipped(settings, store, trigger, now, s)
     except (StoreError, RegistryError) as exc:
         s.status, s.message = "error", str(exc)
         s.decision = {"retrain": False, "outcome": "error", "reason": f"no retrain: the pass failed ({exc})"}
@@ -153,12 +156,14 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
     if len(reference) > settings.sample_size:
         reference = reference.sample(n=settings.sample_size, random_state=settings.seed)
 
+    late = late_mod.late_keys(store, settings.model, window.start, settings.late_log_days)
     feedback, fb_skipped = read_feedback(store, settings.model, window.start, now)
     scan = scan_window(store, settings.model, window, schema, version, reference, settings.sample_size,
-                       feedback if feedback.num_rows else None, seed=settings.seed)
+                       feedback if feedback.num_rows else None, seed=settings.seed, late=late)
     s.rows = {"in_window": scan.rows_in_window, "evaluated": scan.rows, "by_version": scan.rows_by_version,
               "other_versions": scan.rows_in_window - scan.rows, "sample": len(scan.sample),
-              "labelled": scan.labelled_rows, "reference": len(reference), "min_rows": settings.min_rows}
+              "labelled": scan.labelled_rows, "reference": len(reference), "min_rows": settings.min_rows,
+              "late": scan.late_rows}
     s.files = {"read": scan.files_read, "skipped": scan.files_skipped + fb_skipped}
     s.columns = scan.columns
     for f in s.files["skipped"]:
@@ -185,8 +190,10 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
         schema.task, scan.labelled, LABEL, PREDICTION, metrics.get("holdout", {}), metrics.get("primary_metric", ""),
         settings.quality_drop_threshold, scan.labelled_rows, schema.classes)
 
-    store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
     _decide(settings, store, trigger, now, window, version, result, s)
+    if s.decision.get("done", True):  # a decision not carried out leaves the window to the next pass
+        store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
+        late_mod.mark_seen(store, settings.model, scan.keys_read)
     return Evaluated(reference, scan, schema, window)
 
 
@@ -231,20 +238,37 @@ def _reports(settings: Settings, store: Store, ev: Evaluated, s: Summary) -> Non
 
 def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, window: Window,
             version: str, result: drift_mod.DriftResult, s: Summary) -> None:
+    """Decide, and carry the decision out; ``decision["done"]`` is False when it could not be.
+
+    A failed retrain of an earlier window is retried here when its backoff has passed (even
+    if this window is quiet): the earlier decision still stands until it is carried out.
+    """
     degraded = bool(s.quality and s.quality.get("degraded"))
     quality_reason = (s.quality or {}).get("reason", "")
-    if not (result.detected or degraded):
-        s.decision = {"retrain": False, "outcome": "no_drift", "reason": f"no retrain: {result.reason}; quality: {quality_reason}"}
-        return
+    wanted = result.detected or degraded
     why = "; ".join(r for r, on in [(result.reason, result.detected), (f"quality degraded: {quality_reason}", degraded)] if on)
-    s.decision = {"retrain": True, "wanted": True, "outcome": "triggered", "reason": why, "trigger": None}
-    if trigger is None:
+    s.decision = ({"retrain": True, "wanted": True, "outcome": "triggered", "reason": why, "trigger": None} if wanted else
+                  {"retrain": False, "outcome": "no_drift", "reason": f"no retrain: {result.reason}; quality: {quality_reason}"})
+    if wanted and trigger is None:
         s.decision.update(retrain=False, outcome="no_trigger", reason=f"retrain wanted ({why}) but no trigger is configured")
         return
-    block = trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now)
+    if trigger is None:
+        return
+    if wanted and _no_new_data(trigger, s):
+        s.alarm = {"drift": result.detected, "quality_degraded": degraded, "reason": why,
+                   "waiting_for": "labelled production data (feedback) or a dataset given with --data"}
+        s.decision.update(retrain=False, outcome="alarm", alarm=True, reason=(
+            f"ALARM: {why}; no retrain: there is no new labelled data (the retrain would read only "
+            f"{getattr(trigger, 'source', 'the champion')}, the champion's own training data, which can only "
+            "reproduce it); waiting for labels"))
+        wanted = False
+    block = _blocking(settings, store, trigger, now)
     if block:
-        s.decision.update(retrain=False, outcome="cooldown" if "cooldown" in block else "in_flight",
-                          reason=f"retrain wanted ({why}) but {block}")
+        if wanted:
+            s.decision.update(retrain=False, outcome="cooldown" if "cooldown" in block else "in_flight",
+                              reason=f"retrain wanted ({why}) but {block}")
+        return
+    if _retry_pending(settings, store, trigger, now, version, s, wanted) or not wanted:
         return
     key = Window.stamp(window.start)
     request = trig.RetrainRequest(settings.model, key, version, window.to_dict(), why,
@@ -254,38 +278,113 @@ def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now:
                           reason=f"retrain wanted ({why}) but window {key} already triggered one (another pass)")
         s.decision["trigger"] = trig.record_key(settings.model, key)
         return
-    s.decision["trigger"] = trig.record_key(settings.model, key)
+    _start(settings, store, trigger, request, s, now)
+
+
+def _blocking(settings: Settings, store: Store, trigger: trig.Trigger, now: dt.datetime) -> str | None:
+    return trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now,
+                         dt.timedelta(minutes=settings.retry_backoff_minutes), settings.retry_max_attempts)
+
+
+def _retry_pending(settings: Settings, store: Store, trigger: trig.Trigger, now: dt.datetime, version: str,
+                   s: Summary, wanted: bool) -> bool:
+    """Carry out an earlier window's failed retrain when its backoff has passed; True when one is pending.
+
+    The caller has checked that nothing is in flight; ``retake`` is a conditional replace, so
+    of passes racing here exactly one starts the retry.
+    """
+    retry = trig.pending(store, settings.model, version)
+    if retry is None:
+        return False
+    if now < dt.datetime.fromisoformat(retry["retry_at"]):
+        note = (f"retrain {retry['key']} failed (attempt {retry.get('attempts', 1)}: {retry.get('error')}); "
+                f"next attempt at {retry['retry_at']}")
+        s.decision.update(retrain=False, reason=f"{s.decision['reason']}; {note}".lstrip("; "))
+        if wanted:
+            s.decision.update(outcome="in_flight", done=False)
+        return True
+    record = trig.retake(store, settings.model, retry["key"], now)
+    if record is None:
+        s.decision.update(retrain=False, reason=f"retrain {retry['key']} is being retried by another pass")
+        if wanted:
+            s.decision["outcome"] = "in_flight"
+        return True
+    request = trig.RetrainRequest(**{f: record[f] for f in ("model", "key", "version", "window", "reason", "run_name")})
+    s.decision.update(retrain=True, wanted=True, outcome="triggered", retry=record["attempts"],
+                      reason=f"retrying retrain {request.key} (attempt {record['attempts']}: {request.reason})")
+    _start(settings, store, trigger, request, s, now)
+    return True
+
+
+def _retry_when_skipped(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, s: Summary) -> None:
+    """A pass with nothing to evaluate still carries out an earlier window's pending retry."""
+    if trigger is None or s.status != "skipped" or not s.version:
+        return
+    block = _blocking(settings, store, trigger, now)
+    if block is None:
+        _retry_pending(settings, store, trigger, now, s.version, s, False)
+
+
+def _no_new_data(trigger: trig.Trigger, s: Summary) -> bool:
+    """True when a retrain would read only what the champion was trained on (no --data, no new labels)."""
+    if not getattr(trigger, "reuses_champion_data", False):
+        return False
+    return not (getattr(trigger, "include_feedback", False) and s.rows.get("labelled", 0) > 0)
+
+
+def _start(settings: Settings, store: Store, trigger: trig.Trigger, request: trig.RetrainRequest, s: Summary,
+           now: dt.datetime) -> None:
+    """Start the claimed retrain and record how it went; a failure is recorded with its retry time."""
+    s.decision["trigger"] = trig.record_key(settings.model, request.key)
+    base = dt.timedelta(minutes=settings.retry_backoff_minutes)
     try:
         started = trigger.start(request)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the record must not claim success
-        trig.update(store, settings.model, key, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"},
-                    dt.datetime.now(dt.UTC))
+        rec = trig.failed(store, settings.model, request.key, f"{type(exc).__name__}: {exc}", now, base,
+                          settings.retry_max_attempts)
         s.status, s.message = "error", f"retrain could not be started: {exc}"
-        s.decision.update(retrain=False, outcome="failed",
-                          reason=f"retrain wanted ({why}) but the {trigger.kind} trigger failed: {exc}")
+        s.decision.update(retrain=False, outcome="failed", done=False,
+                          reason=f"{s.decision['reason']}; the {trigger.kind} trigger failed: {exc}"
+                          + (f" (next attempt at {rec['retry_at']})" if rec.get("retry_at") else " (given up)"))
         return
-    rec = trig.update(store, settings.model, key, started, dt.datetime.now(dt.UTC))
-    s.decision["run"] = {k: rec.get(k) for k in ("status", "run_id", "version", "promoted", "error") if k in rec}
-    if rec.get("status") == "failed":
-        s.status, s.message = "error", f"retrain {key} failed: {rec.get('error')}"
+    if started.get("status") == "failed":
+        rec = trig.failed(store, settings.model, request.key, str(started.get("error")), now, base,
+                          settings.retry_max_attempts, {k: v for k, v in started.items() if k not in ("status", "error")})
+        s.decision.update(outcome="failed", done=False)
+    else:
+        rec = trig.update(store, settings.model, request.key, started, now)
+    s.decision["run"] = {k: rec.get(k) for k in ("status", "run_id", "version", "registered", "promoted", "error",
+                                                  "retry_at", "attempts") if k in rec}
+    if rec.get("status") in ("failed", "given_up"):
+        s.status, s.message = "error", f"retrain {request.key} failed: {rec.get('error')}"
+    elif rec.get("status") == "succeeded" and not rec.get("registered", True):
+        s.decision["reason"] += f"; the retrain registered nothing new ({rec.get('promotion_reason') or 'same data'})"
 
 
 def _record(settings: Settings, store: Store, s: Summary, t0: float) -> None:
     """Write summary.json and push the metrics; called after the decision and again after the reports."""
-    if not s.retrains and s.status != "error":
+    if not s.retrains and s.decision.get("outcome") != "error":  # a failed trigger is counted; a failed store cannot be
         s.retrains = _retrains(store, s)
     s.duration_s = round(time.perf_counter() - t0, 3)
     s.finished_at_unix = round(time.time(), 3)
     s.metrics = {f.key: f.value for f in monitor_metrics.figures(s.to_dict())}
+    _push(settings, s)
+    status = s.status
     _write_summary(store, s)
-    if settings.pushgateway:
-        try:
-            monitor_metrics.push(settings.pushgateway, settings.model, s.to_dict())
-            s.outputs["pushgateway"] = settings.pushgateway
-        except Exception as exc:  # noqa: BLE001 - the pass's results are in the store; the push is a view
-            s.warnings.append(f"metrics not pushed to {settings.pushgateway}: {type(exc).__name__}: {exc}")
-            log.warning("metrics not pushed to %s: %s", settings.pushgateway, exc)
-            _write_summary(store, s)
+    if s.status != status:  # summary.json could not be written: the pass failed after all
+        _push(settings, s)
+
+
+def _push(settings: Settings, s: Summary) -> None:
+    """Push the metrics when ``pushgateway`` is set; a failed push is a warning (the store has the results)."""
+    if not settings.pushgateway:
+        return
+    try:
+        monitor_metrics.push(settings.pushgateway, settings.model, s.to_dict())
+        s.outputs["pushgateway"] = settings.pushgateway
+    except Exception as exc:  # noqa: BLE001 - the pass's results are in the store; the push is a view
+        s.warnings.append(f"metrics not pushed to {settings.pushgateway}: {type(exc).__name__}: {exc}")
+        log.warning("metrics not pushed to %s: %s", settings.pushgateway, exc)
 
 
 COUNTERS = "monitoring/{model}/counters.json"
@@ -310,15 +409,20 @@ def _retrains(store: Store, s: Summary) -> dict[str, Any]:
         recs = trig.records(store, s.model)
     except (StoreError, ValueError) as exc:
         s.warnings.append(f"retrain counters not read: {exc}")
-        return {}
+        return {"unavailable": str(exc)}  # not empty: the report step must not count this pass again
     now = dt.datetime.now(dt.UTC)
     in_flight = sum(r.get("status") in trig.IN_FLIGHT
                     and now - dt.datetime.fromisoformat(r["created_at"]) <= trig.STALE_AFTER for r in recs)
     by_status: dict[str, int] = {}
+    failed_attempts = 0
     for r in recs:
         by_status[str(r.get("status"))] = by_status.get(str(r.get("status")), 0) + 1
+        # every attempt of a record failed but the one still running or succeeded: a count that
+        # only grows, even when a failed record is retried
+        attempts = int(r.get("attempts", 1))
+        failed_attempts += attempts if r.get("status") in ("failed", "given_up") else attempts - 1
     return {"decisions_total": {o: counts.get(o, 0) for o in monitor_metrics.DECISION_OUTCOMES},
-            "records": {"total": len(recs), "failed": by_status.get("failed", 0), "in_flight": in_flight,
+            "records": {"total": len(recs), "failed": failed_attempts, "in_flight": in_flight,
                         "by_status": by_status}}
 
 
@@ -349,6 +453,8 @@ def table(s: Summary) -> str:
             lines.append(f"  {c['column'][:24]:<24} {c['method']:<17} {c['statistic']:>10.4f} {c['p_value']:>10.3g}  {flag}")
     if s.quality and s.quality.get("reason"):
         lines.append(f"  quality: {s.quality['reason']}")
+    if s.alarm:
+        lines.append(f"  ALARM: {s.alarm['reason']} - waiting for {s.alarm['waiting_for']}")
     lines.append(f"  decision: {'RETRAIN' if s.decision.get('retrain') else 'no retrain'} - {s.decision.get('reason', '')}")
     for w in s.warnings[:5]:
         lines.append(f"  warning: {w}")

@@ -8,6 +8,12 @@ conditional create: two passes racing on the same window both try, one wins, the
 reports that the window was already handled. The record then carries the run's state
 (started -> running -> succeeded/failed) so later passes can tell a retrain in flight or
 a cooldown from a finished one.
+
+A failed retrain is not the end of its window's decision: the record says when it may be
+tried again (``retry_at``, a backoff that doubles per attempt) and a later pass takes it
+over with a conditional replace on the record (``retake``), so two passes never both
+restart it and never while another attempt is in flight. After ``retry_max_attempts`` the
+record is given up (``status: given_up``) and says so.
 """
 
 from __future__ import annotations
@@ -65,9 +71,57 @@ def record_key(model: str, key: str) -> str:
 
 def claim(store: Store, request: RetrainRequest, kind: str, now: dt.datetime) -> bool:
     """Create the window's record; False when another pass already has it."""
-    body = {**asdict(request), "trigger": kind, "status": "started", "created_at": now.isoformat(),
+    body = {**asdict(request), "trigger": kind, "status": "started", "attempts": 1, "created_at": now.isoformat(),
             "updated_at": now.isoformat()}
     return store.create(record_key(request.model, request.key), json.dumps(body, indent=2, default=str).encode())
+
+
+def backoff(attempts: int, base: dt.timedelta) -> dt.timedelta:
+    """How long after its ``attempts``-th failure a retrain may be tried again."""
+    return base * (2 ** max(attempts - 1, 0))
+
+
+def failed(store: Store, model: str, key: str, error: str, now: dt.datetime, base: dt.timedelta,
+           max_attempts: int, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record a failed attempt and when the next one is due (or that the retrain is given up)."""
+    body = json.loads(store.read(record_key(model, key)))
+    attempts = int(body.get("attempts", 1))
+    out = {**(fields or {}), "status": "failed", "error": error}
+    if attempts >= max_attempts:
+        out.update(status="given_up", retry_at=None)
+    else:
+        out["retry_at"] = (now + backoff(attempts, base)).isoformat()
+    return update(store, model, key, out, now)
+
+
+def pending(store: Store, model: str, version: str) -> dict[str, Any] | None:
+    """The latest failed retrain decided against ``version`` that is still to be retried, if any.
+
+    A failed record of an older served version is obsolete: the champion changed since.
+    """
+    for rec in reversed(records(store, model)):
+        if rec.get("status") == "failed" and rec.get("retry_at") and rec.get("version") == version:
+            return rec
+    return None
+
+
+def retake(store: Store, model: str, key: str, now: dt.datetime) -> dict[str, Any] | None:
+    """Take a failed record over for a new attempt; None when another pass changed it first."""
+    k = record_key(model, key)
+    try:
+        current = store.read_versioned(k)
+    except NotFound:
+        return None
+    body = json.loads(current.data)
+    if body.get("status") != "failed":
+        return None
+    attempts = int(body.get("attempts", 1)) + 1
+    body.update(status="started", attempts=attempts, run_id=None, retry_at=None, updated_at=now.isoformat(),
+                run_name=f"{body['run_name'].split('-attempt-')[0]}-attempt-{attempts}",
+                errors=[*body.get("errors", []), body.get("error")], error=None)
+    if not store.replace(k, json.dumps(body, indent=2, default=str).encode(), current.etag):
+        return None
+    return body
 
 
 def update(store: Store, model: str, key: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -93,11 +147,13 @@ def records(store: Store, model: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r.get("created_at", ""))
 
 
-def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.timedelta, now: dt.datetime) -> str | None:
+def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.timedelta, now: dt.datetime,
+             retry_backoff: dt.timedelta = dt.timedelta(minutes=5), max_attempts: int = 1) -> str | None:
     """Why no retrain may start now (one in flight, or inside the cooldown), else None.
 
     In-flight records are polled through the trigger first, and the answer is written back,
-    so a finished run stops blocking as soon as any pass notices.
+    so a finished run stops blocking as soon as any pass notices; a run found failed gets its
+    retry time like a start that failed (``failed``).
     """
     for rec in reversed(records(store, model)):
         status = rec.get("status")
@@ -108,11 +164,17 @@ def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.tim
                 fresh = trigger.poll(rec)
             except TriggerError as exc:
                 return f"retrain {rec['key']} is in flight and its state cannot be read ({exc})"
-            if fresh.get("status") and fresh.get("status") != status:
+            if fresh.get("status") == "failed":
+                why = fresh.get("error") or f"run {rec['run_id']} ended {fresh.get('kfp_state', 'failed')}"
+                rec = failed(store, model, rec["key"], why, now, retry_backoff, max_attempts,
+                             {k: v for k, v in fresh.items() if k not in ("status", "error")})
+                status = rec["status"]
+            elif fresh.get("status") and fresh.get("status") != status:
                 rec = update(store, model, rec["key"], fresh, now)
                 status = rec["status"]
         if status in IN_FLIGHT:
-            if now - created > STALE_AFTER:
+            touched = dt.datetime.fromisoformat(rec.get("updated_at") or rec["created_at"])  # a retake restarts the clock
+            if now - touched > STALE_AFTER:
                 continue
             return f"a retrain is in flight (record {rec['key']}, {status} since {rec['created_at']})"
         if status in ("succeeded", *IN_FLIGHT) and now - created < cooldown:

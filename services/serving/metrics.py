@@ -53,13 +53,16 @@ def metrics() -> Metrics:
     return _metrics
 
 
+SWAP_OUTCOMES = ("swapped", "refused")
+
+
 def _build() -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 
-    return Metrics(
-        request_duration=Histogram("flywheel_request_duration_seconds", "Request latency by endpoint and status.",
-                                   ["endpoint", "status"], buckets=_LATENCY_BUCKETS),
-        requests=Counter("flywheel_requests_total", "Requests by endpoint and status.", ["endpoint", "status"]),
+    built = Metrics(
+        request_duration=Histogram("flywheel_request_duration_seconds", "Request latency by API and status.",
+                                   ["api", "status"], buckets=_LATENCY_BUCKETS),
+        requests=Counter("flywheel_requests_total", "Requests by API and status.", ["api", "status"]),
         batch_size=Histogram("flywheel_batch_size", "Rows per model call (after adaptive batching).",
                              buckets=_BATCH_BUCKETS),
         model_info=Gauge("flywheel_model_info", "The served model version and runtime (1 = serving).",
@@ -76,7 +79,8 @@ def _build() -> Metrics:
                       "Age of the oldest prediction record not yet in the store.", multiprocess_mode="livemax"),
         spill_errors=Counter("flywheel_prediction_log_spill_errors_total",
                              "Writes the spill directory refused (full, over spill_max_mb, or unwritable)."),
-        swaps=Counter("flywheel_model_swaps_total", "Model swaps by outcome.", ["outcome"]),
+        swaps=Counter("flywheel_model_swaps_total", "Model swaps by outcome: swapped, or refused (the old version keeps serving).",
+                      ["outcome"]),
         unknown_categories=Counter("flywheel_unknown_categories_total",
                                    "Values of categorical features not seen in training (drift, not errors).",
                                    ["feature"]),
@@ -92,10 +96,17 @@ def _build() -> Metrics:
                          "Label feedback by outcome: accepted, unknown_request (not a request id this service "
                          "issues), rejected (a label the model cannot have).", ["outcome"]),
     )
+    for outcome in SWAP_OUTCOMES:  # present from the start, so rate() and alerts see a zero, not nothing
+        built.swaps.labels(outcome)
+    return built
 
 
 class HttpMiddleware:
-    """Request latency and counts per API endpoint and status; refuses oversized bodies with 413."""
+    """Request latency and counts per API and status; refuses oversized bodies with 413.
+
+    The label is ``api``, not ``endpoint``: the Prometheus Operator sets its own ``endpoint``
+    target label on every scraped series, and a clash would rename ours to ``exported_endpoint``.
+    """
 
     def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -105,7 +116,7 @@ class HttpMiddleware:
         if scope["type"] != "http" or scope.get("path") not in API_PATHS:
             await self.app(scope, receive, send)
             return
-        endpoint = API_PATHS[scope["path"]]
+        api = API_PATHS[scope["path"]]
         start = time.perf_counter()
         status = {"code": 500}
 
@@ -127,8 +138,8 @@ class HttpMiddleware:
         finally:
             m = metrics()
             code = str(status["code"])
-            m.requests.labels(endpoint, code).inc()
-            m.request_duration.labels(endpoint, code).observe(time.perf_counter() - start)
+            m.requests.labels(api, code).inc()
+            m.request_duration.labels(api, code).observe(time.perf_counter() - start)
 
     def _declared_too_big(self, scope: dict[str, Any]) -> bool | None:
         for name, value in scope.get("headers", []):

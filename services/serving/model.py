@@ -25,8 +25,8 @@ import pandas as pd
 from components.data import PREDICTION, Schema
 from components.onnx_export import onnx_feed
 from components.predict import records_of, score_frame
-from components.validation import Validator
 from components.registry import Registry
+from components.validation import Validator
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32

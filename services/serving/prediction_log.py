@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.data import TIME
@@ -450,13 +451,22 @@ def _encode(records: pd.DataFrame, now: float) -> tuple[list[_Batch], list[tuple
 
 
 def _batches(frame: pd.DataFrame) -> list[tuple[str, pa.RecordBatch]]:
-    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    times = pd.to_datetime(frame[TIME], utc=True)
-    first, last = times.min(), times.max()
-    if first.date() == last.date():
-        return [(first.strftime("%Y-%m-%d"), batch)]
-    days = times.dt.strftime("%Y-%m-%d").to_numpy()
+    # column by column: about twice as fast as from_pandas, which builds pandas metadata we never read
+    batch = pa.RecordBatch.from_arrays([pa.array(frame[c], from_pandas=True) for c in frame.columns],
+                                       names=[str(c) for c in frame.columns])
+    times = batch.column(TIME)
+    if pa.types.is_timestamp(times.type):
+        span = pc.min_max(times)
+        first, last = span["min"].as_py(), span["max"].as_py()
+        if first is not None and _utc_day(first) == _utc_day(last):  # the usual case: one request, one time
+            return [(_utc_day(first), batch)]
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")  # a record without a time is today's
+    days = pd.to_datetime(frame[TIME], utc=True).dt.strftime("%Y-%m-%d").fillna(today).to_numpy()
     return [(day, batch.filter(pa.array(days == day))) for day in sorted(set(days))]
+
+
+def _utc_day(t: dt.datetime) -> str:
+    return (t.astimezone(dt.UTC) if t.tzinfo else t).strftime("%Y-%m-%d")
 
 
 def _day_of(row: pd.DataFrame) -> str:
@@ -516,7 +526,11 @@ def _parts(prefix: str, batches: list[_Batch], lines: list[tuple[str, str, float
 
 def _parquet(batches: list[pa.RecordBatch]) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_batches(batches), buf)
+    table = pa.Table.from_batches(batches)
+    # dictionary-encode text columns only: unique doubles (features, probabilities) gain nothing
+    # from a dictionary and it was half the cost of writing a large part
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, buf, use_dictionary=text)
     return buf.getvalue()
 
 

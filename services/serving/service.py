@@ -1,7 +1,8 @@
 """The BentoML service: HTTP endpoints over the model holder, the validator and the logs.
 
     POST /predict        {"records": [{...}]}  a few records; adaptive batching across requests
-    POST /predict_many   {"records": [...]}     many records in one call (columnar answer)
+    POST /predict_many   {"records": [...]}     many records in one call (columnar answer), or an Arrow IPC
+                                                stream / Parquet body answered in the same format (gate.py)
     POST /feedback       {"request_id": "...", "label": ...}
     GET  /healthz /readyz /metrics              (BentoML's; /readyz asks __is_ready__)
 
@@ -26,11 +27,11 @@ from bentoml.exceptions import NotFound, ServiceUnavailable
 from pydantic import AfterValidator, Field, ValidationError
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
-from components.formats import CONTENT_TYPE, Format, read_frame, write_frame
-from components.validation import Checked, InvalidInput, Problem
+from components.formats import CONTENT_TYPE, Format, read_frame, write_columns
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
+from components.validation import Checked, InvalidInput, Problem
 from services.serving.gate import NOT_READY, ServingGate
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
@@ -196,12 +197,12 @@ class FlywheelServing:
                                     "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
                                    default=str).encode(), "application/json", {}
         out, headers = self.score_checked(model, checked)
-        answer = pd.DataFrame({k: (v.array if isinstance(v, pd.Series) else v) for k, v in out.items()})
-        errors = np.full(checked.total, None, dtype=object)
-        for pos, problems in checked.by_record().items():
-            errors[pos] = "; ".join(str(Problem(None, p.field, p.problem)) for p in problems)
-        answer["error"] = pd.array(errors, dtype=pd.ArrowDtype(__import__("pyarrow").string()))
-        return 200, write_frame(answer, fmt), CONTENT_TYPE[fmt], headers
+        errors: np.ndarray | None = None
+        if checked.rejected:
+            errors = np.full(checked.total, None, dtype=object)
+            for pos, problems in checked.by_record().items():
+                errors[pos] = "; ".join(str(Problem(None, p.field, p.problem)) for p in problems)
+        return 200, write_columns(out, errors, fmt), CONTENT_TYPE[fmt], headers
 
     def score_checked(self, model: LoadedModel, checked: Checked) -> tuple[dict[str, Any], dict[str, str]]:
         """Score the valid records of a request: outputs in record order (None where refused), and headers."""
@@ -260,18 +261,21 @@ class FlywheelServing:
                passthrough: pd.DataFrame | None = None) -> tuple[pd.Series, np.ndarray, np.ndarray | None]:
         """Predict, log and count a frame of validated rows (id / timestamp columns sent are logged too)."""
         pred = model.predict(frame)
-        ids = request_ids(len(frame))
-        record = frame.reset_index(drop=True)
-        if passthrough is not None and len(passthrough.columns):
-            record = pd.concat([passthrough.reset_index(drop=True), record], axis=1)
-        record.insert(0, MODEL_VERSION, model.version)
-        record.insert(0, TIME, pd.Timestamp.now(tz="UTC"))
-        record.insert(0, REQUEST_ID, ids)
-        record[PREDICTION] = pred.values
-        if pred.proba is not None:
-            record[PROBA] = pred.proba.max(axis=1)
-        self.predictions_log.append(record)
+        n = len(frame)
+        ids = request_ids(n)
         _count_predictions(model, pred.values)
+        if isinstance(self.predictions_log, _NoLog):
+            return ids, pred.values, pred.proba
+        # one frame built from columns at once: inserting them one by one copies 100k-row blocks each time
+        columns: dict[str, Any] = {REQUEST_ID: ids.array, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
+                                   MODEL_VERSION: np.full(n, model.version, dtype=object)}
+        if passthrough is not None:
+            columns.update({c: passthrough[c].to_numpy() for c in passthrough.columns})
+        columns.update({c: frame[c].to_numpy() for c in frame.columns})
+        columns[PREDICTION] = pred.values
+        if pred.proba is not None:
+            columns[PROBA] = pred.proba.max(axis=1)
+        self.predictions_log.append(pd.DataFrame(columns))
         return ids, pred.values, pred.proba
 
 
@@ -305,7 +309,7 @@ def _refusal(model: LoadedModel, problems: list[Problem]) -> dict[str, Any]:
 def _json_answer(model: LoadedModel, checked: Checked, out: dict[str, Any]) -> dict[str, Any]:
     ids = out["request_id"]
     body: dict[str, Any] = {"model_version": model.version, "runtime": model.runtime_name,
-                            "request_ids": ids.tolist() if hasattr(ids, "tolist") else list(ids),
+                            "request_ids": _plain(ids.to_numpy(dtype=object) if isinstance(ids, pd.Series) else ids),
                             "predictions": _plain(out["prediction"])}
     if model.schema.task == "classification" and any(k.startswith("probability_") for k in out):
         body["classes"] = [_jsonable(c) for c in model.classes or []]
@@ -411,9 +415,8 @@ def _count_predictions(model: LoadedModel, values: np.ndarray) -> None:
     m = metrics()
     m.batch_size.observe(len(values))
     if model.schema.task == "classification":
-        labels, counts = np.unique(values.astype(str), return_counts=True)
-        for label, n in zip(labels, counts, strict=True):
-            m.predictions.labels(label).inc(int(n))
+        for label, n in pd.Series(values).value_counts().items():  # hashed: cheap at 100k rows
+            m.predictions.labels(str(label)).inc(int(n))
     else:
         m.predictions.labels("value").inc(len(values))
         for v in values[:: max(1, len(values) // 256)]:  # a sample keeps a 10k-row call cheap

@@ -262,7 +262,8 @@ def _seed(s3: S3, work: Path, model: str) -> None:
 
 
 def _server(settings: Settings, work: Path, name: str, env: dict[str, str] | None = None) -> Server:
-    return Server(settings, work / f"{name}.log", extra_env=env).start()
+    workers = {"FLYWHEEL_SERVING_WORKERS": str(settings.serving_workers or 1)}
+    return Server(settings, work / f"{name}.log", extra_env={**workers, **(env or {})}).start()
 
 
 # --- the faults ---------------------------------------------------------------------------------
@@ -280,7 +281,6 @@ def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultRes
                 s3.stop()
                 down_at, before = time.monotonic(), len(traffic.served)
                 spilled_seen = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) > 0, timeout=outage_seconds)
-                peak_spilled = spilled_rows(Path(settings.spill_dir))
                 time.sleep(max(0.0, outage_seconds - (time.monotonic() - down_at)))
                 during = len(traffic.served) - before
                 s3.start()
@@ -289,6 +289,7 @@ def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultRes
             drained = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) == 0
                                and len(set(stored_ids(predictions(s3.objects, "wine")))) >= len(set(served)), timeout=60)
             resent = metric(server.url, "flywheel_prediction_log_records_total", outcome="resent")
+            spilled = metric(server.url, "flywheel_prediction_log_records_total", outcome="spilled")
             code = server.terminate()
         finally:
             server.stop()
@@ -296,9 +297,9 @@ def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultRes
     result = count("S3 endpoint down 30 s during traffic", served, stored)
     failed = sum(n for status, n in traffic.statuses.items() if status != 200) + len(traffic.errors)
     result.ok = result.ok and spilled_seen and drained and during > 0 and failed == 0 and code == 0
-    result.outcome = (f"{during} served while down, {peak_spilled}+ spilled, {resent:.0f} re-sent after; "
+    result.outcome = (f"{during} served while down, {spilled:.0f} spilled, {resent:.0f} re-sent after; "
                       f"{failed} failed requests; exit {code}")
-    result.details = {"served_during_outage": during, "resent": resent, "failed_requests": failed,
+    result.details = {"served_during_outage": during, "spilled": spilled, "resent": resent, "failed_requests": failed,
                       "statuses": dict(traffic.statuses), "spill_drained": drained, "exit_code": code}
     return result
 
@@ -333,7 +334,8 @@ def sigkill(work: Path) -> FaultResult:
     flush_rows, concurrency = 50, 8
     with S3() as s3:
         _seed(s3, work, "wine")
-        settings = _s3_settings(s3, work, "wine", log_flush_rows=flush_rows, log_flush_seconds=0.5)
+        # two workers: two buffers to lose, one spill directory for both and for the restarted server
+        settings = _s3_settings(s3, work, "wine", log_flush_rows=flush_rows, log_flush_seconds=0.5, serving_workers=2)
         spill = Path(settings.spill_dir)
         server = _server(settings, work, "sigkill", s3.env)
         try:
@@ -355,11 +357,13 @@ def sigkill(work: Path) -> FaultResult:
             restarted.stop()
         stored = stored_ids(predictions(s3.objects, "wine"))
     # a request can be logged and killed before its answer left: stored, never served
-    bound = sigkill_loss_bound(flush_rows, concurrency)
+    workers = settings.serving_workers or 1
+    bound = workers * sigkill_loss_bound(flush_rows, concurrency)  # each worker has its own buffer
     result = count("SIGKILL during traffic, store down", traffic.ids, stored, allowed_loss=bound)
     unanswered = len(set(stored) - set(traffic.ids))
     result.ok = result.ok and drained and resent >= on_disk > 0 and code == 0
-    result.outcome = (f"{result.lost} lost (bound {bound} = 2 x (log_flush_rows - 1 + largest batch)); "
+    result.outcome = (f"{result.lost} lost (bound {bound} = {workers} workers x 2 x (log_flush_rows - 1 + "
+                      f"largest batch)); "
                       f"{on_disk} spilled at the kill, {resent:.0f} re-sent by the restarted server")
     result.details = {"spilled_at_kill": on_disk, "resent_on_restart": resent, "stored_not_answered": unanswered,
                       "spill_drained": drained}

@@ -70,8 +70,11 @@ def merge(base: dict[str, Any] | None, override: dict[str, Any]) -> dict[str, An
     return out
 
 
-def find(docs: list[Doc], kind: str, name: str) -> Doc:
+def find(docs: list[Doc], kind: str, name: str, namespace: str = NAMESPACE) -> Doc:
+    """The one object of that kind and name; the one in ``namespace`` when the name repeats in another namespace."""
     hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    if len(hits) > 1:
+        hits = [d for d in hits if d["metadata"].get("namespace", namespace) == namespace]
     assert len(hits) == 1, f"expected one {kind}/{name}, found {len(hits)}"
     return hits[0]
 

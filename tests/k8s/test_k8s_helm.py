@@ -14,8 +14,11 @@ from k8s_support import (
     NAMESPACE,
     find,
     helm_render,
+    kinds,
     manifests,
     merge,
+    pod_specs,
+    restricted_violations,
     values_file,
 )
 
@@ -23,7 +26,7 @@ SERVING_METRICS = (
     "flywheel_request_duration_seconds", "flywheel_requests_total", "flywheel_batch_size",
     "flywheel_model_info", "flywheel_predictions_total", "flywheel_prediction_log_records_total",
 )
-LOOP_METRICS = ("flywheel_drift_share", "flywheel_retrain_triggered_total", "flywheel_retrain_failures_total")
+LOOP_METRICS = ("flywheel_drift_share", "flywheel_retrain_decisions_total", "flywheel_retrain_failures_total")
 
 
 @pytest.mark.parametrize("kube_version", ["v1.30.0", "v1.37.0"])
@@ -105,24 +108,13 @@ def test_crd_objects_are_off_by_default_and_well_formed_in_production(helm_defau
     assert set(alerts) >= {
         "FlywheelServingUnavailable", "FlywheelServingAvailabilityBurn", "FlywheelServingHighErrorRate",
         "FlywheelServingHighLatencyP99", "FlywheelServingNoTraffic", "FlywheelDataDrift", "FlywheelRetrainFailed",
-        "FlywheelMonitorJobFailed",
+        "FlywheelMonitorJobFailed", "FlywheelMonitorStale",
     }
-    for name, r in alerts.items():
-        expr = r["expr"]
-        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), name
+    for r in alerts.values():  # the expressions themselves are checked by promtool in tests/observability
         assert r["labels"]["severity"] in {"critical", "warning", "info"}
         assert r["annotations"]["summary"]
-    assert "histogram_quantile(0.99" in alerts["FlywheelServingHighLatencyP99"]["expr"]
-    assert "flywheel_request_duration_seconds_bucket" in alerts["FlywheelServingHighLatencyP99"]["expr"]
-    assert "> 0.5" in alerts["FlywheelServingHighLatencyP99"]["expr"]
-    assert 'status=~"5.."' in alerts["FlywheelServingHighErrorRate"]["expr"]
-    assert "flywheel_drift_share" in alerts["FlywheelDataDrift"]["expr"] and "> 0.3" in alerts["FlywheelDataDrift"]["expr"]
-    assert "flywheel_retrain_failures_total" in alerts["FlywheelRetrainFailed"]["expr"]
-    assert 'kube_job_status_failed{namespace="flywheel", job_name=~"flywheel-monitor.*"}' in alerts["FlywheelMonitorJobFailed"]["expr"]
     # Prometheus templating survives Helm templating.
     assert "{{ $labels.model }}" in alerts["FlywheelDataDrift"]["annotations"]["summary"]
-    # 14.4x burn of a 99.5% objective.
-    assert "> 0.072" in alerts["FlywheelServingAvailabilityBurn"]["expr"]
 
 
 def test_alert_thresholds_follow_values():
@@ -130,7 +122,7 @@ def test_alert_thresholds_follow_values():
                                   "config": {"monitoring": {"driftShareThreshold": 0.5}}}))
     alerts = {r["alert"]: r for g in find(docs, "PrometheusRule", "flywheel")["spec"]["groups"] for r in g["rules"]}
     assert "> 0.25" in alerts["FlywheelServingHighLatencyP99"]["expr"]
-    assert "> 0.5" in alerts["FlywheelDataDrift"]["expr"]
+    assert "0.5" in alerts["FlywheelDataDrift"]["annotations"]["description"]
     assert find(docs, "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_DRIFT_SHARE_THRESHOLD"] == "0.5"
 
 
@@ -159,12 +151,54 @@ def test_evidently_ui_runs_the_documented_command(helm_production):
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["evidently", "ui", "--workspace", "/data/workspace", "--host", "0.0.0.0", "--port", "8000"]
     assert find(docs, "Service", "flywheel-evidently-ui")["spec"]["ports"][0]["port"] == 8000
-    # With persistence the monitor writes where the UI reads.
+    # The workspace keeps every past report on a claim: the monitor writes where the UI reads.
     claim = find(docs, "PersistentVolumeClaim", "flywheel-evidently")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    ui_ws = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "workspace")
+    assert ui_ws == {"name": "workspace", "persistentVolumeClaim": {"claimName": "flywheel-evidently"}}
     monitor_pod = find(docs, "CronJob", "flywheel-monitor")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     ws = next(v for v in monitor_pod["volumes"] if v["name"] == "evidently-workspace")
-    assert ws["persistentVolumeClaim"]["claimName"] == "flywheel-evidently"
+    assert ws == {"name": "evidently-workspace", "persistentVolumeClaim": {"claimName": "flywheel-evidently"}}
+    assert find(docs, "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_EVIDENTLY_WORKSPACE"] == "/data/workspace"
+
+
+def test_evidently_workspace_is_never_an_empty_dir():
+    """Without the UI the monitor keeps no workspace; with it, an existing claim can be named."""
+    docs = manifests(helm_render(None))
+    monitor_pod = find(docs, "CronJob", "flywheel-monitor")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "evidently-workspace" not in {v["name"] for v in monitor_pod["volumes"]}
+    assert find(docs, "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_EVIDENTLY_WORKSPACE"] == ""
+    docs = manifests(helm_render({"evidentlyUI": {"enabled": True, "persistence": {"existingClaim": "reports"}}}))
+    assert not kinds(docs, "PersistentVolumeClaim")
+    for _, spec in pod_specs(docs):
+        for v in spec["volumes"]:
+            if v["name"] in ("workspace", "evidently-workspace"):
+                assert v == {"name": v["name"], "persistentVolumeClaim": {"claimName": "reports"}}
+
+
+def test_pushgateway_is_optional_and_the_monitor_pushes_to_it():
+    default = manifests(helm_render(None))
+    assert "FLYWHEEL_PUSHGATEWAY" not in find(default, "ConfigMap", "flywheel-config")["data"]
+    assert not [d for d in default if "pushgateway" in d["metadata"]["name"]]
+
+    docs = manifests(helm_render({"pushgateway": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}}))
+    dep = find(docs, "Deployment", "flywheel-pushgateway")
+    assert restricted_violations(dep["spec"]["template"]["spec"]) == []
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "quay.io/prometheus/pushgateway:v1.11.0"
+    svc = find(docs, "Service", "flywheel-pushgateway")
+    url = f"http://flywheel-pushgateway.{NAMESPACE}.svc:{svc['spec']['ports'][0]['port']}"
+    assert find(docs, "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_PUSHGATEWAY"] == url
+    sm = find(docs, "ServiceMonitor", "flywheel-pushgateway")
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True  # pushed job/model labels win
+    egress = find(docs, "NetworkPolicy", "flywheel-monitor")["spec"]["egress"]
+    assert {"protocol": "TCP", "port": 9091} in [p for rule in egress for p in rule.get("ports", [])]
+    assert find(docs, "NetworkPolicy", "flywheel-pushgateway")["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9091}]}]
+
+    # pointing at an existing one deploys nothing and wins over the chart's own
+    existing = "http://prometheus-pushgateway.monitoring.svc:9091"
+    docs = manifests(helm_render({"pushgateway": {"enabled": False}, "config": {"monitoring": {"pushgateway": existing}}}))
+    assert find(docs, "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_PUSHGATEWAY"] == existing
+    assert not [d for d in docs if d["metadata"]["name"] == "flywheel-pushgateway"]
 
 
 def test_knobs_reach_the_manifests():

@@ -189,8 +189,10 @@ def test_monitor_cronjob_is_bounded(builds, build):
     (c,) = pod["containers"]
     assert c["command"] == ["flywheel", "monitor"]
     assert c["image"].split("/")[-1].startswith("flywheel-monitor:")
-    workspace = {m["mountPath"] for m in c["volumeMounts"]}
-    assert "/data/workspace" in workspace
+    # The Evidently workspace is mounted exactly when the settings name one (the UI's claim).
+    workspace = find(builds[build], "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_EVIDENTLY_WORKSPACE"]
+    assert workspace in ("", "/data/workspace")
+    assert ("/data/workspace" in {m["mountPath"] for m in c["volumeMounts"]}) == bool(workspace)
 
 
 @pytest.mark.parametrize("build", ALL_BUILDS)
@@ -200,7 +202,7 @@ def test_configmap_carries_the_settings(builds, build):
     assert data["FLYWHEEL_RUNNER"] == "kfp"
     assert data["FLYWHEEL_STORE"].startswith("s3://")
     assert data["FLYWHEEL_SERVING_DEPLOYMENT"] == "flywheel-serving"
-    assert data["FLYWHEEL_EVIDENTLY_WORKSPACE"] == "/data/workspace"
+    assert data["FLYWHEEL_EVIDENTLY_WORKSPACE"] in ("", "/data/workspace")  # empty: no Evidently UI, no workspace
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(data)
     if build.endswith("production"):
         assert "AWS_ENDPOINT_URL" not in data  # real S3

@@ -52,7 +52,10 @@ class Server:
     def start(self, ready: bool = True) -> Server:
         """Start and wait until /readyz answers 200 (only /healthz when ``ready`` is False)."""
         self.port = free_port()
-        cmd, env = launch.serve_command(self.settings, self.port, self.version)
+        # the worker count goes into BENTOML_CONFIG_OPTIONS, so it must reach serve_command itself
+        workers = self.extra_env.get("FLYWHEEL_SERVING_WORKERS") or self.settings.serving_workers
+        cmd, env = launch.serve_command(self.settings, self.port, self.version,
+                                        workers=int(workers) if workers else None)
         env.update(self.extra_env)
         env["BENTOML_HOME"] = str(self.log_path.parent / "bentoml-home")
         self._log = open(self.log_path, "ab")

@@ -61,8 +61,11 @@ def shop_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
 
 def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate: dict[str, Any],
                 promote: bool = True, seed: int = 0, onnx: bool = True, spec: DatasetSpec | None = None,
-                manifest: dict[str, Any] | None = None) -> str:
-    """Fit, export and write one version (manifest last, with ``manifest``'s extra fields); promote it if asked."""
+                manifest: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> str:
+    """Fit, export and write one version (manifest last, with ``manifest``'s extra fields); promote it if asked.
+
+    ``metrics``: the version's metrics.json (default: no holdout figures).
+    """
     spec = spec or DatasetSpec(source="memory", target=target)
     schema = infer_schema(frame, spec)
     train, holdout = split(frame, schema, 0.25, seed)
@@ -75,7 +78,7 @@ def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate:
     files = {
         "model.joblib": buf.getvalue(),
         "schema.json": schema.to_json().encode(),
-        "metrics.json": json.dumps({"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
+        "metrics.json": json.dumps(metrics or {"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
         "reference.parquet": ref.getvalue(),
     }
     if onnx:

@@ -218,12 +218,15 @@ def test_probes_and_metrics(wine: Server) -> None:
     httpx.post(f"{wine.url}/predict", json={"records": [with_(alcohol="x")]})
     text = httpx.get(f"{wine.url}/metrics").text
     assert metric(text, "flywheel_model_info", version="v1", runtime="sklearn") == 1
-    assert metric(text, "flywheel_requests_total", endpoint="predict", status="200") >= 1
-    assert metric(text, "flywheel_requests_total", endpoint="predict", status="400") >= 1
-    assert metric(text, "flywheel_request_duration_seconds_count", endpoint="predict", status="200") >= 1
+    assert metric(text, "flywheel_requests_total", api="predict", status="200") >= 1
+    assert metric(text, "flywheel_requests_total", api="predict", status="400") >= 1
+    assert metric(text, "flywheel_request_duration_seconds_count", api="predict", status="200") >= 1
+    # `endpoint` is the Prometheus Operator's own target label: none of ours may carry it
+    assert not re.search(r'^flywheel_\w+\{[^}]*\bendpoint="', text, re.M)
     assert metric(text, "flywheel_batch_size_count") >= 1
     assert sum(metric(text, "flywheel_predictions_total", **{"class": c}) for c in ("class_0", "class_1", "class_2")) >= 3
     assert metric(text, "flywheel_model_swaps_total", outcome="swapped") == 1
+    assert re.search(r'^flywheel_model_swaps_total\{outcome="refused"\} 0\.0$', text, re.M)  # a zero before any refusal
 
 
 def test_served_records_reach_the_prediction_log(wine: Server, serving_store: Path) -> None:

@@ -67,6 +67,15 @@ def _logged(store: LocalStore) -> list[str]:
     return sorted(pd.concat([pd.read_parquet(store.url(k)) for k in keys])[ID]) if keys else []
 
 
+def _until(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _ids(*ranges: range) -> list[str]:
     return sorted(f"r{i}" for r in ranges for i in r)
 
@@ -78,16 +87,16 @@ def _log(store: LocalStore, spill: Path, **kw: object) -> RecordLog:
 
 def test_log_flushes_by_size_and_by_time(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    log = _log(store, tmp_path / "spill", flush_rows=100, flush_seconds=0.5)
+    log = _log(store, tmp_path / "spill", flush_rows=100, flush_seconds=3.0)
     log.start()
+    start = time.monotonic()
     log.append(_records(150))  # over the size: spooled and sent at once
-    time.sleep(0.3)
-    assert len(_logged(store)) == 150
-    log.append(_records(10, 150))  # under the size: by time
-    time.sleep(0.1)
-    assert len(_logged(store)) == 150
-    time.sleep(1.2)
-    assert len(_logged(store)) == 160
+    assert _until(lambda: len(_logged(store)) == 150, 2.0)
+    log.append(_records(10, 150))  # under the size: by time, flush_seconds after the last spool
+    time.sleep(0.2)
+    if time.monotonic() - start < 2.5:
+        assert len(_logged(store)) == 150
+    assert _until(lambda: len(_logged(store)) == 160, 8.0)
     log.close()
     assert all("/date=" in k for k in store.list("predictions/m/"))
     assert not list((tmp_path / "spill").rglob("*.parquet")), "sent parts leave the spill directory"

@@ -11,9 +11,9 @@ import pytest
 
 from components.data import DatasetSpec, infer_schema
 from components.onnx_export import export_onnx
-from components.validation import InvalidInput, Validator
 from components.registry import Registry
 from components.store import LocalStore
+from components.validation import InvalidInput, Validator
 from services.serving.model import ModelHolder, load_version
 from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
 

@@ -85,3 +85,17 @@ default-editor
 pipeline-runner
 {{- end -}}
 {{- end }}
+
+{{/* The Pushgateway the monitor pushes to: config.monitoring.pushgateway, else the chart's own when enabled. */}}
+{{- define "flywheel.pushgatewayURL" -}}
+{{- if .Values.config.monitoring.pushgateway -}}
+{{- .Values.config.monitoring.pushgateway -}}
+{{- else if .Values.pushgateway.enabled -}}
+{{- printf "http://flywheel-pushgateway.%s.svc:%d" .Release.Namespace (int .Values.pushgateway.service.port) -}}
+{{- end -}}
+{{- end }}
+
+{{/* The claim holding the Evidently workspace. */}}
+{{- define "flywheel.evidentlyClaim" -}}
+{{- .Values.evidentlyUI.persistence.existingClaim | default "flywheel-evidently" -}}
+{{- end }}

@@ -1,0 +1,261 @@
+"""Columnar scoring benchmark: /predict_many at 100,000 records per request, against raw model.predict.
+
+Two model shapes, each behind its own real server (`bentoml serve` on loopback, prediction
+log on, runtime "auto": ONNX where its check passed):
+
+    linear   a ridge regression on 12 numeric features
+    tree     a histogram gradient-boosting classifier on numeric, categorical and date features
+
+The server runs its default worker count (one per CPU); requests are sequential, after a
+warm-up that waits until every worker has its model. For each, the same 100,000 records are posted as an Apache Arrow IPC stream, as Parquet
+and as JSON, one request at a time, and the served rows/s is set against the raw rows/s
+of the scikit-learn pipeline's ``model.predict`` on the same frame, in the same run.
+Target: Arrow at least 0.5 of raw (Arrow is also measured with the prediction log off). Run it with ``python -m benchmarks.columnar [out.json]``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+ROWS = 100_000
+REPEATS = int(os.environ.get("BENCH_COLUMNAR_REPEATS", "5"))
+TARGET = 0.5
+
+
+def linear_frame(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(12)])
+    frame["y"] = x @ rng.normal(size=12) + rng.normal(0, 0.5, n)
+    return frame
+
+
+def tree_frame(n: int, seed: int = 0) -> pd.DataFrame:
+    from components.synthetic import churn
+
+    return churn(n, seed=seed).drop(columns=["customer_id", "event_time"])
+
+
+SHAPES = {
+    "linear": (linear_frame, "y", {"family": "linear", "params": {"alpha": 1.0}, "select": False}),
+    "tree": (tree_frame, "churned",
+             {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False}),
+}
+
+
+def write_version(root: Path, name: str) -> tuple[Any, pd.DataFrame]:
+    """Train and register one version of a shape (ONNX export included); the model and 100k records."""
+    import joblib
+
+    from components.data import DatasetSpec, infer_schema
+    from components.features import split
+    from components.onnx_export import export_onnx
+    from components.register import reference_sample
+    from components.registry import Registry
+    from components.store import LocalStore
+    from components.train import make_model
+
+    make, target, candidate = SHAPES[name]
+    frame = make(5000, seed=1)
+    schema = infer_schema(frame, DatasetSpec("memory", target))
+    train, holdout = split(frame, schema, 0.25, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_model(schema, candidate, 0).fit(train[schema.feature_names], train[target])
+        onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
+    buf, ref = io.BytesIO(), io.BytesIO()
+    joblib.dump(model, buf)
+    reference_sample(model, train, schema, 0).to_parquet(ref, index=False)
+    files = {"model.joblib": buf.getvalue(), "schema.json": schema.to_json().encode(),
+             "metrics.json": json.dumps({"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
+             "reference.parquet": ref.getvalue(), "onnx.json": json.dumps(report, default=str).encode()}
+    if onnx_bytes:
+        files["model.onnx"] = onnx_bytes
+    registry = Registry(LocalStore(root), name)
+    version = registry.claim_version()
+    registry.write_version(version, files, {})
+    registry.promote(version, "benchmark")
+    records = make(ROWS, seed=2)[schema.feature_names]
+    return model, records
+
+
+def bodies(records: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
+    """The same records as an Arrow IPC stream, a Parquet file and a JSON body."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.formats import ARROW, PARQUET
+    from components.predict import records_of
+
+    table = pa.Table.from_pandas(records, preserve_index=False)
+    arrow, parquet = io.BytesIO(), io.BytesIO()
+    with pa.ipc.new_stream(arrow, table.schema) as w:
+        w.write_table(table)
+    pq.write_table(table, parquet)
+    return {"arrow": (arrow.getvalue(), ARROW), "parquet": (parquet.getvalue(), PARQUET),
+            "json": (json.dumps({"records": records_of(records)}).encode(), "application/json")}
+
+
+class Server:
+    """`bentoml serve` of the service for one model, in its own process group."""
+
+    def __init__(self, tmp: Path, store: Path, model: str, logging_on: bool = True) -> None:
+        from components.settings import load_settings
+        from services.serving import launch
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        settings = load_settings(store=str(store), model=model, spill_dir=str(tmp / f"spill-{model}"),
+                                 prediction_log=logging_on)
+        cmd, env = launch.serve_command(settings, port)
+        env["BENTOML_HOME"] = str(tmp / "bentoml-home")
+        self.log = open(tmp / f"server-{model}-{logging_on}.log", "ab")
+        self.proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server for {model} exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server for {model} not ready in 180 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def served_rows_per_s(url: str, body: bytes, content_type: str, repeats: int) -> dict[str, Any]:
+    """Rows/s of sequential /predict_many calls with this body (after one warm-up call)."""
+    with httpx.Client(timeout=600) as client:
+        def call() -> httpx.Response:
+            r = client.post(f"{url}/predict_many", content=body, headers={"content-type": content_type})
+            if r.status_code != 200:
+                raise RuntimeError(f"/predict_many answered {r.status_code}: {r.text[:300]}")
+            return r
+
+        # every worker process loads the model on its own: warm up until each answers
+        deadline, ok = time.monotonic() + 180, 0
+        while ok < 4:
+            r = client.post(f"{url}/predict_many", content=body, headers={"content-type": content_type})
+            ok = ok + 1 if r.status_code == 200 else 0
+            if r.status_code not in (200, 503) or time.monotonic() > deadline:
+                raise RuntimeError(f"/predict_many answered {r.status_code}: {r.text[:300]}")
+            if r.status_code == 503:
+                time.sleep(0.5)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    return {"rows_per_s": ROWS / median, "seconds_median": round(median, 4), "body_mib": round(len(body) / 2**20, 2)}
+
+
+def raw_rows_per_s(model: Any, records: pd.DataFrame, repeats: int) -> float:
+    """Rows/s of the scikit-learn pipeline's predict on the same frame, in this process."""
+    model.predict(records)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(records)
+        times.append(time.perf_counter() - start)
+    return ROWS / float(np.median(times))
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    from components.predict import records_of
+
+    return records_of(frame)
+
+
+def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    results: dict[str, Any] = {"rows_per_request": ROWS, "target_arrow_over_raw": TARGET, "shapes": {}}
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-columnar-") as tmp_name:
+        tmp = Path(tmp_name)
+        store = tmp / "store"
+        for name in SHAPES:
+            model, records = write_version(store, name)
+            payloads = bodies(records)
+            server = Server(tmp, store, name)
+            try:
+                deadline = time.monotonic() + 180
+                while (answer := httpx.post(f"{server.url}/predict_many", json={"records": _records(records.head(1))})
+                       ).status_code == 503 and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                shape: dict[str, Any] = {"runtime": answer.json().get("runtime", "?")}
+                raw = raw_rows_per_s(model, records, REPEATS)
+                shape["raw_rows_per_s"] = raw
+                for fmt, (body, ctype) in payloads.items():
+                    try:
+                        served = served_rows_per_s(server.url, body, ctype, REPEATS)
+                    except RuntimeError as exc:
+                        shape[fmt] = {"error": str(exc)}
+                        continue
+                    served["over_raw"] = served["rows_per_s"] / raw
+                    shape[fmt] = served
+                results["shapes"][name] = shape
+            finally:
+                server.stop()
+            # the same Arrow requests with the prediction log off: what scoring itself costs
+            server = Server(tmp, store, name, logging_on=False)
+            try:
+                served = served_rows_per_s(server.url, *payloads["arrow"], REPEATS)
+                served["over_raw"] = served["rows_per_s"] / shape["raw_rows_per_s"]
+                shape["arrow_log_off"] = served
+            except RuntimeError as exc:
+                shape["arrow_log_off"] = {"error": str(exc)}
+            finally:
+                server.stop()
+    results["meets_target"] = all(s.get("arrow", {}).get("over_raw", 0) >= TARGET for s in results["shapes"].values())
+    if out_json_path:
+        Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json_path).write_text(json.dumps(results, indent=2))
+    print(table(results))
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"/predict_many at {results['rows_per_request']:,} records per request (rows/s; ratio to raw model.predict)"]
+    for name, s in results["shapes"].items():
+        lines.append(f"  {name:<7} raw model.predict {s['raw_rows_per_s']:>12,.0f}   ({s.get('runtime', '')})")
+        for fmt in ("arrow", "parquet", "json", "arrow_log_off"):
+            f = s.get(fmt, {})
+            if "error" in f:
+                lines.append(f"  {'':<7} {fmt:<17} error: {f['error'][:120]}")
+            elif f:
+                lines.append(f"  {'':<7} {fmt:<17} {f['rows_per_s']:>12,.0f}   {f['over_raw']:.2f}x"
+                             f"   ({f['body_mib']} MiB body){'   target >= 0.50' if fmt == 'arrow' else ''}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
