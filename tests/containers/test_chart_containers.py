@@ -41,11 +41,11 @@ from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
 from services.serving.model import frame_to_records
-from tests.containers.conftest import REPO
 from tests.containers.pods import Container, ContainerSpec, podman, wait_ready
 from tests.k8s.k8s_support import find, helm_render, manifests
 from tests.serving.models import LOGISTIC, add_version, wine_frame
 
+REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "flywheel"  # tests/k8s/k8s_support.py renders the release there
 MODEL = "wine"
 BUCKET = "flywheel"
@@ -324,7 +324,8 @@ def test_sigterm_under_traffic_with_the_charts_grace_period_loses_no_prediction(
     assert seconds < c.spec.grace_seconds
     missing = served - cluster.prediction_ids()
     assert not missing, f"{len(missing)} of {len(served)} served predictions are not in the store"
-    assert not any(c.volume_dirs["/var/lib/flywheel/spill"].rglob("*.parquet")), "records left in the spill dir"
+    left = [p for p in c.volume_dirs["/var/lib/flywheel/spill"].rglob("*") if p.name.endswith((".parquet", ".jsonl"))]
+    assert not left, f"records left in the spill dir: {left}"
 
 
 def test_podman_kube_play_runs_the_rendered_deployment(cluster: Cluster, tmp_path: Path):
