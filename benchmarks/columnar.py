@@ -129,18 +129,10 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server for {model} exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server for {model} not ready in 180 s")
+        problem = launch.wait_until_ok(self.proc, f"{self.url}/readyz", 180)
+        if problem:
+            self.stop()
+            raise RuntimeError(f"server for {model} {problem}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

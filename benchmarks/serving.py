@@ -31,7 +31,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -218,22 +217,18 @@ class Running:
         self.proc, self.url, self.log = proc, url, log
 
     def wait_ready(self, path: str, probe: bytes | None = None, timeout: float = 120) -> Running:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.flush()
-                tail = Path(self.log.name).read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {tail}")
-            try:
-                r = (httpx.post(self.url + path, content=probe, headers={"content-type": "application/json"}, timeout=5)
-                     if probe is not None else httpx.get(self.url + path, timeout=2))
-                if r.status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        from services.serving.launch import wait_until_ok
+
+        def post() -> httpx.Response:
+            return httpx.post(self.url + path, content=probe, headers={"content-type": "application/json"}, timeout=5)
+
+        problem = wait_until_ok(self.proc, self.url + path, timeout, request=post if probe is not None else None)
+        if problem is None:
+            return self
+        self.log.flush()
+        tail = Path(self.log.name).read_text(errors="replace")[-2000:]
         self.stop()
-        raise RuntimeError(f"{self.url}{path} not ready in {timeout}s; see {self.log.name}")
+        raise RuntimeError(f"{self.url}{path}: server {problem}: {tail}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

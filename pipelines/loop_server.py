@@ -6,10 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
-
-import httpx
 
 from components.settings import Settings
 from pipelines.loop_guards import LoopError
@@ -33,19 +30,11 @@ class Server:
         itself only: one 200 can come from the first worker to load the model while another
         would still answer 503.
         """
-        deadline = time.monotonic() + timeout
-        ready = 0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LoopError(f"the serving process exited with code {self.proc.returncode}; see {self.log.name}")
-            ok = False
-            with contextlib.suppress(httpx.HTTPError):
-                ok = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            ready = ready + 1 if ok else 0
-            if ready >= in_a_row:
-                return
-            time.sleep(0.1 if ok else 0.5)
-        raise LoopError(f"the service was not ready within {timeout:.0f} s; see {self.log.name}")
+        from services.serving.launch import wait_until_ok
+
+        problem = wait_until_ok(self.proc, f"{self.url}/readyz", timeout, in_a_row=in_a_row, interval=0.5)
+        if problem:
+            raise LoopError(f"the serving process {problem}; see {self.log.name}")
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM: the service flushes its prediction log before it exits."""

@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,32 @@ def serve(settings: Settings, port: int = 3000, version: str | None = None, host
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def wait_until_ok(proc: subprocess.Popen, url: str, timeout: float, *, in_a_row: int = 1, interval: float = 0.3,
+                  request: Callable[[], Any] | None = None) -> str | None:
+    """Poll a started server until ``in_a_row`` answers in a row are 200 (GET ``url``, or ``request()``).
+
+    None when it is ready, else why not: it exited, or it was not ready in time. A server with
+    several workers answers from one of them, hence ``in_a_row``.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    ok_in_a_row = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        ok = False
+        try:
+            ok = (request() if request else httpx.get(url, timeout=2)).status_code == 200
+        except httpx.HTTPError:
+            pass
+        ok_in_a_row = ok_in_a_row + 1 if ok else 0
+        if ok_in_a_row >= in_a_row:
+            return None
+        time.sleep(0.1 if ok else interval)
+    return f"not ready within {timeout:.0f} s"
 
 
 def export_requirements(out: Path) -> Path:

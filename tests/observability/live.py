@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.serving.launch import wait_until_ok
 from tests.conftest import free_port
 
 
@@ -29,18 +29,11 @@ class Pushgateway:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([self.binary, f"--web.listen-address=127.0.0.1:{self.port}", "--persistence.file="],
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pushgateway exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        problem = wait_until_ok(self.proc, f"{self.url}/-/ready", timeout, interval=0.2)
+        if problem is None:
+            return self
         self.stop()
-        raise RuntimeError(f"pushgateway not ready in {timeout}s")
+        raise RuntimeError(f"pushgateway {problem}: {self.log_path.read_text()[-2000:]}")
 
     def samples(self) -> dict[str, float]:
         """Every series it exposes, as ``name{label="value",…}`` (labels sorted) -> value."""

@@ -7,13 +7,11 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -61,18 +59,11 @@ class Server:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/{'readyz' if ready else 'healthz'}", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        problem = launch.wait_until_ok(self.proc, f"{self.url}/{'readyz' if ready else 'healthz'}", READY_TIMEOUT)
+        if problem is None:
+            return self
         self.stop()
-        raise RuntimeError(f"server not ready in {READY_TIMEOUT}s: {self.log()[-3000:]}")
+        raise RuntimeError(f"server {problem}: {self.log()[-3000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
