@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+
+from benchmarks.serving import Running
 
 ROWS = 100_000
 REPEATS = int(os.environ.get("BENCH_COLUMNAR_REPEATS", "5"))
@@ -111,38 +112,22 @@ def bodies(records: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
             "json": (json.dumps({"records": records_of(records)}).encode(), "application/json")}
 
 
-class Server:
-    """`bentoml serve` of the service for one model, in its own process group."""
+def start_server(tmp: Path, store: Path, model: str, logging_on: bool = True) -> Running:
+    """`bentoml serve` of the service for one model, in its own process group, once ready."""
+    from components.settings import load_settings
+    from services.serving import launch
 
-    def __init__(self, tmp: Path, store: Path, model: str, logging_on: bool = True) -> None:
-        from components.settings import load_settings
-        from services.serving import launch
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        settings = load_settings(store=str(store), model=model, spill_dir=str(tmp / f"spill-{model}"),
-                                 prediction_log=logging_on)
-        cmd, env = launch.serve_command(settings, port)
-        env["BENTOML_HOME"] = str(tmp / "bentoml-home")
-        self.log = open(tmp / f"server-{model}-{logging_on}.log", "ab")
-        self.proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{port}"
-        problem = launch.wait_until_ok(self.proc, f"{self.url}/readyz", 180)
-        if problem:
-            self.stop()
-            raise RuntimeError(f"server for {model} {problem}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = load_settings(store=str(store), model=model, spill_dir=str(tmp / f"spill-{model}"),
+                             prediction_log=logging_on)
+    cmd, env = launch.serve_command(settings, port)
+    env["BENTOML_HOME"] = str(tmp / "bentoml-home")
+    log = open(tmp / f"server-{model}-{logging_on}.log", "ab")
+    proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return Running(proc, f"http://127.0.0.1:{port}", log).wait_ready("/readyz", timeout=180)
 
 
 def served_rows_per_s(url: str, body: bytes, content_type: str, repeats: int) -> dict[str, Any]:
@@ -197,7 +182,7 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
         for name in SHAPES:
             model, records = write_version(store, name)
             payloads = bodies(records)
-            server = Server(tmp, store, name)
+            server = start_server(tmp, store, name)
             try:
                 deadline = time.monotonic() + 180
                 while (answer := httpx.post(f"{server.url}/predict_many", json={"records": _records(records.head(1))})
@@ -218,7 +203,7 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
             finally:
                 server.stop()
             # the same Arrow requests with the prediction log off: what scoring itself costs
-            server = Server(tmp, store, name, logging_on=False)
+            server = start_server(tmp, store, name, logging_on=False)
             try:
                 served = served_rows_per_s(server.url, *payloads["arrow"], REPEATS)
                 served["over_raw"] = served["rows_per_s"] / shape["raw_rows_per_s"]
