@@ -15,6 +15,7 @@ from components.settings import load_settings
 from components.store import open_store
 from components.synthetic import churn
 from pipelines.local import PipelineFailed, run_training
+from tests.serving.models import unscorable_model
 
 
 @pytest.fixture(scope="module")
@@ -151,23 +152,6 @@ def test_cli_bad_input_is_one_clear_sentence(tmp_path, args, message):
     assert not (tmp_path / "store" / "registry").exists()  # nothing registered
 
 
-def _unscorable_model() -> bytes:
-    """A model that loads but cannot score this data: it needs a column the holdout lacks."""
-    import io
-
-    import joblib
-    import pandas as pd
-    from sklearn.compose import ColumnTransformer
-    from sklearn.dummy import DummyClassifier
-    from sklearn.pipeline import make_pipeline
-
-    model = make_pipeline(ColumnTransformer([("x", "passthrough", ["gone"])]), DummyClassifier())
-    model.fit(pd.DataFrame({"gone": [0.0, 1.0]}), [0, 1])
-    buf = io.BytesIO()
-    joblib.dump(model, buf)
-    return buf.getvalue()
-
-
 def test_a_champion_that_cannot_be_loaded_or_scored_fails_the_run_and_stays(world, tmp_path):
     settings, *_ = world
     reg = Registry(open_store(settings.store, settings), "churn")
@@ -183,7 +167,7 @@ def test_a_champion_that_cannot_be_loaded_or_scored_fails_the_run_and_stays(worl
             run_training(spec, settings)
         assert reg.champion().version == champion and reg.versions() == versions
 
-        reg.store.write(key, _unscorable_model())  # the fault: it loads but cannot score the holdout
+        reg.store.write(key, unscorable_model())  # the fault: it loads but cannot score the holdout
         with pytest.raises(PipelineFailed, match=f"step evaluate failed: champion {champion} cannot be scored on the holdout"):
             run_training(spec, settings)
         assert reg.champion().version == champion and reg.versions() == versions

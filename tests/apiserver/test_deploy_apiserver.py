@@ -11,7 +11,6 @@ the pods/status subresource.
 from __future__ import annotations
 
 import threading
-import warnings
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ from tests.apiserver.cluster import (
     wait_for,
 )
 from tests.apiserver.control_plane import ControlPlane
-from tests.serving.models import LINEAR, add_version, diabetes_frame
+from tests.serving.models import two_regressor_versions
 
 SERVING = "flywheel-serving"
 AS_DEPLOYER = f"--as=system:serviceaccount:{DEPLOYER[0]}:{DEPLOYER[1]}"
@@ -55,10 +54,7 @@ def two_versions(tmp_path: Path):
     settings = load_settings(store=str(tmp_path / "store"), model="wine", spill_dir=str(tmp_path / "spill"),
                              serving_namespace=RELEASE_NAMESPACE, serving_deployment=SERVING)
     registry = Registry(LocalStore(tmp_path / "store"), "wine")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        add_version(registry, diabetes_frame(), "target", LINEAR, onnx=False)
-        add_version(registry, diabetes_frame(), "target", LINEAR, seed=1, onnx=False)
+    two_regressor_versions(registry)
     return settings, registry
 
 

@@ -19,7 +19,6 @@ record columns stay empty.
 # no `from __future__ import annotations`: kfp reads the rollout pipeline's real parameter types
 
 import datetime as dt
-import io
 import json
 import threading
 import time
@@ -38,7 +37,7 @@ from components.store import LocalStore, open_store
 from services.serving.model import frame_to_records
 from tests.faults.harness import FaultResult, fault
 from tests.serving.conftest import Server, serving_settings
-from tests.serving.models import LOGISTIC, add_version, wine_frame
+from tests.serving.models import LOGISTIC, add_version, unscorable_model, wine_frame
 
 
 class CountingTrigger:
@@ -137,21 +136,6 @@ def trigger_failure(work: Path) -> FaultResult:
                        details={"record": final})
 
 
-def _unscorable_model() -> bytes:
-    """A model that loads but cannot score this data: it needs a column the holdout lacks."""
-    import joblib
-    import pandas as pd
-    from sklearn.compose import ColumnTransformer
-    from sklearn.dummy import DummyClassifier
-    from sklearn.pipeline import make_pipeline
-
-    model = make_pipeline(ColumnTransformer([("x", "passthrough", ["gone"])]), DummyClassifier())
-    model.fit(pd.DataFrame({"gone": [0.0, 1.0]}), [0, 1])
-    buf = io.BytesIO()
-    joblib.dump(model, buf)
-    return buf.getvalue()
-
-
 @fault
 def champion_unusable(work: Path) -> FaultResult:
     """Train v1, then damage it (unloadable, then unscorable) and train on new data: each run fails, v1 stays."""
@@ -167,7 +151,7 @@ def champion_unusable(work: Path) -> FaultResult:
     before, versions = reg.champion().version, reg.versions()
     key = reg.key(before, "model.joblib")
     outcomes = []
-    for name, damaged in (("unloadable", b"not a pickle"), ("unscorable", _unscorable_model())):
+    for name, damaged in (("unloadable", b"not a pickle"), ("unscorable", unscorable_model())):
         reg.store.write(key, damaged)
         try:
             run_training(DatasetSpec(str(work / "fresh.csv"), "churned", timestamp="event_time"), settings)

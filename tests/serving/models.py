@@ -91,3 +91,26 @@ def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate:
     if promote:
         registry.promote(version, "test")
     return version
+
+
+def two_regressor_versions(registry: Registry) -> None:
+    """Champion v2 with v1 as its predecessor: two linear regressors on the diabetes data."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        add_version(registry, diabetes_frame(), "target", LINEAR, onnx=False)
+        add_version(registry, diabetes_frame(), "target", LINEAR, seed=1, onnx=False)
+
+
+def unscorable_model() -> bytes:
+    """A pickled model that loads but cannot score real data: it needs a column no holdout has."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.dummy import DummyClassifier
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(ColumnTransformer([("x", "passthrough", ["gone"])]), DummyClassifier())
+    model.fit(pd.DataFrame({"gone": [0.0, 1.0]}), [0, 1])
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    return buf.getvalue()

@@ -6,7 +6,6 @@ against a real kube-apiserver in tests/apiserver/test_deploy_apiserver.py.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from components.deploy import DeployError, Rollout, RolloutFailed, deploy
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import LocalStore
-from tests.serving.models import LINEAR, add_version, diabetes_frame
+from tests.serving.models import two_regressor_versions
 
 
 @pytest.fixture
@@ -23,10 +22,7 @@ def two_versions(tmp_path: Path):
     """Champion v2 with v1 as its predecessor."""
     settings = load_settings(store=str(tmp_path / "store"), model="wine", spill_dir=str(tmp_path / "spill"))
     registry = Registry(LocalStore(tmp_path / "store"), "wine")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        add_version(registry, diabetes_frame(), "target", LINEAR, onnx=False)
-        add_version(registry, diabetes_frame(), "target", LINEAR, seed=1, onnx=False)
+    two_regressor_versions(registry)
     return settings, registry
 
 
