@@ -80,32 +80,15 @@ def _drifted_world(work: Path) -> tuple[Any, Any]:
     return settings, served
 
 
-def _race(settings: Any, store: Any, trigger: Any, now: dt.datetime, passes: int) -> list[Any]:
-    from services.monitoring.monitor import run_pass
-
-    barrier, results = threading.Barrier(passes), []
-
-    def one() -> None:
-        barrier.wait()
-        results.append(run_pass(settings, store, trigger, now=now))
-
-    threads = [threading.Thread(target=one) for _ in range(passes)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    return results
-
-
 @fault
 def monitor_race(work: Path) -> FaultResult:
     """Two monitoring passes race on the same drifted window."""
     from services.monitoring.trigger import records
-    from tests.monitoring.logs import NOW
+    from tests.monitoring.logs import NOW, race_passes
 
     settings, served = _drifted_world(work)
     trigger = CountingTrigger()
-    results = _race(settings, served.store, trigger, NOW, 2)
+    results = race_passes(settings, served.store, trigger, NOW, 2)
     recs = records(served.store, "test")
     ok = trigger.starts == 1 and len(recs) == 1 and len(results) == 2
     return FaultResult("monitor_race", f"{len(results)} passes, {trigger.starts} trigger(s), {len(recs)} record(s); "
@@ -118,7 +101,7 @@ def trigger_failure(work: Path) -> FaultResult:
     """The trigger fails once; a pass before the backoff waits, passes after it retry exactly once."""
     from services.monitoring.monitor import run_pass
     from services.monitoring.trigger import records
-    from tests.monitoring.logs import NOW
+    from tests.monitoring.logs import NOW, race_passes
 
     settings, served = _drifted_world(work)
     trigger = CountingTrigger(failures=1)
@@ -126,7 +109,7 @@ def trigger_failure(work: Path) -> FaultResult:
     [rec] = records(served.store, "test")
     early = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=1))
     due = dt.datetime.fromisoformat(rec["retry_at"]) + dt.timedelta(seconds=1)
-    _race(settings, served.store, trigger, due, 3)
+    race_passes(settings, served.store, trigger, due, 3)
     [final] = records(served.store, "test")
     ok = (first.exit_code == 1 and "next attempt at" in early.decision["reason"] and trigger.starts == 2
           and trigger.max_running == 1 and final["status"] == "succeeded" and final["attempts"] == 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import threading
 import uuid
 from dataclasses import dataclass
 
@@ -100,3 +101,21 @@ def write_logs(served: Served, frame: pd.DataFrame, start: dt.datetime, minutes:
         for day, rows in fb.groupby(fb[TIME].dt.strftime("%Y-%m-%d")):
             write_parquet(served.store, f"feedback/{model}/date={day}/{part}.parquet", rows.reset_index(drop=True))
     return logs
+
+
+def race_passes(settings, store: Store, trigger, now: dt.datetime, passes: int, join_seconds: float = 300) -> list:
+    """Start ``passes`` monitoring passes on the same window at the same instant; their summaries."""
+    from services.monitoring.monitor import run_pass
+
+    barrier, results = threading.Barrier(passes), []
+
+    def one() -> None:
+        barrier.wait()
+        results.append(run_pass(settings, store, trigger, now=now))
+
+    threads = [threading.Thread(target=one) for _ in range(passes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_seconds)
+    return results

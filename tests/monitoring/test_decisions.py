@@ -16,7 +16,7 @@ from components.settings import Settings
 from services.monitoring import monitor
 from services.monitoring.monitor import run_pass
 from services.monitoring.trigger import RetrainRequest, records
-from tests.monitoring.logs import NOW, Served, make_frame, write_logs
+from tests.monitoring.logs import NOW, Served, make_frame, race_passes, write_logs
 
 WINDOW_START = NOW.replace(minute=0) - dt.timedelta(hours=1)
 
@@ -103,17 +103,7 @@ def test_passes_racing_on_a_retry_start_it_once_and_never_two_in_flight(mon_sett
     run_pass(settings, served.store, trigger, now=NOW)
     [rec] = records(served.store, "test")
     later = dt.datetime.fromisoformat(rec["retry_at"]) + dt.timedelta(seconds=1)
-    barrier, results = threading.Barrier(3), []
-
-    def one_pass() -> None:
-        barrier.wait()
-        results.append(run_pass(settings, served.store, trigger, now=later))
-
-    threads = [threading.Thread(target=one_pass) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = race_passes(settings, served.store, trigger, later, 3, join_seconds=120)
 
     assert len(results) == 3 and len(trigger.requests) == 2  # the failed start, then exactly one retry
     assert trigger.max_running == 1

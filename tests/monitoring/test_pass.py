@@ -19,7 +19,7 @@ from components.store import S3Store, open_store
 from services.monitoring import monitor
 from services.monitoring.monitor import run_pass
 from services.monitoring.trigger import RetrainRequest, records
-from tests.monitoring.logs import FEATURES, NOW, Served, make_frame, serve_version, write_logs
+from tests.monitoring.logs import FEATURES, NOW, Served, make_frame, race_passes, serve_version, write_logs
 
 WINDOW_START = NOW.replace(minute=0) - dt.timedelta(hours=1)  # the window a pass at NOW evaluates
 
@@ -111,18 +111,7 @@ def test_drift_triggers_once_then_cooldown_blocks(mon_settings: Settings, served
 def test_two_passes_racing_on_one_window_trigger_once(mon_settings: Settings, served: Served) -> None:
     write_logs(served, make_frame(3000, seed=14, shift=0.4), WINDOW_START, 60)
     trigger = RecordingTrigger()
-    barrier = threading.Barrier(2)
-    results: list[monitor.Summary] = []
-
-    def one_pass() -> None:
-        barrier.wait()
-        results.append(run_pass(mon_settings, served.store, trigger, now=NOW))
-
-    threads = [threading.Thread(target=one_pass) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results: list[monitor.Summary] = race_passes(mon_settings, served.store, trigger, NOW, 2, join_seconds=120)
 
     assert len(results) == 2 and all(r.status == "ok" for r in results)
     assert len(trigger.requests) == 1
