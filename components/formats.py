@@ -55,13 +55,6 @@ def read_frame(body: bytes, fmt: Format) -> pd.DataFrame:
     return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
-def write_frame(frame: pd.DataFrame, fmt: Format) -> bytes:
-    """A frame as an Arrow IPC stream or a Parquet file."""
-    import pyarrow as pa
-
-    return _write_table(pa.Table.from_pandas(frame, preserve_index=False), fmt)
-
-
 def write_columns(columns: dict[str, Any], errors: Any, fmt: Format) -> bytes:
     """An answer (one array per output, in record order) and its ``error`` column as Arrow IPC or Parquet.
 
