@@ -10,7 +10,8 @@
 #                    made here with debootstrap, its root filesystem cached as a tarball in
 #                    FLYWHEEL_IMAGE_CACHE, default /var/tmp/flywheel-images)
 #   BUILDER          buildah or docker                    (default: buildah, else docker)
-#   CONTAINER_ROOT   buildah/podman storage (vfs)         (default /var/lib/flywheel-containers)
+#   CONTAINER_ROOT   buildah/podman storage, one root per driver  (default /var/lib/flywheel-containers)
+#   CONTAINER_STORAGE_DRIVER  overlay or vfs              (default: overlay where the kernel mounts it, else vfs)
 # Flags: --print   print the build commands and build nothing
 #        --support also build the test-support image of `make container-test`
 # The component image is built first: the monitor image builds FROM it.
@@ -30,7 +31,6 @@ registry="${IMAGE_REGISTRY:-ghcr.io/flywheel}"
 tag="${IMAGE_TAG:-$("${PYTHON:-python3}" pipelines/image_tag.py .)}"
 base="${BASE_IMAGE:-localhost/flywheel-base:bookworm}"
 cache="${FLYWHEEL_IMAGE_CACHE:-/var/tmp/flywheel-images}"
-root="${CONTAINER_ROOT:-/var/lib/flywheel-containers}"
 components="${registry}/flywheel-components:${tag}"
 
 builder="${BUILDER:-}"
@@ -46,9 +46,12 @@ ca="${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}"
 secret=()
 [ -s "$ca" ] && secret=(--secret "id=ca-certificates,src=$ca")
 
+# shellcheck source=k8s/container-tools.sh
+. k8s/container-tools.sh
 if [ "$builder" = buildah ]; then
-  # vfs + chroot isolation: the only combination that builds inside this kind of sandbox.
-  storage=(--root "$root/storage" --runroot "$root/run" --storage-driver vfs)
+  # chroot isolation builds inside this kind of sandbox; the storage driver is overlay where the
+  # kernel allows it, else vfs (container_storage_flags).
+  mapfile -t storage < <(container_storage_flags)
   build=(buildah "${storage[@]}" bud --isolation chroot --layers --ulimit nofile=1024:20000 "${secret[@]}")
 else
   build=(docker build "${secret[@]}")
@@ -60,8 +63,6 @@ run() {
 }
 
 if [ "$print" = 0 ] && [ "$builder" = buildah ]; then
-  # shellcheck source=k8s/container-tools.sh
-  . k8s/container-tools.sh
   ensure_container_tools images buildah podman runc debootstrap newuidmap || exit 0
 fi
 
@@ -84,18 +85,30 @@ if [ "$print" = 0 ] && [ "$builder" = buildah ] && [ -z "${BASE_IMAGE:-}" ] \
   podman "${storage[@]}" import --quiet "$tarball" "$base" >/dev/null
 fi
 
-run "${build[@]}" -f components/Dockerfile --build-arg "BASE_IMAGE=$base" \
-  --build-arg "COMPONENT_IMAGE=$components" -t "$components" .
-run "${build[@]}" -f services/serving/Dockerfile --build-arg "BASE_IMAGE=$base" \
-  -t "${registry}/flywheel-serving:${tag}" .
-run "${build[@]}" -f services/monitoring/Dockerfile --build-arg "COMPONENTS_IMAGE=$components" --build-arg "BASE_IMAGE=$base" \
-  -t "${registry}/flywheel-monitor:${tag}" .
+# image <ref> <build args>...: build <ref>, unless buildah's storage already holds it. The tag is
+# derived from every file the build reads, so an image under it is this build (IMAGES_REBUILD=1
+# builds anyway).
+image() {
+  local ref="$1"; shift
+  if [ "$print" = 0 ] && [ "$builder" = buildah ] && [ "${IMAGES_REBUILD:-0}" != 1 ] \
+     && podman "${storage[@]}" image exists "$ref"; then
+    echo "images: $ref is built (its tag is derived from its sources); kept"
+    return
+  fi
+  run "${build[@]}" "$@" -t "$ref" .
+}
+
+image "$components" -f components/Dockerfile --build-arg "BASE_IMAGE=$base" --build-arg "COMPONENT_IMAGE=$components"
+image "${registry}/flywheel-serving:${tag}" -f services/serving/Dockerfile --build-arg "BASE_IMAGE=$base"
+image "${registry}/flywheel-monitor:${tag}" -f services/monitoring/Dockerfile \
+  --build-arg "COMPONENTS_IMAGE=$components" --build-arg "BASE_IMAGE=$base"
 if [ "$support" = 1 ]; then
+  # Its Dockerfile is outside the tagged sources: always asked of buildah (its layers are cached).
   run "${build[@]}" -f tests/containers/support.Dockerfile --build-arg "BASE_IMAGE=$base" \
     -t "localhost/flywheel-test-support:${tag}" .
 fi
 if [ "$print" = 0 ] && [ "$builder" = buildah ]; then
-  # Older builds of these images only fill the disk (a full copy per layer under vfs): drop their tags.
+  # Older builds of these images only fill the disk: drop their tags.
   podman "${storage[@]}" images --format '{{.Repository}}:{{.Tag}}' \
     | grep -E "^(${registry}/flywheel-(components|serving|monitor)|localhost/flywheel-test-support):" \
     | grep -v ":${tag}\$" | xargs -r podman "${storage[@]}" rmi >/dev/null 2>&1 || true

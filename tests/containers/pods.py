@@ -8,13 +8,15 @@ and nothing else writable. Probes are run against the container's own IP with th
 paths, ports, periods, timeouts and thresholds, and a stop honours the preStop hook and the
 grace period. Nothing here is written for one workload: the spec decides.
 
-Storage is buildah's and podman's vfs driver in its own root (what `make images` builds
-into); runs take an explicit open-files limit, since this kind of machine refuses podman's
-default one.
+Storage is the one `make images` builds into (``container_storage_flags`` of
+k8s/container-tools.sh: overlay where the kernel allows it, else vfs, in a root of the
+project's own); runs take an explicit open-files limit, since this kind of machine refuses
+podman's default one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -25,8 +27,17 @@ from typing import Any
 
 import httpx
 
-CONTAINER_ROOT = Path("/var/lib/flywheel-containers")
-STORAGE = ["--root", str(CONTAINER_ROOT / "storage"), "--runroot", str(CONTAINER_ROOT / "run"), "--storage-driver", "vfs"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def storage_flags() -> list[str]:
+    """The storage flags `make images` used: asked of the same shell function, never restated."""
+    script = f". {REPO / 'k8s' / 'container-tools.sh'} && container_storage_flags"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
 # The machine's hard open-files limit is below podman's default; NPROC likewise must stay under it.
 ULIMITS = ["--ulimit", "nofile=1024:20000", "--ulimit", "nproc=4096:8192"]
 # The same limits for what takes no --ulimit flag (`podman kube play`).
@@ -38,7 +49,7 @@ Doc = dict[str, Any]
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``podman`` on the project's container storage."""
     env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
-    proc = subprocess.run(["podman", *STORAGE, *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    proc = subprocess.run(["podman", *storage_flags(), *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
     if check and proc.returncode != 0:
         raise RuntimeError(f"podman {' '.join(args[:3])} … failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return proc

@@ -37,6 +37,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from components.data import REQUEST_ID
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
@@ -113,15 +114,15 @@ class Cluster:
     def store(self):
         return open_store(STORE, self.settings)
 
-    def prediction_ids(self) -> set[str]:
-        """Every request id in the prediction logs the serving containers wrote to S3."""
+    def prediction_ids(self, kind: str = "predictions") -> set[str]:
+        """Every request id in the ``kind`` logs (predictions, feedback) the serving containers wrote to S3."""
         s3 = boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1")
         ids: set[str] = set()
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"store/predictions/{MODEL}/")
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"store/{kind}/{MODEL}/")
         for page in pages:
             for obj in page.get("Contents", []):
                 body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-                ids.update(pd.read_parquet(io.BytesIO(body))["request_id"].astype(str))
+                ids.update(pd.read_parquet(io.BytesIO(body))[REQUEST_ID].astype(str))
         return ids
 
     def kfp_calls(self, method: str | None = None, path: str | None = None) -> list[dict]:
@@ -227,25 +228,34 @@ def test_chart_containers_run_non_root_read_only_and_write_only_to_their_volumes
     assert set(monitor.mounts) == {"/tmp"}  # no Evidently UI in these values: no workspace volume
 
 
-def _traffic(url: str, shift: float, n: int, per_request: int = 50) -> set[str]:
-    ids: set[str] = set()
+def _traffic(url: str, shift: float, n: int, per_request: int = 50) -> dict[str, Any]:
+    """Serve ``n`` wine rows; request id -> the row's true label."""
+    labels = wine_frame()["target"]
+    ids: dict[str, Any] = {}
     for i in range(0, n, per_request):
         r = httpx.post(f"{url}/predict", json={"records": records(per_request, shift, i)}, timeout=60)
         assert r.status_code == 200, r.text
-        ids.update(a["request_id"] for a in r.json())
+        ids.update((a["request_id"], labels.iloc[(i + j) % len(labels)]) for j, a in enumerate(r.json()))
     return ids
 
 
-def _wait_logged(cluster: Cluster, ids: set[str], timeout: float = 60) -> None:
+def _wait_logged(cluster: Cluster, ids: set[str], kind: str = "predictions", timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not ids <= cluster.prediction_ids():
-        assert time.monotonic() < deadline, "prediction logs never reached S3"
+    while not ids <= cluster.prediction_ids(kind):
+        assert time.monotonic() < deadline, f"{kind} logs never reached S3"
         time.sleep(1)
 
 
 def test_monitor_job_reads_the_logs_writes_its_report_and_starts_a_retrain_on_kfp(cluster: Cluster, serving: Container):
-    served = _traffic(f"http://{serving.ip}:3000", shift=1.6, n=400)
-    _wait_logged(cluster, served)
+    url = f"http://{serving.ip}:3000"
+    served = _traffic(url, shift=1.6, n=400)
+    # Labels arrive for the drifted traffic: without new labelled data the monitor only raises an alarm.
+    with httpx.Client(timeout=30) as http:
+        for request_id, label in served.items():
+            r = http.post(f"{url}/feedback", json={"request_id": request_id, "label": label})
+            assert r.status_code == 200, r.text
+    _wait_logged(cluster, set(served))
+    _wait_logged(cluster, set(served), "feedback")
 
     spec = cluster.spec("CronJob", "flywheel-monitor", "monitor")
     assert spec.command == ["flywheel", "monitor"] and not spec.args
@@ -277,7 +287,11 @@ def test_monitor_job_reads_the_logs_writes_its_report_and_starts_a_retrain_on_kf
     (run,) = cluster.kfp_calls("POST", "/apis/v2beta1/runs")
     body = run["json"]
     params = body["runtime_config"]["parameters"]
-    assert params["source"] == DATASET and params["target"] == "target"
+    # The retrain reads the champion's dataset plus the labelled production rows, as one new file.
+    assert params["source"].startswith(f"datasets/{MODEL}-retrain/") and params["target"] == "target"
+    retrain = pd.read_parquet(io.BytesIO(store.read(params["source"])))
+    assert len(retrain) == len(wine_frame()) + len(served)
+    assert set(retrain[REQUEST_ID].dropna()) == set(served)
     assert body["runtime_config"]["pipeline_root"] == f"{STORE}/pipeline_root"
     assert body["display_name"].startswith(f"{MODEL}-retrain")
     (exp,) = cluster.kfp_calls("POST", "/apis/v2beta1/experiments")
@@ -330,12 +344,14 @@ def test_sigterm_under_traffic_with_the_charts_grace_period_loses_no_prediction(
 
 def test_podman_kube_play_runs_the_rendered_deployment(cluster: Cluster, tmp_path: Path):
     deployment = find(cluster.docs, "Deployment", "flywheel-serving")
-    objects = [cluster.configmaps["flywheel-config"],
-               {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "flywheel-s3"}, "type": "Opaque",
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in CREDENTIALS.items()}},
-               deployment]
     path = tmp_path / "serving.yaml"
-    path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
+    path.write_text(yaml.safe_dump_all([cluster.configmaps["flywheel-config"], deployment], sort_keys=False))
+    # The Secret the chart expects to exist, as podman 4.3's kube play reads one: a podman secret
+    # holding a JSON map of key to base64 value (a kind: Secret document in the YAML is not read).
+    secret = tmp_path / "flywheel-s3.json"
+    secret.write_text(json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in CREDENTIALS.items()}))
+    podman("secret", "rm", "flywheel-s3", check=False)
+    podman("secret", "create", "flywheel-s3", str(secret))
     proc = podman("kube", "play", str(path), check=False, timeout=600)
     try:
         assert proc.returncode == 0, proc.stderr
@@ -352,3 +368,4 @@ def test_podman_kube_play_runs_the_rendered_deployment(cluster: Cluster, tmp_pat
             time.sleep(2)
     finally:
         podman("kube", "down", str(path), check=False)
+        podman("secret", "rm", "flywheel-s3", check=False)

@@ -48,6 +48,7 @@ CONFIG_KEYS = {
     "FLYWHEEL_KFP_EXPERIMENT", "FLYWHEEL_KFP_PIPELINE", "FLYWHEEL_DRIFT_SHARE_THRESHOLD",
     "FLYWHEEL_QUALITY_DROP_THRESHOLD", "FLYWHEEL_MIN_ROWS", "FLYWHEEL_COOLDOWN_MINUTES",
     "FLYWHEEL_EVIDENTLY_WORKSPACE", "FLYWHEEL_SERVING_DEPLOYMENT", "FLYWHEEL_SERVING_NAMESPACE",
+    "FLYWHEEL_INCLUDE_FEEDBACK",
 }
 
 
@@ -209,6 +210,9 @@ def test_configmap_carries_the_settings(builds, build):
     else:
         assert data["AWS_ENDPOINT_URL"] == "http://minio.flywheel.svc:9000"
     float(data["FLYWHEEL_DRIFT_SHARE_THRESHOLD"]), int(data["FLYWHEEL_MIN_ROWS"])
+    # The CronJob runs `flywheel monitor` with no flags: without labelled production rows its
+    # retrain would read only the champion's own data, so drift could never retrain.
+    assert data["FLYWHEEL_INCLUDE_FEEDBACK"] == "true"
 
 
 @pytest.mark.parametrize("build", ALL_BUILDS)
