@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
     quality_drop_threshold: float = Field(0.05, ge=0)
     cooldown_minutes: int = Field(60, ge=0)
+    include_feedback: bool = Field(False, description=(
+        "A monitor's retrain reads the dataset plus the labelled production rows (feedback joined to the "
+        "logged features); without them and without --data, drift only raises an alarm."))
     retry_backoff_minutes: float = Field(5.0, ge=0, description="A failed retrain is retried after this, doubling per attempt.")
     retry_max_attempts: int = Field(4, ge=1, description="Attempts of one window's retrain before it is given up.")
     late_log_days: int = Field(7, ge=0, description="How far back a pass looks for prediction logs that arrived late.")

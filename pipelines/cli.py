@@ -272,8 +272,9 @@ def monitor(
     data: Annotated[Optional[str], typer.Option(help="Dataset to retrain on when the monitor decides to; without it no retrain starts.")] = None,
     target: Annotated[Optional[str], typer.Option(help="Target column of --data.")] = None,
     timestamp: Annotated[Optional[str], typer.Option(help="Timestamp column of --data.")] = None,
-    include_feedback: Annotated[bool, typer.Option(envvar="FLYWHEEL_INCLUDE_FEEDBACK",
-                                                   help="Retrain on the dataset plus the labelled production rows.")] = False,
+    include_feedback: Annotated[Optional[bool], typer.Option(
+        "--include-feedback/--no-include-feedback",
+        help="Retrain on the dataset plus the labelled production rows (default: the include_feedback setting).")] = None,
     package: Annotated[Optional[Path], typer.Option(help="Compiled pipeline uploaded to KFP when the runner is kfp (default: compiled from the code installed here).")] = None,
     model: ModelOpt = None,
     store: StoreOpt = None,
@@ -292,7 +293,8 @@ def monitor(
     if bool(data) != bool(target):
         raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
     spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else _trained_on(s)
-    trigger = make_trigger(s, spec, package, include_feedback, reuses_champion_data=not data)
+    include = s.include_feedback if include_feedback is None else include_feedback
+    trigger = make_trigger(s, spec, package, include, reuses_champion_data=not data)
     summary = run_pass(s, open_store(s.store, s), trigger)
     console.print(table(summary), highlight=False)
     raise typer.Exit(summary.exit_code)

@@ -33,7 +33,7 @@ def test_images_script_builds_one_image_per_dockerfile_with_the_source_derived_t
     assert len(lines) == 3
     for (dockerfile, image), line in zip(DOCKERFILES.items(), lines):
         assert line.startswith("buildah ") and " bud --isolation chroot --layers " in line and line.endswith(" .")
-        assert "--storage-driver vfs" in line and "--ulimit nofile=1024:20000" in line
+        assert ("--storage-driver vfs" in line or "--storage-driver overlay" in line) and "--ulimit nofile=1024:20000" in line
         assert f"-f {dockerfile} " in line
         assert f"-t ghcr.io/flywheel/{image}:{tag} " in line
         assert (REPO / dockerfile).is_file()
