@@ -14,7 +14,8 @@
 #   CONTAINER_STORAGE_DRIVER  overlay or vfs              (default: overlay where the kernel mounts it, else vfs)
 # Flags: --print   print the build commands and build nothing
 #        --support also build the test-support image of `make container-test`
-# The component image is built first: the monitor image builds FROM it.
+# The component image is built first: the other images reuse its builder stage's layers, and the
+# monitor records its reference (what a retrain compiles against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

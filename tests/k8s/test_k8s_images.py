@@ -41,7 +41,7 @@ def test_images_script_builds_one_image_per_dockerfile_with_the_source_derived_t
     # The component image knows its own immutable reference (what a retrain compiles against) ...
     assert f"--build-arg COMPONENT_IMAGE={components} " in lines[0]
     assert "--build-arg BASE_IMAGE=localhost/flywheel-base:bookworm " in lines[0]
-    # ... and the monitor builds FROM the component image of the same tag, so it comes after it.
+    # ... and so does the monitor, whose retrains compile against the component image of the same tag.
     assert f"--build-arg COMPONENTS_IMAGE={components} " in lines[2]
     assert "support.Dockerfile" in run_script("--support")[3]
 
@@ -57,15 +57,19 @@ def _stage(text: str, name: str) -> str:
     return text.split(f" AS {name}\n", 1)[1].split("\nFROM ", 1)[0]
 
 
-@pytest.mark.parametrize("dockerfile", ["components/Dockerfile", "services/serving/Dockerfile"])
+@pytest.mark.parametrize("dockerfile", list(DOCKERFILES))
 def test_python_images_are_multi_stage_from_the_lock_file_on_the_base_argument(dockerfile):
     text = (REPO / dockerfile).read_text()
     froms = re.findall(r"^FROM (\S+) AS (\w+)", text, flags=re.MULTILINE)
     assert froms == [("${BASE_IMAGE}", "builder"), ("${BASE_IMAGE}", "runtime")]
     assert re.search(r"^ARG BASE_IMAGE=\S+", text, flags=re.MULTILINE)
     assert "COPY pyproject.toml uv.lock ./" in text
-    assert text.count("uv sync --frozen --no-dev") == 2
-    assert "COPY --from=builder /opt/venv /opt/venv" in text
+    # The dependencies from the lock file only, then the project's wheel into its own prefix ...
+    assert text.count("uv sync --frozen --no-dev --no-install-project") == 1
+    assert "uv pip install --python /opt/venv/bin/python --no-deps --prefix /opt/project" in text
+    # ... copied as two layers, the dependencies first: a code change reuses their layer.
+    runtime = _stage(text, "runtime")
+    assert runtime.index("COPY --from=builder /opt/venv /opt/venv") < runtime.index("COPY --from=builder /opt/project /opt/venv")
     # uv from the package registry, pinned to the version the Makefile uses; no registry image.
     uv = re.search(r"^UV_VERSION := (\S+)", (REPO / "Makefile").read_text(), flags=re.MULTILINE).group(1)
     assert f"ARG UV_VERSION={uv}" in text and "COPY --from=ghcr.io" not in text
@@ -74,6 +78,7 @@ def test_python_images_are_multi_stage_from_the_lock_file_on_the_base_argument(d
 def test_the_builder_stage_is_shared_text_so_its_layers_are_shared():
     components = _stage((REPO / "components/Dockerfile").read_text(), "builder")
     assert _stage((REPO / "services/serving/Dockerfile").read_text(), "builder") == components
+    assert _stage((REPO / "services/monitoring/Dockerfile").read_text(), "builder") == components
     support = _stage((REPO / "tests/containers/support.Dockerfile").read_text(), "builder")
     deps = components.split("COPY . ./")[0]
     assert support.startswith(deps.rsplit("\n# The rest", 1)[0])
