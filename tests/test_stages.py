@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from components import evaluate, features, ingest, register, train, validate
+from components import evaluate, ingest, register, split, train, validate
 from components.data import DataError, DatasetSpec, infer_task
 from components.registry import Registry
 from components.store import open_store
@@ -30,7 +30,7 @@ def _train_direct(settings, spec: DatasetSpec):
     """Every stage called directly, as the pipeline calls them."""
     ing = ingest.ingest(spec, settings)
     validate.validate(ing.frame, ing.schema).raise_for_errors()
-    tr, ho = features.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
+    tr, ho = split.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
     results = [train.score_candidate(tr, ing.schema, c, 3, 0, 5000) for c in train.candidates(ing.schema.task)[:3]]
     best = train.best(results)
     model = train.refit(tr, ing.schema, best["candidate"], 0)

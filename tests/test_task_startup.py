@@ -29,6 +29,12 @@ def test_tasks_that_move_no_data_start_without_pandas_or_sklearn(statement: str)
     assert not loaded & {"pandas", "sklearn", "kubernetes"}, loaded & {"pandas", "sklearn", "kubernetes"}
 
 
+def test_the_split_task_starts_without_sklearn() -> None:
+    loaded = _imports_after("from components import runtime, split; from components.data import Schema")
+    assert "pandas" in loaded  # the check sees what the task imports
+    assert not loaded & {"sklearn", "scipy", "kubernetes"}, loaded & {"sklearn", "scipy", "kubernetes"}
+
+
 def test_the_search_fans_out_by_family_with_every_candidate_inside() -> None:
     for task in ("classification", "regression"):
         groups = train.families(task)
