@@ -8,6 +8,8 @@ which step failed and why instead of printing a stack trace.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,6 +21,11 @@ if TYPE_CHECKING:  # components.data brings pandas: imported where a spec is bui
     from components.data import DatasetSpec
 
 T = TypeVar("T")
+
+# A task is a fresh interpreter that ends right after its stage. Freezing the heap at exit spares
+# the interpreter's final garbage collections over every object its imports made (pandas,
+# scikit-learn: about 0.2 s a task); the process is ending, so nothing is kept longer.
+atexit.register(gc.freeze)
 
 
 def settings(store: str, model: str, **extra: Any) -> Settings:
