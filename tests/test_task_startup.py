@@ -23,6 +23,7 @@ def _imports_after(statement: str) -> set[str]:
 @pytest.mark.parametrize("statement", [
     "from components import train; train.families('classification')",  # the search-space task
     "from components import runtime, status; from components.registry import Registry",  # champion, deploy, record-run
+    "from components import ingest, runtime, status",  # fingerprint: hashes the files, reads no rows
 ])
 def test_tasks_that_move_no_data_start_without_pandas_or_sklearn(statement: str) -> None:
     loaded = _imports_after(statement)
