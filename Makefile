@@ -18,8 +18,10 @@ $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
+# --compile-bytecode, as the component image does (UV_COMPILE_BYTECODE=1): every kfp.local task is a
+# fresh interpreter, and without .pyc files each one compiles its imports from source again.
 $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 env: $(VENV)/.synced  ## Create .venv from uv.lock

@@ -64,10 +64,10 @@ def write_version(root: Path, name: str) -> tuple[Any, pd.DataFrame]:
     import joblib
 
     from components.data import DatasetSpec, infer_schema
-    from components.features import split
     from components.onnx_export import export_onnx
     from components.register import reference_sample
     from components.registry import Registry
+    from components.split import split
     from components.store import LocalStore
     from components.train import make_model
 

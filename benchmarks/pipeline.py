@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from components import evaluate, features, ingest, register, train, validate
+from components import evaluate, ingest, register, split, train, validate
 from components.data import DatasetSpec
 from components.registry import Registry
 from components.settings import load_settings
@@ -68,7 +68,7 @@ def direct(spec: DatasetSpec, settings) -> float:
     start = time.perf_counter()
     ing = ingest.ingest(spec, settings)
     validate.validate(ing.frame, ing.schema).raise_for_errors()
-    tr, ho = features.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
+    tr, ho = split.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
     results = [train.score_candidate(tr, ing.schema, c, settings.cv_folds, settings.seed, settings.max_train_rows)
                for c in train.candidates(ing.schema.task)]
     best = train.best(results)

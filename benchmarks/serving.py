@@ -139,10 +139,10 @@ def make_model(store: Path, shape: str, out: Path) -> tuple[list[str], str]:
     import joblib
 
     from components.data import infer_schema
-    from components.features import split
     from components.onnx_export import export_onnx
     from components.register import reference_sample
     from components.registry import Registry
+    from components.split import split
     from components.store import LocalStore
     from components.train import make_model as build
 

@@ -1,4 +1,4 @@
-"""The data contract: where a dataset is, how it is read and normalised, and its schema.
+"""The data contract: how a dataset is read and normalised, and its schema (where it is: components/sources.py).
 
 A dataset is one CSV or Parquet file or a prefix/folder of many, on local disk, in the
 store, or at an ``s3://`` URI. Its schema (names, kinds, dtypes, categories, ranges, null
@@ -7,7 +7,6 @@ rates) is inferred at first ingest and written next to every model version.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -19,33 +18,15 @@ import numpy as np
 import pandas as pd
 
 from components.settings import Settings
+from components.sources import DataError, DatasetSpec, Source, Task, resolve
 from components.store import NotFound, Store, StoreError, open_store
 
-Task = Literal["classification", "regression"]
 Kind = Literal["numeric", "categorical", "datetime", "boolean"]
-SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
 MAX_CATEGORIES = 50
 # Sparse columns: above INDICATOR_RATE missing, a numeric feature also gets a missing-indicator;
 # above DROP_RATE missing it is dropped (too few values to learn from), with a warning.
 INDICATOR_RATE = 0.5
 DROP_RATE = 0.95
-
-
-class DataError(ValueError):
-    """The user's data is unusable; the message names the file or column."""
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What the user says about a dataset."""
-
-    source: str
-    target: str
-    task: Task | None = None
-    timestamp: str | None = None
-    id_columns: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    name: str = "dataset"
 
 
 @dataclass
@@ -131,10 +112,6 @@ def _json_default(o: Any) -> Any:
 
 # --- locating and reading ----------------------------------------------------------------
 
-def _is_data_file(name: str) -> bool:
-    return name.lower().endswith(SUFFIXES)
-
-
 def _read_bytes(name: str, data: bytes) -> pd.DataFrame:
     try:
         if name.lower().endswith((".parquet", ".pq")):
@@ -142,58 +119,6 @@ def _read_bytes(name: str, data: bytes) -> pd.DataFrame:
         return pd.read_csv(io.BytesIO(data), compression="gzip" if name.endswith(".gz") else None, low_memory=False)
     except Exception as exc:  # pandas/pyarrow raise many types for a bad file
         raise DataError(f"{name} cannot be read as {'Parquet' if 'parquet' in name or name.endswith('.pq') else 'CSV'}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Source:
-    """A resolved dataset location: the files and a fingerprint of their content."""
-
-    files: tuple[str, ...]
-    fingerprint: str
-    store_uri: str | None  # None: local disk
-
-
-def resolve(source: str, settings: Settings) -> Source:
-    """Find the data files behind ``source`` and fingerprint their content.
-
-    Local files are hashed byte by byte; objects in a store by key, size and ETag, which
-    S3 computes from the content, so changed data always changes the fingerprint.
-    """
-    h = hashlib.sha256()
-    local = Path(source).expanduser()
-    if "://" not in source and local.exists():
-        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and _is_data_file(p.name))
-        if not files:
-            raise DataError(f"{source} holds no CSV or Parquet files")
-        for p in files:
-            if not _is_data_file(p.name):
-                raise DataError(f"{p} is not a CSV or Parquet file (expected {', '.join(SUFFIXES)})")
-            h.update(p.name.encode())
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
-        return Source(tuple(str(p.resolve()) for p in files), h.hexdigest()[:16], None)
-    if source.startswith("s3://"):
-        bucket_and_key = source[len("s3://"):]
-        bucket, _, key = bucket_and_key.partition("/")
-        store = open_store(f"s3://{bucket}", settings)
-        prefix = key
-    elif "://" in source and not source.startswith("file://"):
-        raise DataError(f"data source {source!r}: use a local path, an s3:// URI or a key in the store")
-    else:
-        store = open_store(settings.store, settings)
-        prefix = source.removeprefix("store:")
-        if not prefix or prefix.startswith("/") or prefix.startswith("file://"):
-            raise DataError(f"data file {source} does not exist")
-    keys = [k for k in store.list(prefix) if _is_data_file(k)]
-    if not keys:
-        raise DataError(f"data source {source} does not exist or holds no CSV or Parquet files")
-    for k in keys:
-        v = store.read_versioned(k)
-        h.update(k.encode())
-        h.update(v.etag.encode())
-        h.update(str(len(v.data)).encode())
-    return Source(tuple(keys), h.hexdigest()[:16], store.uri)
 
 
 def read_source(src: Source, settings: Settings) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Features: the split and the preprocessing pipeline that ships inside every model.
+"""Features: the preprocessing pipeline that ships inside every model (the split: components/split.py).
 
 Everything here is fit on training rows only; the fitted pipeline is pickled with the
 estimator, so serving applies exactly what training did.
@@ -15,27 +15,12 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
 from sklearn.feature_selection import SelectFromModel
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from components.data import Schema
 
 DATE_PARTS = ("year", "month", "day", "dayofweek", "hour")
-
-
-def split(
-    frame: pd.DataFrame, schema: Schema, holdout_fraction: float, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Holdout split: the latest rows when a timestamp exists, else stratified random."""
-    frame = frame[frame[schema.target].notna()]
-    if schema.timestamp:
-        ordered = frame.sort_values(schema.timestamp, kind="stable")
-        cut = int(round(len(ordered) * (1 - holdout_fraction)))
-        return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
-    stratify = frame[schema.target] if schema.task == "classification" else None
-    train, holdout = train_test_split(frame, test_size=holdout_fraction, random_state=seed, stratify=stratify)
-    return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 
 def date_parts(x: Any) -> np.ndarray:

@@ -1,13 +1,21 @@
-"""Ingest: read the user's data, normalise types, fingerprint the content, infer the schema."""
+"""Ingest: read the user's data, normalise types, fingerprint the content, infer the schema.
+
+pandas comes with the reading (components.data), not with this module: the fingerprint task,
+which runs every time, reads no rows.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from components.data import DatasetSpec, Schema, Source, infer_schema, load, normalise, read_source, resolve
 from components.settings import Settings
+from components.sources import DatasetSpec, Source, resolve
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from components.data import Schema
 
 
 @dataclass
@@ -37,6 +45,8 @@ def fingerprint_of(src: Source, spec: DatasetSpec) -> str:
 
 def ingest(spec: DatasetSpec, settings: Settings) -> Ingested:
     """Read and normalise the dataset and infer its schema."""
+    from components.data import infer_schema, load
+
     frame, src = load(spec, settings)
     schema = infer_schema(frame, spec)
     keep = [*schema.feature_names, schema.target] + ([schema.timestamp] if schema.timestamp else [])
@@ -45,6 +55,8 @@ def ingest(spec: DatasetSpec, settings: Settings) -> Ingested:
 
 def preview(spec: DatasetSpec, settings: Settings) -> tuple[Schema, str]:
     """The schema of the first data file, and its name: the columns a run will use, shown before it starts."""
+    from components.data import infer_schema, normalise, read_source
+
     src = resolve(spec.source, settings)
     head = read_source(Source(src.files[:1], src.fingerprint, src.store_uri), settings)
     return infer_schema(normalise(head, spec), spec), src.files[0]

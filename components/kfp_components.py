@@ -108,8 +108,8 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
     """Split (time-aware when a timestamp exists) into training and holdout rows."""
     import pandas as pd
 
-    from components import features as stage
     from components import runtime
+    from components import split as stage
     from components.data import Schema
 
     sch = Schema.from_json(schema)

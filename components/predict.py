@@ -168,7 +168,7 @@ def _files(data: str, settings: Any, tmp: str, open_store: Any) -> Any:
     """(name, local path) of each data file; objects in a store are downloaded one at a time."""
     from pathlib import Path
 
-    from components.data import SUFFIXES
+    from components.sources import SUFFIXES
 
     local = Path(data.removeprefix("file://")).expanduser()
     if "://" not in data.removeprefix("file://") and local.exists():

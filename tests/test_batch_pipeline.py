@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import yaml
 
-from components import evaluate, features, ingest, register, train
+from components import evaluate, ingest, register, split, train
 from components.data import DatasetSpec, normalise
 from components.registry import Registry
 from components.store import open_store
@@ -17,7 +17,7 @@ def test_batch_scoring_pipeline_scores_good_rows_and_reports_bad_ones(settings, 
     data = tmp_path / "train.csv"
     churn(1200, seed=21).to_csv(data, index=False)
     ing = ingest.ingest(DatasetSpec(str(data), "churned"), settings)
-    tr, ho = features.split(ing.frame, ing.schema, 0.2, 0)
+    tr, ho = split.split(ing.frame, ing.schema, 0.2, 0)
     best = train.score_candidate(tr, ing.schema, train.candidates("classification")[0], 2, 0, 5000)
     model = train.refit(tr, ing.schema, best["candidate"], 0)
     reg = Registry(open_store(settings.store, settings), settings.model)

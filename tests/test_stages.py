@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from components import evaluate, features, ingest, register, train, validate
-from components.data import DataError, DatasetSpec, infer_task
+from components import evaluate, ingest, register, split, train, validate
+from components.data import DataError, DatasetSpec, infer_schema, infer_task
 from components.registry import Registry
 from components.store import open_store
 from components.synthetic import churn
@@ -30,7 +30,7 @@ def _train_direct(settings, spec: DatasetSpec):
     """Every stage called directly, as the pipeline calls them."""
     ing = ingest.ingest(spec, settings)
     validate.validate(ing.frame, ing.schema).raise_for_errors()
-    tr, ho = features.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
+    tr, ho = split.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
     results = [train.score_candidate(tr, ing.schema, c, 3, 0, 5000) for c in train.candidates(ing.schema.task)[:3]]
     best = train.best(results)
     model = train.refit(tr, ing.schema, best["candidate"], 0)
@@ -119,10 +119,7 @@ def test_validation_gate_names_the_column(settings, tmp_path, mutate, message):
     frame = mutate(churn(400, seed=6))
     spec = DatasetSpec(_csv(tmp_path, frame), "churned")
     ing = ingest.ingest(spec, settings) if len(frame) else None
-    if ing is None:
-        report = validate.validate(frame, ingest.infer_schema(frame, spec))
-    else:
-        report = validate.validate(ing.frame, ing.schema)
+    report = validate.validate(frame, infer_schema(frame, spec)) if ing is None else validate.validate(ing.frame, ing.schema)
     assert not report.ok
     assert any(message in e for e in report.errors), report.errors
     with pytest.raises(DataError, match="data validation failed"):
@@ -161,7 +158,7 @@ def test_sparse_constant_empty_and_boolean_columns_train_with_warnings(settings,
 def test_constant_target_is_an_error_and_every_error_is_listed(settings, tmp_path):
     frame = churn(400, seed=6).assign(churned=1, copy=lambda f: f["age"])
     frame["leak"] = frame["churned"].astype(str)
-    report = validate.validate(frame, ingest.infer_schema(frame, DatasetSpec("x", "churned", task="classification")))
+    report = validate.validate(frame, infer_schema(frame, DatasetSpec("x", "churned", task="classification")))
     assert any("only one class" in e for e in report.errors)
     frame = churn(400, seed=6)
     frame["leak_a"] = frame["churned"].map({0: "stay", 1: "gone"})

@@ -23,10 +23,17 @@ def _imports_after(statement: str) -> set[str]:
 @pytest.mark.parametrize("statement", [
     "from components import train; train.families('classification')",  # the search-space task
     "from components import runtime, status; from components.registry import Registry",  # champion, deploy, record-run
+    "from components import ingest, runtime, status",  # fingerprint: hashes the files, reads no rows
 ])
 def test_tasks_that_move_no_data_start_without_pandas_or_sklearn(statement: str) -> None:
     loaded = _imports_after(statement)
     assert not loaded & {"pandas", "sklearn", "kubernetes"}, loaded & {"pandas", "sklearn", "kubernetes"}
+
+
+def test_the_split_task_starts_without_sklearn() -> None:
+    loaded = _imports_after("from components import runtime, split; from components.data import Schema")
+    assert "pandas" in loaded  # the check sees what the task imports
+    assert not loaded & {"sklearn", "scipy", "kubernetes"}, loaded & {"sklearn", "scipy", "kubernetes"}
 
 
 def test_the_search_fans_out_by_family_with_every_candidate_inside() -> None:

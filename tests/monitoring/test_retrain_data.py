@@ -58,7 +58,7 @@ def test_two_retrains_add_each_production_row_once_with_its_time(mon_settings: S
 
 def test_a_time_aware_split_puts_production_rows_by_their_time(mon_settings: Settings, served: Served) -> None:
     from components.data import normalise
-    from components.features import split
+    from components.split import split
 
     base = make_frame(3000, seed=54)
     base["t"] = pd.date_range("2026-03-09 00:00", periods=len(base), freq="20s")  # up to 2026-03-09 16:40

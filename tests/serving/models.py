@@ -17,10 +17,10 @@ import pandas as pd
 from sklearn.datasets import load_diabetes, load_wine
 
 from components.data import DatasetSpec, infer_schema
-from components.features import split
 from components.onnx_export import export_onnx
 from components.register import reference_sample
 from components.registry import Registry
+from components.split import split
 from components.train import make_model
 
 LOGISTIC = {"family": "logistic", "params": {"C": 1.0}, "select": False}

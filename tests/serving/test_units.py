@@ -141,7 +141,7 @@ def test_onnx_export_numeric_pipeline_passes_and_serves(registry: Registry) -> N
 
 
 def test_onnx_export_reports_unsupported_steps() -> None:
-    from components.features import split
+    from components.split import split
     from components.train import make_model
 
     frame = wine_frame()
