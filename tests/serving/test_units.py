@@ -221,3 +221,12 @@ def test_plain_pass_of_small_requests_equals_the_columnar_pass(strict: bool) -> 
         assert (got.total, got.problems, got.nulls, got.unknown_categories, got.out_of_range, got.ignored) == \
             (want.total, want.problems, want.nulls, want.unknown_categories, want.out_of_range, want.ignored), records
     assert plain_taken > (50 if strict else 150), "the plain pass must run for clean requests"
+
+
+@pytest.mark.parametrize("n", [1, 3, 1024, 1025, 5000])
+def test_request_ids_are_32_hex_digits_numbered_in_record_order(n: int) -> None:
+    from services.serving.service import REQUEST_ID_FORMAT, request_ids
+
+    ids = request_ids(n).tolist()
+    assert len(ids) == len(set(ids)) == n and all(REQUEST_ID_FORMAT.fullmatch(i) for i in ids)
+    assert len({i[:20] for i in ids}) == 1 and [int(i[20:]) for i in ids] == list(range(n))
