@@ -5,7 +5,8 @@ with a Lua script that cycles through real JSON POST bodies. Every figure is mea
 one run on this machine, so the ratios are what count:
 
     service    the Flywheel service (``flywheel serve``: adaptive batching, prediction log on)
-    fastapi    FastAPI + uvicorn (one process, its default) calling ``model.predict`` per request
+    fastapi    FastAPI + uvicorn (one process, its default) doing the same work per request: the same
+               validation, the same model runtime's predict, the same prediction log
     constant   a bare ASGI app on uvicorn that answers a constant: the generator's ceiling
 
 Two model shapes, each at concurrency 1, 8 and 32:
@@ -129,8 +130,8 @@ CANDIDATE = {"linear": {"family": "logistic", "params": {"C": 1.0}, "select": Fa
                        "select": False}}
 
 
-def make_model(store: Path, shape: str, out: Path) -> tuple[list[str], str]:
-    """Train, register and promote model ``bench-<shape>`` in ``store``; dump it to ``out``.
+def make_model(store: Path, shape: str) -> tuple[list[str], str]:
+    """Train, register and promote model ``bench-<shape>`` in ``store``.
 
     Returns the JSON request bodies (one record each) and the runtime the service will pick.
     """
@@ -156,7 +157,6 @@ def make_model(store: Path, shape: str, out: Path) -> tuple[list[str], str]:
         onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
     buf, ref = io.BytesIO(), io.BytesIO()
     joblib.dump(model, buf)
-    out.write_bytes(buf.getvalue())
     reference_sample(model, train, schema, 0).to_parquet(ref, index=False)
     files = {"model.joblib": buf.getvalue(), "schema.json": schema.to_json().encode(),
              "metrics.json": b'{"task": "classification", "primary_metric": "none", "holdout": {}}',
@@ -175,17 +175,65 @@ def make_model(store: Path, shape: str, out: Path) -> tuple[list[str], str]:
 
 # --- servers ----------------------------------------------------------------------------------
 
+# The same work per request as the service, written the plain FastAPI way (one request, one
+# model call): the version's validator, the runtime the service picked (ONNX where it passed),
+# and every prediction appended to the same prediction log, with the same settings.
 FASTAPI_APP = '''
-import sys, joblib, pandas as pd
-from fastapi import FastAPI, Request
-model = joblib.load(sys.argv[1])
-app = FastAPI()
+import sys, uuid
+from contextlib import asynccontextmanager
+import numpy as np, pandas as pd
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
+from components.registry import Registry
+from components.settings import load_settings
+from components.store import open_store
+from components.validation import InvalidInput
+from services.serving.model import load_version
+from services.serving.prediction_log import RecordLog
+
+settings = load_settings(store=sys.argv[1], model=sys.argv[2], spill_dir=sys.argv[3])
+registry = Registry(open_store(settings.store, settings), settings.model)
+model = load_version(registry, registry.champion().version)
+log = RecordLog(open_store(settings.store, settings), settings.model, "predictions", settings.spill_dir,
+                settings.log_flush_rows, settings.log_flush_seconds, max_buffer_rows=settings.log_max_buffer_rows)
+classes = [str(c) for c in model.classes or []]
+
+@asynccontextmanager
+async def lifespan(app):
+    log.start()
+    yield
+    log.close(settings.log_close_seconds)
+
+app = FastAPI(lifespan=lifespan)
 
 @app.post("/predict")
-async def predict(request: Request):
-    body = await request.json()
-    frame = pd.DataFrame(body["records"])
-    return [{"prediction": p} for p in model.predict(frame).tolist()]
+async def predict(body: dict):
+    try:
+        checked = model.validator.validate_records(body.get("records"))
+    except InvalidInput as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+    frame = checked.frame
+    pred = model.predict(frame)
+    n = len(frame)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    columns = {REQUEST_ID: ids, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
+               MODEL_VERSION: np.full(n, model.version, dtype=object)}
+    if checked.passthrough is not None:
+        columns.update({c: checked.passthrough[c].to_numpy() for c in checked.passthrough.columns})
+    columns.update({c: frame[c].to_numpy() for c in frame.columns})
+    columns[PREDICTION] = pred.values
+    if pred.proba is not None:
+        columns["_proba"] = pred.proba.max(axis=1)
+    log.append(pd.DataFrame(columns))
+    out = [{} for _ in range(checked.total)]
+    proba = np.round(pred.proba, 6).tolist() if pred.proba is not None else [None] * n
+    for pos, i, v, p in zip(frame.index, ids, pred.values.tolist(), proba):
+        out[pos] = {"request_id": i, "prediction": v, "model_version": model.version, "runtime": model.runtime_name,
+                    **({"probabilities": dict(zip(classes, p))} if p is not None else {})}
+    for pos, problems in checked.by_record().items():
+        out[pos] = {"error": "; ".join(str(p) for p in problems), "model_version": model.version}
+    return out
 '''
 
 # The ceiling: no framework, no model; reads the body and answers a constant.
@@ -265,12 +313,12 @@ def start_uvicorn(tmp: Path, name: str, source: str, argv: list[str]) -> Running
     code = (f"import sys, uvicorn; sys.argv = ['app', *{argv!r}]; sys.path.insert(0, {str(tmp)!r}); "
             f"import {name}; uvicorn.run({name}.app, host='127.0.0.1', port={port}, log_level='warning', "
             f"access_log=False)")
-    from services.serving.launch import MODEL_THREAD_ENV
+    from services.serving.launch import MODEL_THREAD_ENV, PROJECT_ROOT
 
     # the same compute threads as the service's workers, so the ratio compares the servers
     env = {**os.environ, **{name: os.environ.get(name, "1") for name in MODEL_THREAD_ENV}}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
     return Running(proc, f"http://127.0.0.1:{port}", log)
 
 
@@ -300,8 +348,7 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
         script = tmp / "post.lua"
         script.write_text(WRK_LUA)
         for shape in SHAPES:
-            model_file = tmp / f"{shape}.joblib"
-            bodies, runtime = make_model(tmp / "store", shape, model_file)
+            bodies, runtime = make_model(tmp / "store", shape)
             bodies_file = tmp / f"{shape}.jsonl"
             bodies_file.write_text("\n".join(bodies) + "\n")
             cell: dict[str, Any] = {"runtime": runtime}
@@ -310,7 +357,8 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
                 cell["service"] = _measure(srv, bodies_file, script, seconds, warmup)
             finally:
                 srv.stop()
-            srv = start_uvicorn(tmp, f"fastapi_{shape}", FASTAPI_APP, [str(model_file)])
+            srv = start_uvicorn(tmp, f"fastapi_{shape}", FASTAPI_APP,
+                                [str(tmp / "store"), f"bench-{shape}", str(tmp / f"spill-fastapi-{shape}")])
             try:
                 srv.wait_ready("/predict", bodies[0].encode())
                 cell["fastapi"] = _measure(srv, bodies_file, script, seconds, warmup)
@@ -336,7 +384,8 @@ def _settings_note(workers: int) -> str:
 
     return (f"service: {workers} worker(s) (serving_workers, default one per CPU of the cgroup limit), "
             f"max_batch_size={BATCHING['max_batch_size']}, max_latency_ms={BATCHING['max_latency_ms']}; "
-            f"one model thread per process (OMP/OpenBLAS/MKL_NUM_THREADS=1) in both; fastapi: uvicorn, 1 process")
+            f"one model thread per process (OMP/OpenBLAS/MKL_NUM_THREADS=1) in both; fastapi: uvicorn, 1 process, "
+            f"same validation, runtime and prediction log")
 
 
 def ratios(r: dict[str, Any]) -> dict[str, Any]:

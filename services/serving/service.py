@@ -18,12 +18,14 @@ import os
 import re
 import time
 import uuid
+from collections import Counter
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 import pandas as pd
 from bentoml.exceptions import NotFound, ServiceUnavailable
+from bentoml.validators import ContentType
 from pydantic import AfterValidator, Field, ValidationError
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
@@ -104,6 +106,8 @@ def _count_rejected(problems: list[Problem]) -> None:
 # Adaptive batching of /predict, tuned with benchmarks/serving.py (see its settings line).
 BATCHING = {"max_batch_size": 512, "max_latency_ms": 5000}
 BatchRecords = Annotated[list[Any], AfterValidator(_validate_batch_input)]
+# The answer's media type, stated: else BentoML derives it from the answer's JSON schema, for every request.
+Answers = Annotated[list[dict[str, Any]], ContentType("application/json")]
 
 
 @bentoml.service(name="flywheel-serving", workers=1, threads=4, traffic={"timeout": 60})
@@ -139,11 +143,13 @@ class FlywheelServing:
         return self.holder.ready
 
     @bentoml.api(batchable=True, **BATCHING)
-    def predict(self, records: BatchRecords) -> list[dict[str, Any]]:
+    async def predict(self, records: BatchRecords) -> Answers:
         """Predict a few records per request; concurrent requests are batched into one model call.
 
         A refused record gets its problems in its slot; the others are scored.
         """
+        # async: the batch runs on the worker's event loop, as a one-CPU worker should; a thread
+        # hand-off per batch cost about 2 ms of p50 with one client (benchmarks/serving.py)
         items: list[_Item] = records  # type: ignore[assignment]
         out: list[dict[str, Any]] = [{}] * len(items)
         slot: dict[tuple[int, int], int] = {(id(it.checked), it.position): i for i, it in enumerate(items)}
@@ -282,15 +288,22 @@ class FlywheelServing:
 def request_ids(n: int) -> pd.Series:
     """One id per record: 20 random hex digits per call, then the record's number (32 hex digits in all).
 
-    Built in Arrow, since a Python string per record would cost more than the model at 100k rows.
+    Built in Arrow for large calls, since a Python string per record would cost more than the
+    model at 100k rows; for a few records, Arrow's per-call overheads cost more than the strings.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     base = uuid.uuid4().hex[:20]
-    numbers = pc.utf8_lpad(pa.array(np.arange(n, dtype=np.int64)).cast(pa.string()), 12, "0")
-    ids = pc.binary_join_element_wise(base, numbers, "")
+    if n <= _SMALL_CALL:
+        ids = pa.array([f"{base}{i:012d}" for i in range(n)], pa.string())
+    else:
+        numbers = pc.utf8_lpad(pa.array(np.arange(n, dtype=np.int64)).cast(pa.string()), 12, "0")
+        ids = pc.binary_join_element_wise(base, numbers, "")
     return pd.Series(pd.arrays.ArrowExtensionArray(ids))
+
+
+_SMALL_CALL = 1024  # records: up to here plain Python beats the per-call overheads of Arrow and pandas
 
 
 def _passthrough(checks: list[Checked]) -> pd.DataFrame | None:
@@ -415,7 +428,9 @@ def _count_predictions(model: LoadedModel, values: np.ndarray) -> None:
     m = metrics()
     m.batch_size.observe(len(values))
     if model.schema.task == "classification":
-        for label, n in pd.Series(values).value_counts().items():  # hashed: cheap at 100k rows
+        # hashed; pandas for large calls, where it is cheaper than Python objects, a Counter for small ones
+        counts = Counter(values.tolist()) if len(values) <= _SMALL_CALL else pd.Series(values).value_counts()
+        for label, n in counts.items():
             m.predictions.labels(str(label)).inc(int(n))
     else:
         m.predictions.labels("value").inc(len(values))

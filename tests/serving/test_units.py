@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,68 @@ def test_json_and_frame_inputs_give_the_same_answer(validator: Validator) -> Non
     pd.testing.assert_frame_equal(from_json.frame, from_frame.frame)
     assert from_json.problems == from_frame.problems == [from_json.problems[0]]
     assert (from_json.problems[0].record, from_json.problems[0].field) == (150, "ash")
+
+
+def _every_kind_schema() -> Any:
+    frame = wine_frame()
+    frame["member"] = frame.index % 3 == 0
+    frame["order_id"] = [f"O{i}" for i in frame.index]
+    frame["seen_at"] = pd.Timestamp("2026-01-01") + pd.to_timedelta(frame.index, unit="h")
+    return infer_schema(frame, DatasetSpec("memory", "target", timestamp="seen_at", id_columns=("order_id",)))
+
+
+# values per kind: the plain JSON ones first, then ones only the columnar pass handles
+PLAIN_VALUES = {"numeric": [12.5, 13, None, 0.0, -4.25, 99999.0, 2**62, float("nan")],
+                "boolean": [True, False, None],
+                "categorical": ["north", "south", "atlantis", None, ""],
+                "datetime": ["2021-03-04T10:00:00+02:00", "2021-03-04", None, "2021-03-04T10:00:00.5Z"]}
+OTHER_VALUES = {"numeric": ["13", True, float("inf"), 2**70, [1]],
+                "boolean": [1, 0, "true", 2, 1.0],
+                "categorical": [7, True, 1.5, {"a": 1}],
+                "datetime": ["soon", 1_600_000_000, True]}
+
+
+def _record(schema: Any, rng: np.random.Generator, dirty: bool) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for c in schema.features:
+        pool = PLAIN_VALUES[c.kind] + (OTHER_VALUES[c.kind] if dirty and rng.uniform() < 0.1 else [])
+        record[c.name] = pool[rng.integers(len(pool))]
+    if rng.uniform() < 0.3:
+        record["order_id"] = ["A-1", None, 17][rng.integers(3 if dirty else 2)]
+    if rng.uniform() < 0.3:
+        record["seen_at"] = "2026-01-02T00:00:00Z"
+    if rng.uniform() < 0.3:
+        record["note"] = "unused"
+    if dirty and rng.uniform() < 0.05:
+        del record["hue"]
+    return record
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_plain_pass_of_small_requests_equals_the_columnar_pass(strict: bool) -> None:
+    """Given requests of a few records, clean and not, the answer is the columnar pass's, whichever pass runs."""
+    schema = _every_kind_schema()
+    fast, columnar = Validator(schema, strict_fields=strict), Validator(schema, strict_fields=strict, plain_records=0)
+    rng = np.random.default_rng(7)
+    plain_taken = 0
+    for i in range(400):
+        records = [_record(schema, rng, dirty=i % 2 == 1) for _ in range(rng.integers(1, 6))]
+        plain_taken += fast._check_plain(records) is not None
+        got, want = fast.check_records(records), columnar.check_records(records)
+        pd.testing.assert_frame_equal(got.frame, want.frame, check_exact=True)
+        if want.passthrough is None:
+            assert got.passthrough is None
+        else:
+            pd.testing.assert_frame_equal(got.passthrough, want.passthrough, check_exact=True)
+        assert (got.total, got.problems, got.nulls, got.unknown_categories, got.out_of_range, got.ignored) == \
+            (want.total, want.problems, want.nulls, want.unknown_categories, want.out_of_range, want.ignored), records
+    assert plain_taken > (50 if strict else 150), "the plain pass must run for clean requests"
+
+
+@pytest.mark.parametrize("n", [1, 3, 1024, 1025, 5000])
+def test_request_ids_are_32_hex_digits_numbered_in_record_order(n: int) -> None:
+    from services.serving.service import REQUEST_ID_FORMAT, request_ids
+
+    ids = request_ids(n).tolist()
+    assert len(ids) == len(set(ids)) == n and all(REQUEST_ID_FORMAT.fullmatch(i) for i in ids)
+    assert len({i[:20] for i in ids}) == 1 and [int(i[20:]) for i in ids] == list(range(n))
