@@ -147,7 +147,7 @@ class RecordLog:
         self._send_wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._retried: set[str] = set()  # keys whose send failed once (or left by an earlier process)
+        self._retried: set[str] = set()  # keys whose send failed once, left by an earlier process, or claimed by a dead one
         self._spill_error_logged = -math.inf
         self._spill_failing = False
         self._store_failing = False
@@ -325,6 +325,8 @@ class RecordLog:
             if not self._may_write() or (deadline is not None and time.monotonic() >= deadline):
                 break
             key = self._key_of(path)
+            if _CLAIM in path.name:  # an expired claim: its owner died or gave up sending it
+                self._retried.add(key)
             claimed = self._claim_path(key)
             try:
                 os.rename(path, claimed)  # atomic: of all workers, one wins the claim

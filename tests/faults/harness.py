@@ -351,6 +351,9 @@ def sigkill(work: Path) -> FaultResult:
         restarted = _server(settings, work, "restarted", s3.env)
         try:
             drained = wait_for(lambda: spilled_rows(spill) == 0, timeout=60)
+            # a part leaves the spill directory just before its re-send is counted
+            wait_for(lambda: metric(restarted.url, "flywheel_prediction_log_records_total", outcome="resent") >= on_disk,
+                     timeout=10)
             resent = metric(restarted.url, "flywheel_prediction_log_records_total", outcome="resent")
             code = restarted.terminate()
         finally:

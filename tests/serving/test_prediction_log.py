@@ -189,11 +189,17 @@ def test_a_claim_holds_until_its_lease_ends_whatever_the_pid(tmp_path: Path) -> 
     live = part.with_name(f".{part.name}.claim-{os.getpid()}abc-{int(time.time()) + 30}")
     os.rename(part, live)
     store.down = False
-    restarted = _log(store, spill)
+    hooks = Outcomes()
+    restarted = _log(store, spill, hooks=hooks)
+    restarted.start()
+    restarted.close()  # (a restarted server's start lists the parts left over: the claimed one is not among them)
+    restarted = _log(store, spill, hooks=hooks)
     assert restarted.spilled_files() == [] and restarted.send() == 0, "a live lease is respected"
     expired = live.with_name(f".{part.name}.claim-{os.getpid()}abc-{int(time.time()) - 1}")
     os.rename(live, expired)
     assert restarted.send() == 10, "an expired lease is taken over"
+    # Sent for a dead owner: a re-send, not a first flush (the SIGKILL fault counts re-sends).
+    assert hooks.counts["resent"] == 10 and hooks.counts["flushed"] == 0, hooks.counts
     assert _logged(store) == _ids(range(10)) and not list(spill.rglob("*claim*"))
 
 
