@@ -23,8 +23,10 @@ ensure_container_tools() {
 # every container (minutes per image, minutes per `podman run`).
 container_storage_driver() {
   if [ -n "${CONTAINER_STORAGE_DRIVER:-}" ]; then echo "$CONTAINER_STORAGE_DRIVER"; return; fi
-  local probe driver=vfs
-  if [ "$(id -u)" = 0 ] && probe="$(mktemp -d)"; then
+  # The trial mount is made where the storage will live: overlay on some filesystems (an overlay
+  # itself, say) refuses what it accepts on others.
+  local probe driver=vfs root="${CONTAINER_ROOT:-/var/lib/flywheel-containers}"
+  if [ "$(id -u)" = 0 ] && mkdir -p "$root" && probe="$(mktemp -d "$root/.driver-probe.XXXXXX")"; then
     mkdir -p "$probe"/{lower,upper,work,merged}
     if mount -t overlay overlay -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" \
          "$probe/merged" 2>/dev/null; then
