@@ -29,34 +29,30 @@ async def app(scope, receive, send):
 '''
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason=serving.INSTALL_HINT)
-def test_wrk_posts_every_json_body_and_reports_percentiles(tmp_path: Path) -> None:
+def _wrk_against_echo(tmp_path: Path, bodies_text: str, seconds: int) -> dict:
+    """wrk with the bench's Lua script, one connection, posting ``bodies_text`` to the echo app."""
     script = tmp_path / "post.lua"
     script.write_text(serving.WRK_LUA)
     bodies = tmp_path / "bodies.jsonl"
-    bodies.write_text("\n".join(json.dumps({"records": [{"x": i}]}) for i in range(50)) + "\n")
+    bodies.write_text(bodies_text)
     srv = serving.start_uvicorn(tmp_path, "echo_app", ECHO_APP, [])
     try:
         srv.wait_ready("/", b'{"records": []}')
-        figures = serving.wrk(srv.url + "/", bodies, script, 1, 2)
+        return serving.wrk(srv.url + "/", bodies, script, 1, seconds)
     finally:
         srv.stop()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason=serving.INSTALL_HINT)
+def test_wrk_posts_every_json_body_and_reports_percentiles(tmp_path: Path) -> None:
+    figures = _wrk_against_echo(tmp_path, "\n".join(json.dumps({"records": [{"x": i}]}) for i in range(50)) + "\n", 2)
     assert figures["requests"] > 0 and figures["failures"] == 0  # the app answers 400 to anything but our JSON POST
     assert figures["rps"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason=serving.INSTALL_HINT)
 def test_wrk_counts_refused_requests_as_failures(tmp_path: Path) -> None:
-    script = tmp_path / "post.lua"
-    script.write_text(serving.WRK_LUA)
-    bodies = tmp_path / "bodies.jsonl"
-    bodies.write_text('{"not_records": 1}\n')
-    srv = serving.start_uvicorn(tmp_path, "echo_app", ECHO_APP, [])
-    try:
-        srv.wait_ready("/", b'{"records": []}')
-        figures = serving.wrk(srv.url + "/", bodies, script, 1, 1)
-    finally:
-        srv.stop()
+    figures = _wrk_against_echo(tmp_path, '{"not_records": 1}\n', 1)
     assert figures["failures"] == figures["requests"] > 0 and figures["rps"] == 0
 
 
