@@ -114,7 +114,7 @@ class Cluster:
     def store(self):
         return open_store(STORE, self.settings)
 
-    def prediction_ids(self, kind: str = "predictions") -> set[str]:
+    def logged_ids(self, kind: str = "predictions") -> set[str]:
         """Every request id in the ``kind`` logs (predictions, feedback) the serving containers wrote to S3."""
         s3 = boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1")
         ids: set[str] = set()
@@ -241,7 +241,7 @@ def _traffic(url: str, shift: float, n: int, per_request: int = 50) -> dict[str,
 
 def _wait_logged(cluster: Cluster, ids: set[str], kind: str = "predictions", timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not ids <= cluster.prediction_ids(kind):
+    while not ids <= cluster.logged_ids(kind):
         assert time.monotonic() < deadline, f"{kind} logs never reached S3"
         time.sleep(1)
 
@@ -336,7 +336,7 @@ def test_sigterm_under_traffic_with_the_charts_grace_period_loses_no_prediction(
     assert before > 0, failures[:5]
     assert code == 0, f"exit {code} after {seconds:.1f} s (grace {c.spec.grace_seconds} s):\n{c.logs()}"
     assert seconds < c.spec.grace_seconds
-    missing = served - cluster.prediction_ids()
+    missing = served - cluster.logged_ids()
     assert not missing, f"{len(missing)} of {len(served)} served predictions are not in the store"
     left = [p for p in c.volume_dirs["/var/lib/flywheel/spill"].rglob("*") if p.name.endswith((".parquet", ".jsonl"))]
     assert not left, f"records left in the spill dir: {left}"

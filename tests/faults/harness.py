@@ -351,10 +351,12 @@ def sigkill(work: Path) -> FaultResult:
         restarted = _server(settings, work, "restarted", s3.env)
         try:
             drained = wait_for(lambda: spilled_rows(spill) == 0, timeout=60)
+            def resent_count() -> float:
+                return metric(restarted.url, "flywheel_prediction_log_records_total", outcome="resent")
+
             # a part leaves the spill directory just before its re-send is counted
-            wait_for(lambda: metric(restarted.url, "flywheel_prediction_log_records_total", outcome="resent") >= on_disk,
-                     timeout=10)
-            resent = metric(restarted.url, "flywheel_prediction_log_records_total", outcome="resent")
+            wait_for(lambda: resent_count() >= on_disk, timeout=10)
+            resent = resent_count()
             code = restarted.terminate()
         finally:
             restarted.stop()
