@@ -65,7 +65,7 @@ def write_version(root: Path, name: str) -> tuple[Any, pd.DataFrame]:
 
     from components.data import DatasetSpec, infer_schema
     from components.onnx_export import export_onnx
-    from components.register import reference_sample
+    from components.package import reference_sample
     from components.registry import Registry
     from components.split import split
     from components.store import LocalStore

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from components import evaluate, ingest, register, split, train, validate
 from components.data import DatasetSpec
+from components.package import package
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
@@ -74,8 +75,9 @@ def direct(spec: DatasetSpec, settings) -> float:
     best = train.best(results)
     model = train.refit(tr, ing.schema, best["candidate"], settings.seed)
     ev = evaluate.evaluate(model, None, ho, ing.schema)
-    register.register(Registry(open_store(settings.store, settings), settings.model), model, ing.schema, ev, best,
-                      tr, ho, ing.fingerprint, "direct", None, settings)
+    made = package(model, tr, ho, ing.schema, settings.seed)
+    register.register(Registry(open_store(settings.store, settings), settings.model), made, ing.schema, ev, best,
+                      ing.fingerprint, "direct", None, settings)
     return time.perf_counter() - start
 
 

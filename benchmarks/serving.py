@@ -141,7 +141,7 @@ def make_model(store: Path, shape: str) -> tuple[list[str], str]:
 
     from components.data import infer_schema
     from components.onnx_export import export_onnx
-    from components.register import reference_sample
+    from components.package import reference_sample
     from components.registry import Registry
     from components.split import split
     from components.store import LocalStore

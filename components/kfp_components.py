@@ -122,15 +122,17 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
 
 
 @component
-def search_space(schema: str) -> list:
-    """The model families of the task, each with its candidates: one fan-out task each."""
+def search_space(schema: str, tasks: int = 0) -> list:
+    """The model families of the task, each with its candidates: one fan-out task each
+    (``tasks`` > 0: packed into at most that many tasks, as many as the runner runs at once)."""
     import json
 
     from components import runtime
     from components import train as stage
 
     fields = schema if isinstance(schema, dict) else json.loads(schema)  # kfp.local may hand it decoded
-    return runtime.cached_step("search-space", lambda: stage.families(fields["task"]), schema=schema)
+    return runtime.cached_step("search-space", lambda: stage.families(fields["task"], tasks),
+                              schema=schema, tasks=tasks)
 
 
 @component
@@ -163,22 +165,33 @@ def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: 
 
 
 @component
-def refit(train: Input[Dataset], schema: str, results: list, seed: int, model: Output[Model]) -> str:
-    """Pick the best candidate and refit it on all training rows; returns the choice (JSON)."""
+def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: list, seed: int,
+          model: Output[Model], package: Output[Model]) -> str:
+    """Pick the best candidate, refit it on all training rows and package it (pickle, reference
+    sample, ONNX checked on the holdout) for register; returns the choice (JSON)."""
     import json
 
-    import joblib
     import pandas as pd
 
+    from components import package as packaging
     from components import runtime
     from components import train as stage
     from components.data import Schema
 
     best = stage.best(results)
-    fitted = runtime.cached_step("refit", lambda: stage.refit(pd.read_parquet(train.path), Schema.from_json(schema),
-                                                              best["candidate"], seed), train=train.uri, results=results)
-    joblib.dump(fitted, model.path)
+    sch = Schema.from_json(schema)
+
+    def fit() -> packaging.ModelPackage:
+        tr = pd.read_parquet(train.path)
+        fitted = stage.refit(tr, sch, best["candidate"], seed)
+        return packaging.package(fitted, tr, pd.read_parquet(holdout.path), sch, seed)
+
+    made = runtime.cached_step("refit", fit, train=train.uri, holdout=holdout.uri, results=results)
+    with open(model.path, "wb") as f:
+        f.write(made.model)
+    made.save(package.path)
     model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"]})
+    package.metadata.update({"onnx": bool(made.onnx_report.get("passed"))})
     return json.dumps(best)
 
 
@@ -221,30 +234,28 @@ def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: s
 
 
 @component
-def register(model: Input[Model], train: Input[Dataset], holdout: Input[Dataset], schema: str, evaluation: str,
-             best: str, fingerprint: str, champion: str, store: str, model_name: str, run: str,
+def register(package: Input[Model], schema: str, evaluation: str, best: str, fingerprint: str, champion: str, store: str, model_name: str, run: str,
              promotion_margin: float, job: str = "") -> str:
     """Write the immutable version and apply the promotion gate; returns the promoted version or ''.
 
     One plain output, because kfp.local conditions only resolve a task's single output.
-    The decision and its reason are recorded in the registry.
+    The decision and its reason are recorded in the registry. It writes the package refit
+    made, byte for byte, and never unpickles the model (no scikit-learn in this step).
     """
     import json
-
-    import joblib
-    import pandas as pd
 
     from components import register as stage
     from components import runtime
     from components.data import Schema
+    from components.package import ModelPackage
     from components.registry import Registry
     from components.store import open_store
 
     s, run = runtime.settings(store, model_name, promotion_margin=promotion_margin), runtime.run_id(run, job)
     reg = Registry(open_store(s.store, s), s.model)
     decision = runtime.guarded(s, run, "register", lambda: stage.register(
-        reg, joblib.load(model.path), Schema.from_json(schema), json.loads(evaluation), json.loads(best),
-        pd.read_parquet(train.path), pd.read_parquet(holdout.path), fingerprint, run, champion or None, s,
+        reg, ModelPackage.load(package.path), Schema.from_json(schema), json.loads(evaluation),
+        json.loads(best), fingerprint, run, champion or None, s,
         dataset=runtime.recorded_dataset(s, run),
     ))
     return decision.version if decision.promoted else ""

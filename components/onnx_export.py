@@ -1,11 +1,12 @@
 """ONNX export of a registered model, checked against scikit-learn on the holdout.
 
-Called by the register stage. The pipeline is converted with skl2onnx, one ONNX input per
-feature (numbers as float32, categories as strings), then ONNX and scikit-learn predict the
-same holdout rows; the export is marked ``passed`` only when they agree within the stated
-tolerance. Serving uses onnxruntime only for a passed export. Pipelines with steps ONNX
-cannot express (the date-part FunctionTransformer, for one) are reported as
-``converted: false`` with the reason; that is expected, not an error.
+Called when the refit stage packages the model (components/package.py). The pipeline is
+converted with skl2onnx, one ONNX input per feature (numbers as float32, categories as
+strings), then ONNX and scikit-learn predict the same holdout rows; the export is marked
+``passed`` only when they agree within the stated tolerance. Serving uses onnxruntime only
+for a passed export. Pipelines with steps ONNX cannot express (the date-part
+FunctionTransformer, for one) are reported as ``converted: false`` with the reason; that is
+expected, not an error.
 """
 
 from __future__ import annotations

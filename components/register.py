@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import joblib
-import pandas as pd
-
-from components.data import LABEL, PREDICTION, Schema
-from components.features import xy
-from components.onnx_export import export_onnx
+from components.data import Schema
+from components.package import ModelPackage
 from components.registry import PromotionConflict, Registry, utcnow
 from components.settings import Settings
-
-REFERENCE_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -44,16 +37,6 @@ def gate(evaluation: dict[str, Any], champion_version: str | None, settings: Set
     if score > champ[metric] + settings.promotion_margin:
         return True, f"{metric} {score:.4f} beats champion {champion_version} ({champ[metric]:.4f}) by more than {settings.promotion_margin}"
     return False, f"{metric} {score:.4f} does not beat champion {champion_version} ({champ[metric]:.4f}) + margin {settings.promotion_margin}"
-
-
-def reference_sample(model: Any, frame: pd.DataFrame, schema: Schema, seed: int) -> pd.DataFrame:
-    """Training features with the model's predictions and the true labels: the drift baseline."""
-    rows = frame.sample(n=min(len(frame), REFERENCE_ROWS), random_state=seed) if len(frame) > REFERENCE_ROWS else frame
-    X, y = xy(rows, schema)
-    ref = X.reset_index(drop=True).copy()
-    ref[PREDICTION] = model.predict(X)
-    ref[LABEL] = y.to_numpy()
-    return ref
 
 
 def model_card(version: str, model_name: str, schema: Schema, evaluation: dict[str, Any], best: dict[str, Any],
@@ -84,12 +67,10 @@ def model_card(version: str, model_name: str, schema: Schema, evaluation: dict[s
 
 def register(
     registry: Registry,
-    model: Any,
+    package: ModelPackage,
     schema: Schema,
     evaluation: dict[str, Any],
     best: dict[str, Any],
-    train: pd.DataFrame,
-    holdout: pd.DataFrame,
     fingerprint: str,
     run_id: str,
     champion_version: str | None,
@@ -108,25 +89,15 @@ def register(
             return Decision(existing, False, f"same data and model as {existing}: nothing new to register",
                             m.get("score", float("nan")), champ.version if champ else None, None)
     version = registry.claim_version()
-    buf = io.BytesIO()
-    joblib.dump(model, buf)
-    ref = reference_sample(model, train, schema, settings.seed)
-    ref_buf = io.BytesIO()
-    ref.to_parquet(ref_buf, index=False)
     promoted, reason = gate(evaluation, champion_version, settings)
     metrics = {"task": schema.task, "primary_metric": evaluation["primary_metric"], "holdout": evaluation["challenger"],
                "cv": {k: best[k] for k in ("metric", "score", "std", "rows")}}
     files = {
-        "model.joblib": buf.getvalue(),
+        **package.files(),
         "schema.json": schema.to_json().encode(),
         "metrics.json": json.dumps(metrics, indent=2).encode(),
-        "reference.parquet": ref_buf.getvalue(),
         "card.md": model_card(version, registry.model, schema, evaluation, best, fingerprint, run_id, reason).encode(),
     }
-    onnx_bytes, onnx_report = export_onnx(model, xy(holdout, schema)[0], schema.task)
-    if onnx_bytes is not None:
-        files["model.onnx"] = onnx_bytes
-    files["onnx.json"] = json.dumps(onnx_report, indent=2, default=str).encode()
     registry.write_version(version, files, {
         "fingerprint": fingerprint, "run_id": run_id, "candidate": best["candidate"], "dataset": dataset,
         "primary_metric": evaluation["primary_metric"],

@@ -1,7 +1,8 @@
 """Train: the hyper-parameter search space, one cross-validated score per candidate, refit.
 
 The search fans out by model family (one task each, its candidates scored inside), so a
-small table pays a task's start-up once per family rather than once per candidate.
+small table pays a task's start-up once per family rather than once per candidate; a runner
+that runs fewer tasks at once than there are families gets them packed into as many tasks.
 scikit-learn, pandas and the feature code are imported where they are used: the task that
 only lists the search space starts without them.
 """
@@ -43,12 +44,32 @@ def candidates(task: str) -> list[dict[str, Any]]:
     return [{**c, "id": f"{i}-{c['family']}"} for i, c in enumerate(space)]
 
 
-def families(task: str) -> list[dict[str, Any]]:
-    """The search space grouped by model family, in order: one fan-out task per family."""
+# Relative cost of cross-validating one candidate of a family (measured on the churn table): the
+# weights that balance the search when it is packed into fewer tasks than there are families.
+FAMILY_COST = {"logistic": 1, "linear": 1, "random_forest": 4, "hist_gradient_boosting": 4}
+
+
+def families(task: str, tasks: int = 0) -> list[dict[str, Any]]:
+    """The search space grouped by model family, in order: one fan-out task per family.
+
+    With ``tasks`` > 0 and fewer than the families, the families are packed into that many
+    tasks of about equal cost, the costliest first. kfp.local runs two tasks at once: a third
+    would wait for a free slot and pay an interpreter's start-up again after it.
+    """
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in candidates(task):
         groups.setdefault(c["family"], []).append(c)
-    return [{"family": family, "candidates": members} for family, members in groups.items()]
+    if not 0 < tasks < len(groups):
+        return [{"family": family, "candidates": members} for family, members in groups.items()]
+
+    def cost(members: list[dict[str, Any]]) -> int:
+        return sum(FAMILY_COST.get(c["family"], 4) for c in members)
+
+    bins: list[list[dict[str, Any]]] = [[] for _ in range(tasks)]
+    for members in sorted(groups.values(), key=cost, reverse=True):  # largest first, into the lightest task
+        min(bins, key=cost).extend(members)
+    packed = sorted((sorted(b, key=lambda c: int(c["id"].split("-")[0])) for b in bins if b), key=cost, reverse=True)
+    return [{"family": "+".join(dict.fromkeys(c["family"] for c in b)), "candidates": b} for b in packed]
 
 
 def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:

@@ -131,7 +131,8 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
     root = Path(settings.pipeline_root).expanduser().resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     log_path = root / "logs" / f"{run}.log"
-    arguments = json.dumps(pipeline_arguments(spec, settings, run, store_uri))
+    # the search in as many tasks as kfp.local runs at once (a cluster run keeps one task per family)
+    arguments = json.dumps(pipeline_arguments(spec, settings, run, store_uri) | {"search_tasks": LOCAL_PARALLEL_TASKS})
     with open(log_path, "wb") as log:
         out = None if not quiet else log
         code = subprocess.call([sys.executable, "-m", "pipelines.kfp_local", str(root), arguments],

@@ -80,6 +80,7 @@ def build(cluster: ClusterOptions | None = None):
         seed: int = 42,
         max_train_rows: int = 200000,
         promotion_margin: float = 0.0,
+        search_tasks: int = 0,  # 0: one search task per model family; n: packed into n (the embedded runner's 2)
     ) -> None:
         data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude)
         job = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # a schedule's run name holds it: each run records under its own id
@@ -101,20 +102,20 @@ def build(cluster: ClusterOptions | None = None):
                                     champion=champ.output))
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
-            space = on(c.search_space(schema=schema))
+            space = on(c.search_space(schema=schema, tasks=search_tasks))
             with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as family:
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
                                    max_rows=max_train_rows))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("8G")
-            best = on(c.refit(train=split.outputs["train"], schema=schema,
+            best = on(c.refit(train=split.outputs["train"], holdout=split.outputs["holdout"], schema=schema,
                               results=dsl.Collected(trial.outputs["Output"]), seed=seed))
             best.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
 
             evaluation = on(c.evaluate(model=best.outputs["model"], holdout=split.outputs["holdout"], schema=schema,
                                        store=store, model_name=model, champion=champ.output))
             registered = on(c.register(
-                model=best.outputs["model"], train=split.outputs["train"], holdout=split.outputs["holdout"],
-                schema=schema, evaluation=evaluation.outputs["Output"], best=best.outputs["Output"],
+                package=best.outputs["package"], schema=schema, evaluation=evaluation.outputs["Output"],
+                best=best.outputs["Output"],
                 fingerprint=fp.output, champion=champ.output, store=store, model_name=model, run=run,
                 promotion_margin=promotion_margin, job=job,
             ))

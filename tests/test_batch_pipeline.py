@@ -7,6 +7,7 @@ import yaml
 
 from components import evaluate, ingest, register, split, train
 from components.data import DatasetSpec, normalise
+from components.package import package
 from components.registry import Registry
 from components.store import open_store
 from components.synthetic import churn
@@ -21,8 +22,8 @@ def test_batch_scoring_pipeline_scores_good_rows_and_reports_bad_ones(settings, 
     best = train.score_candidate(tr, ing.schema, train.candidates("classification")[0], 2, 0, 5000)
     model = train.refit(tr, ing.schema, best["candidate"], 0)
     reg = Registry(open_store(settings.store, settings), settings.model)
-    register.register(reg, model, ing.schema, evaluate.evaluate(model, None, ho, ing.schema), best, tr, ho,
-                      ing.fingerprint, "t", None, settings)
+    register.register(reg, package(model, tr, ho, ing.schema, 0), ing.schema,
+                      evaluate.evaluate(model, None, ho, ing.schema), best, ing.fingerprint, "t", None, settings)
     to_score = churn(300, seed=22).drop(columns=["churned"])
     to_score.loc[5, "age"] = "old"  # a bad row: reported, not scored
     src = tmp_path / "score.csv"

@@ -9,6 +9,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 from components import evaluate, ingest, register, split, train, validate
 from components.data import DataError, DatasetSpec, infer_schema, infer_task
+from components.package import package
 from components.registry import Registry
 from components.store import open_store
 from components.synthetic import churn
@@ -47,10 +48,12 @@ def test_real_datasets_train_and_register(name, settings, tmp_path):
     metric = ev["primary_metric"]
     assert ev["challenger"][metric] > floor
     reg = Registry(open_store(settings.store, settings), name)
-    decision = register.register(reg, model, ing.schema, ev, best, tr, ho, ing.fingerprint, "test-run", None, settings)
+    made = package(model, tr, ho, ing.schema, 0)
+    decision = register.register(reg, made, ing.schema, ev, best, ing.fingerprint, "test-run", None, settings)
     assert decision.promoted and reg.champion().version == decision.version
     files = reg.manifest(decision.version)["files"]
-    assert {"model.joblib", "schema.json", "metrics.json", "reference.parquet", "card.md"} <= set(files)
+    assert {"model.joblib", "schema.json", "metrics.json", "reference.parquet", "card.md", "onnx.json"} <= set(files)
+    assert all(reg.read(decision.version, name) == data for name, data in made.files().items())  # byte for byte
     ref = pd.read_parquet(__import__("io").BytesIO(reg.read(decision.version, "reference.parquet")))
     assert {"_prediction", "_label", *ing.schema.feature_names} <= set(ref.columns)
     assert ing.fingerprint in reg.read(decision.version, "card.md").decode()
@@ -58,10 +61,10 @@ def test_real_datasets_train_and_register(name, settings, tmp_path):
     X = ho[ing.schema.feature_names]
     np.testing.assert_allclose(reg.load_model(decision.version).predict(X), model.predict(X))
     # the same data and model again: nothing new is registered
-    same = register.register(reg, model, ing.schema, ev, best, tr, ho, ing.fingerprint, "test-run-2", decision.version, settings)
+    same = register.register(reg, made, ing.schema, ev, best, ing.fingerprint, "test-run-2", decision.version, settings)
     assert same.version == decision.version and not same.promoted and reg.versions() == [decision.version]
     # a challenger (other data) that is no better than the champion is registered but kept out
-    again = register.register(reg, model, ing.schema, evaluate.evaluate(model, model, ho, ing.schema), best, tr, ho,
+    again = register.register(reg, made, ing.schema, evaluate.evaluate(model, model, ho, ing.schema), best,
                               "other-data", "test-run-3", decision.version, settings)
     assert not again.promoted and "does not beat" in again.reason
     assert reg.champion().version == decision.version and len(reg.versions()) == 2
@@ -233,3 +236,17 @@ def test_feature_selection_and_cleanup_are_fit_on_training_rows(settings, tmp_pa
     prep_width = model.named_steps["prep"].transform(ing.frame[ing.schema.feature_names]).shape[1]
     assert model.named_steps["clean"].keep_.sum() < prep_width  # duplicate and near-constant dropped
     assert model.named_steps["select"].get_support().sum() < model.named_steps["clean"].keep_.sum()
+
+
+def test_a_model_package_round_trips_and_names_a_missing_file(tmp_path):
+    from components.package import ModelPackage
+
+    with_onnx = ModelPackage(b"pickle", b"parquet", {"converted": True, "passed": True}, b"onnx")
+    without = ModelPackage(b"pickle", b"parquet", {"converted": False, "reason": "no converter"})
+    for made in (with_onnx, without):
+        folder = tmp_path / str(made.onnx is not None)
+        made.save(folder)
+        assert ModelPackage.load(folder) == made
+    (tmp_path / "True" / "reference.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="reference.parquet is missing"):
+        ModelPackage.load(tmp_path / "True")

@@ -36,6 +36,13 @@ def test_the_split_task_starts_without_sklearn() -> None:
     assert not loaded & {"sklearn", "scipy", "kubernetes"}, loaded & {"sklearn", "scipy", "kubernetes"}
 
 
+def test_the_register_task_writes_the_package_without_sklearn() -> None:
+    loaded = _imports_after("from components import register, runtime; from components.package import ModelPackage; "
+                            "from components.data import Schema; from components.registry import Registry")
+    assert "pandas" in loaded  # the check sees what the task imports
+    assert not loaded & {"sklearn", "scipy", "joblib", "kubernetes"}, loaded & {"sklearn", "scipy", "joblib", "kubernetes"}
+
+
 def test_the_search_fans_out_by_family_with_every_candidate_inside() -> None:
     for task in ("classification", "regression"):
         groups = train.families(task)
@@ -44,6 +51,19 @@ def test_the_search_fans_out_by_family_with_every_candidate_inside() -> None:
         inside = [c["id"] for g in groups for c in g["candidates"]]
         assert inside == [c["id"] for c in train.candidates(task)]  # none lost, same order
         assert all(c["family"] == g["family"] for g in groups for c in g["candidates"])
+
+
+def test_the_search_packs_into_the_tasks_a_runner_runs_at_once_costliest_first() -> None:
+    for task in ("classification", "regression"):
+        groups = train.families(task, tasks=2)
+        assert len(groups) == 2
+        inside = sorted(c["id"] for g in groups for c in g["candidates"])
+        assert inside == sorted(c["id"] for c in train.candidates(task))  # none lost, none twice
+        costs = [sum(train.FAMILY_COST[c["family"]] for c in g["candidates"]) for g in groups]
+        assert costs == sorted(costs, reverse=True)  # the costliest starts first
+        assert groups[0]["family"] == "hist_gradient_boosting"  # two boosted candidates outweigh the rest
+        assert groups[1]["family"] in ("logistic+random_forest", "linear+random_forest")
+    assert train.families("classification", tasks=3) == train.families("classification")  # enough slots: per family
 
 
 def test_best_reads_family_results_as_json_lists() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from components.data import DatasetSpec, infer_schema
-from components.register import reference_sample
+from components.package import reference_sample
 from components.registry import Registry
 from components.split import split
 from components.train import make_model

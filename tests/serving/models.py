@@ -18,7 +18,7 @@ from sklearn.datasets import load_diabetes, load_wine
 
 from components.data import DatasetSpec, infer_schema
 from components.onnx_export import export_onnx
-from components.register import reference_sample
+from components.package import reference_sample
 from components.registry import Registry
 from components.split import split
 from components.train import make_model
