@@ -93,6 +93,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             client.post("/predict", json={"records": [one]})
             client.post("/predict", json={"records": [{**one, "region": "atlantis"}]})  # unknown category
             client.post("/predict", json={"records": [{**one, "magnesium": None}]})  # a null
+            client.post("/predict", json={"records": [{**one, "magnesium": 1e6}]})  # outside the training range
             client.post("/predict", json={"records": [{**one, "comment": "not a feature"}]})  # an ignored field
             assert client.post("/predict", json={"records": [{**one, "alcohol": "x"}]}).status_code == 400
             for request_id, label in zip(ids, rows["target"], strict=True):
