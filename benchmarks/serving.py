@@ -225,7 +225,7 @@ async def predict(body: dict):
     columns[PREDICTION] = pred.values
     if pred.proba is not None:
         columns["_proba"] = pred.proba.max(axis=1)
-    log.append(pd.DataFrame(columns))
+    log.append(columns)  # the columns as they are, as the service hands them to the log
     out = [{} for _ in range(checked.total)]
     proba = np.round(pred.proba, 6).tolist() if pred.proba is not None else [None] * n
     for pos, i, v, p in zip(frame.index, ids, pred.values.tolist(), proba):

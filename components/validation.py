@@ -309,8 +309,10 @@ class Validator:
                 out.nulls[name] = count
         index = np.flatnonzero(good)
         every = len(index) == n  # the usual case: no copy of each column
+        # copy=False: one block per column, not consolidated into one 2-D block (a copy of every
+        # value, about 3 ms at 100k rows x 12 features); the runtimes read the frame column by column
         model_input = pd.DataFrame({k: v if every else v[good] for k, v in cols.items()},
-                                   index=pd.RangeIndex(n) if every else index, columns=self.names)
+                                   index=pd.RangeIndex(n) if every else index, columns=self.names, copy=False)
         out.frame = model_input
         sent = [name for name in self.passthrough if name in frame.columns]
         if sent:  # as text, so every log part has one type per column whatever the client sent

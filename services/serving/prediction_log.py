@@ -6,11 +6,11 @@
 
 The life of a record:
 
-1. ``append`` (the request path) converts the records to Arrow at once. A frame that does
-   not convert is converted record by record, and a record that still does not is
-   quarantined by itself: kept as a JSON line, never dropped, never taking others with it.
-2. The spooler thread writes the buffer out every ``flush_seconds``, or as soon as it holds
-   ``flush_rows`` records: one Parquet part per day and Arrow schema, written to the spill
+1. ``append`` (the request path) only queues the columns it is handed: no conversion there.
+2. The spooler thread converts the buffer to Arrow and writes it out every ``flush_seconds``,
+   or as soon as it holds ``flush_rows`` records. An append that does not convert is converted
+   record by record, and a record that still does not is quarantined by itself: kept as a JSON
+   line, never dropped, never taking others with it. One Parquet part per day and Arrow schema, written to the spill
    directory under the very key it gets in the store. It touches only local disk, so what a
    SIGKILL can lose is bounded by the buffer (``sigkill_loss_bound``), whatever the store does.
 3. The sender thread sends spilled parts to the store and deletes them: its own, those of
@@ -38,9 +38,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import pandas as pd
 import pyarrow as pa
@@ -79,6 +80,17 @@ class NoHooks:
 
     def lag(self, seconds: float) -> None:
         pass
+
+
+# What ``append`` takes: a frame, or columns of equal length (numpy arrays, pandas or Arrow arrays, lists)
+Records = Union[pd.DataFrame, Mapping[str, Any]]
+
+
+@dataclass
+class _Queued:
+    records: Records  # as appended: converted by the spooler
+    rows: int
+    since: float  # wall time it was appended
 
 
 @dataclass
@@ -137,8 +149,8 @@ class RecordLog:
         self.spill_max_bytes = spill_max_bytes
         self.max_buffer_rows = max_buffer_rows
         self.hooks: LogHooks = hooks or NoHooks()
-        self._buffer: list[_Batch] = []
-        self._lines: list[tuple[str, str, float]] = []  # quarantined: (day, JSON line, since)
+        self._buffer: list[_Queued] = []
+        self._lines: list[tuple[str, str, float]] = []  # quarantined, not yet spooled: (day, JSON line, since)
         self._rows = 0
         self._held: list[_Part] = []  # parts neither the spill directory nor the store took
         self._lock = threading.Lock()
@@ -157,21 +169,22 @@ class RecordLog:
         self.dropped = 0
 
     # --- request path -----------------------------------------------------------------------
-    def append(self, records: pd.DataFrame) -> None:
-        """Queue records (they must carry the TIME column); never blocks on the store or disk."""
-        if records.empty:
+    def append(self, records: Records) -> None:
+        """Queue records (they must carry the TIME column); never blocks on the store or disk.
+
+        ``records`` is a frame or a mapping of equal-length columns. They are kept as handed
+        over, not copied: the caller must not change them afterwards. Converting them to Arrow
+        is the spooler's work, off the request path.
+        """
+        rows = _rows_of(records)
+        if not rows:
             return
-        now = time.time()
-        batches, lines = _encode(records, now)
+        queued = _Queued(records, rows, time.time())
         with self._lock:
-            self._buffer += batches
-            self._lines += lines
-            self._rows += sum(b.batch.num_rows for b in batches)
+            self._buffer.append(queued)
+            self._rows += rows
             full = self._rows >= self.flush_rows
-        self.hooks.outcome("buffered", len(records))
-        if lines:
-            self.quarantined += len(lines)
-            self.hooks.outcome("quarantined", len(lines))
+        self.hooks.outcome("buffered", rows)
         if full:
             self._spool_wake.set()
 
@@ -218,9 +231,17 @@ class RecordLog:
     def spool(self) -> int:
         """Write the buffer to the spill directory (or, if it is full, to the store); returns records."""
         with self._lock:
-            batches, self._buffer, self._rows = self._buffer, [], 0
+            queued, self._buffer, self._rows = self._buffer, [], 0
             lines, self._lines = self._lines, []
             held, self._held = self._held, []
+        batches = []
+        for q in queued:
+            encoded, bad = _encode(q.records, q.since)
+            batches += encoded
+            if bad:
+                lines += bad
+                self.quarantined += len(bad)
+                self.hooks.outcome("quarantined", len(bad))
         parts = held + _parts(self.prefix, batches, lines, self._quarantine_key)
         done = 0
         for i, part in enumerate(parts):
@@ -396,7 +417,7 @@ class RecordLog:
     def lag_seconds(self) -> float:
         """Age of the oldest record not yet in the store (0 when everything is there)."""
         with self._lock:
-            since = [b.since for b in self._buffer[:1]] + [s for _, _, s in self._lines[:1]]
+            since = [q.since for q in self._buffer[:1]] + [s for _, _, s in self._lines[:1]]
             since += [min(p.since for p in self._held)] if self._held else []
         for base in (self.root / self.prefix, self.root / QUARANTINE / self.prefix):
             if base.is_dir():
@@ -433,12 +454,24 @@ class RecordLog:
 
 # --- encoding --------------------------------------------------------------------------------------
 
-def _encode(records: pd.DataFrame, now: float) -> tuple[list[_Batch], list[tuple[str, str, float]]]:
+def _rows_of(records: Records) -> int:
+    """Records in an append; columns of unequal length are the caller's error, refused before anything is queued."""
+    if isinstance(records, pd.DataFrame):
+        return len(records)
+    lengths = {name: len(values) for name, values in records.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns of unequal length cannot be logged: {lengths}")
+    return next(iter(lengths.values()), 0)
+
+
+def _encode(records: Records, now: float) -> tuple[list[_Batch], list[tuple[str, str, float]]]:
     """Arrow batches of the records; a record that cannot be converted becomes a quarantined JSON line."""
     try:
         return [_Batch(day, batch, now) for day, batch in _batches(records)], []
     except Exception:  # noqa: BLE001 - some record does not convert: find which, keep the others
         pass
+    if not isinstance(records, pd.DataFrame):  # the slow path works on a frame, built only here
+        records = pd.DataFrame({k: _pandas_column(v) for k, v in records.items()})
     batches, lines = [], []
     for i in range(len(records)):
         row = records.iloc[i:i + 1]
@@ -452,10 +485,14 @@ def _encode(records: pd.DataFrame, now: float) -> tuple[list[_Batch], list[tuple
     return batches, lines
 
 
-def _batches(frame: pd.DataFrame) -> list[tuple[str, pa.RecordBatch]]:
+def _batches(records: Records) -> list[tuple[str, pa.RecordBatch]]:
     # column by column: about twice as fast as from_pandas, which builds pandas metadata we never read
-    batch = pa.RecordBatch.from_arrays([pa.array(frame[c], from_pandas=True) for c in frame.columns],
-                                       names=[str(c) for c in frame.columns])
+    columns = records.items() if not isinstance(records, pd.DataFrame) else ((c, records[c]) for c in records.columns)
+    names, arrays = [], []
+    for name, values in columns:
+        names.append(str(name))
+        arrays.append(values if isinstance(values, pa.Array) else pa.array(values, from_pandas=True))
+    batch = pa.RecordBatch.from_arrays(arrays, names=names)
     times = batch.column(TIME)
     if pa.types.is_timestamp(times.type):
         span = pc.min_max(times)
@@ -463,8 +500,17 @@ def _batches(frame: pd.DataFrame) -> list[tuple[str, pa.RecordBatch]]:
         if first is not None and _utc_day(first) == _utc_day(last):  # the usual case: one request, one time
             return [(_utc_day(first), batch)]
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")  # a record without a time is today's
-    days = pd.to_datetime(frame[TIME], utc=True).dt.strftime("%Y-%m-%d").fillna(today).to_numpy()
+    days = pd.to_datetime(pd.Series(_pandas_column(records[TIME])), utc=True).dt.strftime("%Y-%m-%d").fillna(today).to_numpy()
     return [(day, batch.filter(pa.array(days == day))) for day in sorted(set(days))]
+
+
+def _pandas_column(values: Any) -> Any:
+    """A column as a pandas array or a plain sequence: no index to align on, Arrow arrays kept Arrow-backed."""
+    if isinstance(values, pa.Array):
+        return pd.arrays.ArrowExtensionArray(values)
+    if isinstance(values, pd.Series):
+        return values.array
+    return values
 
 
 def _utc_day(t: dt.datetime) -> str:

@@ -423,12 +423,16 @@ def spill_full(work: Path, size_kib: int = 256) -> FaultResult:
 
 @fault
 def unserialisable(work: Path) -> FaultResult:
-    """One record of a 20-record request gets a prediction Parquet cannot hold; the buffer holds others too."""
+    """One record of a 20-record request gets a prediction Parquet cannot hold; the buffer holds others too.
+
+    The log converts records in its spooler, so the quarantine is counted when the buffer is
+    spooled (every second here, while traffic keeps the buffer holding other records).
+    """
     store = LocalStore(work / "store")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         add_odd_version(Registry(store, "odd"), diabetes_frame())
-    settings = serving_settings(store.root, "odd", work, log_flush_rows=1_000_000, log_flush_seconds=3600)
+    settings = serving_settings(store.root, "odd", work, log_flush_rows=1_000_000, log_flush_seconds=1.0)
     server = _server(settings, work, "odd")
     try:
         with Traffic(server.url, DIABETES_RECORDS, concurrency=4) as traffic:
@@ -438,6 +442,7 @@ def unserialisable(work: Path) -> FaultResult:
             r = httpx.post(f"{server.url}/predict_many", json={"records": batch}, timeout=30)
             answer = r.json() if r.status_code == 200 else {}
             wait_for(lambda: len(traffic.served) > 100)
+            wait_for(lambda: metric(server.url, "flywheel_prediction_log_records_total", outcome="quarantined") > 0)
         quarantined = metric(server.url, "flywheel_prediction_log_records_total", outcome="quarantined")
         code = server.terminate()
     finally:

@@ -277,3 +277,56 @@ def test_close_is_bounded_and_leaves_the_rest_spilled_for_the_next_server(tmp_pa
     assert after.send() == 60
     after.close()
     assert _logged(store) == _ids(range(60))
+
+
+def test_columns_log_as_the_same_frame_would(tmp_path: Path) -> None:
+    """append takes columns (numpy, Arrow, lists) as well as a frame; the stored part is the same."""
+    import pyarrow as pa
+
+    n = 6
+    now = pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n)
+    frame = pd.DataFrame({ID: [f"r{i}" for i in range(n)], TIME: now, "x": np.arange(n, dtype=float),
+                          "version": ["v1"] * n, "city": ["a", None, "b", "c", None, "d"]})
+    columns = {ID: pa.array(frame[ID].tolist(), pa.string()), TIME: now, "x": frame["x"].to_numpy(),
+               "version": np.full(n, "v1", dtype=object), "city": frame["city"].to_numpy()}
+    stored = []
+    for i, records in enumerate((frame, columns)):
+        store = LocalStore(tmp_path / f"store{i}")
+        log = _log(store, tmp_path / f"spill{i}")
+        log.append(records)
+        assert log.flush() == n
+        (key,) = store.list("predictions/m/")
+        stored.append(pd.read_parquet(store.url(key)))
+    assert stored[0].dtypes.to_dict() == stored[1].dtypes.to_dict()
+    pd.testing.assert_frame_equal(stored[0], stored[1])
+
+
+def test_columns_of_unequal_length_are_refused_at_append_and_lose_nothing_queued(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    log = _log(store, tmp_path / "spill")
+    log.append(_records(3))
+    try:
+        log.append({ID: np.array(["a", "b"], dtype=object), TIME: _records(3)[TIME].to_numpy()})
+    except ValueError as exc:
+        assert "unequal length" in str(exc)
+    else:
+        raise AssertionError("columns of unequal length were queued")
+    log.flush()
+    assert _logged(store) == _ids(range(3))
+
+
+def test_a_column_record_that_cannot_be_serialised_is_quarantined_alone(tmp_path: Path) -> None:
+    """The per-record fallback works on columns too (conversion happens in the spooler, not in append)."""
+    store = LocalStore(tmp_path / "store")
+    hooks = Outcomes()
+    log = _log(store, tmp_path / "spill", hooks=hooks)
+    frame = _records(4)
+    columns = {c: frame[c].to_numpy() for c in frame.columns}
+    columns["_prediction"] = np.array([1.5, 2**70, 3.5, 4.5], dtype=object)
+    log.append(columns)
+    assert hooks.counts == {"buffered": 4}, "append converts nothing, so it refuses nothing"
+    log.flush()
+    assert _logged(store) == sorted(set(_ids(range(4))) - {"r1"})
+    (qkey,) = store.list(f"{QUARANTINE}/predictions/m/")
+    assert json.loads(store.read(qkey).decode())["record"][ID] == "r1"
+    assert hooks.counts["quarantined"] == 1 and hooks.counts["flushed"] == 3

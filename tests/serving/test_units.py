@@ -223,10 +223,22 @@ def test_plain_pass_of_small_requests_equals_the_columnar_pass(strict: bool) -> 
     assert plain_taken > (50 if strict else 150), "the plain pass must run for clean requests"
 
 
-@pytest.mark.parametrize("n", [1, 3, 1024, 1025, 5000])
+@pytest.mark.parametrize("n", [1, 3, 1024, 1025, 5000, 10_000, 100_000])
 def test_request_ids_are_32_hex_digits_numbered_in_record_order(n: int) -> None:
     from services.serving.service import REQUEST_ID_FORMAT, request_ids
 
     ids = request_ids(n).tolist()
     assert len(ids) == len(set(ids)) == n and all(REQUEST_ID_FORMAT.fullmatch(i) for i in ids)
     assert len({i[:20] for i in ids}) == 1 and [int(i[20:]) for i in ids] == list(range(n))
+
+
+@pytest.mark.parametrize("n", [0, 1, 1024, 1025, 100_000])
+@pytest.mark.parametrize("value", ["v0001", "", "version-ä"])
+def test_repeated_text_is_the_value_on_every_record(n: int, value: str) -> None:
+    import pyarrow as pa
+
+    from services.serving.service import repeated_text
+
+    column = repeated_text(value, n)
+    column.validate(full=True)
+    assert column.type == pa.string() and column.to_pylist() == [value] * n
