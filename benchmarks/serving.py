@@ -324,11 +324,32 @@ def start_uvicorn(tmp: Path, name: str, source: str, argv: list[str]) -> Running
 
 # --- the run ----------------------------------------------------------------------------------
 
-def _measure(srv: Running, bodies_file: Path, script: Path, seconds: float, warmup: float) -> dict[str, Any]:
+def _measure(srv: Running, bodies_file: Path, script: Path, seconds: float, warmup: float,
+             concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for c in CONCURRENCY:
+    for c in concurrency:
         wrk(f"{srv.url}/predict", bodies_file, script, warmup, c)  # warm caches and the batcher's latency model
         out[str(c)] = wrk(f"{srv.url}/predict", bodies_file, script, seconds, c)
+    return out
+
+
+def _measure_c1_interleaved(servers: dict[str, Running], bodies_file: Path, script: Path, seconds: float,
+                            warmup: float, repeats: int) -> dict[str, dict[str, Any]]:
+    """c=1 for each server, ``repeats`` runs taken in turns (A, B, A, B, ...); each server's median-p50 run.
+
+    A one-client p50 moves by a millisecond from one run to the next on a shared machine; runs taken
+    in turns see the same drift, and the median of each server's runs is compared.
+    """
+    for srv in servers.values():
+        wrk(f"{srv.url}/predict", bodies_file, script, warmup, 1)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for _ in range(repeats):
+        for name, srv in servers.items():
+            runs[name].append(wrk(f"{srv.url}/predict", bodies_file, script, seconds, 1))
+    out = {}
+    for name, taken in runs.items():
+        ordered = sorted(taken, key=lambda r: r["p50_ms"])
+        out[name] = {**ordered[len(ordered) // 2], "p50_runs_ms": [round(r["p50_ms"], 3) for r in taken]}
     return out
 
 
@@ -339,8 +360,10 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
 
     seconds = float(os.environ.get("BENCH_SECONDS", "10"))
     warmup = max(2.0, seconds / 5)
+    c1_repeats = int(os.environ.get("BENCH_C1_REPEATS", "3"))
     workers = service_workers(load_settings())
-    results: dict[str, Any] = {"generator": generator(), "seconds_per_cell": seconds, "cpus": os.cpu_count(),
+    results: dict[str, Any] = {"generator": generator(), "seconds_per_cell": seconds, "c1_repeats": c1_repeats,
+                               "cpus": os.cpu_count(),
                                "service_workers": workers, "fastapi_workers": 1,
                                "settings_note": _settings_note(workers), "shapes": {}}
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-serving-") as t:
@@ -352,18 +375,19 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
             bodies_file = tmp / f"{shape}.jsonl"
             bodies_file.write_text("\n".join(bodies) + "\n")
             cell: dict[str, Any] = {"runtime": runtime}
-            srv = start_service(tmp, tmp / "store", shape, workers)
-            try:
-                cell["service"] = _measure(srv, bodies_file, script, seconds, warmup)
+            servers: dict[str, Running] = {}
+            try:  # both up at once: the c=1 runs are taken in turns; the one not measured idles
+                servers["service"] = start_service(tmp, tmp / "store", shape, workers)
+                servers["fastapi"] = start_uvicorn(
+                    tmp, f"fastapi_{shape}", FASTAPI_APP,
+                    [str(tmp / "store"), f"bench-{shape}", str(tmp / f"spill-fastapi-{shape}")],
+                ).wait_ready("/predict", bodies[0].encode())
+                one = _measure_c1_interleaved(servers, bodies_file, script, seconds, warmup, c1_repeats)
+                for name, srv in servers.items():
+                    cell[name] = {"1": one[name], **_measure(srv, bodies_file, script, seconds, warmup, CONCURRENCY[1:])}
             finally:
-                srv.stop()
-            srv = start_uvicorn(tmp, f"fastapi_{shape}", FASTAPI_APP,
-                                [str(tmp / "store"), f"bench-{shape}", str(tmp / f"spill-fastapi-{shape}")])
-            try:
-                srv.wait_ready("/predict", bodies[0].encode())
-                cell["fastapi"] = _measure(srv, bodies_file, script, seconds, warmup)
-            finally:
-                srv.stop()
+                for srv in servers.values():
+                    srv.stop()
             results["shapes"][shape] = cell
         srv = start_uvicorn(tmp, "constant_app", CONSTANT_APP, [])
         try:
@@ -420,6 +444,14 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _c1_runs(svc: dict[str, Any], fa: dict[str, Any]) -> str:
+    """The p50 of every c=1 run (taken in turns) when there were several; the cell shows the medians."""
+    if len(svc.get("p50_runs_ms", ())) < 2:
+        return ""
+    return (f"; p50 runs {'/'.join(f'{v:.1f}' for v in svc['p50_runs_ms'])} | "
+            f"{'/'.join(f'{v:.1f}' for v in fa['p50_runs_ms'])} ms (medians shown)")
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, value, target) lines for the ``make bench`` table."""
     g = r["generator"]
@@ -443,7 +475,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         f"{svc['rps']:.0f} | {fa['rps']:.0f} req/s ({x['throughput_vs_fastapi']:.2f}x); "
                         f"p50 {svc['p50_ms']:.1f} | {fa['p50_ms']:.1f} ms; p99 {svc['p99_ms']:.1f} | {fa['p99_ms']:.1f} ms "
                         f"({x['p99_vs_fastapi']:.2f}x); ceiling {x['service_vs_ceiling']:.2f} | {x['fastapi_vs_ceiling']:.2f}; "
-                        f"failed {svc['failures']} | {fa['failures']}", target))
+                        f"failed {svc['failures']} | {fa['failures']}" + _c1_runs(svc, fa), target))
     met = ratio["targets"]
     out.append(("targets met", f"{sum(met.values())}/{len(met)}", "; ".join(k for k, v in met.items() if not v) or "all"))
     return out

@@ -83,3 +83,21 @@ def test_targets_are_the_issue_s_ratios() -> None:
     assert r["targets"]["linear: c=1 p50 within 2 ms of fastapi"]
     slow = serving.ratios(_figures(ceiling=9000, service=700, fastapi=500))
     assert not slow["targets"]["linear: c=32 throughput >= 1.5x fastapi"]
+
+
+def test_c1_runs_are_taken_in_turns_and_each_server_shows_its_median_run(monkeypatch) -> None:
+    calls: list[tuple[str, float]] = []
+    p50s = iter([9.0, 7.0, 5.0, 6.0, 8.0, 4.0])  # service, fastapi, service, fastapi, service, fastapi
+
+    def fake_wrk(url: str, bodies_file, script, seconds: float, concurrency: int) -> dict:
+        assert concurrency == 1
+        calls.append((url, seconds))
+        return {"p50_ms": next(p50s) if seconds == 10 else 99.0, "rps": 1.0}
+
+    monkeypatch.setattr(serving, "wrk", fake_wrk)
+    servers = {"service": serving.Running(None, "http://svc", None), "fastapi": serving.Running(None, "http://fa", None)}
+    out = serving._measure_c1_interleaved(servers, Path("b"), Path("s"), 10, 2, 3)
+    assert [u for u, s in calls if s == 2] == ["http://svc/predict", "http://fa/predict"]  # one warm-up each, first
+    assert [u for u, s in calls if s == 10] == ["http://svc/predict", "http://fa/predict"] * 3  # in turns
+    assert out["service"]["p50_ms"] == 8.0 and out["service"]["p50_runs_ms"] == [9.0, 5.0, 8.0]
+    assert out["fastapi"]["p50_ms"] == 6.0 and out["fastapi"]["p50_runs_ms"] == [7.0, 6.0, 4.0]
