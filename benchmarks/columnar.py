@@ -61,11 +61,8 @@ SHAPES = {
 
 def write_version(root: Path, name: str) -> tuple[Any, pd.DataFrame]:
     """Train and register one version of a shape (ONNX export included); the model and 100k records."""
-    import joblib
-
     from components.data import DatasetSpec, infer_schema
-    from components.onnx_export import export_onnx
-    from components.package import reference_sample
+    from components.package import package
     from components.registry import Registry
     from components.split import split
     from components.store import LocalStore
@@ -78,15 +75,9 @@ def write_version(root: Path, name: str) -> tuple[Any, pd.DataFrame]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = make_model(schema, candidate, 0).fit(train[schema.feature_names], train[target])
-        onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
-    buf, ref = io.BytesIO(), io.BytesIO()
-    joblib.dump(model, buf)
-    reference_sample(model, train, schema, 0).to_parquet(ref, index=False)
-    files = {"model.joblib": buf.getvalue(), "schema.json": schema.to_json().encode(),
-             "metrics.json": json.dumps({"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
-             "reference.parquet": ref.getvalue(), "onnx.json": json.dumps(report, default=str).encode()}
-    if onnx_bytes:
-        files["model.onnx"] = onnx_bytes
+        made = package(model, train, holdout, schema, 0)
+    files = {**made.files(), "schema.json": schema.to_json().encode(),
+             "metrics.json": json.dumps({"task": schema.task, "primary_metric": "none", "holdout": {}}).encode()}
     registry = Registry(LocalStore(root), name)
     version = registry.claim_version()
     registry.write_version(version, files, {})

@@ -135,13 +135,8 @@ def make_model(store: Path, shape: str) -> tuple[list[str], str]:
 
     Returns the JSON request bodies (one record each) and the runtime the service will pick.
     """
-    import io
-
-    import joblib
-
     from components.data import infer_schema
-    from components.onnx_export import export_onnx
-    from components.package import reference_sample
+    from components.package import package
     from components.registry import Registry
     from components.split import split
     from components.store import LocalStore
@@ -154,15 +149,9 @@ def make_model(store: Path, shape: str) -> tuple[list[str], str]:
         warnings.simplefilter("ignore")
         model = build(schema, CANDIDATE[shape], 0)
         model.fit(train[schema.feature_names], train[schema.target])
-        onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
-    buf, ref = io.BytesIO(), io.BytesIO()
-    joblib.dump(model, buf)
-    reference_sample(model, train, schema, 0).to_parquet(ref, index=False)
-    files = {"model.joblib": buf.getvalue(), "schema.json": schema.to_json().encode(),
-             "metrics.json": b'{"task": "classification", "primary_metric": "none", "holdout": {}}',
-             "reference.parquet": ref.getvalue(), "onnx.json": json.dumps(report, default=str).encode()}
-    if onnx_bytes:
-        files["model.onnx"] = onnx_bytes
+        made = package(model, train, holdout, schema, 0)
+    files = {**made.files(), "schema.json": schema.to_json().encode(),
+             "metrics.json": b'{"task": "classification", "primary_metric": "none", "holdout": {}}'}
     registry = Registry(LocalStore(store), f"bench-{shape}")
     version = registry.claim_version()
     registry.write_version(version, files, {})
@@ -170,7 +159,7 @@ def make_model(store: Path, shape: str) -> tuple[list[str], str]:
     features = frame[schema.feature_names].astype(object)
     features = features.where(features.notna(), None)  # JSON null, never NaN
     bodies = [json.dumps({"records": [r]}, default=str) for r in features.to_dict("records")]
-    return bodies, "onnx" if onnx_bytes else "sklearn"
+    return bodies, "onnx" if made.onnx_report.get("passed") else "sklearn"
 
 
 # --- servers ----------------------------------------------------------------------------------

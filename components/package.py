@@ -76,8 +76,12 @@ def reference_sample(model: Any, frame: pd.DataFrame, schema: Schema, seed: int)
     return ref
 
 
-def package(model: Any, train: pd.DataFrame, holdout: pd.DataFrame, schema: Schema, seed: int) -> ModelPackage:
-    """Pickle ``model``, take its reference sample from ``train`` and export it to ONNX, checked on ``holdout``."""
+def package(model: Any, train: pd.DataFrame, holdout: pd.DataFrame, schema: Schema, seed: int,
+            onnx: bool = True) -> ModelPackage:
+    """Pickle ``model``, take its reference sample from ``train`` and export it to ONNX, checked on ``holdout``.
+
+    ``onnx=False`` skips the export (the report says so; serving then uses scikit-learn).
+    """
     import joblib
 
     from components.features import xy
@@ -87,5 +91,8 @@ def package(model: Any, train: pd.DataFrame, holdout: pd.DataFrame, schema: Sche
     joblib.dump(model, buf)
     ref = io.BytesIO()
     reference_sample(model, train, schema, seed).to_parquet(ref, index=False)
-    onnx, report = export_onnx(model, xy(holdout, schema)[0], schema.task)
-    return ModelPackage(buf.getvalue(), ref.getvalue(), report, onnx)
+    if not onnx:
+        return ModelPackage(buf.getvalue(), ref.getvalue(), {"converted": False, "passed": False, "task": schema.task,
+                                                             "reason": "the ONNX export was not asked for"})
+    data, report = export_onnx(model, xy(holdout, schema)[0], schema.task)
+    return ModelPackage(buf.getvalue(), ref.getvalue(), report, data)

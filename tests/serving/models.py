@@ -17,8 +17,7 @@ import pandas as pd
 from sklearn.datasets import load_diabetes, load_wine
 
 from components.data import DatasetSpec, infer_schema
-from components.onnx_export import export_onnx
-from components.package import reference_sample
+from components.package import package
 from components.registry import Registry
 from components.split import split
 from components.train import make_model
@@ -71,21 +70,11 @@ def add_version(registry: Registry, frame: pd.DataFrame, target: str, candidate:
     train, holdout = split(frame, schema, 0.25, seed)
     model = make_model(schema, candidate, seed)
     model.fit(train[schema.feature_names], train[target])
-    buf = io.BytesIO()
-    joblib.dump(model, buf)
-    ref = io.BytesIO()
-    reference_sample(model, train, schema, seed).to_parquet(ref, index=False)
     files = {
-        "model.joblib": buf.getvalue(),
+        **package(model, train, holdout, schema, seed, onnx=onnx).files(),
         "schema.json": schema.to_json().encode(),
         "metrics.json": json.dumps(metrics or {"task": schema.task, "primary_metric": "none", "holdout": {}}).encode(),
-        "reference.parquet": ref.getvalue(),
     }
-    if onnx:
-        onnx_bytes, report = export_onnx(model, holdout[schema.feature_names], schema.task)
-        if onnx_bytes is not None:
-            files["model.onnx"] = onnx_bytes
-        files["onnx.json"] = json.dumps(report, default=str).encode()
     version = registry.claim_version()
     registry.write_version(version, files, {"candidate": candidate, **(manifest or {})})
     if promote:
