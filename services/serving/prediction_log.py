@@ -6,11 +6,12 @@
 
 The life of a record:
 
-1. ``append`` (the request path) only queues the columns it is handed: no conversion there.
-2. The spooler thread converts the buffer to Arrow and writes it out every ``flush_seconds``,
-   or as soon as it holds ``flush_rows`` records. An append that does not convert is converted
-   record by record, and a record that still does not is quarantined by itself: kept as a JSON
-   line, never dropped, never taking others with it. One Parquet part per day and Arrow schema, written to the spill
+1. ``append`` (the request path) converts the columns it is handed (a frame, or a mapping of
+   columns) to Arrow at once. An append that does not convert is converted record by record,
+   and a record that still does not is quarantined by itself: kept as a JSON line, never
+   dropped, never taking others with it.
+2. The spooler thread writes the buffer out every ``flush_seconds``, or as soon as it holds
+   ``flush_rows`` records: one Parquet part per day and Arrow schema, written to the spill
    directory under the very key it gets in the store. It touches only local disk, so what a
    SIGKILL can lose is bounded by the buffer (``sigkill_loss_bound``), whatever the store does.
 3. The sender thread sends spilled parts to the store and deletes them: its own, those of
@@ -87,13 +88,6 @@ Records = Union[pd.DataFrame, Mapping[str, Any]]
 
 
 @dataclass
-class _Queued:
-    records: Records  # as appended: converted by the spooler
-    rows: int
-    since: float  # wall time it was appended
-
-
-@dataclass
 class _Batch:
     day: str
     batch: pa.RecordBatch
@@ -149,7 +143,7 @@ class RecordLog:
         self.spill_max_bytes = spill_max_bytes
         self.max_buffer_rows = max_buffer_rows
         self.hooks: LogHooks = hooks or NoHooks()
-        self._buffer: list[_Queued] = []
+        self._buffer: list[_Batch] = []
         self._lines: list[tuple[str, str, float]] = []  # quarantined, not yet spooled: (day, JSON line, since)
         self._rows = 0
         self._held: list[_Part] = []  # parts neither the spill directory nor the store took
@@ -172,19 +166,24 @@ class RecordLog:
     def append(self, records: Records) -> None:
         """Queue records (they must carry the TIME column); never blocks on the store or disk.
 
-        ``records`` is a frame or a mapping of equal-length columns. They are kept as handed
-        over, not copied: the caller must not change them afterwards. Converting them to Arrow
-        is the spooler's work, off the request path.
+        ``records`` is a frame or a mapping of equal-length columns (no frame needs building).
+        They are converted to Arrow here, on the request path: the conversion paces intake to
+        what the spooler can write, which keeps what a SIGKILL can lose within the bound (a
+        spooler that converted would fall behind under load, with the records in memory).
         """
         rows = _rows_of(records)
         if not rows:
             return
-        queued = _Queued(records, rows, time.time())
+        batches, lines = _encode(records, time.time())
         with self._lock:
-            self._buffer.append(queued)
-            self._rows += rows
+            self._buffer += batches
+            self._lines += lines
+            self._rows += sum(b.batch.num_rows for b in batches)
             full = self._rows >= self.flush_rows
         self.hooks.outcome("buffered", rows)
+        if lines:
+            self.quarantined += len(lines)
+            self.hooks.outcome("quarantined", len(lines))
         if full:
             self._spool_wake.set()
 
@@ -231,17 +230,9 @@ class RecordLog:
     def spool(self) -> int:
         """Write the buffer to the spill directory (or, if it is full, to the store); returns records."""
         with self._lock:
-            queued, self._buffer, self._rows = self._buffer, [], 0
+            batches, self._buffer, self._rows = self._buffer, [], 0
             lines, self._lines = self._lines, []
             held, self._held = self._held, []
-        batches = []
-        for q in queued:
-            encoded, bad = _encode(q.records, q.since)
-            batches += encoded
-            if bad:
-                lines += bad
-                self.quarantined += len(bad)
-                self.hooks.outcome("quarantined", len(bad))
         parts = held + _parts(self.prefix, batches, lines, self._quarantine_key)
         done = 0
         for i, part in enumerate(parts):
@@ -417,7 +408,7 @@ class RecordLog:
     def lag_seconds(self) -> float:
         """Age of the oldest record not yet in the store (0 when everything is there)."""
         with self._lock:
-            since = [q.since for q in self._buffer[:1]] + [s for _, _, s in self._lines[:1]]
+            since = [b.since for b in self._buffer[:1]] + [s for _, _, s in self._lines[:1]]
             since += [min(p.since for p in self._held)] if self._held else []
         for base in (self.root / self.prefix, self.root / QUARANTINE / self.prefix):
             if base.is_dir():

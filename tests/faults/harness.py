@@ -425,8 +425,8 @@ def spill_full(work: Path, size_kib: int = 256) -> FaultResult:
 def unserialisable(work: Path) -> FaultResult:
     """One record of a 20-record request gets a prediction Parquet cannot hold; the buffer holds others too.
 
-    The log converts records in its spooler, so the quarantine is counted when the buffer is
-    spooled (every second here, while traffic keeps the buffer holding other records).
+    The buffer is spooled every second here, while traffic keeps it holding other records; the
+    quarantine is counted when the record is appended.
     """
     store = LocalStore(work / "store")
     with warnings.catch_warnings():
