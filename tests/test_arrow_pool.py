@@ -1,4 +1,4 @@
-"""The monitor and the serving workers allocate Arrow memory with the system allocator (components/arrow_pool.py)."""
+"""The monitor allocates Arrow memory with the system allocator (components/arrow_pool.py)."""
 
 from __future__ import annotations
 

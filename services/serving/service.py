@@ -28,7 +28,6 @@ from bentoml.exceptions import NotFound, ServiceUnavailable
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, Field, ValidationError
 
-from components.arrow_pool import use_system_allocator
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
 from components.formats import CONTENT_TYPE, Format, read_frame, write_columns
 from components.registry import Registry
@@ -118,7 +117,6 @@ class FlywheelServing:
     def __init__(self) -> None:
         global _service
         _configure_logging()
-        use_system_allocator()  # columnar bodies and the prediction log go through pyarrow: see components/arrow_pool.py
         settings = load_settings()
         version = os.environ.get("MODEL_VERSION", CHAMPION) or CHAMPION
         poll = settings.serving_poll_seconds
