@@ -234,8 +234,8 @@ def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: s
 
 
 @component
-def register(package: Input[Model], schema: str, evaluation: str, best: str, fingerprint: str, champion: str, store: str, model_name: str, run: str,
-             promotion_margin: float, job: str = "") -> str:
+def register(package: Input[Model], schema: str, evaluation: str, best: str, fingerprint: str, champion: str,
+             store: str, model_name: str, run: str, promotion_margin: float, job: str = "") -> str:
     """Write the immutable version and apply the promotion gate; returns the promoted version or ''.
 
     One plain output, because kfp.local conditions only resolve a task's single output.
