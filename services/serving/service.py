@@ -273,7 +273,7 @@ class FlywheelServing:
         _count_predictions(model, pred.values)
         if isinstance(self.predictions_log, _NoLog):
             return ids, pred.values, pred.proba
-        # the columns as they are (no frame, no copy): the log converts them in its spooler thread
+        # the columns as they are (no frame built, no copy): append converts them to Arrow once
         columns: dict[str, Any] = {REQUEST_ID: id_array, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
                                    MODEL_VERSION: repeated_text(model.version, n)}
         if passthrough is not None:
