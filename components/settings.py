@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     model: str = Field("demo", description="Model name: the registry, predictions and monitoring key.")
     runner: Literal["local", "kfp"] = Field("local", description="Where pipelines run.")
     pipeline_root: str = Field(".flywheel/pipeline_root", description="KFP pipeline root (local dir for kfp.local).")
+    warm_tasks: bool = Field(True, description="Embedded runner: fork each kfp.local task from a task server that has "
+                                               "kfp, pandas and scikit-learn imported (pipelines/task_server.py); false: "
+                                               "a new interpreter per task.")
     run: str | None = Field(None, description="The pipeline run a step records its status under (set by the embedded "
                                               "runner for its kfp.local process; cached steps cannot take it as an input).")
 

@@ -6,24 +6,39 @@ sends traffic from threads while a retrain runs). The caller hands over the sett
 through the environment (the only channel kfp.local's task processes inherit) and reads
 the outcome from the step records in the store, never from this process's output.
 
+Each task is forked from a task server that has kfp, pandas and scikit-learn imported
+(``pipelines/task_server.py``) rather than started as a new interpreter; the setting
+``warm_tasks`` (``FLYWHEEL_WARM_TASKS=false``) turns that off.
+
     python -m pipelines.kfp_local <pipeline_root> <arguments as JSON>
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
 
 def main(argv: list[str]) -> int:
-    from kfp import local
-
-    from pipelines.training import training_pipeline
+    from components.settings import load_settings
+    from pipelines.task_server import warm_tasks
 
     root, arguments = argv[0], json.loads(argv[1])
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=False,
-               enable_caching=True)
-    training_pipeline(**arguments)
+    warm = load_settings().warm_tasks  # the caller's settings, from the environment it gave this process
+    with warm_tasks() if warm else contextlib.nullcontext(sys.executable) as python:
+        from kfp import local
+
+        from pipelines.training import training_pipeline
+
+        # kfp.local runs each task with `python3` replaced by sys.executable: the launcher, when warm
+        real, sys.executable = sys.executable, python
+        try:
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=False,
+                       enable_caching=True)
+            training_pipeline(**arguments)
+        finally:
+            sys.executable = real
     return 0
 
 
