@@ -35,6 +35,9 @@ def _rows(name: str, r: dict) -> list[tuple[str, str, str, str]]:
             rows.append((name, f"time to first model ({first.get('rows')} rows): flywheel train / hand-written search",
                          f"{first['pipeline_over_hand']:.2f}  ({first['pipeline_seconds']} s / {first['hand_seconds']} s)"
                          if "error" not in first else str(first["error"]), f"<= {first.get('target', 2.0)}"))
+            if "cold_tasks_over_hand" in first:
+                rows.append((name, "  the same, a new interpreter per task (FLYWHEEL_WARM_TASKS=false)",
+                             f"{first['cold_tasks_over_hand']:.2f}  ({first['cold_tasks_seconds']} s)", "(no target)"))
         big = r.get("big") or {}
         if big:
             rows.append((name, f"{big.get('rows')} rows: wall, peak RSS", f"{big.get('seconds')} s, {big.get('peak_rss_gib')} GiB"

@@ -20,7 +20,8 @@ from components.store import open_store
 
 T = TypeVar("T")
 
-# A task is a fresh interpreter that ends right after its stage. Freezing the heap at exit spares
+# A task is a process of its own (a fresh interpreter, or forked from the embedded runner's task
+# server) that ends right after its stage. Freezing the heap at exit spares
 # the interpreter's final garbage collections over every object its imports made (pandas,
 # scikit-learn: about 0.2 s a task); the process is ending, so nothing is kept longer.
 atexit.register(gc.freeze)

@@ -21,6 +21,7 @@ unsafe) and ends when the process that started it does. Ask for it with
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -34,20 +35,24 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.task_launcher import PYTHON_ENV, SERVER_ENV
 
-# In the order the training pipeline's steps need them (champion, ingest ... refit, evaluate, deploy).
+# In the order the training pipeline's steps need them (champion, ingest ... refit, evaluate, deploy),
+# with what pandas and scikit-learn import only on first use (reading Parquet, fitting on a DataFrame).
 PRELOAD = (
     "kfp.dsl.executor_main", "components.runtime", "components.registry", "components.status",
-    "pandas", "pyarrow.parquet", "components.ingest", "components.validate", "components.split",
+    "pandas", "pyarrow.parquet", "pyarrow.dataset", "pyarrow.pandas_compat",
+    "components.ingest", "components.validate", "components.split",
     "sklearn.pipeline", "sklearn.compose", "sklearn.preprocessing", "sklearn.impute", "sklearn.linear_model",
     "sklearn.ensemble", "sklearn.model_selection", "sklearn.metrics", "joblib",
-    "components.train", "components.package", "components.evaluate", "components.register", "components.deploy",
-    "skl2onnx",
+    "narwhals._pandas_like.namespace", "narwhals._pandas_like.dataframe", "narwhals._interchange.dataframe",
+    "components.train", "components.package", "components.onnx_export", "components.evaluate",
+    "components.register", "components.deploy", "skl2onnx",
 )
 
 
@@ -66,10 +71,10 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> Task | None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the supervisors reap themselves
     parent = os.getppid()
     pending = list(preload)
     while True:
+        _reap()
         ready, _, _ = select.select([listener], [], [], 0 if pending else 1.0)
         if ready:
             conn, _ = listener.accept()
@@ -81,6 +86,16 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> Task | None:
             _load(pending.pop(0))
         elif os.getppid() != parent:
             return None
+
+
+def _reap() -> None:
+    """Wait for the supervisors that ended: no zombies, and their tasks' resource use (peak memory)
+    is counted to this process's children, as a new interpreter's would be to kfp.local's."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def _load(module: str) -> None:
@@ -106,7 +121,6 @@ def _receive(conn: socket.socket) -> Task:
 
 def _supervise(conn: socket.socket) -> Task | None:
     """In the supervisor: fork the task; pass signals on; report its exit status. Returns only in the task."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         task = _receive(conn)
     except (OSError, ValueError, KeyError):
@@ -117,6 +131,7 @@ def _supervise(conn: socket.socket) -> Task | None:
         return task
     for fd in task.fds:
         os.close(fd)
+    print(f"task server: forked task {pid}: python {' '.join(task.argv[:2])}", file=sys.stderr, flush=True)
     try:
         conn.sendall(f"{pid}\n".encode())
         done = os.pidfd_open(pid)
@@ -136,15 +151,22 @@ def _supervise(conn: socket.socket) -> Task | None:
         os._exit(0)
 
 
-def run(task: Task) -> None:
-    """In the forked task: become ``python -m <module> <args>`` with the launcher's streams, folder and environment."""
+def run(task: Task) -> int:
+    """In the forked task: ``python -m <module> <args>`` with the launcher's streams, folder and environment.
+
+    Returns the exit status. The interpreter's own exit is left out (the caller ends with
+    ``os._exit``): its teardown walks every object the server imported, and writing to those
+    shared pages copies them, 0.15 s a task here. What a task's exit must do is done here:
+    an exception's traceback, the status of ``sys.exit``, the other threads joined, the
+    ``atexit`` handlers (logging's flush among them), the standard streams flushed.
+    """
     for target, fd in enumerate(task.fds):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(task.cwd)
     os.environ.clear()
     os.environ.update(task.env)
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+    for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if "numpy" in sys.modules:  # as a new interpreter would: not the server's random state
@@ -152,7 +174,32 @@ def run(task: Task) -> None:
     module, args = task.argv[1], task.argv[2:]
     sys.path[0] = task.cwd  # `python -m` puts the working folder first
     sys.argv = [module, *args]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except BaseException:  # noqa: BLE001 - as the interpreter does: the traceback, then status 1
+        sys.excepthook(*sys.exc_info())
+        status = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # noqa: SLF001 - the interpreter's own exit step, which os._exit skips
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    return status
+
+
+def _exit_status(code: object) -> int:
+    """The status ``sys.exit(code)`` gives: None is 0, an int itself, anything else printed and 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager
@@ -186,8 +233,7 @@ def main(argv: list[str]) -> int:
     task = serve(path, preload)
     if task is None:
         return 0
-    run(task)
-    return 0
+    os._exit(run(task))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -45,6 +47,14 @@ def test_first_run_registers_and_promotes(world):
     assert "customer_id" in schema.id_columns and schema.timestamp == "event_time"
     status = json.loads(reg.store.read(f"runs/churn/{first['run']}/status.json"))
     assert status["state"] == "SUCCEEDED" and status["error"] is None
+
+
+def test_every_task_of_a_run_was_forked_warm_from_the_task_server(world):
+    *_, first, _ = world
+    log = Path(first["log"]).read_text()
+    executed = re.findall(r"Executing task .*'(\S+)'", log)
+    forked = re.findall(r"task server: forked task \d+: python -m kfp.dsl.executor_main", log)
+    assert len(executed) >= 12 and len(forked) == len(executed)  # none fell back to a new interpreter
 
 
 def test_run_artifacts_are_kfp_artifacts(world):

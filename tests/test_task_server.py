@@ -24,8 +24,9 @@ from pipelines.task_server import warm_tasks
 MARKER = "xml.dom.minidom"
 
 TASK = textwrap.dedent(f"""
-    import json, os, sys, time
+    import atexit, json, os, sys, time
     warm = {MARKER!r} in sys.modules
+    atexit.register(print, "an atexit handler ran")
     if sys.argv[1:2] == ["hang"]:
         open(sys.argv[2], "w").write(str(os.getpid()))
         time.sleep(60)
@@ -63,7 +64,8 @@ def test_a_warm_task_is_the_same_command_in_a_new_interpreter(launcher, work):
     warm = run(python, env, work, "7", "two")
     cold = run(sys.executable, env, work, "7", "two")
     assert (warm.returncode, cold.returncode) == (7, 7)
-    warm_out, cold_out = json.loads(warm.stdout), json.loads(cold.stdout)
+    assert warm.stdout.splitlines()[1:] == cold.stdout.splitlines()[1:] == ["an atexit handler ran"]
+    warm_out, cold_out = json.loads(warm.stdout.splitlines()[0]), json.loads(cold.stdout.splitlines()[0])
     assert warm_out.pop("warm") is True and cold_out.pop("warm") is False  # forked from the server: preloaded
     assert warm_out == cold_out  # argv (the module's path first), folder, environment, sys.path[0], __main__
     assert warm_out["value"] == "from the caller" and warm_out["cwd"] == str(work)
@@ -75,6 +77,17 @@ def test_a_failing_task_fails_with_its_traceback(launcher, work):
     result = run(python, env, work, "fail")
     assert result.returncode == 1
     assert "RuntimeError: the task failed" in result.stderr
+    assert result.stdout.splitlines()[-1] == "an atexit handler ran"
+
+
+@pytest.mark.parametrize("code, status, stderr", [("None", 0, ""), ("300", 300 & 0xFF, ""), ("'no table'", 1, "no table")])
+def test_sys_exit_gives_the_status_a_new_interpreter_gives(launcher, work, code, status, stderr):
+    python, env = launcher
+    (work / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
+    warm = subprocess.run([python, "-m", "exits"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    cold = subprocess.run([sys.executable, "-m", "exits"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert warm.returncode == cold.returncode == status
+    assert warm.stderr.strip() == cold.stderr.strip() == stderr
 
 
 def test_a_signal_to_the_launcher_reaches_the_task(launcher, work):
@@ -102,7 +115,7 @@ def test_without_a_server_the_launcher_runs_the_real_interpreter(launcher, work)
     python, env = launcher
     result = run(python, {**env, SERVER_ENV: str(work / "no-server.sock")}, work, "3")
     assert result.returncode == 3
-    assert json.loads(result.stdout)["warm"] is False
+    assert json.loads(result.stdout.splitlines()[0])["warm"] is False
     other = subprocess.run([python, "-c", "import sys; print(sys.flags.isolated)"], env=env, capture_output=True,
                            text=True, timeout=60)
     assert other.stdout.strip() == "0"  # not `-m`: the real interpreter, with its usual flags
