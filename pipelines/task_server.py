@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +89,18 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> Task | None:
             return None
 
 
-def _reap() -> None:
-    """Wait for the supervisors that ended: no zombies, and their tasks' resource use (peak memory)
-    is counted to this process's children, as a new interpreter's would be to kfp.local's."""
+def _reap(wait_seconds: float = 0.0) -> None:
+    """Wait for the supervisors that ended (for up to ``wait_seconds`` for the rest): no zombies, and
+    their tasks' resource use (peak memory) counts to this process's children, as a new
+    interpreter's would to kfp.local's."""
+    deadline = time.monotonic() + wait_seconds
     try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-    except ChildProcessError:
+        while True:
+            if not os.waitpid(-1, os.WNOHANG)[0]:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.01)
+    except ChildProcessError:  # none left
         pass
 
 
@@ -227,9 +233,15 @@ def warm_tasks(preload: Sequence[str] = PRELOAD) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _stop(*_: object) -> None:
+    """SIGTERM from the runner: its tasks have ended; collect the last supervisors, then exit."""
+    _reap(wait_seconds=1.0)
+    sys.exit(0)
+
+
 def main(argv: list[str]) -> int:
     path, preload = argv[0], argv[1:]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _stop)
     task = serve(path, preload)
     if task is None:
         return 0
