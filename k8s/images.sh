@@ -14,7 +14,7 @@
 #   CONTAINER_STORAGE_DRIVER  overlay or vfs              (default: overlay where the kernel mounts it, else vfs)
 # Flags: --print   print the build commands and build nothing
 #        --support also build the test-support image of `make container-test`
-# The component image is built first: the other images reuse its builder stage's layers, and the
+# The component image is built first: the serving and monitor images are built FROM it, and the
 # monitor records its reference (what a retrain compiles against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,9 +100,9 @@ image() {
 }
 
 image "$components" -f components/Dockerfile --build-arg "BASE_IMAGE=$base" --build-arg "COMPONENT_IMAGE=$components"
-image "${registry}/flywheel-serving:${tag}" -f services/serving/Dockerfile --build-arg "BASE_IMAGE=$base"
-image "${registry}/flywheel-monitor:${tag}" -f services/monitoring/Dockerfile \
-  --build-arg "COMPONENTS_IMAGE=$components" --build-arg "BASE_IMAGE=$base"
+# The serving and monitor images are the component image with their own entry points (no files of their own).
+image "${registry}/flywheel-serving:${tag}" -f services/serving/Dockerfile --build-arg "COMPONENTS_IMAGE=$components"
+image "${registry}/flywheel-monitor:${tag}" -f services/monitoring/Dockerfile --build-arg "COMPONENTS_IMAGE=$components"
 if [ "$support" = 1 ]; then
   # Its Dockerfile is outside the tagged sources: always asked of buildah (its layers are cached).
   run "${build[@]}" -f tests/containers/support.Dockerfile --build-arg "BASE_IMAGE=$base" \

@@ -125,7 +125,7 @@ def _receive(conn: socket.socket) -> Task:
     return Task(argv=request["argv"], cwd=request["cwd"], env=request["env"], fds=list(fds))
 
 
-def _supervise(conn: socket.socket) -> Task | None:
+def _supervise(conn: socket.socket) -> Task:
     """In the supervisor: fork the task; pass signals on; report its exit status. Returns only in the task."""
     try:
         task = _receive(conn)
