@@ -45,16 +45,23 @@ def export_onnx(model: Any, X_holdout: pd.DataFrame, task: str) -> tuple[bytes |
                 report["reason"] = _unsupported_reason(model) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 return None, report
             break
-        candidate = onx.SerializeToString()
-        attempt: dict[str, Any] = {"converted": True, "precision": precision, "inputs": inputs, "opset": TARGET_OPSET}
-        try:
-            attempt.update(_compare(model, candidate, inputs, X_holdout, task))
-        except Exception as exc:  # a model that converts but cannot run is not servable through ONNX
-            attempt.update(passed=False, reason=f"the ONNX model does not run: {type(exc).__name__}: {str(exc)[:300]}")
-        data = candidate
-        report.update(attempt)
-        if attempt["passed"]:
-            break
+        # the graph with standard ops first (where it has ai.onnx.ml nodes that have an exact
+        # standard equivalent), then the converter's own graph: each is checked on its own
+        standard, replaced = standard_ops(onx)
+        graphs = [(standard, replaced)] if replaced else []
+        for graph, ops in [*graphs, (onx, [])]:
+            candidate = graph.SerializeToString()
+            attempt: dict[str, Any] = {"converted": True, "precision": precision, "inputs": inputs,
+                                       "opset": TARGET_OPSET, "standard_ops": ops}
+            try:
+                attempt.update(_compare(model, candidate, inputs, X_holdout, task))
+            except Exception as exc:  # a model that converts but cannot run is not servable through ONNX
+                attempt.update(passed=False,
+                               reason=f"the ONNX model does not run: {type(exc).__name__}: {str(exc)[:300]}")
+            data = candidate
+            report.update(attempt)
+            if attempt["passed"]:
+                return data, report
     return data, report
 
 
@@ -70,6 +77,134 @@ def onnx_feed(frame: pd.DataFrame, inputs: dict[str, str], types: dict[str, str]
         else:
             feed[name] = col.to_numpy(dtype=np.float32).reshape(-1, 1)
     return feed
+
+
+def standard_ops(onx: Any) -> tuple[Any, list[str]]:
+    """A copy of ``onx`` with its float32 ai.onnx.ml Scaler and LinearRegressor nodes in standard ops.
+
+    onnxruntime's Scaler kernel runs element by element; the same arithmetic in standard ops
+    runs vectorised, and a Scaler that feeds a LinearRegressor folds into its coefficients:
+
+        Scaler                     Y = (X - offset) * scale                 -> Sub, Mul
+        LinearRegressor            Y = X @ coefficients^T + intercepts      -> Gemm
+        Scaler -> LinearRegressor  Y = X @ (scale * coefficients^T) + (intercepts - (offset * scale) @ coefficients^T)
+                                                                            -> Gemm
+
+    (the folded constants computed in float64, then rounded to float32 as the graph's are).
+    Identity nodes are dropped. Imputer stays: its kernel is faster than IsNaN/Where. A node is
+    left as it is when its input is not float32 (these operators output float32 whatever the
+    input, so a rewrite would change types) or uses an option not listed here. The result is
+    checked against scikit-learn like any export (``export_onnx``). Returns the graph and the
+    operators replaced (empty: ``onx`` itself).
+    """
+    import copy
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+    types = _elem_types(shape_inference.infer_shapes(onx))
+    out = copy.deepcopy(onx)
+    graph = out.graph
+    outputs = {o.name for o in graph.output}
+    # Identity nodes: their consumers read the input instead
+    alias: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        node.input[:] = [alias.get(i, i) for i in node.input]
+        if node.op_type == "Identity" and node.domain == "" and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    consumers: dict[str, list[Any]] = {}
+    for node in kept:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    constants: list[Any] = []
+    replaced = ["Identity"] * (len(graph.node) - len(kept))
+
+    def const(name: str, values: Any) -> str:
+        constants.append(numpy_helper.from_array(np.asarray(values, dtype=np.float32), f"{name}_std{len(constants)}"))
+        return constants[-1].name
+
+    def attrs(node: Any) -> dict[str, Any]:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def linear(node: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """(coefficients as F x targets, intercepts) of a plain LinearRegressor, else None."""
+        a = attrs(node)
+        if node.domain != "ai.onnx.ml" or node.op_type != "LinearRegressor" or \
+                a.get("post_transform", b"NONE") not in (b"NONE", "NONE"):
+            return None
+        targets = int(a.get("targets", 1))
+        coefficients = np.asarray(a.get("coefficients", []), dtype=np.float64)
+        intercepts = np.asarray(list(a.get("intercepts", [])) or [0.0] * targets, dtype=np.float64)
+        if not coefficients.size or coefficients.size % targets or len(intercepts) != targets:
+            return None
+        return coefficients.reshape(targets, -1).T, intercepts
+
+    nodes: list[Any] = []
+    folded: set[int] = set()
+    for node in kept:
+        if id(node) in folded:
+            continue
+        x, y = (node.input[0] if node.input else ""), (node.output[0] if node.output else "")
+        if node.domain != "ai.onnx.ml" or types.get(x) != TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        a = attrs(node)
+        if node.op_type == "Scaler" and a.get("scale") and a.get("offset"):
+            offset = np.asarray(a["offset"], dtype=np.float64)
+            scale = np.asarray(a["scale"], dtype=np.float64)
+            after = consumers.get(y, [])
+            fit = linear(after[0]) if len(after) == 1 and y not in outputs else None
+            if fit is not None and len(scale) in (1, fit[0].shape[0]) and len(offset) in (1, fit[0].shape[0]):
+                w, b = fit
+                w2 = np.broadcast_to(scale, (w.shape[0],))[:, None] * w
+                b2 = b - (np.broadcast_to(offset * scale, (w.shape[0],)) @ w)
+                nodes.append(helper.make_node("Gemm", [x, const(f"{y}_coefficients", w2), const(f"{y}_intercepts", b2)],
+                                              [after[0].output[0]]))
+                folded.add(id(after[0]))
+                replaced += ["Scaler", "LinearRegressor"]
+                continue
+            shifted = f"{y}_std_shifted"
+            nodes += [helper.make_node("Sub", [x, const(f"{y}_offset", offset)], [shifted]),
+                      helper.make_node("Mul", [shifted, const(f"{y}_scale", scale)], [y])]
+            replaced.append("Scaler")
+            continue
+        fit = linear(node)
+        if fit is not None:
+            nodes.append(helper.make_node("Gemm", [x, const(f"{y}_coefficients", fit[0]), const(f"{y}_intercepts", fit[1])],
+                                          [y]))
+            replaced.append("LinearRegressor")
+            continue
+        nodes.append(node)
+    if not replaced:
+        return onx, []
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.initializer.extend(constants)
+    onnx.checker.check_model(out)
+    return out, replaced
+
+
+def _elem_types(inferred: Any) -> dict[str, int]:
+    """Element type of every tensor; onnx infers none for ai.onnx.ml outputs, so those are added here."""
+    from onnx import TensorProto
+
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+             if v.type.tensor_type.elem_type}
+    types.update({t.name: t.data_type for t in inferred.graph.initializer})
+    same = {"Imputer", "Identity", "Gather", "Compress", "Concat"}
+    for node in inferred.graph.node:  # in graph order: each node's inputs are typed before it
+        for y in node.output:
+            if y in types or not node.input:
+                continue
+            if node.op_type in same and node.input[0] in types:
+                types[y] = types[node.input[0]]
+            elif node.domain == "ai.onnx.ml" and node.op_type in ("Scaler", "LinearRegressor", "Normalizer"):
+                types[y] = TensorProto.FLOAT
+    return types
 
 
 def _unsupported_reason(model: Any) -> str | None:
@@ -131,7 +266,7 @@ _registered = False
 
 
 def _register_converters() -> None:
-    """Teach skl2onnx the project's own column-dropping step (a Gather on kept columns)."""
+    """Teach skl2onnx the project's own column-dropping step (a Compress of the kept columns)."""
     global _registered
     if _registered:
         return
@@ -141,16 +276,22 @@ def _register_converters() -> None:
         _registered = True
         return
     from skl2onnx import update_registered_converter
-    from skl2onnx.algebra.onnx_ops import OnnxGather
+    from skl2onnx.algebra.onnx_ops import OnnxCompress, OnnxIdentity
 
     def shape(operator: Any) -> None:
         n = operator.inputs[0].get_first_dimension()
         operator.outputs[0].type = operator.inputs[0].type.__class__([n, int(np.sum(operator.raw_operator.keep_))])
 
     def convert(scope: Any, operator: Any, container: Any) -> None:
-        keep = np.flatnonzero(operator.raw_operator.keep_).astype(np.int64)
-        node = OnnxGather(operator.inputs[0], keep, axis=1, op_version=container.target_opset,
-                          output_names=operator.outputs[:1])
+        # the kept columns as a boolean mask: Compress copies whole row spans, where a Gather on
+        # axis 1 copied value by value (9 ms of 14 for 100k rows x 12 features); nothing dropped
+        # is an Identity, which onnxruntime removes
+        keep = np.asarray(operator.raw_operator.keep_, dtype=bool)
+        if keep.all():
+            node = OnnxIdentity(operator.inputs[0], op_version=container.target_opset, output_names=operator.outputs[:1])
+        else:
+            node = OnnxCompress(operator.inputs[0], keep, axis=1, op_version=container.target_opset,
+                                output_names=operator.outputs[:1])
         node.add_to(scope, container)
 
     update_registered_converter(DropUninformative, "FlywheelDropUninformative", shape, convert)

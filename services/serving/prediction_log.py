@@ -44,12 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Union
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.data import TIME
+from components.data import REQUEST_ID, TIME
 from components.store import Store
 
 log = logging.getLogger("flywheel.serving")
@@ -482,7 +483,7 @@ def _batches(records: Records) -> list[tuple[str, pa.RecordBatch]]:
     names, arrays = [], []
     for name, values in columns:
         names.append(str(name))
-        arrays.append(values if isinstance(values, pa.Array) else pa.array(values, from_pandas=True))
+        arrays.append(_arrow(values))
     batch = pa.RecordBatch.from_arrays(arrays, names=names)
     times = batch.column(TIME)
     if pa.types.is_timestamp(times.type):
@@ -493,6 +494,20 @@ def _batches(records: Records) -> list[tuple[str, pa.RecordBatch]]:
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")  # a record without a time is today's
     days = pd.to_datetime(pd.Series(_pandas_column(records[TIME])), utc=True).dt.strftime("%Y-%m-%d").fillna(today).to_numpy()
     return [(day, batch.filter(pa.array(days == day))) for day in sorted(set(days))]
+
+
+def _arrow(values: Any) -> pa.Array:
+    """A column as Arrow, NaN and None as null (``from_pandas``).
+
+    A float numpy column is wrapped without a copy, its NaN found with numpy: Arrow's own
+    NaN scan cost 0.2 ms per 100k values, ten times numpy's, for each of a request's columns.
+    """
+    if isinstance(values, pa.Array):
+        return values
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f" and values.ndim == 1:
+        null = np.isnan(values)
+        return pa.array(values, mask=null) if null.any() else pa.array(values)
+    return pa.array(values, from_pandas=True)
 
 
 def _pandas_column(values: Any) -> Any:
@@ -567,8 +582,10 @@ def _parquet(batches: list[pa.RecordBatch]) -> bytes:
     buf = io.BytesIO()
     table = pa.Table.from_batches(batches)
     # dictionary-encode text columns only: unique doubles (features, probabilities) gain nothing
-    # from a dictionary and it was half the cost of writing a large part
-    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    # from a dictionary and it was half the cost of writing a large part; nor do request ids,
+    # one per record (the writer builds the dictionary, then falls back to plain)
+    text = [f.name for f in table.schema
+            if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != REQUEST_ID]
     pq.write_table(table, buf, use_dictionary=text)
     return buf.getvalue()
 

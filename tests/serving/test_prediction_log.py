@@ -330,3 +330,26 @@ def test_a_column_record_that_cannot_be_serialised_is_quarantined_alone(tmp_path
     (qkey,) = store.list(f"{QUARANTINE}/predictions/m/")
     assert json.loads(store.read(qkey).decode())["record"][ID] == "r1"
     assert hooks.counts["quarantined"] == 1 and hooks.counts["flushed"] == 3
+
+
+def test_nan_in_a_float_column_is_logged_as_null(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    log = _log(store, tmp_path / "spill")
+    x = np.array([1.5, np.nan, -2.0, np.nan], dtype=np.float64)
+    y = np.array([0.25, 1.0, 2.0, 3.0], dtype=np.float32)
+    log.append(_records(4, x=x, y=y))  # a frame
+    log.append({ID: np.array(["r4", "r5", "r6", "r7"], dtype=object), TIME: _records(4)[TIME].to_numpy(),
+                "x": x, "y": y})  # columns
+    log.flush()
+    keys = [k for k in store.list("predictions/m/") if k.endswith(".parquet")]
+    table = pd.concat([pd.read_parquet(store.url(k)) for k in keys]).sort_values(ID)
+    import pyarrow.parquet as pq
+
+    [schema] = {pq.read_schema(store.url(k)).field("x").type for k in keys}
+    assert str(schema) == "double"
+    assert table["x"].isna().tolist() == [False, True, False, True] * 2
+    assert table["x"].dropna().tolist() == [1.5, -2.0] * 2 and table["y"].tolist() == [0.25, 1.0, 2.0, 3.0] * 2
+    nulls = sum(pq.ParquetFile(store.url(k)).metadata.row_group(0).column(
+        pq.read_schema(store.url(k)).get_field_index("x")).statistics.null_count for k in keys)
+    assert nulls == 4, "NaN is stored as null, not as a NaN value"
+    log.close()
