@@ -1,4 +1,4 @@
-"""The monitor allocates Arrow memory with the system allocator (components/arrow_pool.py)."""
+"""The monitor allocates Arrow memory with jemalloc (components/arrow_pool.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-CODE = ("import pyarrow as pa; from components.arrow_pool import use_system_allocator; "
-        "before = pa.default_memory_pool().backend_name; print(before, use_system_allocator())")
+CODE = ("import pyarrow as pa; from components.arrow_pool import use_jemalloc; "
+        "before = pa.default_memory_pool().backend_name; print(before, use_jemalloc())")
 
 
 def _pools(**env: str) -> list[str]:
@@ -16,11 +16,11 @@ def _pools(**env: str) -> list[str]:
     return out.stdout.split()
 
 
-def test_the_system_allocator_replaces_pyarrows_default_pool() -> None:
+def test_jemalloc_replaces_pyarrows_default_pool() -> None:
     before, after = _pools()
-    assert before != "system"  # the check sees a change: pyarrow's own default is another allocator
-    assert after == "system"
+    assert before != "jemalloc"  # the check sees a change: pyarrow's own default is another allocator
+    assert after == "jemalloc"
 
 
 def test_a_pool_the_user_chose_is_kept() -> None:
-    assert _pools(ARROW_DEFAULT_MEMORY_POOL="mimalloc") == ["mimalloc", "mimalloc"]
+    assert _pools(ARROW_DEFAULT_MEMORY_POOL="system") == ["system", "system"]

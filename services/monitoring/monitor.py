@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.arrow_pool import use_system_allocator
+from components.arrow_pool import use_jemalloc
 from components.data import LABEL, PREDICTION
 from components.registry import Registry, RegistryError
 from components.settings import Settings
@@ -102,7 +102,7 @@ def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now
 
     First the decision (recorded in summary.json and pushed as metrics), then the reports.
     """
-    use_system_allocator()  # the window is read through pyarrow: see components/arrow_pool.py
+    use_jemalloc()  # the window is read through pyarrow: see components/arrow_pool.py
     t0 = time.perf_counter()
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     s = Summary(model=settings.model, started_at=now.isoformat())
