@@ -1,8 +1,8 @@
 """The interpreter kfp.local starts for each task, when the embedded runner has a task server.
 
 kfp.local runs ``python -m kfp.dsl.executor_main ...`` for every task, with ``python`` replaced
-by ``sys.executable``. The embedded runner points that at a copy of this file (its first
-line names the real interpreter, ``-IS``: no site, nothing but the standard library), so
+by ``sys.executable``. The embedded runner points that at a one-line script that runs this
+file with the real interpreter and ``-IS`` (no site, nothing but the standard library), so
 each task starts here, in a few milliseconds, and hands its argument list, environment,
 working folder and standard streams to the task server (``pipelines/task_server.py``). The
 server forks the task from an interpreter that has already imported kfp, pandas and

@@ -29,6 +29,7 @@ import json
 import os
 import runpy
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -146,10 +147,12 @@ def _supervise(conn: socket.socket) -> Task:
             if done in ready:
                 break
             message = conn.recv(64)
-            for line in message.decode().split():
-                os.kill(pid, int(line))  # a signal the launcher got
-            if not message:  # the launcher is gone: so is its task
-                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # the task may just have ended
+                for line in message.decode().split():
+                    os.kill(pid, int(line))  # a signal the launcher got
+                if not message:  # the launcher is gone: so is its task
+                    os.kill(pid, signal.SIGKILL)
+            if not message:
                 break
         _, status = os.waitpid(pid, 0)
         conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
@@ -160,11 +163,11 @@ def _supervise(conn: socket.socket) -> Task:
 def run(task: Task) -> int:
     """In the forked task: ``python -m <module> <args>`` with the launcher's streams, folder and environment.
 
-    Returns the exit status. The interpreter's own exit is left out (the caller ends with
-    ``os._exit``): its teardown walks every object the server imported, and writing to those
-    shared pages copies them, 0.15 s a task here. What a task's exit must do is done here:
-    an exception's traceback, the status of ``sys.exit``, the other threads joined, the
-    ``atexit`` handlers (logging's flush among them), the standard streams flushed.
+    Returns the exit status (negative: the signal to end by). The interpreter's own exit is
+    left out (the caller ends with ``os._exit``): its teardown walks every object the server
+    imported, and writing to those shared pages copies them, 0.15 s a task here. What a task's
+    exit must do is done here: an exception's traceback, the status of ``sys.exit``, the other
+    threads joined, the ``atexit`` handlers (logging's flush among them), the streams flushed.
     """
     for target, fd in enumerate(task.fds):
         os.dup2(fd, target)
@@ -185,9 +188,9 @@ def run(task: Task) -> int:
         status = 0
     except SystemExit as exc:
         status = _exit_status(exc.code)
-    except BaseException:  # noqa: BLE001 - as the interpreter does: the traceback, then status 1
+    except BaseException as exc:  # noqa: BLE001 - as the interpreter does: the traceback, then status 1
         sys.excepthook(*sys.exc_info())
-        status = 1
+        status = -signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1  # Ctrl-C: ends by SIGINT
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
@@ -214,7 +217,9 @@ def warm_tasks(preload: Sequence[str] = PRELOAD) -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="flywheel-tasks-"))
     path = folder / "server.sock"
     launcher = folder / "python"
-    launcher.write_text(f"#!{sys.executable} -IS\n" + Path(__file__).with_name("task_launcher.py").read_text())
+    # a shell line rather than the interpreter in the #! line, which the kernel cuts at 127-255 bytes
+    script = Path(__file__).with_name("task_launcher.py")
+    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(str(script))} "$@"\n')
     launcher.chmod(0o755)
     server = subprocess.Popen([sys.executable, "-m", "pipelines.task_server", str(path), *preload],
                               stdin=subprocess.DEVNULL)
@@ -245,7 +250,11 @@ def main(argv: list[str]) -> int:
     task = serve(path, preload)
     if task is None:
         return 0
-    os._exit(run(task))
+    status = run(task)
+    if status < 0:  # as an interpreter ends on an uncaught KeyboardInterrupt: by the signal itself
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    os._exit(status & 0xFF)
 
 
 if __name__ == "__main__":
