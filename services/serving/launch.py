@@ -141,11 +141,18 @@ def wait_until_ok(proc: subprocess.Popen, url: str, timeout: float, *, in_a_row:
     return f"not ready within {timeout:.0f} s"
 
 
-def export_requirements(out: Path) -> Path:
-    """Pinned requirements from uv.lock, offline (no lock step): what the Bento installs."""
-    uv = shutil.which("uv")
+def find_uv() -> str:
+    """uv: on PATH, or where the Makefile installs it when the machine has none (.tools/bin)."""
+    uv = shutil.which("uv") or shutil.which("uv", path=str(PROJECT_ROOT / ".tools" / "bin"))
     if uv is None:
-        raise PackagingError("uv is not on PATH; it exports the Bento's requirements from uv.lock")
+        raise PackagingError("uv is neither on PATH nor in .tools/bin (`make env` installs it there); "
+                             "it exports the Bento's requirements from uv.lock, and bentoml build runs it")
+    return uv
+
+
+def export_requirements(out: Path, uv: str | None = None) -> Path:
+    """Pinned requirements from uv.lock, offline (no lock step): what the Bento installs."""
+    uv = uv or find_uv()
     result = subprocess.run(
         [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--format", "requirements-txt",
          "--output-file", str(out)],
@@ -166,12 +173,15 @@ def build_bento(bentoml_home: str | Path, version: str | None = None) -> Path:
     if home == PROJECT_ROOT or PROJECT_ROOT in home.parents:
         raise PackagingError(f"BENTOML_HOME {home} is inside the project, which is the build context; use a directory outside it")
     home.mkdir(parents=True, exist_ok=True)
-    export_requirements(PROJECT_ROOT / "requirements.bento.txt")
+    uv = find_uv()
+    export_requirements(PROJECT_ROOT / "requirements.bento.txt", uv)
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     cmd = [bentoml, "build", str(PROJECT_ROOT), "--bentofile", str(PROJECT_ROOT / "bentofile.yaml"), "--output", "tag"]
     if version:
         cmd += ["--version", version]
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    # bentoml build runs uv from PATH (and tries to pip-install it when there is none)
+    path = os.pathsep.join(p for p in (str(Path(uv).parent), os.environ.get("PATH")) if p)
+    env = {**os.environ, "PATH": path, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
     try:
         result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     finally:
