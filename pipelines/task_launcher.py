@@ -10,7 +10,7 @@ scikit-learn, and reports its exit status, which this process exits with. A sign
 here is passed on to the task; if this process dies, the task is killed.
 
 Anything but ``-m <module>``, no server, or a server that does not take the task: the real
-interpreter runs it, exactly as kfp.local would have (``os.execv``).
+interpreter runs it, exactly as kfp.local would have (``os.execvp``).
 """
 
 import json

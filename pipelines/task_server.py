@@ -16,7 +16,7 @@ what is not loaded yet itself. It stays single-threaded (forking a threaded proc
 unsafe) and ends when the process that started it does. Ask for it with
 ``warm_tasks()``; ``FLYWHEEL_WARM_TASKS=false`` runs every task in a new interpreter.
 
-    python -m pipelines.task_server <socket path>
+    python -m pipelines.task_server <socket path> [module to preload ...]   (warm_tasks() passes PRELOAD)
 """
 
 from __future__ import annotations

@@ -150,9 +150,8 @@ def find_uv() -> str:
     return uv
 
 
-def export_requirements(out: Path, uv: str | None = None) -> Path:
+def export_requirements(out: Path, uv: str) -> Path:
     """Pinned requirements from uv.lock, offline (no lock step): what the Bento installs."""
-    uv = uv or find_uv()
     result = subprocess.run(
         [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--format", "requirements-txt",
          "--output-file", str(out)],
