@@ -14,6 +14,7 @@ carry the concurrency rules of the registry and the monitor:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -63,6 +64,7 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def upload_file(self, path: str | Path, key: str) -> None: ...
+    def move_file(self, path: str | Path, key: str) -> None: ...
     def download_file(self, key: str, path: str | Path) -> None: ...
     def url(self, key: str) -> str: ...
 
@@ -192,6 +194,22 @@ class LocalStore:
                 os.unlink(tmp)
             raise
 
+    def move_file(self, path: str | Path, key: str) -> None:
+        """Take the file at ``path`` in under ``key``; it is gone afterwards, or untouched if this fails.
+
+        A rename on the store's own filesystem (nothing copied), else a copy, then the unlink.
+        """
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        self.upload_file(path, key)
+        Path(path).unlink()
+
     def download_file(self, key: str, path: str | Path) -> None:
         src = self._path(key)
         if not src.is_file():
@@ -306,6 +324,12 @@ class S3Store:
 
     def upload_file(self, path: str | Path, key: str) -> None:
         self._call("upload", key, self.client.upload_file, str(path), self.bucket, self._key(key), Config=self.transfer)
+
+    def move_file(self, path: str | Path, key: str) -> None:
+        """Upload the file at ``path`` in one PUT (streamed from disk), then unlink it."""
+        with open(path, "rb") as body:
+            self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body)
+        Path(path).unlink()
 
     def download_file(self, key: str, path: str | Path) -> None:
         self._call("download", key, self.client.download_file, self.bucket, self._key(key), str(path), Config=self.transfer)

@@ -59,6 +59,44 @@ def test_parquet_roundtrip_and_files(store, tmp_path):
     assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
 
 
+def test_move_file_takes_the_file_in(store, tmp_path):
+    src = tmp_path / "part.bin"
+    src.write_bytes(b"y" * 300_000)
+    store.move_file(src, "logs/part.bin")
+    assert store.read("logs/part.bin") == b"y" * 300_000
+    assert not src.exists()
+
+
+def test_move_file_that_fails_leaves_the_file(store, tmp_path):
+    with pytest.raises((OSError, StoreError)):
+        store.move_file(tmp_path / "missing.bin", "logs/missing.bin")
+    assert not store.exists("logs/missing.bin")
+
+
+def test_local_move_file_across_filesystems_copies(tmp_path, monkeypatch):
+    """A spill directory on another filesystem than the store: os.replace fails with EXDEV, the file is copied."""
+    import errno
+    import os
+
+    from components.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    src = tmp_path / "spill" / "part.bin"
+    src.parent.mkdir()
+    src.write_bytes(b"z" * 5_000_000)
+    real_replace = os.replace
+
+    def replace(a, b):
+        if str(a) == str(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    store.move_file(src, "logs/part.bin")
+    assert store.read("logs/part.bin") == b"z" * 5_000_000
+    assert not src.exists()
+
+
 def _version(reg: Registry) -> str:
     v = reg.claim_version()
     reg.write_version(v, {"model.joblib": b"m"}, {"score": 1})

@@ -14,11 +14,13 @@ The life of a record:
    ``flush_rows`` records: one Parquet part per day and Arrow schema, written to the spill
    directory under the very key it gets in the store. It touches only local disk, so what a
    SIGKILL can lose is bounded by the buffer (``sigkill_loss_bound``), whatever the store does.
-3. The sender thread sends spilled parts to the store and deletes them: its own, those of
-   other workers on the same directory, and those a killed process left. It claims a part by
-   renaming it to ``.<name>.claim-<token>-<expiry>``: a unique token and a lease, so a part
-   whose owner died is sent again once the lease ends, and never while its owner may still
-   be sending it. Sending again writes the same key, so nothing is ever stored twice.
+3. The sender thread moves spilled parts into the store (``Store.move_file``: a rename when a
+   local store shares the spill directory's filesystem, else one upload, then the unlink): its
+   own, those of other workers on the same directory, and those a killed process left. It
+   claims a part by renaming it to ``.<name>.claim-<token>-<expiry>``: a unique token and a
+   lease, so a part whose owner died is sent again once the lease ends, and never while its
+   owner may still be sending it. Sending again writes the same key, so nothing is ever
+   stored twice.
 4. When the spill directory is full (or over ``spill_max_bytes``) parts are sent to the store
    directly; when the store refuses too they wait in memory, up to ``max_buffer_rows``
    records. The error is logged and counted; requests are served all along.
@@ -288,9 +290,9 @@ class RecordLog:
                       self.root, self.kind, reason, self.pending, self.max_buffer_rows)
 
     def _send_direct(self, part: _Part) -> bool:
-        if not self._put(part.key, part.data):
+        if not self._store_call(self.store.write, part.key, part.data):
             return False
-        self._sent(part.key, part.data, part.records)
+        self._sent(part.key, part.records)
         return True
 
     def _hold(self, parts: list[_Part]) -> None:
@@ -345,14 +347,8 @@ class RecordLog:
                 os.rename(path, claimed)  # atomic: of all workers, one wins the claim
             except FileNotFoundError:
                 continue
-            try:
-                data = claimed.read_bytes()
-            except OSError as exc:
-                log.error("spilled part %s cannot be read (%s); it is left for the next attempt", claimed, exc)
-                self._release(claimed, key)
-                continue
-            records = _records_in(key, data)
-            if not self._put(key, data):
+            records = _records_in(key, claimed)
+            if not self._store_call(self.store.move_file, claimed, key):  # refused: the part is still there
                 self._release(claimed, key)
                 if key not in self._retried:
                     self._retried.add(key)
@@ -360,13 +356,11 @@ class RecordLog:
                         self.spilled += records
                         self.hooks.outcome("spilled", records)
                 break
-            with contextlib.suppress(FileNotFoundError):
-                claimed.unlink()
-            self._sent(key, data, records)
+            self._sent(key, records)
             sent += records
         return sent
 
-    def _sent(self, key: str, data: bytes, records: int) -> None:
+    def _sent(self, key: str, records: int) -> None:
         if key.startswith(f"{QUARANTINE}/"):
             return
         outcome = "resent" if key in self._retried else "flushed"
@@ -374,9 +368,10 @@ class RecordLog:
         self.logged += records
         self.hooks.outcome(outcome, records)
 
-    def _put(self, key: str, data: bytes) -> bool:
+    def _store_call(self, call: Any, *args: Any) -> bool:
+        """``store.write`` or ``store.move_file``: False (logged once per outage) if the store refuses."""
         try:
-            self.store.write(key, data)
+            call(*args)
         except Exception as exc:  # any store failure: the part stays where it is
             if not self._store_failing:
                 log.warning("the store refuses %s records (%s); they stay spilled in %s and are re-sent",
@@ -636,10 +631,11 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def _records_in(key: str, data: bytes) -> int:
-    if key.endswith(".jsonl"):
-        return data.count(b"\n")
+def _records_in(key: str, path: Path) -> int:
+    """Records in a spilled part: the lines of a quarantine file, the rows in a Parquet footer."""
     try:
-        return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        if key.endswith(".jsonl"):
+            return path.read_bytes().count(b"\n")
+        return pq.read_metadata(path).num_rows
     except Exception:  # noqa: BLE001 - a part we cannot read is still sent; it counts as none
         return 0

@@ -30,13 +30,20 @@ class FlakyStore(LocalStore):
         super().__init__(root)
         self.writes: Counter[str] = Counter()
 
-    def write(self, key: str, data: bytes) -> None:
+    def _take(self, key: str) -> None:
         if self.hang:
             time.sleep(self.hang)
         if self.down:
             raise OSError("store is down")
         self.writes[key] += 1
+
+    def write(self, key: str, data: bytes) -> None:
+        self._take(key)
         super().write(key, data)
+
+    def move_file(self, path: str | Path, key: str) -> None:
+        self._take(key)
+        super().move_file(path, key)
 
 
 class Outcomes:

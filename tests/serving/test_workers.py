@@ -77,3 +77,17 @@ def test_serve_command_passes_workers_and_one_model_thread(tmp_path: Path, monke
 def test_settings_refuse_zero_workers() -> None:
     with pytest.raises(ValueError, match="serving_workers"):
         load_settings(store="unused", serving_workers=0)
+
+
+def test_workers_keep_a_heap_pad_for_large_bodies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flywheel serve`` and the Bento's container give glibc the same heap pad; a user's value wins."""
+    import yaml
+
+    monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
+    settings = load_settings(store=str(tmp_path), spill_dir=str(tmp_path / "spill"))
+    _, env = launch.serve_command(settings, 3000)
+    assert env["MALLOC_TOP_PAD_"] == str(launch.MALLOC_TOP_PAD) == str(32 << 20)
+    bento_env = {e["name"]: e["value"] for e in yaml.safe_load((launch.PROJECT_ROOT / "bentofile.yaml").read_text())["envs"]}
+    assert bento_env["MALLOC_TOP_PAD_"] == env["MALLOC_TOP_PAD_"]
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "1048576")
+    assert launch.serve_command(settings, 3000)[1]["MALLOC_TOP_PAD_"] == "1048576"
