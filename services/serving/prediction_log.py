@@ -581,8 +581,31 @@ def _parquet(batches: list[pa.RecordBatch]) -> bytes:
     # one per record (the writer builds the dictionary, then falls back to plain)
     text = [f.name for f in table.schema
             if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != REQUEST_ID]
-    pq.write_table(table, buf, use_dictionary=text)
+    pq.write_table(table, buf, use_dictionary=text, compression=_codecs(table))
     return buf.getvalue()
+
+
+_PROBE_BYTES = 64 << 10  # the sample of a column's values that decides its codec
+_WORTH_COMPRESSING = 0.9  # snappy must take at least 10% off the sample
+
+
+def _codecs(table: pa.Table) -> dict[str, str]:
+    """Per column: snappy where a sample of its values shrinks, none where it would not.
+
+    Measured values (a price, a count, a category) shrink two to five times; noise-like doubles
+    (continuous measurements, embeddings) do not shrink at all, and compressing them anyway was
+    a fifth of the cost of writing a part (100,000 rows of 13 such doubles: 19 ms, 15 without).
+    """
+    return {name: "snappy" if _shrinks(column) else "none" for name, column in zip(table.column_names, table.columns)}
+
+
+def _shrinks(column: pa.ChunkedArray) -> bool:
+    chunk = next((c for c in column.chunks if len(c)), None)
+    values = chunk.buffers()[-1] if chunk is not None else None  # the values; for text, the characters
+    if values is None or values.size < 4096:  # too little to matter either way
+        return True
+    sample = values.slice(0, min(values.size, _PROBE_BYTES))
+    return pa.compress(sample, "snappy", asbytes=False).size <= _WORTH_COMPRESSING * sample.size
 
 
 # --- names -------------------------------------------------------------------------------------------

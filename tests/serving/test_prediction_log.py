@@ -360,3 +360,26 @@ def test_nan_in_a_float_column_is_logged_as_null(tmp_path: Path) -> None:
         pq.read_schema(store.url(k)).get_field_index("x")).statistics.null_count for k in keys)
     assert nulls == 4, "NaN is stored as null, not as a NaN value"
     log.close()
+
+
+def test_a_column_is_compressed_only_where_compression_shrinks_it(tmp_path: Path) -> None:
+    """Noise-like doubles are stored plain (snappy gains nothing on them), measured values and text compressed."""
+    import pyarrow.parquet as pq
+
+    store = LocalStore(tmp_path / "store")
+    log = _log(store, tmp_path / "spill")
+    n = 20_000
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=n)
+    counts = rng.integers(0, 12, size=n).astype(float)
+    log.append(_records(n, noise=noise, counts=counts, plan=rng.choice(["basic", "plus", "pro"], size=n)))
+    log.flush()
+    [key] = [k for k in store.list("predictions/m/") if k.endswith(".parquet")]
+    meta = pq.ParquetFile(store.url(key)).metadata
+    codec = {meta.schema.column(i).name: meta.row_group(0).column(i).compression for i in range(meta.num_columns)}
+    assert codec["noise"] == "UNCOMPRESSED"
+    assert codec["counts"] == "SNAPPY" and codec["plan"] == "SNAPPY" and codec[ID] == "SNAPPY"
+    back = pd.read_parquet(store.url(key)).sort_values(ID)
+    want = _records(n, noise=noise, counts=counts).sort_values(ID)
+    assert back["noise"].tolist() == want["noise"].tolist() and back["counts"].tolist() == want["counts"].tolist()
+    log.close()
