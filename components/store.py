@@ -326,7 +326,11 @@ class S3Store:
         self._call("upload", key, self.client.upload_file, str(path), self.bucket, self._key(key), Config=self.transfer)
 
     def move_file(self, path: str | Path, key: str) -> None:
-        """Upload the file at ``path`` in one PUT (streamed from disk), then unlink it."""
+        """Upload the file at ``path`` in one PUT (streamed from disk), then unlink it.
+
+        One request, as ``write`` makes, not ``upload_file``'s transfer (parts above its threshold):
+        the prediction log bounds its shutdown by one request's timeouts per part.
+        """
         with open(path, "rb") as body:
             self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body)
         Path(path).unlink()
