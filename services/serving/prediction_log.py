@@ -116,7 +116,7 @@ class _Part:
 
     @property
     def size(self) -> int:
-        """Bytes it takes on disk, at most (a table's size in memory; Parquet is no larger)."""
+        """Bytes it takes on disk, estimated before it is written (a table's size in memory)."""
         return len(self.text) if self.table is None else self.table.nbytes
 
     def write(self, sink: pa.NativeFile) -> None:

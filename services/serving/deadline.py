@@ -1,0 +1,63 @@
+"""The request deadline (BentoML's ``traffic.timeout``), with its timer cancelled when the answer starts.
+
+BentoML's own ``TimeoutMiddleware`` arms a loop timer for every request and never cancels it,
+so each request stays reachable for the whole timeout (60 s here): its future, its context and
+its OpenTelemetry span. At 320 requests/s that is about 19,000 requests' objects, and the
+garbage collector's full passes over them took 90 to 145 ms every few seconds: the service's
+p99 at one client was 98 ms against FastAPI's 23 ms (benchmarks/serving.py, linear shape).
+
+``install()`` puts ``RequestDeadline`` in its place. The behaviour is BentoML's: a request
+whose answer has not started within the timeout is cancelled and answered 504; once the
+answer has started, it runs to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+MESSAGE = "Not able to process the request in {seconds:g} seconds"
+
+
+class RequestDeadline:
+    """ASGI middleware: 504 when the app has not started its answer within ``timeout`` seconds."""
+
+    def __init__(self, app: Any, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def _send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                deadline.reschedule(None)  # the answer has begun: it is not cut off
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout) as deadline:
+                await self.app(scope, receive, _send)
+        except TimeoutError:
+            if not deadline.expired() or started:
+                raise  # the app's own TimeoutError, not the deadline's
+            await _answer_timeout(send, self.timeout)
+
+
+async def _answer_timeout(send: Any, seconds: float) -> None:
+    body = json.dumps({"error": MESSAGE.format(seconds=seconds)}).encode()
+    await send({"type": "http.response.start", "status": 504,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def install() -> None:
+    """Make BentoML build its timeout middleware from ``RequestDeadline`` (same arguments)."""
+    from bentoml._internal.server.http import traffic
+
+    traffic.TimeoutMiddleware = RequestDeadline  # type: ignore[misc]

@@ -1,0 +1,102 @@
+"""The request deadline that stands in for BentoML's TimeoutMiddleware (services/serving/deadline.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from services.serving.deadline import RequestDeadline, install
+
+
+def _call(app: Any, timeout: float) -> tuple[list[dict[str, Any]], list[asyncio.TimerHandle]]:
+    """Run one HTTP request through the deadline; the messages sent and every timer it armed."""
+    sent: list[dict[str, Any]] = []
+    timers: list[asyncio.TimerHandle] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        call_at = loop.call_at
+
+        def recording_call_at(*args: Any, **kw: Any) -> asyncio.TimerHandle:
+            handle = call_at(*args, **kw)
+            timers.append(handle)
+            return handle
+
+        loop.call_at = recording_call_at  # type: ignore[method-assign]
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await RequestDeadline(app, timeout)({"type": "http", "path": "/predict"}, receive, send)
+
+    asyncio.run(run())
+    return sent, timers
+
+
+def _answering(delay_before: float, delay_between: float = 0.0) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(delay_before)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(delay_between)
+        await send({"type": "http.response.body", "body": b"ok"})
+    return app
+
+
+def test_an_answer_in_time_passes_through_and_leaves_no_timer_armed() -> None:
+    """Before: BentoML's timer stayed armed for the whole timeout, holding each request's objects."""
+    sent, timers = _call(_answering(0.0), timeout=60)
+    assert [m.get("status") for m in sent] == [200, None] and sent[1]["body"] == b"ok"
+    assert timers and all(t.cancelled() for t in timers)
+
+
+def test_no_answer_within_the_timeout_is_a_504_and_the_app_is_cancelled() -> None:
+    cancelled = []
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    sent, _ = _call(slow, timeout=0.05)
+    assert sent[0]["status"] == 504
+    assert json.loads(sent[1]["body"]) == {"error": "Not able to process the request in 0.05 seconds"}
+    assert cancelled == [True]
+
+
+def test_an_answer_that_has_started_is_not_cut_off() -> None:
+    sent, timers = _call(_answering(0.0, delay_between=0.2), timeout=0.05)
+    assert [m.get("status") for m in sent] == [200, None] and sent[1]["body"] == b"ok"
+    assert all(t.cancelled() for t in timers)
+
+
+def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline() -> None:
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise TimeoutError("the store did not answer")
+
+    try:
+        _call(failing, timeout=60)
+    except TimeoutError as exc:
+        assert "store" in str(exc)
+    else:
+        raise AssertionError("the app's TimeoutError was swallowed")
+
+
+def test_the_service_builds_its_timeout_middleware_from_the_deadline() -> None:
+    from bentoml._internal.server.base_app import BaseAppFactory
+    from bentoml._internal.server.http import traffic
+
+    import services.serving.service  # noqa: F401 - installs it on import
+
+    assert traffic.TimeoutMiddleware is RequestDeadline
+    install()  # idempotent
+    class Factory(BaseAppFactory):
+        name = "flywheel-serving"
+
+    [middleware] = Factory(timeout=60).middlewares  # as BentoML builds the service's app
+    assert middleware.cls is RequestDeadline and middleware.kwargs == {"timeout": 60}
