@@ -21,7 +21,12 @@ MESSAGE = "Not able to process the request in {seconds:g} seconds"
 
 
 class RequestDeadline:
-    """ASGI middleware: 504 when the app has not started its answer within ``timeout`` seconds."""
+    """ASGI middleware: 504 when the app has not started its answer within ``timeout`` seconds.
+
+    BentoML's code with the timer cancelled. The app runs in a task of its own, as there, so
+    the event loop interleaves requests as before: the adaptive batcher forms its batches from
+    what has queued while the previous batch ran on the same loop.
+    """
 
     def __init__(self, app: Any, timeout: float) -> None:
         self.app = app
@@ -31,22 +36,34 @@ class RequestDeadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        loop = asyncio.get_running_loop()
+        answering: asyncio.Future[None] = loop.create_future()
 
         async def _send(message: dict[str, Any]) -> None:
-            nonlocal started
-            if not started:
-                started = True
-                deadline.reschedule(None)  # the answer has begun: it is not cut off
+            if not answering.done():
+                answering.set_result(None)
             await send(message)
 
+        task = asyncio.ensure_future(self.app(scope, receive, _send))
+        task.add_done_callback(lambda _: answering.done() or answering.set_result(None))  # ended without answering
+        timer = loop.call_later(self.timeout, _expire, answering)
         try:
-            async with asyncio.timeout(self.timeout) as deadline:
-                await self.app(scope, receive, _send)
+            await answering
         except TimeoutError:
-            if not deadline.expired() or started:
-                raise  # the app's own TimeoutError, not the deadline's
-            await _answer_timeout(send, self.timeout)
+            if task.cancel():
+                await _answer_timeout(send, self.timeout)
+            return
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            timer.cancel()
+        await task
+
+
+def _expire(answering: asyncio.Future[None]) -> None:
+    if not answering.done():
+        answering.set_exception(TimeoutError())
 
 
 async def _answer_timeout(send: Any, seconds: float) -> None:
