@@ -105,7 +105,7 @@ def peak_rss_bytes() -> int:
 
 
 def run_pass_child(store_dir: str, workspace: str) -> None:
-    """Child process: one pass, then its time and peak memory on stdout."""
+    """Child process: one pass, then its time and peak memory on stdout (``CHILD`` starts it)."""
     t0 = time.perf_counter()
     import evidently.presets  # noqa: F401 - imported once per process, as in the CronJob's process
     import evidently.ui.workspace  # noqa: F401
@@ -124,9 +124,14 @@ def run_pass_child(store_dir: str, workspace: str) -> None:
                       "drift_share": (s.drift or {}).get("share"), "decision": s.decision.get("reason")}))
 
 
+# The child starts as `flywheel monitor` does: pyarrow is loaded with jemalloc before anything else
+CHILD = ("import sys; from components.arrow_pool import load_with_jemalloc; load_with_jemalloc(); "
+         "from benchmarks.monitoring import run_pass_child; run_pass_child(sys.argv[1], sys.argv[2])")
+
+
 def measure_pass(store_dir: Path, workspace: Path) -> dict:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "benchmarks.monitoring", "--pass", str(store_dir), str(workspace)],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(store_dir), str(workspace)],
                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_seconds"] = time.perf_counter() - t0
@@ -207,7 +212,4 @@ def main(out_json: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--pass":
-        run_pass_child(sys.argv[2], sys.argv[3])
-    else:
-        print(json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else "bench-results/monitoring.json"), indent=2))
+    print(json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else "bench-results/monitoring.json"), indent=2))

@@ -282,6 +282,9 @@ def monitor(
     """One monitoring pass: drift, quality, report, and a retrain when the thresholds say so (the CronJob's entry point)."""
     import subprocess
 
+    from components.arrow_pool import load_with_jemalloc
+
+    load_with_jemalloc()  # before anything imports pyarrow: see components/arrow_pool.py
     from components.data import DatasetSpec
     from components.store import open_store
     from pipelines.triggers import make_trigger
