@@ -9,7 +9,7 @@ from the kernel for every batch), where jemalloc, which pyarrow's wheels also ca
 a user's ``ARROW_DEFAULT_MEMORY_POOL`` wins, and a pyarrow built without jemalloc keeps the
 system allocator. Arrow reads ``ARROW_DEFAULT_MEMORY_POOL`` once, when it loads, and what it
 allocates inside the Parquet reader follows that choice, not a switch made later: with
-``use_jemalloc`` alone a fresh process's decision step over 1M rows took 1.6-2.3 s, with the
+``use_jemalloc`` alone a fresh process's decision step over 1M rows took 1.6-2.5 s, with the
 variable set before pyarrow loaded 0.78-0.85 s. So a process whose job is the pass (``flywheel
 monitor``, the CronJob's entry point) calls ``load_with_jemalloc`` before anything imports
 pyarrow. The serving workers keep pyarrow's default: with the system allocator there
