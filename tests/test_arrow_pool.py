@@ -10,10 +10,15 @@ CODE = ("import pyarrow as pa; from components.arrow_pool import use_jemalloc; "
         "before = pa.default_memory_pool().backend_name; print(before, use_jemalloc())")
 
 
-def _pools(**env: str) -> list[str]:
+def _run(code: str, **env: str) -> list[str]:
+    """What ``code`` prints in a fresh interpreter, with ``env`` and no ARROW_DEFAULT_MEMORY_POOL of ours."""
     base = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True, env={**base, **env})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**base, **env})
     return out.stdout.split()
+
+
+def _pools(**env: str) -> list[str]:
+    return _run(CODE, **env)
 
 
 def test_jemalloc_replaces_pyarrows_default_pool() -> None:
@@ -31,9 +36,7 @@ LOAD = ("import os; from components.arrow_pool import load_with_jemalloc; pool =
 
 
 def _loaded(**env: str) -> list[str]:
-    base = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    out = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, check=True, env={**base, **env})
-    return out.stdout.split()
+    return _run(LOAD, **env)
 
 
 def test_the_monitor_process_loads_pyarrow_with_jemalloc_and_leaves_the_variable_unset() -> None:
