@@ -291,7 +291,7 @@ class RecordLog:
                   part.records, self.kind, error)
         self.quarantined += part.records
         self.hooks.outcome("quarantined", part.records)
-        text = "".join(f"{json.dumps({'error': error, 'record': r}, default=_plain)}\n" for r in part.table.to_pylist())
+        text = "".join(f"{_json_line(r, error)}\n" for r in part.table.to_pylist())
         return _Part(self._quarantine_key(part.day, part.since), part.records, part.since, part.day, text=text.encode())
 
     def _may_write(self) -> bool:
@@ -513,7 +513,7 @@ def _encode(records: Records, now: float) -> tuple[list[_Batch], list[tuple[str,
         try:
             batches += [_Batch(day, batch, now) for day, batch in _batches(row)]
         except Exception as exc:  # noqa: BLE001 - this record alone is quarantined
-            line = _json_line(row, exc)
+            line = _json_line({str(k): v for k, v in row.iloc[0].to_dict().items()}, f"{type(exc).__name__}: {exc}")
             log.error("a record cannot be logged as Parquet (%s: %s); it is quarantined by itself: %s",
                       type(exc).__name__, exc, line[:300])
             lines.append((_day_of(row), line, now))
@@ -573,9 +573,9 @@ def _day_of(row: pd.DataFrame) -> str:
         return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
 
 
-def _json_line(row: pd.DataFrame, exc: Exception) -> str:
-    record = {str(k): v for k, v in row.iloc[0].to_dict().items()}
-    return json.dumps({"error": f"{type(exc).__name__}: {exc}", "record": record}, default=_plain, allow_nan=True)
+def _json_line(record: dict[str, Any], error: str) -> str:
+    """A quarantined record: the record as JSON, with why it could not be logged as Parquet."""
+    return json.dumps({"error": error, "record": record}, default=_plain, allow_nan=True)
 
 
 def _plain(v: Any) -> Any:
