@@ -64,7 +64,9 @@ run() {
 }
 
 if [ "$print" = 0 ] && [ "$builder" = buildah ]; then
-  ensure_container_tools images buildah podman runc debootstrap newuidmap || exit 0
+  install_container_tools images buildah podman debootstrap
+  missing="$(missing_commands buildah podman debootstrap)"
+  [ -z "$missing" ] || tier_unavailable "images cannot be built here: missing ${missing// /, } (as root: $CONTAINER_INSTALL)."
 fi
 
 # The base: Debian bookworm minbase + python3 (3.11), from Debian's packages with debootstrap,

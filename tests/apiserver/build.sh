@@ -2,9 +2,12 @@
 # Build a real kube-apiserver + kube-controller-manager (v1.20.2) and etcd from Debian bookworm's
 # packages, once: the result is cached under $K8S120 (default /var/tmp/apiserver-1.20) and reused
 # by every later run on this machine. No system changes: everything lands under $K8S120/build.
-# Missing prerequisites (apt-get, dpkg, make, the source package) print one line and exit 0, so
-# the test tier skips naming what is missing; a failing compile fails.
+# Missing prerequisites (apt-get, dpkg, make, the source package) print one sentence naming what is
+# missing and exit 0, so the test tier skips (tier_unavailable: under FLYWHEEL_REQUIRE_TIERS=1, as
+# .ci/run sets it, they fail instead); a failing compile fails.
 set -euo pipefail
+# shellcheck source=k8s/container-tools.sh
+. "$(dirname "$0")/../../k8s/container-tools.sh"
 ROOT=${K8S120:-/var/tmp/apiserver-1.20}
 W=$ROOT/build
 K=$W/src/kubernetes-1.20.2
@@ -12,7 +15,7 @@ if [[ -x $K/_output/bin/kube-apiserver && -x $K/_output/bin/kube-controller-mana
   echo "apiserver: cached build in $W"; exit 0
 fi
 for tool in apt-get dpkg make tar flock; do
-  command -v $tool >/dev/null || { echo "apiserver build skipped: $tool is missing"; exit 0; }
+  command -v $tool >/dev/null || tier_unavailable "the real API server tier cannot be built here: $tool is missing."
 done
 mkdir -p "$ROOT"
 exec 9>"$ROOT/.build.lock"
@@ -28,8 +31,7 @@ A="-o Dir::Etc::SourceList=$W/apt/sources.list -o Dir::Etc::SourceParts=/dev/nul
 if ! apt-get $A -qq update || ! (cd src && apt-get $A -qq source --download-only kubernetes) \
    || ! (cd debs && apt-get -qq download golang-1.19-go golang-1.19-src rsync libpopt0 golang-github-modern-go-reflect2-dev etcd-server 2>/dev/null); then
   rm -rf "$W"
-  echo "apiserver build skipped: Debian bookworm's kubernetes source package (or golang-1.19, etcd-server) cannot be downloaded"
-  exit 0
+  tier_unavailable "the real API server tier cannot be built here: Debian bookworm's kubernetes source package (or golang-1.19, etcd-server) cannot be downloaded."
 fi
 for f in debs/*.deb; do dpkg -x "$f" root; done
 mkdir -p bin; cat > bin/rsync <<EOR

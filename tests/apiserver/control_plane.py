@@ -46,10 +46,10 @@ def missing() -> str | None:
     """None when the control plane can start here, else one line naming what is missing."""
     absent = [str(p) for p in binaries().values() if not (p.is_file() and os.access(p, os.X_OK))]
     if absent:
-        return (f"real API server tier skipped: {', '.join(absent)} not built "
+        return (f"the real API server tier cannot run here: {', '.join(absent)} not built "
                 f"(run `make apiserver`, which builds kube-apiserver {KUBE_VERSION} from Debian's kubernetes source package)")
     if not shutil.which("openssl"):
-        return "real API server tier skipped: openssl is missing (needed for the service-account signing key)"
+        return "the real API server tier cannot run here: openssl is missing (needed for the service-account signing key)"
     return None
 
 

@@ -6,14 +6,16 @@ machine's own network. The test process itself enters the namespace (setns) for 
 session and leaves it at the end.
 
 The tier runs only when asked for by path (``pytest tests/containers``); the fast suite
-(`make test`) reports its tests as skipped, with the command that runs them.
+(`make test`) reports its tests as skipped, with the command that runs them. Before the first
+container starts, ``container_preflight`` (k8s/container-tools.sh, the check `make
+container-test` runs too) names whatever this machine lacks: the tier then skips with that
+sentence, or fails with it under ``FLYWHEEL_REQUIRE_TIERS=1`` (.ci/run).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,11 +25,11 @@ import pytest
 
 from pipelines.image_tag import source_tag
 from tests.containers.pods import image_exists
+from tests.tiers import unavailable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CLONE_NEWNET = 0x40000000
-TOOLS = ("podman", "buildah", "ip")
 
 
 def _asked_for(config: pytest.Config) -> bool:
@@ -47,20 +49,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def missing_tools() -> list[str]:
-    """What the tier needs and this machine lacks (named in the skip line)."""
-    out = [t for t in TOOLS if not shutil.which(t)]
-    if os.geteuid() != 0:
-        out.append("root (network namespaces and rootful podman)")
-    return out
+def preflight() -> str | None:
+    """None when the tier can start its containers here, else the sentence naming what is missing."""
+    script = f". {REPO / 'k8s' / 'container-tools.sh'} && container_preflight 'the container tier'"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
 
 
 @pytest.fixture(scope="session")
 def tag() -> str:
     """The images' tag: derived from the lock file and the sources, as `make images` tags them."""
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"container tier skipped: missing {', '.join(missing)}")
+    why = preflight()
+    if why:
+        unavailable(why)
     return source_tag(REPO)
 
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# `make container-test`: build the images (and the test-support image), then run the container
-# tier. Skips with one line naming what is missing on a machine without the container tools
-# when it cannot install them.
+# `make container-test`: install what the container tier needs (as root with apt-get), check it
+# before the first container starts, build the images (and the test-support image), then run the
+# tier. A machine where it cannot run gets one sentence naming what is missing: a skip, or a
+# failure under FLYWHEEL_REQUIRE_TIERS=1 (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . k8s/container-tools.sh
-ensure_container_tools container-test buildah podman runc debootstrap newuidmap ip || exit 0
+install_container_tools container-test "${CONTAINER_COMMANDS[@]}"
+why="$(container_preflight container-test)" || tier_unavailable "$why"
 bash k8s/images.sh --support
 # One process: the tier enters its own network namespace, and its containers share one storage.
 exec "${PY:-.venv/bin/python}" -m pytest tests/containers -o addopts= -p no:randomly -p no:xdist -v "$@"
