@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FLYWHEEL := $(VENV)/bin/flywheel
 export PATH := $(abspath $(TOOLS)/bin):$(abspath $(VENV)/bin):$(PATH)
 
-.PHONY: help env test-tools run test bench compile lint monitor monitor-ui images container-test apiserver bento clean
+.PHONY: help env test-tools container-tools run test bench compile lint monitor monitor-ui images container-test apiserver bento clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,12 @@ test-tools:  ## Install promtool (prometheus) and prometheus-pushgateway when mi
 	else \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway; \
 	fi
+
+# The container tier's packages (k8s/container-tools.sh: buildah podman runc catatonit debootstrap
+# uidmap iproute2), installed only when missing, then the check that it can run here (the same one
+# `make container-test` runs before its first container): one sentence naming what is missing.
+container-tools:  ## Install the container tier's tools (apt-get, as root) when missing and check that the tier can run here
+	@bash tests/containers/run.sh --check
 
 run: env  ## The whole loop on the embedded default: train, serve, drift, retrain, rollout
 	$(FLYWHEEL) run
