@@ -135,15 +135,30 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, every: float = 0.3) 
 
 def metric(url: str, name: str, **labels: str) -> float:
     """The value of one sample on the server's /metrics (summed over workers by BentoML); 0 if absent."""
+    return sum(v for got, v in _samples(url, name) if all(got.get(k) == w for k, w in labels.items()))
+
+
+def log_outcomes(url: str) -> Counter[str]:
+    """``flywheel_prediction_log_records_total`` by outcome, summed over the server's workers, from one scrape."""
+    out: Counter[str] = Counter()
+    for labels, value in _samples(url, "flywheel_prediction_log_records_total"):
+        out[labels["outcome"]] += value
+    return out
+
+
+def log_identities(c: Counter[str]) -> dict[str, float]:
+    """What must be 0 once traffic stopped and the spill directory is empty: the two sides of each identity."""
+    return {"buffered - (flushed + resent + quarantined + dropped)":
+            c["buffered"] - (c["flushed"] + c["resent"] + c["quarantined"] + c["dropped"]),
+            "spilled - resent": c["spilled"] - c["resent"]}
+
+
+def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+    return [(s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name]
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -262,45 +277,64 @@ def _seed(s3: S3, work: Path, model: str) -> None:
 
 
 def _server(settings: Settings, work: Path, name: str, env: dict[str, str] | None = None) -> Server:
-    workers = {"FLYWHEEL_SERVING_WORKERS": str(settings.serving_workers or 1)}
-    return Server(settings, work / f"{name}.log", extra_env={**workers, **(env or {})}).start()
+    workers = settings.serving_workers or 1
+    server = Server(settings, work / f"{name}.log", extra_env={"FLYWHEEL_SERVING_WORKERS": str(workers), **(env or {})})
+    server.start()
+    # /readyz answers from whichever worker takes the connection: wait until every worker has its model
+    if not wait_for(lambda: server.log().count("serving version ") >= workers, timeout=120):
+        server.stop()
+        raise RuntimeError(f"not every one of {workers} workers loaded its model: {server.log()[-3000:]}")
+    return server
 
 
 # --- the faults ---------------------------------------------------------------------------------
 
 @fault
 def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultResult:
-    """Stop the S3 server for ``outage_seconds`` under steady traffic, then start it again."""
+    """Stop the S3 server for ``outage_seconds`` under steady traffic, then start it again.
+
+    Two workers share the spill directory, as in a pod: each sends the other's parts. Once
+    the spill directory is empty, the log's counters on /metrics (summed over the workers)
+    must add up: buffered = flushed + resent + quarantined + dropped, and spilled = resent.
+    """
     with S3() as s3:
         _seed(s3, work, "wine")
-        settings = _s3_settings(s3, work, "wine", log_flush_rows=50, log_flush_seconds=0.3)
+        settings = _s3_settings(s3, work, "wine", log_flush_rows=50, log_flush_seconds=0.3, serving_workers=2)
+        spill = Path(settings.spill_dir)
         server = _server(settings, work, "outage", s3.env)
         try:
             with Traffic(server.url, concurrency=4) as traffic:
                 wait_for(lambda: len(traffic.served) > 100)
                 s3.stop()
                 down_at, before = time.monotonic(), len(traffic.served)
-                spilled_seen = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) > 0, timeout=outage_seconds)
-                time.sleep(max(0.0, outage_seconds - (time.monotonic() - down_at)))
+                spilled_seen = wait_for(lambda: spilled_rows(spill) > 0, timeout=outage_seconds)
+                time.sleep(max(0.0, outage_seconds - (time.monotonic() - down_at)))  # the outage lasts this long
                 during = len(traffic.served) - before
                 s3.start()
-                time.sleep(1.0)
+                back = len(traffic.served)
+                wait_for(lambda: len(traffic.served) > back + 100)  # traffic goes on after the store is back
             served = traffic.ids
-            drained = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) == 0
+            drained = wait_for(lambda: spilled_rows(spill) == 0
                                and len(set(stored_ids(predictions(s3.objects, "wine")))) >= len(set(served)), timeout=60)
-            resent = metric(server.url, "flywheel_prediction_log_records_total", outcome="resent")
-            spilled = metric(server.url, "flywheel_prediction_log_records_total", outcome="spilled")
+            # a part leaves the spill directory just before its send is counted
+            settled = wait_for(lambda: sum(log_outcomes(server.url)[o] for o in ("flushed", "resent", "quarantined",
+                                                                                 "dropped")) >= len(served), timeout=30)
+            counts = log_outcomes(server.url)
             code = server.terminate()
         finally:
             server.stop()
         stored = stored_ids(predictions(s3.objects, "wine"))
     result = count("S3 endpoint down 30 s during traffic", served, stored)
     failed = sum(n for status, n in traffic.statuses.items() if status != 200) + len(traffic.errors)
-    result.ok = result.ok and spilled_seen and drained and during > 0 and failed == 0 and code == 0
-    result.outcome = (f"{during} served while down, {spilled:.0f} spilled, {resent:.0f} re-sent after; "
+    gaps = log_identities(counts)
+    adds_up = settled and counts["buffered"] == len(served) and not any(gaps.values())
+    result.ok = result.ok and spilled_seen and drained and adds_up and during > 0 and failed == 0 and code == 0
+    result.outcome = (f"{during} served while down, {counts['spilled']:.0f} spilled, {counts['resent']:.0f} re-sent "
+                      f"after (2 workers, counts {'add up' if adds_up else 'do not add up'}); "
                       f"{failed} failed requests; exit {code}")
-    result.details = {"served_during_outage": during, "spilled": spilled, "resent": resent, "failed_requests": failed,
-                      "statuses": dict(traffic.statuses), "spill_drained": drained, "exit_code": code}
+    result.details = {"served_during_outage": during, "log_outcomes": dict(counts), "identity_gaps": gaps,
+                      "counts_settled": settled, "failed_requests": failed, "statuses": dict(traffic.statuses),
+                      "spill_drained": drained, "exit_code": code}
     return result
 
 

@@ -402,3 +402,27 @@ def test_a_column_is_compressed_only_where_compression_shrinks_it(tmp_path: Path
     want = _records(n, noise=noise, counts=counts).sort_values(ID)
     assert back["noise"].tolist() == want["noise"].tolist() and back["counts"].tolist() == want["counts"].tolist()
     log.close()
+
+
+def test_counts_add_up_over_workers_that_send_each_others_spilled_parts(tmp_path: Path) -> None:
+    """Before: a part spilled by one worker was counted spilled again by each worker whose send of it failed,
+    and flushed, not resent, by a worker that had not spilled it (per pod: spilled 693, resent 310)."""
+    store = FlakyStore(tmp_path / "store")
+    spill = tmp_path / "spill"
+    hooks = {"a": Outcomes(), "b": Outcomes()}
+    a, b = (_log(store, spill, hooks=hooks[name]) for name in ("a", "b"))
+    store.down = True
+    a.append(_records(10))
+    assert a.flush() == 0, "a's send fails: a spills the part"
+    a.append(_records(10, 10))
+    a.spool()  # a knows the store refuses: spooled as spilled
+    b.append(_records(10, 20))
+    b.spool()  # b has not seen the outage yet
+    assert b.send() == 0, "b's send of a's part fails"
+    assert a.send() == 0
+    store.down = False
+    assert b.send() == 30, "b sends every part, a's included"
+    assert a.spilled_files() == [] and _logged(store) == _ids(range(30))
+    total = hooks["a"].counts + hooks["b"].counts
+    assert total["buffered"] == total["flushed"] + total["resent"] + total["quarantined"] + total["dropped"] == 30, total
+    assert total["spilled"] == total["resent"] == 20, total
