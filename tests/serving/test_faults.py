@@ -56,6 +56,27 @@ def test_sigkill_loses_at_most_the_buffer_and_the_restart_resends_the_spill(tmp_
     assert r.ok, r
 
 
+def test_a_slowed_spooler_makes_requests_wait_then_503_and_memory_stays_within_the_sigkill_bound(tmp_path: Path) -> None:
+    """Before: appends never waited; with the log's writes held, every answered record sat in memory."""
+    r = harness.slow_store(tmp_path)
+    d = r.details
+    assert d["write_held"], "the spooler was held in a store write"
+    assert d["in_memory_max"] <= d["bound"], f"{d['in_memory_max']} records answered and not stored > bound {d['bound']}"
+    assert d["in_memory_max"] >= d["limit"], "the log filled up to its limit"
+    assert d["refused_seen"] and d["refusals"], d["statuses"]
+    assert d["predict_many_statuses"] == [503, 503], "JSON and Arrow bodies are refused the same way"
+    for refusal in d["refusals"]:
+        assert refusal["status"] == 503 and refusal["retry_after"] == "1", refusal
+        assert "log_append_wait_seconds" in refusal["body"], refusal
+        assert refusal["seconds"] >= 1.0, "the request waited for room before it was refused"
+    assert set(d["statuses"]) <= {200, 503}, d["statuses"]
+    assert d["after_status"] == 200, "served again once the store takes writes"
+    assert d["log_outcomes"]["refused"] > 0 and d["refused_requests_metric"] > 0, d
+    assert d["counts_add_up"], d["log_outcomes"]
+    _kept_everything(r)
+    assert r.ok, r
+
+
 def test_a_full_spill_directory_is_an_error_a_metric_and_the_service_stays_up(tmp_path: Path) -> None:
     r = harness.spill_full(tmp_path)
     assert "spill directory" in r.details["error_line"] and "cannot take predictions records" in r.details["error_line"]
