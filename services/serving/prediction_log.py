@@ -262,7 +262,7 @@ class RecordLog:
         self.hooks.outcome("refused", entry.rows)
         if self._closed:
             raise LogFull(f"the {self.kind} log is closed: the server is shutting down")
-        raise LogFull(f"the {self.kind} log of this worker holds {self.limit} records not yet written to disk "
+        raise LogFull(f"the {self.kind} log of this worker holds {self.limit} records not yet written out "
                       f"(2 x log_flush_rows) and none were written within {wait:g} s (log_append_wait_seconds); "
                       "retry later")
 

@@ -168,7 +168,7 @@ def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
 # --- the store ----------------------------------------------------------------------------------
 
 class HeldWrites:
-    """WSGI middleware in front of moto: while ``open`` is clear, each PUT of a prediction part waits for it.
+    """WSGI middleware in front of moto: while ``open`` is clear, each PUT of a log part waits for it.
 
     A store that is slow to take the log's writes; ``held`` is how many wait now.
     """
@@ -181,7 +181,8 @@ class HeldWrites:
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ["REQUEST_METHOD"] == "PUT" and "/predictions/" in environ.get("PATH_INFO", ""):
+        path = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] == "PUT" and ("/predictions/" in path or "/feedback/" in path):
             with self._lock:
                 self.held += 1
             try:
@@ -197,7 +198,7 @@ class S3:
 
     moto keeps its objects in this process, so they outlive a stop. The store is read with an
     own boto3 client, so nothing here touches the process environment. ``writes`` can hold
-    the prediction log's writes (``HeldWrites``). The server is moto's own application served
+    the record logs' writes (``HeldWrites``). The server is moto's own application served
     as ``ThreadedMotoServer`` serves it, with that middleware in front.
     """
 
@@ -476,13 +477,17 @@ def slow_store(work: Path) -> FaultResult:
                                    (_arrow_stream(WINE_RECORDS[:5]), ARROW)):  # the other two ways in
                     many.append(httpx.post(f"{server.url}/predict_many", content=body, headers={"content-type": kind},
                                            timeout=30))
+                labels = _labels_until_refused(server.url, traffic.ids[:3 * unwritten_limit(flush_rows)])
             # every request has its answer, and the store has taken nothing since the writes were held
             in_memory = len(set(traffic.ids) - set(stored_ids(predictions(s3.objects, "wine"))))
+            labels_stored_while_held = len(stored_ids(s3.objects("feedback/wine/")))
             s3.writes.open.set()
             again = httpx.post(f"{server.url}/predict", json={"records": WINE_RECORDS[:1]}, timeout=30)
             served = traffic.ids + [i for r in [*many, again] if r.status_code == 200 for i in _request_ids(r)]
             drained = wait_for(lambda: set(served) <= set(stored_ids(predictions(s3.objects, "wine"))), timeout=60)
             settled = wait_for(lambda: _stored_count(log_outcomes(server.url)) >= len(served), timeout=30)
+            accepted = [r.json()["request_id"] for r in labels if r.status_code == 200]
+            labels_kept = wait_for(lambda: sorted(stored_ids(s3.objects("feedback/wine/"))) == sorted(accepted), timeout=30)
             counts = log_outcomes(server.url)
             refused_requests = metric(server.url, "flywheel_requests_total", api="predict", status="503")
             code = server.terminate()
@@ -490,7 +495,7 @@ def slow_store(work: Path) -> FaultResult:
             s3.writes.open.set()
             server.stop()
         stored = stored_ids(predictions(s3.objects, "wine"))
-    answers = traffic.refused + [r for r in many if r.status_code != 200]
+    answers = traffic.refused + [r for r in [*many, *labels] if r.status_code != 200]
     result = count("a slow store behind a full spill directory", served, stored)
     limit = unwritten_limit(flush_rows)
     told = all(r.status_code == 503 and r.headers.get("retry-after") == "1" and "log_append_wait_seconds" in r.text
@@ -498,18 +503,33 @@ def slow_store(work: Path) -> FaultResult:
     adds_up = settled and counts["buffered"] == len(served) == _stored_count(counts)
     result.ok = (result.ok and held and refused and limit <= in_memory <= bound and bool(answers) and told
                  and set(traffic.statuses) <= {200, 503} and again.status_code == 200 and drained and adds_up
-                 and counts["refused"] > 0 and refused_requests > 0 and code == 0)
+                 and counts["refused"] > 0 and refused_requests > 0 and labels[-1].status_code == 503 and labels_kept
+                 and code == 0)
     result.outcome = (f"at most {in_memory} records answered and not yet stored (bound {bound}); "
-                      f"{traffic.statuses[503] + len(many)} requests waited {wait:g} s for room and got 503 + "
+                      f"{traffic.statuses[503] + sum(r.status_code == 503 for r in [*many, *labels])} requests "
+                      f"waited {wait:g} s for room and got 503 + "
                       f"Retry-After; {counts['refused']:.0f} records refused, none of those answered lost")
     result.details = {"in_memory_max": in_memory, "bound": bound, "limit": limit, "statuses": dict(traffic.statuses),
                       "predict_many_statuses": [r.status_code for r in many],
+                      "feedback_statuses": dict(Counter(r.status_code for r in labels)),
+                      "feedback_refusal": labels[-1].text[:300], "feedback_stored_while_held": labels_stored_while_held,
+                      "feedback_accepted_all_stored": labels_kept,
                       "refusals": [{"status": r.status_code, "retry_after": r.headers.get("retry-after"),
                                     "body": r.text[:300], "seconds": r.elapsed.total_seconds()} for r in answers],
                       "refusals_as_documented": told, "write_held": held, "refused_seen": refused, "drained": drained,
                       "after_status": again.status_code, "log_outcomes": dict(counts), "counts_add_up": adds_up,
                       "refused_requests_metric": refused_requests, "exit_code": code}
     return result
+
+
+def _labels_until_refused(url: str, ids: list[str]) -> list[httpx.Response]:
+    """One label per request id, posted one by one until the feedback log refuses one."""
+    answers = []
+    for request_id in ids:
+        answers.append(httpx.post(f"{url}/feedback", json={"request_id": request_id, "label": "class_0"}, timeout=30))
+        if answers[-1].status_code != 200:
+            break
+    return answers
 
 
 def _stored_count(c: Counter[str]) -> float:

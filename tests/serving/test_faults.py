@@ -65,6 +65,9 @@ def test_a_slowed_spooler_makes_requests_wait_then_503_and_memory_stays_within_t
     assert d["in_memory_max"] >= d["limit"], "the log filled up to its limit"
     assert d["refused_seen"] and d["refusals"], d["statuses"]
     assert d["predict_many_statuses"] == [503, 503], "JSON and Arrow bodies are refused the same way"
+    assert d["feedback_statuses"][503] == 1 and d["feedback_statuses"][200] >= d["limit"], d["feedback_statuses"]
+    assert "feedback log" in d["feedback_refusal"], "the feedback log refuses a label it has no room for"
+    assert d["feedback_stored_while_held"] == 0 and d["feedback_accepted_all_stored"], d
     for refusal in d["refusals"]:
         assert refusal["status"] == 503 and refusal["retry_after"] == "1", refusal
         assert "log_append_wait_seconds" in refusal["body"], refusal
