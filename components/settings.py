@@ -84,7 +84,12 @@ class Settings(BaseSettings):
     spill_dir: str = Field(".flywheel/spill", description="Where log parts wait when the store does not take them.")
     spill_max_mb: float = Field(1024.0, gt=0, description="Size the spill directory may reach; keep it below its volume's limit.")
     spill_lease_seconds: float = Field(120.0, gt=0, description="How long a claim on a spilled part holds before another worker may send it.")
-    log_flush_rows: int = Field(1000, ge=1, description="Buffered records that trigger a flush (and bound what a SIGKILL loses).")
+    log_flush_rows: int = Field(1000, ge=1, description="Buffered records that trigger a flush; a worker holds at most "
+                                                        "2 x this many not yet written (what a SIGKILL can lose) before "
+                                                        "requests wait.")
+    log_append_wait_seconds: float = Field(2.0, ge=0, description="How long a request waits for room in a log that holds "
+                                                                  "2 x log_flush_rows records not yet written before it is "
+                                                                  "answered 503 with Retry-After.")
     log_flush_seconds: float = Field(2.0, gt=0, description="Longest time a record waits in memory before it is flushed.")
     log_write_timeout_seconds: float = Field(5.0, gt=0, description="Connect and read timeout of one log write to the store.")
     log_close_seconds: float = Field(15.0, gt=0, description="At shutdown, how long the logs keep sending to the store before leaving the rest spilled.")

@@ -73,8 +73,11 @@ def _build() -> Metrics:
                                    buckets=(-1e6, -1e3, -100, -10, -1, 0, 1, 10, 100, 1e3, 1e4, 1e6)),
         log_records=Counter("flywheel_prediction_log_records_total",
                             "Prediction log records by outcome: buffered (appended), flushed (stored at the first "
-                            "try), spilled (kept on disk while the store refuses), resent (stored from the spill), "
-                            "quarantined (not serialisable, kept aside as JSON), dropped (lost).", ["outcome"]),
+                            "try), spilled (waited on disk for the store), resent (stored from the spill, by whichever "
+                            "worker), quarantined (not serialisable, kept aside as JSON), dropped (lost), refused "
+                            "(no room in the log: the request got 503). Summed over a pod's workers, buffered = "
+                            "flushed + resent + quarantined + dropped, and spilled = resent once the spill is sent.",
+                            ["outcome"]),
         log_lag=Gauge("flywheel_prediction_log_lag_seconds",
                       "Age of the oldest prediction record not yet in the store.", multiprocess_mode="livemax"),
         spill_errors=Counter("flywheel_prediction_log_spill_errors_total",

@@ -9,13 +9,15 @@ The life of a record:
 1. ``append`` (the request path) converts the columns it is handed (a frame, or a mapping of
    columns) to Arrow at once. An append that does not convert is converted record by record,
    and a record that still does not is quarantined by itself: kept as a JSON line, never
-   dropped, never taking others with it.
+   dropped, never taking others with it. The append is let in only while the worker holds
+   fewer than ``unwritten_limit`` records not yet written to a file; else it waits in line
+   for room, up to ``append_wait_seconds``, and is refused (``LogFull``: the service answers
+   503) when none comes. That bounds what a SIGKILL can lose (``sigkill_loss_bound``).
 2. The spooler thread writes the buffer out every ``flush_seconds``, or as soon as it holds
    ``flush_rows`` records: one Parquet part per day and Arrow schema, encoded straight into a
    file in the spill directory under the very key it gets in the store. A part whose table
    Parquet has no column for (a type only Arrow holds) is quarantined as JSON lines instead.
-   It touches only local disk, so what a SIGKILL can lose is bounded by the buffer
-   (``sigkill_loss_bound``), whatever the store does.
+   It touches only local disk, whatever the store does.
 3. The sender thread moves spilled parts into the store (``Store.move_file``: a rename when a
    local store shares the spill directory's filesystem, else one upload, then the unlink): its
    own, those of other workers on the same directory, and those a killed process left. It
@@ -25,9 +27,19 @@ The life of a record:
    stored twice.
 4. When the spill directory is full (or over ``spill_max_bytes``) parts are sent to the store
    directly; when the store refuses too they wait in memory, up to ``max_buffer_rows``
-   records. The error is logged and counted; requests are served all along.
+   records, outside the SIGKILL bound. The error is logged and counted; requests are served
+   all along.
 5. ``close`` (SIGTERM) spools what is buffered and sends what it can before a deadline (see
    ``close_path_seconds``); what is left stays spilled for the next server on that directory.
+
+Counting (the ``outcome`` hooks, summed over the workers of a pod by Prometheus): a part that
+waits on disk for the store carries ``.spilled`` at the end of its file name. The worker that
+names it so counts its records ``spilled``, once: the spooler writing it while the store
+refuses, the sender whose send failed, or whoever takes over a part a dead process left.
+Whoever sends a part counts it ``resent`` if its name says spilled, else ``flushed``. So over
+the workers on one spill directory ``buffered = flushed + resent + quarantined + dropped`` and
+``spilled = resent`` once the directory is empty and the buffers are written, whichever worker
+spilled a part and whichever sent it.
 """
 
 from __future__ import annotations
@@ -42,8 +54,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Union
 
@@ -58,10 +71,12 @@ from components.store import Store
 
 log = logging.getLogger("flywheel.serving")
 QUARANTINE = "quarantine"
-OUTCOMES = ("buffered", "flushed", "spilled", "resent", "quarantined", "dropped")
+OUTCOMES = ("buffered", "flushed", "spilled", "resent", "quarantined", "dropped", "refused")
 HOLDER_STOP_SECONDS = 1.0  # the service waits this long for the model holder at shutdown
 _CLAIM = ".claim-"
 _TMP = ".tmp-"
+_SPILLED = ".spilled"  # the end of a spilled part's file name: whoever sends it counts it resent
+_EXTENSIONS = (".parquet", ".jsonl", f".parquet{_SPILLED}", f".jsonl{_SPILLED}")
 _STAMP = "%Y%m%dT%H%M%S%f"
 _ERROR_LOG_EVERY = 60.0
 _WRITE_BUFFER = 1 << 20  # bytes: a part is written to its spill file a MiB at a time
@@ -100,6 +115,15 @@ class _Batch:
 
 
 @dataclass
+class Entry:
+    """Records converted for the log (``RecordLog.encode``), not yet queued."""
+
+    batches: list[_Batch]
+    lines: list[tuple[str, str, float]]  # quarantined records: (day, JSON line, since)
+    rows: int  # every record, the quarantined ones included
+
+
+@dataclass
 class _Part:
     """One file of the log: a Parquet part (a table, encoded as it is written) or quarantine lines."""
 
@@ -109,6 +133,7 @@ class _Part:
     day: str
     table: pa.Table | None = None  # a Parquet part
     text: bytes = b""  # a quarantine part: JSON lines
+    unwritten: bool = field(default=True, compare=False)  # its records count against the log's room
 
     @property
     def quarantine(self) -> bool:
@@ -137,6 +162,10 @@ class Unencodable(Exception):
     """Parquet cannot hold a part's table (a type it has no column for)."""
 
 
+class LogFull(Exception):
+    """No room came for an append within its wait (or the log is closed): its records are not logged."""
+
+
 def close_path_seconds(log_close_seconds: float, log_write_timeout_seconds: float) -> float:
     """Worst case from SIGTERM to exit of the serving process, in seconds.
 
@@ -147,14 +176,20 @@ def close_path_seconds(log_close_seconds: float, log_write_timeout_seconds: floa
     return HOLDER_STOP_SECONDS + log_close_seconds + 2 * log_write_timeout_seconds
 
 
-def sigkill_loss_bound(flush_rows: int, largest_append: int) -> int:
-    """Most records one worker can lose to a SIGKILL: what sits in memory, not yet spooled.
+def unwritten_limit(flush_rows: int) -> int:
+    """Records a worker may hold before an append waits: a buffer being written and the next one filling."""
+    return 2 * flush_rows
 
-    The buffer is spooled once it holds ``flush_rows`` records, so it never holds more than
-    ``flush_rows - 1`` plus one append (one model batch or one ``/predict_many`` request);
-    at most one such buffer is being written while the next one fills.
+
+def sigkill_loss_bound(flush_rows: int, largest_append: int) -> int:
+    """Most records one worker can lose to a SIGKILL: what it holds in memory, not yet in a file.
+
+    An append is let in only while the worker holds fewer than ``unwritten_limit`` such
+    records, so it never holds more than that, less one, plus one append (one model batch or
+    one ``/predict_many`` request). Parts neither the spill directory nor the store takes
+    (``max_buffer_rows``) are outside this bound.
     """
-    return 2 * (flush_rows - 1 + largest_append)
+    return unwritten_limit(flush_rows) - 1 + largest_append
 
 
 class RecordLog:
@@ -163,7 +198,7 @@ class RecordLog:
     def __init__(self, store: Store, model: str, kind: str, spill_dir: str | Path,
                  flush_rows: int = 1000, flush_seconds: float = 2.0, *, lease_seconds: float = 120.0,
                  spill_max_bytes: int = 1 << 30, max_buffer_rows: int = 200_000,
-                 hooks: LogHooks | None = None) -> None:
+                 append_wait_seconds: float = 2.0, hooks: LogHooks | None = None) -> None:
         self.store = store
         self.kind = kind
         self.prefix = f"{kind}/{model}"
@@ -173,50 +208,126 @@ class RecordLog:
         self.lease_seconds = lease_seconds
         self.spill_max_bytes = spill_max_bytes
         self.max_buffer_rows = max_buffer_rows
+        self.append_wait_seconds = append_wait_seconds
+        self.limit = unwritten_limit(flush_rows)
         self.hooks: LogHooks = hooks or NoHooks()
         self._buffer: list[_Batch] = []
         self._lines: list[tuple[str, str, float]] = []  # quarantined, not yet spooled: (day, JSON line, since)
         self._rows = 0
         self._held: list[_Part] = []  # parts neither the spill directory nor the store took
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # signalled whenever records reach a file
+        self._unwritten = 0  # records let in and not yet in a file (buffered, or being written)
+        self._line: deque[object] = deque()  # appends waiting for room, first come first in
+        self._closed = False
         self._deadline: float | None = None  # set by close(): no store write starts after it
         self._spool_wake = threading.Event()
         self._send_wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._retried: set[str] = set()  # keys whose send failed once, left by an earlier process, or claimed by a dead one
         self._spill_error_logged = -math.inf
         self._spill_failing = False
         self._store_failing = False
         self.logged = 0  # records in the store (this process)
-        self.spilled = 0  # records whose first send failed
+        self.spilled = 0  # records this process found waiting for the store (see the module docstring)
         self.quarantined = 0
         self.dropped = 0
 
     # --- request path -----------------------------------------------------------------------
     def append(self, records: Records) -> None:
-        """Queue records (they must carry the TIME column); never blocks on the store or disk.
+        """Queue records (they must carry the TIME column), waiting up to ``append_wait_seconds`` for room.
 
         ``records`` is a frame or a mapping of equal-length columns (no frame needs building).
-        They are converted to Arrow here, on the request path: the conversion paces intake to
-        what the spooler can write, which keeps what a SIGKILL can lose within the bound (a
-        spooler that converted would fall behind under load, with the records in memory).
+        Raises ``LogFull`` when no room comes (their request must be refused: nothing is logged),
+        ``ValueError`` for columns of unequal length. Never waits on the store.
         """
+        self.put(self.encode(records))
+
+    def encode(self, records: Records) -> Entry:
+        """Convert records to Arrow, on the request path (quarantining those that do not convert)."""
         rows = _rows_of(records)
         if not rows:
-            return
+            return Entry([], [], 0)
         batches, lines = _encode(records, time.time())
+        return Entry(batches, lines, rows)
+
+    def put(self, entry: Entry, wait: float | None = None) -> None:
+        """Queue an encoded entry, waiting in line up to ``wait`` seconds (``append_wait_seconds``) for room.
+
+        Raises ``LogFull`` when no room comes; its records are counted ``refused``.
+        """
+        wait = self.append_wait_seconds if wait is None else wait
+        if self._put(entry, wait):
+            return
+        self.hooks.outcome("refused", entry.rows)
+        if self._closed:
+            raise LogFull(f"the {self.kind} log is closed: the server is shutting down")
+        raise LogFull(f"the {self.kind} log of this worker holds {self.limit} records not yet written out "
+                      f"(2 x log_flush_rows) and none were written within {wait:g} s (log_append_wait_seconds); "
+                      "retry later")
+
+    def offer(self, entry: Entry) -> bool:
+        """Queue an encoded entry if there is room now (and nobody waits for it); never waits."""
+        return self._put(entry, 0.0)
+
+    def _put(self, entry: Entry, wait: float) -> bool:
+        if not entry.rows:
+            return True
         with self._lock:
-            self._buffer += batches
-            self._lines += lines
-            self._rows += sum(b.batch.num_rows for b in batches)
-            full = self._rows >= self.flush_rows
-        self.hooks.outcome("buffered", rows)
-        if lines:
-            self.quarantined += len(lines)
-            self.hooks.outcome("quarantined", len(lines))
+            if not self._wait_for_room(wait):
+                return False
+            self._unwritten += entry.rows
+            self._buffer += entry.batches
+            self._lines += entry.lines
+            self._rows += sum(b.batch.num_rows for b in entry.batches)
+            full = self._rows + len(self._lines) >= self.flush_rows
+        self.hooks.outcome("buffered", entry.rows)
+        if entry.lines:
+            self.quarantined += len(entry.lines)
+            self.hooks.outcome("quarantined", len(entry.lines))
         if full:
             self._spool_wake.set()
+        return True
+
+    def _wait_for_room(self, wait: float) -> bool:
+        """With the lock held: True once this append may go in; it waits behind those already waiting."""
+        if self._closed:
+            return False
+        if not self._line and self._unwritten < self.limit:
+            return True
+        if wait <= 0:
+            return False
+        me = object()
+        self._line.append(me)
+        deadline = time.monotonic() + wait
+        try:
+            while not (self._line[0] is me and self._unwritten < self.limit):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._room.wait(left)
+            return not self._closed
+        finally:
+            self._line.remove(me)
+            self._room.notify_all()  # the next in line may fit as well
+
+    def _free(self, part: _Part) -> None:
+        """A part's records are in a file, or held outside the bound: they no longer count against the room."""
+        if part.unwritten:
+            part.unwritten = False
+            with self._lock:
+                self._unwritten -= part.records
+                self._room.notify_all()
+
+    @property
+    def unwritten(self) -> int:
+        """Records let in and not yet in a file: what a SIGKILL would lose now (held parts aside)."""
+        return self._unwritten
+
+    @property
+    def waiting(self) -> int:
+        """Appends waiting for room."""
+        return len(self._line)
 
     @property
     def pending(self) -> int:
@@ -226,8 +337,17 @@ class RecordLog:
 
     # --- background -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the spooler and the sender; parts already spilled are sent as leftovers."""
-        self._retried.update(self._key_of(p) for p in self.spilled_files())
+        """Start the spooler and the sender; parts already on disk were left by an earlier process: spilled."""
+        for path in self.spilled_files():
+            if _CLAIM in path.name or path.name.endswith(_SPILLED):
+                continue
+            named = path.with_name(path.name + _SPILLED)
+            try:
+                os.rename(path, named)
+            except FileNotFoundError:  # a worker beside us took it first
+                continue
+            key = self._key_of(named)
+            self._count_spilled(key, _records_in(key, named))
         for name, loop in (("spool", self._spool_loop), ("send", self._send_loop)):
             t = threading.Thread(target=loop, name=f"flywheel-{self.kind}-{name}", daemon=True)
             t.start()
@@ -266,22 +386,27 @@ class RecordLog:
             held, self._held = self._held, []
         parts = held + _parts(self.prefix, batches, lines, self._quarantine_key)
         done = i = 0
-        while i < len(parts):
-            part = parts[i]
-            try:
-                if self._write_spill(part):
-                    if self._store_failing and not part.quarantine:  # it waits on disk for the store
-                        self._retried.add(part.key)
-                        self.spilled += part.records
-                        self.hooks.outcome("spilled", part.records)
-                elif not (self._may_write() and self._send_direct(part)):
-                    self._hold(parts[i:])  # the store refuses as well: keep the rest, in order
-                    break
-            except Unencodable as exc:  # its records are kept as JSON lines instead
-                parts[i] = self._quarantined(part, exc)
-                continue
-            done += part.records
-            i += 1
+        try:
+            while i < len(parts):
+                part = parts[i]
+                try:
+                    # written while the store refuses: it waits on disk for the store
+                    spilled = self._store_failing
+                    if self._write_spill(part, spilled):
+                        if spilled:
+                            self._count_spilled(part.key, part.records)
+                    elif not (self._may_write() and self._send_direct(part)):
+                        self._hold(parts[i:])  # the store refuses as well: keep the rest, in order
+                        break
+                except Unencodable as exc:  # its records are kept as JSON lines instead
+                    parts[i] = self._quarantined(part, exc)
+                    continue
+                self._free(part)
+                done += part.records
+                i += 1
+        finally:
+            for part in parts:  # held (outside the bound), or cut short by an error
+                self._free(part)
         return done
 
     def _quarantined(self, part: _Part, exc: Unencodable) -> _Part:
@@ -292,13 +417,14 @@ class RecordLog:
         self.quarantined += part.records
         self.hooks.outcome("quarantined", part.records)
         text = "".join(f"{_json_line(r, error)}\n" for r in part.table.to_pylist())
-        return _Part(self._quarantine_key(part.day, part.since), part.records, part.since, part.day, text=text.encode())
+        return _Part(self._quarantine_key(part.day, part.since), part.records, part.since, part.day, text=text.encode(),
+                     unwritten=part.unwritten)
 
     def _may_write(self) -> bool:
         return self._deadline is None or time.monotonic() < self._deadline
 
-    def _write_spill(self, part: _Part) -> bool:
-        path = self.root / part.key
+    def _write_spill(self, part: _Part, spilled: bool) -> bool:
+        path = self.root / (part.key + (_SPILLED if spilled else ""))
         used = _tree_bytes(self.root)
         if used + part.size > self.spill_max_bytes:
             self._spill_failed(f"it holds {used / 1e6:.1f} MB and may hold {self.spill_max_bytes / 1e6:.1f} MB "
@@ -340,7 +466,7 @@ class RecordLog:
     def _send_direct(self, part: _Part) -> bool:
         if not self._store_call(self.store.write, part.key, part.encoded()):
             return False
-        self._sent(part.key, part.records)
+        self._sent(part.key, part.records, resent=False)
         return True
 
     def _hold(self, parts: list[_Part]) -> None:
@@ -367,7 +493,7 @@ class RecordLog:
             for p in base.rglob("*"):
                 name = p.name
                 if not name.startswith("."):
-                    if name.endswith((".parquet", ".jsonl")):
+                    if name.endswith(_EXTENSIONS):
                         out.append(p)
                 elif _CLAIM in name:
                     if _claim_expiry(name) < now:  # its owner died or gave up: ours to send
@@ -388,33 +514,38 @@ class RecordLog:
             if not self._may_write() or (deadline is not None and time.monotonic() >= deadline):
                 break
             key = self._key_of(path)
-            if _CLAIM in path.name:  # an expired claim: its owner died or gave up sending it
-                self._retried.add(key)
-            claimed = self._claim_path(key)
+            spilled = _original_name(path.name).endswith(_SPILLED)
+            # an expired claim: its owner died or gave up, and the part waited on disk for it
+            adopted = _CLAIM in path.name and not spilled
+            claimed = self._claim_path(key, spilled or adopted)
             try:
                 os.rename(path, claimed)  # atomic: of all workers, one wins the claim
             except FileNotFoundError:
                 continue
             records = _records_in(key, claimed)
+            if adopted:
+                self._count_spilled(key, records)
             if not self._store_call(self.store.move_file, claimed, key):  # refused: the part is still there
                 self._release(claimed, key)
-                if key not in self._retried:
-                    self._retried.add(key)
-                    if not key.startswith(f"{QUARANTINE}/"):
-                        self.spilled += records
-                        self.hooks.outcome("spilled", records)
+                if not (spilled or adopted):
+                    self._count_spilled(key, records)
                 break
-            self._sent(key, records)
+            self._sent(key, records, resent=spilled or adopted)
             sent += records
         return sent
 
-    def _sent(self, key: str, records: int) -> None:
+    def _count_spilled(self, key: str, records: int) -> None:
+        """Records the store did not take in time, now named spilled on disk (counted once, by whoever named them)."""
+        if key.startswith(f"{QUARANTINE}/"):  # counted quarantined, and only that
+            return
+        self.spilled += records
+        self.hooks.outcome("spilled", records)
+
+    def _sent(self, key: str, records: int, resent: bool) -> None:
         if key.startswith(f"{QUARANTINE}/"):
             return
-        outcome = "resent" if key in self._retried else "flushed"
-        self._retried.discard(key)
         self.logged += records
-        self.hooks.outcome(outcome, records)
+        self.hooks.outcome("resent" if resent else "flushed", records)
 
     def _store_call(self, call: Any, *args: Any) -> bool:
         """``store.write`` or ``store.move_file``: False (logged once per outage) if the store refuses."""
@@ -431,17 +562,19 @@ class RecordLog:
             self._store_failing = False
         return True
 
-    def _claim_path(self, key: str) -> Path:
-        path = self.root / key
+    def _claim_path(self, key: str, spilled: bool) -> Path:
+        path = self.root / (key + (_SPILLED if spilled else ""))
         expiry = int(time.time() + self.lease_seconds) + 1
         return path.with_name(f".{path.name}{_CLAIM}{uuid.uuid4().hex}-{expiry}")
 
     def _release(self, claimed: Path, key: str) -> None:
+        """Give a claimed part back, named spilled: the store refused it."""
         with contextlib.suppress(FileNotFoundError):
-            os.rename(claimed, self.root / key)
+            os.rename(claimed, self.root / (key + _SPILLED))
 
     def _key_of(self, path: Path) -> str:
-        return (path.parent / _original_name(path.name)).relative_to(self.root).as_posix()
+        name = _original_name(path.name).removesuffix(_SPILLED)
+        return (path.parent / name).relative_to(self.root).as_posix()
 
     # --- both --------------------------------------------------------------------------------------
     def flush(self, deadline: float | None = None) -> int:
@@ -460,9 +593,15 @@ class RecordLog:
         return max(0.0, time.time() - min(since)) if since else 0.0
 
     def close(self, seconds: float = 15.0) -> None:
-        """Stop the threads, spool what is buffered and send until ``seconds`` have passed."""
+        """Stop the threads, spool what is buffered and send until ``seconds`` have passed.
+
+        Appends after this (and those still waiting for room) are refused with ``LogFull``.
+        """
         deadline = time.monotonic() + seconds
         self._deadline = deadline
+        with self._lock:
+            self._closed = True
+            self._room.notify_all()
         self._stop.set()
         self._spool_wake.set()
         self._send_wake.set()
@@ -472,12 +611,12 @@ class RecordLog:
         lost = self.pending
         if lost:  # neither the spill directory nor the store took these: they end with us
             with self._lock:
-                self._held, self._buffer, self._lines, self._rows = [], [], [], 0
+                self._held, self._buffer, self._lines, self._rows, self._unwritten = [], [], [], 0, 0
             self.dropped += lost
             self.hooks.outcome("dropped", lost)
             log.error("%d %s records are lost at shutdown: neither the store nor the spill directory %s took them",
                       lost, self.kind, self.root)
-        left = [p for p in self.spilled_files() if p.name.endswith(".parquet")]
+        left = [p for p in self.spilled_files() if self._key_of(p).endswith(".parquet")]
         if left:
             log.warning("%d %s parts stay spilled in %s: a server started on this spill directory sends them "
                         "(on an emptyDir they are lost with the pod)", len(left), self.kind, self.root)

@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from typing import Annotated, Any
 
+import anyio
 import bentoml
 import numpy as np
 import pandas as pd
@@ -36,10 +37,10 @@ from components.settings import Settings, load_settings
 from components.store import open_store
 from components.validation import Checked, InvalidInput, Problem
 from services.serving import deadline
-from services.serving.gate import NOT_READY, ServingGate
+from services.serving.gate import NOT_READY, Refusal, ServingGate
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
-from services.serving.prediction_log import HOLDER_STOP_SECONDS, NoHooks, RecordLog
+from services.serving.prediction_log import HOLDER_STOP_SECONDS, OUTCOMES, Entry, LogFull, NoHooks, RecordLog
 
 log = logging.getLogger("flywheel.serving")
 PROBA = "_proba"
@@ -50,19 +51,21 @@ _service: FlywheelServing | None = None  # the one instance of this worker proce
 class _Item:
     """One record of a /predict request after validation: scored in the batch, or refused with its problems."""
 
-    __slots__ = ("checked", "model", "position")
+    __slots__ = ("checked", "model", "position", "refusal")
 
-    def __init__(self, model: LoadedModel, checked: Checked, position: int) -> None:
+    def __init__(self, model: LoadedModel, checked: Checked, position: int, refusal: Refusal) -> None:
         self.model = model
         self.checked = checked
         self.position = position
+        self.refusal = refusal  # its request's: the batch runs outside the request
 
 
 def _validate_batch_input(records: list[Any]) -> list[_Item]:
     """Validation in request parsing, before batching: a request with nothing to score fails alone, with a 400."""
     model = _require_model()
     checked = _checked(lambda: model.validator.validate_records(records), prefix=())
-    return [_Item(model, checked, i) for i in range(checked.total)]
+    refusal = Refusal.current()
+    return [_Item(model, checked, i, refusal) for i in range(checked.total)]
 
 
 def _checked(validate: Any, prefix: tuple[str, ...] = ("records",)) -> Checked:
@@ -161,9 +164,11 @@ class FlywheelServing:
         slot: dict[tuple[int, int], int] = {(id(it.checked), it.position): i for i, it in enumerate(items)}
         groups: dict[int, list[Checked]] = {}
         models: dict[int, LoadedModel] = {}
+        refusals: dict[int, Refusal] = {}
         for it in items:  # one model unless a swap happened mid-batch; one Checked per request
             checks = groups.setdefault(id(it.model), [])
             models[id(it.model)] = it.model
+            refusals[id(it.checked)] = it.refusal
             if not checks or checks[-1] is not it.checked:
                 checks.append(it.checked)
         for key, checks in groups.items():
@@ -171,14 +176,20 @@ class FlywheelServing:
             scored = [c for c in checks if len(c)]
             if scored:
                 frame = pd.concat([c.frame for c in scored]) if len(scored) > 1 else scored[0].frame
-                ids, values, proba = self._score(model, frame, _passthrough(scored))
-                answers = _answers(model, ids, values, proba)
-                k = 0
-                for c in scored:
-                    extra = {"ignored_fields": sorted(c.ignored)} if c.ignored else {}
-                    for pos in c.frame.index:
-                        out[slot[(id(c), pos)]] = {**answers[k], **extra}
-                        k += 1
+                ids, values, proba, entry = self._score(model, frame, _passthrough(scored))
+                refused = await self._log_batch(entry)
+                if refused is None:
+                    _count_predictions(model, values)
+                    answers = _answers(model, ids, values, proba)
+                    k = 0
+                    for c in scored:
+                        extra = {"ignored_fields": sorted(c.ignored)} if c.ignored else {}
+                        for pos in c.frame.index:
+                            out[slot[(id(c), pos)]] = {**answers[k], **extra}
+                            k += 1
+                else:  # nothing of theirs is logged: the gate answers their requests 503
+                    for c in scored:
+                        refusals[id(c)].reason = refused
             for c in checks:
                 for pos, problems in c.by_record().items():
                     out[slot[(id(c), pos)]] = _refusal(model, problems)
@@ -192,7 +203,11 @@ class FlywheelServing:
         """
         model = _require_model()
         checked = _checked(lambda: model.validator.validate_records(records))
-        body, headers = self.score_checked(model, checked)
+        try:
+            body, headers = self.score_checked(model, checked)
+        except LogFull as exc:
+            Refusal.current().reason = str(exc)  # the gate answers 503 instead
+            return {}
         ctx.response.headers.update(headers)
         return _json_answer(model, checked, body)
 
@@ -208,7 +223,11 @@ class FlywheelServing:
             return 400, json.dumps({"error": f"{exc.error_count()} validation errors: no record can be scored",
                                     "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
                                    default=str).encode(), "application/json", {}
-        out, headers = self.score_checked(model, checked)
+        try:
+            out, headers = self.score_checked(model, checked)
+        except LogFull as exc:
+            Refusal.current().reason = str(exc)  # the gate answers 503 instead
+            return 503, b"", "application/json", {}
         errors: np.ndarray | None = None
         if checked.rejected:
             errors = np.full(checked.total, None, dtype=object)
@@ -217,8 +236,14 @@ class FlywheelServing:
         return 200, write_columns(out, errors, fmt), CONTENT_TYPE[fmt], headers
 
     def score_checked(self, model: LoadedModel, checked: Checked) -> tuple[dict[str, Any], dict[str, str]]:
-        """Score the valid records of a request: outputs in record order (None where refused), and headers."""
-        ids, values, proba = self._score(model, checked.frame, checked.passthrough)
+        """Score and log the valid records of a request: outputs in record order (None where refused), and headers.
+
+        Raises ``LogFull`` when the prediction log has no room for them within its wait.
+        """
+        ids, values, proba, entry = self._score(model, checked.frame, checked.passthrough)
+        if entry is not None:
+            self.predictions_log.put(entry)
+        _count_predictions(model, values)
         n, index = checked.total, checked.frame.index.to_numpy()
         full = checked.rejected == 0
         out: dict[str, Any] = {"request_id": ids, "prediction": values}
@@ -250,7 +275,11 @@ class FlywheelServing:
             counter.labels("rejected").inc()
             raise
         now = pd.Timestamp.now(tz="UTC")
-        self.feedback_log.append(pd.DataFrame({REQUEST_ID: [request_id], TIME: [now], LABEL: [value]}))
+        try:
+            self.feedback_log.append(pd.DataFrame({REQUEST_ID: [request_id], TIME: [now], LABEL: [value]}))
+        except LogFull as exc:
+            Refusal.current().reason = str(exc)  # the gate answers 503 instead
+            return {}
         counter.labels("accepted").inc()
         return {"request_id": request_id, "accepted": True}
 
@@ -269,16 +298,18 @@ class FlywheelServing:
                  self.predictions_log.logged, self.feedback_log.logged,
                  self.predictions_log.spilled, self.feedback_log.spilled)
 
-    def _score(self, model: LoadedModel, frame: pd.DataFrame,
-               passthrough: pd.DataFrame | None = None) -> tuple[pd.Series, np.ndarray, np.ndarray | None]:
-        """Predict, log and count a frame of validated rows (id / timestamp columns sent are logged too)."""
+    def _score(self, model: LoadedModel, frame: pd.DataFrame, passthrough: pd.DataFrame | None = None
+               ) -> tuple[pd.Series, np.ndarray, np.ndarray | None, Entry | None]:
+        """Predict a frame of validated rows; with the prediction log's entry for them (id / timestamp columns sent too).
+
+        The entry is None when the log is off. The caller queues it, and counts the predictions once it is queued.
+        """
         pred = model.predict(frame)
         n = len(frame)
         id_array = request_id_array(n)
         ids = pd.Series(pd.arrays.ArrowExtensionArray(id_array))
-        _count_predictions(model, pred.values)
         if isinstance(self.predictions_log, _NoLog):
-            return ids, pred.values, pred.proba
+            return ids, pred.values, pred.proba, None
         # the columns as they are (no frame built, no copy): append converts them to Arrow once
         columns: dict[str, Any] = {REQUEST_ID: id_array, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
                                    MODEL_VERSION: repeated_text(model.version, n)}
@@ -288,8 +319,20 @@ class FlywheelServing:
         columns[PREDICTION] = pred.values
         if pred.proba is not None:
             columns[PROBA] = pred.proba.max(axis=1)
-        self.predictions_log.append(columns)
-        return ids, pred.values, pred.proba
+        return ids, pred.values, pred.proba, self.predictions_log.encode(columns)
+
+    async def _log_batch(self, entry: Entry | None) -> str | None:
+        """Queue a /predict batch's log entry; None once queued, else why it was refused.
+
+        At once when the log has room; else the wait for room runs in a thread, off the event loop.
+        """
+        if entry is None or self.predictions_log.offer(entry):
+            return None
+        try:
+            await anyio.to_thread.run_sync(self.predictions_log.put, entry)
+        except LogFull as exc:
+            return str(exc)
+        return None
 
 
 def request_ids(n: int) -> pd.Series:
@@ -402,9 +445,6 @@ class _NoLog:
 
     logged = spilled = 0
 
-    def append(self, records: pd.DataFrame) -> None:
-        pass
-
     def start(self) -> None:
         pass
 
@@ -426,11 +466,16 @@ def _record_log(store: Any, settings: Settings, kind: str) -> RecordLog:
     return RecordLog(store, settings.model, kind, settings.spill_dir, settings.log_flush_rows,
                      settings.log_flush_seconds, lease_seconds=settings.spill_lease_seconds,
                      spill_max_bytes=int(settings.spill_max_mb * 1e6), max_buffer_rows=settings.log_max_buffer_rows,
+                     append_wait_seconds=settings.log_append_wait_seconds,
                      hooks=_PredictionLogMetrics() if kind == "predictions" else _SpillErrors())
 
 
 class _PredictionLogMetrics:
     """The prediction log's outcomes, lag and spill errors as Prometheus metrics."""
+
+    def __init__(self) -> None:
+        for outcome in OUTCOMES:  # present from the start, so rate() and the sums see a zero, not nothing
+            metrics().log_records.labels(outcome)
 
     def outcome(self, outcome: str, records: int) -> None:
         metrics().log_records.labels(outcome).inc(records)

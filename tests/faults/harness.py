@@ -32,11 +32,12 @@ import httpx
 import pandas as pd
 
 from components.data import REQUEST_ID
+from components.formats import ARROW
 from components.registry import Registry
 from components.settings import Settings
 from components.store import LocalStore
 from services.serving.model import frame_to_records
-from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound
+from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound, unwritten_limit
 from tests.faults.odd_model import TRIGGER, add_odd_version
 from tests.serving.conftest import Server, free_port, serving_settings
 from tests.serving.models import LOGISTIC, add_version, diabetes_frame, wine_frame
@@ -86,6 +87,7 @@ class Traffic:
         self.statuses: Counter[int] = Counter()
         self.errors: list[str] = []
         self.served: list[dict[str, Any]] = []
+        self.refused: list[httpx.Response] = []  # the first few answers other than 200
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -121,6 +123,8 @@ class Traffic:
             self.statuses[r.status_code] += 1
             if r.status_code == 200:
                 self.served.extend(r.json())
+            elif len(self.refused) < 10:
+                self.refused.append(r)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30, every: float = 0.3) -> bool:
@@ -135,24 +139,67 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, every: float = 0.3) 
 
 def metric(url: str, name: str, **labels: str) -> float:
     """The value of one sample on the server's /metrics (summed over workers by BentoML); 0 if absent."""
+    return sum(v for got, v in _samples(url, name) if all(got.get(k) == w for k, w in labels.items()))
+
+
+def log_outcomes(url: str) -> Counter[str]:
+    """``flywheel_prediction_log_records_total`` by outcome, summed over the server's workers, from one scrape."""
+    out: Counter[str] = Counter()
+    for labels, value in _samples(url, "flywheel_prediction_log_records_total"):
+        out[labels["outcome"]] += value
+    return out
+
+
+def log_identities(c: Counter[str]) -> dict[str, float]:
+    """What must be 0 once traffic stopped and the spill directory is empty: the two sides of each identity."""
+    return {"buffered - (flushed + resent + quarantined + dropped)":
+            c["buffered"] - (c["flushed"] + c["resent"] + c["quarantined"] + c["dropped"]),
+            "spilled - resent": c["spilled"] - c["resent"]}
+
+
+def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+    return [(s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name]
 
 
 # --- the store ----------------------------------------------------------------------------------
+
+class HeldWrites:
+    """WSGI middleware in front of moto: while ``open`` is clear, each PUT of a log part waits for it.
+
+    A store that is slow to take the log's writes; ``held`` is how many wait now.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.open = threading.Event()
+        self.open.set()
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] == "PUT" and ("/predictions/" in path or "/feedback/" in path):
+            with self._lock:
+                self.held += 1
+            try:
+                self.open.wait()
+            finally:
+                with self._lock:
+                    self.held -= 1
+        return self.app(environ, start_response)
+
 
 class S3:
     """moto's S3 server on a fixed loopback port that can be stopped and started again (an outage).
 
     moto keeps its objects in this process, so they outlive a stop. The store is read with an
-    own boto3 client, so nothing here touches the process environment.
+    own boto3 client, so nothing here touches the process environment. ``writes`` can hold
+    the record logs' writes (``HeldWrites``). The server is moto's own application served
+    as ``ThreadedMotoServer`` serves it, with that middleware in front.
     """
 
     def __init__(self) -> None:
@@ -160,6 +207,7 @@ class S3:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.bucket = f"faults-{uuid.uuid4().hex[:12]}"
         self.uri = f"s3://{self.bucket}/fw"
+        self.writes: HeldWrites | None = None
         self._server: Any = None
         import boto3
         from botocore.config import Config
@@ -174,15 +222,20 @@ class S3:
         return {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
 
     def start(self) -> S3:
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
 
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        self.writes = HeldWrites(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server("127.0.0.1", self.port, self.writes, threaded=True, request_handler=MotoRequestHandler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
+            assert self.writes is not None
+            self.writes.open.set()  # no request stays held past the server
+            self._server.shutdown()
+            self._server.server_close()
             self._server = None
 
     def __enter__(self) -> S3:
@@ -249,8 +302,8 @@ def count(fault_name: str, served: list[str], stored: list[str], allowed_loss: i
 
 
 def _s3_settings(s3: S3, work: Path, model: str, **extra: Any) -> Settings:
-    return serving_settings(s3.uri, model, work, s3_endpoint_url=s3.endpoint, log_write_timeout_seconds=1.0,
-                            spill_lease_seconds=3.0, **extra)
+    return serving_settings(s3.uri, model, work, s3_endpoint_url=s3.endpoint,
+                            **{"log_write_timeout_seconds": 1.0, "spill_lease_seconds": 3.0, **extra})
 
 
 def _seed(s3: S3, work: Path, model: str) -> None:
@@ -262,45 +315,63 @@ def _seed(s3: S3, work: Path, model: str) -> None:
 
 
 def _server(settings: Settings, work: Path, name: str, env: dict[str, str] | None = None) -> Server:
-    workers = {"FLYWHEEL_SERVING_WORKERS": str(settings.serving_workers or 1)}
-    return Server(settings, work / f"{name}.log", extra_env={**workers, **(env or {})}).start()
+    workers = settings.serving_workers or 1
+    server = Server(settings, work / f"{name}.log", extra_env={"FLYWHEEL_SERVING_WORKERS": str(workers), **(env or {})})
+    server.start()
+    # /readyz answers from whichever worker takes the connection: wait until every worker has its model
+    if not wait_for(lambda: server.log().count("serving version ") >= workers, timeout=120):
+        server.stop()
+        raise RuntimeError(f"not every one of {workers} workers loaded its model: {server.log()[-3000:]}")
+    return server
 
 
 # --- the faults ---------------------------------------------------------------------------------
 
 @fault
 def store_outage(work: Path, outage_seconds: float = OUTAGE_SECONDS) -> FaultResult:
-    """Stop the S3 server for ``outage_seconds`` under steady traffic, then start it again."""
+    """Stop the S3 server for ``outage_seconds`` under steady traffic, then start it again.
+
+    Two workers share the spill directory, as in a pod: each sends the other's parts. Once
+    the spill directory is empty, the log's counters on /metrics (summed over the workers)
+    must add up: buffered = flushed + resent + quarantined + dropped, and spilled = resent.
+    """
     with S3() as s3:
         _seed(s3, work, "wine")
-        settings = _s3_settings(s3, work, "wine", log_flush_rows=50, log_flush_seconds=0.3)
+        settings = _s3_settings(s3, work, "wine", log_flush_rows=50, log_flush_seconds=0.3, serving_workers=2)
+        spill = Path(settings.spill_dir)
         server = _server(settings, work, "outage", s3.env)
         try:
             with Traffic(server.url, concurrency=4) as traffic:
                 wait_for(lambda: len(traffic.served) > 100)
                 s3.stop()
                 down_at, before = time.monotonic(), len(traffic.served)
-                spilled_seen = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) > 0, timeout=outage_seconds)
-                time.sleep(max(0.0, outage_seconds - (time.monotonic() - down_at)))
+                spilled_seen = wait_for(lambda: spilled_rows(spill) > 0, timeout=outage_seconds)
+                time.sleep(max(0.0, outage_seconds - (time.monotonic() - down_at)))  # the outage lasts this long
                 during = len(traffic.served) - before
                 s3.start()
-                time.sleep(1.0)
+                back = len(traffic.served)
+                wait_for(lambda: len(traffic.served) > back + 100)  # traffic goes on after the store is back
             served = traffic.ids
-            drained = wait_for(lambda: spilled_rows(Path(settings.spill_dir)) == 0
+            drained = wait_for(lambda: spilled_rows(spill) == 0
                                and len(set(stored_ids(predictions(s3.objects, "wine")))) >= len(set(served)), timeout=60)
-            resent = metric(server.url, "flywheel_prediction_log_records_total", outcome="resent")
-            spilled = metric(server.url, "flywheel_prediction_log_records_total", outcome="spilled")
+            # a part leaves the spill directory just before its send is counted
+            settled = wait_for(lambda: _stored_count(log_outcomes(server.url)) >= len(served), timeout=30)
+            counts = log_outcomes(server.url)
             code = server.terminate()
         finally:
             server.stop()
         stored = stored_ids(predictions(s3.objects, "wine"))
     result = count("S3 endpoint down 30 s during traffic", served, stored)
     failed = sum(n for status, n in traffic.statuses.items() if status != 200) + len(traffic.errors)
-    result.ok = result.ok and spilled_seen and drained and during > 0 and failed == 0 and code == 0
-    result.outcome = (f"{during} served while down, {spilled:.0f} spilled, {resent:.0f} re-sent after; "
+    gaps = log_identities(counts)
+    adds_up = settled and counts["buffered"] == len(served) and not any(gaps.values())
+    result.ok = result.ok and spilled_seen and drained and adds_up and during > 0 and failed == 0 and code == 0
+    result.outcome = (f"{during} served while down, {counts['spilled']:.0f} spilled, {counts['resent']:.0f} re-sent "
+                      f"after (2 workers, counts {'add up' if adds_up else 'do not add up'}); "
                       f"{failed} failed requests; exit {code}")
-    result.details = {"served_during_outage": during, "spilled": spilled, "resent": resent, "failed_requests": failed,
-                      "statuses": dict(traffic.statuses), "spill_drained": drained, "exit_code": code}
+    result.details = {"served_during_outage": during, "log_outcomes": dict(counts), "identity_gaps": gaps,
+                      "counts_settled": settled, "failed_requests": failed, "statuses": dict(traffic.statuses),
+                      "spill_drained": drained, "exit_code": code}
     return result
 
 
@@ -367,12 +438,122 @@ def sigkill(work: Path) -> FaultResult:
     result = count("SIGKILL during traffic, store down", traffic.ids, stored, allowed_loss=bound)
     unanswered = len(set(stored) - set(traffic.ids))
     result.ok = result.ok and drained and resent >= on_disk > 0 and code == 0
-    result.outcome = (f"{result.lost} lost (bound {bound} = {workers} workers x 2 x (log_flush_rows - 1 + "
+    result.outcome = (f"{result.lost} lost (bound {bound} = {workers} workers x (2 x log_flush_rows - 1 + "
                       f"largest batch)); "
                       f"{on_disk} spilled at the kill, {resent:.0f} re-sent by the restarted server")
     result.details = {"spilled_at_kill": on_disk, "resent_on_restart": resent, "stored_not_answered": unanswered,
                       "spill_drained": drained}
     return result
+
+
+@fault
+def slow_store(work: Path) -> FaultResult:
+    """The spooler slowed down: it writes to a store that holds each write until let go.
+
+    The spill directory refuses parts (``spill_max_mb``), so the spooler sends them to the store
+    itself, and S3 holds every prediction part it is sent. The log fills up to its bound; then
+    a request waits ``log_append_wait_seconds`` for room and is answered 503 with Retry-After.
+    While the writes are held nothing reaches the store, so the records answered 200 and not
+    stored are exactly what the worker holds in memory: what a SIGKILL would lose.
+    """
+    flush_rows, concurrency, wait = 20, 4, 1.0
+    with S3() as s3:
+        assert s3.writes is not None
+        _seed(s3, work, "wine")
+        # writes may be held past the usual timeout: they are slow, not failing
+        settings = _s3_settings(s3, work, "wine", log_flush_rows=flush_rows, log_flush_seconds=0.2, spill_max_mb=1e-6,
+                                log_append_wait_seconds=wait, log_write_timeout_seconds=30.0, spill_lease_seconds=61.0)
+        bound = (settings.serving_workers or 1) * sigkill_loss_bound(flush_rows, concurrency)  # one record per request
+        server = _server(settings, work, "slow-store", s3.env)
+        many: list[httpx.Response] = []
+        try:
+            with Traffic(server.url, concurrency=concurrency) as traffic:
+                wait_for(lambda: len(traffic.served) > 50)
+                s3.writes.open.clear()
+                held = wait_for(lambda: s3.writes.held > 0)  # the spooler waits on the store
+                before = len(traffic.served)
+                refused = wait_for(lambda: traffic.statuses[503] > 0 or len(traffic.served) > before + 10 * bound)
+                for body, kind in ((json.dumps({"records": WINE_RECORDS[:5]}).encode(), "application/json"),
+                                   (_arrow_stream(WINE_RECORDS[:5]), ARROW)):  # the other two ways in
+                    many.append(httpx.post(f"{server.url}/predict_many", content=body, headers={"content-type": kind},
+                                           timeout=30))
+                labels = _labels_until_refused(server.url, traffic.ids[:3 * unwritten_limit(flush_rows)])
+            # every request has its answer, and the store has taken nothing since the writes were held
+            in_memory = len(set(traffic.ids) - set(stored_ids(predictions(s3.objects, "wine"))))
+            labels_stored_while_held = len(stored_ids(s3.objects("feedback/wine/")))
+            s3.writes.open.set()
+            again = httpx.post(f"{server.url}/predict", json={"records": WINE_RECORDS[:1]}, timeout=30)
+            served = traffic.ids + [i for r in [*many, again] if r.status_code == 200 for i in _request_ids(r)]
+            drained = wait_for(lambda: set(served) <= set(stored_ids(predictions(s3.objects, "wine"))), timeout=60)
+            settled = wait_for(lambda: _stored_count(log_outcomes(server.url)) >= len(served), timeout=30)
+            accepted = [r.json()["request_id"] for r in labels if r.status_code == 200]
+            labels_kept = wait_for(lambda: sorted(stored_ids(s3.objects("feedback/wine/"))) == sorted(accepted), timeout=30)
+            counts = log_outcomes(server.url)
+            refused_requests = metric(server.url, "flywheel_requests_total", api="predict", status="503")
+            code = server.terminate()
+        finally:
+            s3.writes.open.set()
+            server.stop()
+        stored = stored_ids(predictions(s3.objects, "wine"))
+    answers = traffic.refused + [r for r in [*many, *labels] if r.status_code != 200]
+    result = count("a slow store behind a full spill directory", served, stored)
+    limit = unwritten_limit(flush_rows)
+    told = all(r.status_code == 503 and r.headers.get("retry-after") == "1" and "log_append_wait_seconds" in r.text
+               and r.elapsed.total_seconds() >= wait for r in answers)
+    adds_up = settled and counts["buffered"] == len(served) == _stored_count(counts)
+    result.ok = (result.ok and held and refused and limit <= in_memory <= bound and bool(answers) and told
+                 and set(traffic.statuses) <= {200, 503} and again.status_code == 200 and drained and adds_up
+                 and counts["refused"] > 0 and refused_requests > 0 and labels[-1].status_code == 503 and labels_kept
+                 and code == 0)
+    result.outcome = (f"at most {in_memory} records answered and not yet stored (bound {bound}); "
+                      f"{traffic.statuses[503] + sum(r.status_code == 503 for r in [*many, *labels])} requests "
+                      f"waited {wait:g} s for room and got 503 + "
+                      f"Retry-After; {counts['refused']:.0f} records refused, none of those answered lost")
+    result.details = {"in_memory_max": in_memory, "bound": bound, "limit": limit, "statuses": dict(traffic.statuses),
+                      "predict_many_statuses": [r.status_code for r in many],
+                      "feedback_statuses": dict(Counter(r.status_code for r in labels)),
+                      "feedback_refusal": labels[-1].text[:300], "feedback_stored_while_held": labels_stored_while_held,
+                      "feedback_accepted_all_stored": labels_kept,
+                      "refusals": [{"status": r.status_code, "retry_after": r.headers.get("retry-after"),
+                                    "body": r.text[:300], "seconds": r.elapsed.total_seconds()} for r in answers],
+                      "refusals_as_documented": told, "write_held": held, "refused_seen": refused, "drained": drained,
+                      "after_status": again.status_code, "log_outcomes": dict(counts), "counts_add_up": adds_up,
+                      "refused_requests_metric": refused_requests, "exit_code": code}
+    return result
+
+
+def _labels_until_refused(url: str, ids: list[str]) -> list[httpx.Response]:
+    """One label per request id, posted one by one until the feedback log refuses one."""
+    answers = []
+    for request_id in ids:
+        answers.append(httpx.post(f"{url}/feedback", json={"request_id": request_id, "label": "class_0"}, timeout=30))
+        if answers[-1].status_code != 200:
+            break
+    return answers
+
+
+def _stored_count(c: Counter[str]) -> float:
+    """Records the log has finished with: in the store, or quarantined or dropped."""
+    return c["flushed"] + c["resent"] + c["quarantined"] + c["dropped"]
+
+
+def _request_ids(r: httpx.Response) -> list[str]:
+    if r.headers.get("content-type", "").startswith(ARROW):
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(r.content).read_all().column("request_id").to_pylist()
+    body = r.json()
+    return body["request_ids"] if isinstance(body, dict) else [a["request_id"] for a in body]
+
+
+def _arrow_stream(records: list[dict[str, Any]]) -> bytes:
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(records)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 @fault

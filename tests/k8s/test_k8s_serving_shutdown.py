@@ -30,7 +30,8 @@ def _settings_of(container: dict):
     names = {"FLYWHEEL_LOG_CLOSE_SECONDS": "log_close_seconds",
              "FLYWHEEL_LOG_WRITE_TIMEOUT_SECONDS": "log_write_timeout_seconds",
              "FLYWHEEL_SPILL_LEASE_SECONDS": "spill_lease_seconds", "FLYWHEEL_SPILL_MAX_MB": "spill_max_mb",
-             "FLYWHEEL_LOG_FLUSH_ROWS": "log_flush_rows", "FLYWHEEL_LOG_MAX_BUFFER_ROWS": "log_max_buffer_rows"}
+             "FLYWHEEL_LOG_FLUSH_ROWS": "log_flush_rows", "FLYWHEEL_LOG_MAX_BUFFER_ROWS": "log_max_buffer_rows",
+             "FLYWHEEL_LOG_APPEND_WAIT_SECONDS": "log_append_wait_seconds"}
     assert set(names) <= set(env), f"missing {set(names) - set(env)}"
     return load_settings(**{field: env[name] for name, field in names.items()})
 

@@ -12,16 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
 from components.data import TIME
 from components.store import LocalStore
-from services.serving.prediction_log import QUARANTINE, RecordLog
+from services.serving.prediction_log import QUARANTINE, LogFull, RecordLog, sigkill_loss_bound
 
 ID = "_request_id"
 
 
 class FlakyStore(LocalStore):
-    """A real local store whose writes fail while ``down`` is set (or hang for ``hang`` seconds)."""
+    """A real local store whose writes fail while ``down`` is set (or hang for ``hang`` seconds).
+
+    With ``permits`` set, each write first takes one: the store is as slow as the test makes it.
+    ``rows`` counts the Parquet rows written, under ``lock``.
+    """
 
     down = False
     hang = 0.0
@@ -29,8 +36,13 @@ class FlakyStore(LocalStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.writes: Counter[str] = Counter()
+        self.permits: threading.Semaphore | None = None
+        self.lock = threading.Lock()
+        self.rows = 0
 
     def _take(self, key: str) -> None:
+        if self.permits is not None:
+            self.permits.acquire()
         if self.hang:
             time.sleep(self.hang)
         if self.down:
@@ -39,7 +51,10 @@ class FlakyStore(LocalStore):
 
     def write(self, key: str, data: bytes) -> None:
         self._take(key)
-        super().write(key, data)
+        with self.lock:
+            super().write(key, data)
+            if key.endswith(".parquet"):
+                self.rows += pq.read_metadata(pa.BufferReader(data)).num_rows
 
     def move_file(self, path: str | Path, key: str) -> None:
         self._take(key)
@@ -402,3 +417,91 @@ def test_a_column_is_compressed_only_where_compression_shrinks_it(tmp_path: Path
     want = _records(n, noise=noise, counts=counts).sort_values(ID)
     assert back["noise"].tolist() == want["noise"].tolist() and back["counts"].tolist() == want["counts"].tolist()
     log.close()
+
+
+def test_counts_add_up_over_workers_that_send_each_others_spilled_parts(tmp_path: Path) -> None:
+    """Before: a part spilled by one worker was counted spilled again by each worker whose send of it failed,
+    and flushed, not resent, by a worker that had not spilled it (per pod: spilled 693, resent 310)."""
+    store = FlakyStore(tmp_path / "store")
+    spill = tmp_path / "spill"
+    hooks = {"a": Outcomes(), "b": Outcomes()}
+    a, b = (_log(store, spill, hooks=hooks[name]) for name in ("a", "b"))
+    store.down = True
+    a.append(_records(10))
+    assert a.flush() == 0, "a's send fails: a spills the part"
+    a.append(_records(10, 10))
+    a.spool()  # a knows the store refuses: spooled as spilled
+    b.append(_records(10, 20))
+    b.spool()  # b has not seen the outage yet
+    assert b.send() == 0, "b's send of a's part fails"
+    assert a.send() == 0
+    store.down = False
+    assert b.send() == 30, "b sends every part, a's included"
+    assert a.spilled_files() == [] and _logged(store) == _ids(range(30))
+    total = hooks["a"].counts + hooks["b"].counts
+    assert total["buffered"] == total["flushed"] + total["resent"] + total["quarantined"] + total["dropped"] == 30, total
+    assert total["spilled"] == total["resent"] == 20, total
+
+
+def test_appends_wait_for_room_and_memory_never_holds_more_than_the_sigkill_bound(tmp_path: Path) -> None:
+    """Before: append never waited; with the spooler slowed, every record appended sat in memory, all lost to a SIGKILL.
+
+    The spill directory refuses parts, so the spooler writes to the store, which takes a write only
+    when the test lets one through: while an append waits for room. What is not yet in a file is
+    measured right after each append returns; no write can happen between an append's admission
+    and that measure, so the measured maximum is the largest the log ever held.
+    """
+    store = FlakyStore(tmp_path / "store")
+    store.permits = threading.Semaphore(0)
+    flush_rows, size, appends = 10, 4, 30
+    log = _log(store, tmp_path / "spill", flush_rows=flush_rows, flush_seconds=0.05, spill_max_bytes=0,
+               append_wait_seconds=60)
+    log.start()
+    acked = most = 0
+
+    def appender() -> None:
+        nonlocal acked, most
+        for i in range(appends):
+            log.append(_records(size, i * size))
+            with store.lock:
+                acked += size
+                most = max(most, acked - store.rows)
+
+    thread = threading.Thread(target=appender)
+    thread.start()
+    waits = 0
+    while _until(lambda: log.waiting == 1 or not thread.is_alive(), 30) and thread.is_alive():
+        waits += 1
+        before = acked
+        store.permits.release()  # one write, which frees room for the waiting append
+        assert _until(lambda before=before: acked > before, 30), "a write frees room for the waiting append"
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the appender finished"
+    store.permits.release(10_000)
+    log.close()
+    assert _logged(store) == _ids(range(size * appends)), "nothing appended is lost"
+    assert log.limit <= most <= sigkill_loss_bound(flush_rows, size), (most, sigkill_loss_bound(flush_rows, size))
+    assert waits > 0, "appends waited for room"
+
+
+def test_an_append_that_finds_no_room_in_time_is_refused_and_nothing_else_is_lost(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "store")
+    store.permits = threading.Semaphore(0)
+    hooks = Outcomes()
+    log = _log(store, tmp_path / "spill", flush_rows=10, flush_seconds=0.05, spill_max_bytes=0,
+               append_wait_seconds=0.2, hooks=hooks)
+    log.start()
+    appended = 0
+    while log.unwritten < log.limit:  # the spooler is stuck in its first write: the log fills up
+        log.append(_records(5, appended))
+        appended += 5
+    start = time.monotonic()
+    with pytest.raises(LogFull, match="log_append_wait_seconds"):
+        log.append(_records(5, 1000))
+    assert time.monotonic() - start >= 0.2, "it waited for room first"
+    assert hooks.counts["refused"] == 5 and hooks.counts["buffered"] == appended
+    store.permits.release(10_000)
+    log.close()
+    assert _logged(store) == _ids(range(appended)), "every record let in is stored, the refused ones are not"
+    with pytest.raises(LogFull, match="closed"):
+        log.append(_records(1, 2000))
