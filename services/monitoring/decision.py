@@ -87,6 +87,7 @@ class Thresholds:
 
     @classmethod
     def of(cls, settings: Settings) -> Thresholds:
+        """The thresholds the settings set."""
         return cls(settings.min_rows, dt.timedelta(minutes=settings.cooldown_minutes), settings.retry_max_attempts)
 
 
@@ -101,6 +102,7 @@ class TriggerInfo:
 
     @classmethod
     def of(cls, trigger: Trigger | None) -> TriggerInfo | None:
+        """What the protocol says of ``trigger``; None without one."""
         if trigger is None:
             return None
         return cls(trigger.kind, trigger.source, trigger.reuses_champion_data, trigger.include_feedback)
