@@ -121,7 +121,7 @@ def run_pass_child(store_dir: str, workspace: str) -> None:
     rss = peak_rss_bytes()
     print(json.dumps({"seconds": seconds, "decision_seconds": s.timings["decision_s"],
                       "reports_seconds": s.timings.get("reports_s"), "import_seconds": import_seconds, "max_rss_bytes": rss, "status": s.status, "rows": s.rows.get("evaluated"),
-                      "drift_share": (s.drift or {}).get("share"), "decision": s.decision.get("reason")}))
+                      "drift_share": (s.drift or {}).get("share"), "decision": s.decision.reason}))
 
 
 # The child starts as `flywheel monitor` does: pyarrow is loaded with jemalloc before anything else

@@ -288,7 +288,7 @@ def monitor(
     from components.data import DatasetSpec
     from components.store import open_store
     from pipelines.triggers import make_trigger
-    from services.monitoring.monitor import run_pass, table, ui_command
+    from services.monitoring.monitor import run_pass, table, ui_command, verdict
 
     s = _settings(model=model, store=store)
     if ui:
@@ -300,6 +300,8 @@ def monitor(
     trigger = make_trigger(s, spec, package, include, reuses_champion_data=not data)
     summary = run_pass(s, open_store(s.store, s), trigger)
     console.print(table(summary), highlight=False)
+    # the last line says how the pass ended, in one sentence: all a Job's log shows at a glance
+    (err if summary.exit_code else console).print(verdict(summary), highlight=False, markup=False)
     raise typer.Exit(summary.exit_code)
 
 

@@ -190,9 +190,9 @@ def _monitor(settings: Settings, store: Store, trigger: LocalTrigger) -> Any:
 def _pass_row(period: str, s: Any) -> dict[str, Any]:
     drift = s.drift or {}
     quality = s.quality or {}
-    run = s.decision.get("run") or {}
+    run = s.decision.run or {}
     line = (f"status {s.status}; drift share {drift.get('share', 0):.2f}; "
-            f"{'RETRAIN: ' if s.decision.get('retrain') else ''}{s.decision.get('reason', '')}")
+            f"{'RETRAIN: ' if s.decision.retrain else ''}{s.decision.reason}")
     registered = bool(run) and run.get("registered", True) and run.get("status") == "succeeded"
     if run and not registered:
         line += f" -> nothing new registered ({run.get('status')})"
@@ -201,7 +201,7 @@ def _pass_row(period: str, s: Any) -> dict[str, Any]:
     return {
         "period": period, "status": s.status, "rows": s.rows.get("evaluated", 0),
         "drift_share": drift.get("share"), "drift_detected": drift.get("detected"),
-        "quality": quality.get("reason"), "retrain": bool(s.decision.get("retrain")), "reason": s.decision.get("reason"),
+        "quality": quality.get("reason"), "retrain": s.decision.retrain, "reason": s.decision.reason,
         "new_version": run.get("version") if registered else None, "promoted": bool(registered and run.get("promoted")),
         "report": (s.outputs or {}).get("report"), "summary": (s.outputs or {}).get("summary"), "line": line,
     }

@@ -20,15 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from services.monitoring.decision import WANTED_OUTCOMES
+
 JOB = "flywheel-monitor"
 # Per-feature series are capped so a wide table cannot flood Prometheus: the features with the
 # smallest p-values (or the highest rates) are kept, the count of the rest is in summary.json.
 MAX_FEATURE_SERIES = 50
 STATUSES = ("ok", "skipped", "error")
 # What a pass that wanted a retrain did about it (the decision counters).
-DECISION_OUTCOMES = ("triggered", "failed", "in_flight", "cooldown", "duplicate", "no_trigger", "alarm")
+DECISION_OUTCOMES = tuple(o.value for o in WANTED_OUTCOMES)
 # Families a failed pass pushes (POST): everything else keeps the last good pass's values.
-# The retrain counters are among them when the pass could read them (a failed trigger).
 ERROR_FAMILIES = ("flywheel_monitor_status", "flywheel_monitor_duration_seconds",
                   "flywheel_monitor_last_run_timestamp_seconds", "flywheel_retrain_decision",
                   "flywheel_retrain_decisions_total", "flywheel_retrain_failures_total", "flywheel_retrain_in_flight")
@@ -152,8 +153,7 @@ def _decision(summary: dict[str, Any], add: Any) -> None:
     if counts is not None:
         for outcome in DECISION_OUTCOMES:
             add("flywheel_retrain_decisions_total", "counter",
-                "Passes that wanted a retrain, by what they did: triggered, failed, in_flight, cooldown, duplicate, "
-                "no_trigger, alarm (no new labelled data to retrain on).",
+                "Passes that wanted a retrain, by what they did: " + ", ".join(DECISION_OUTCOMES) + ".",
                 counts.get(outcome, 0), outcome=outcome)
     records = retrains.get("records")
     if records is not None:

@@ -2,16 +2,28 @@
 
 A pass reads the current window of prediction logs and the served version's reference,
 tests drift per feature (drift.py), compares quality on the labelled rows with the
-version's holdout quality (quality.py) and decides whether to retrain (trigger.py). The
-decision comes first: summary.json and the metrics (metrics.py, pushed to a Pushgateway
-when ``pushgateway`` is set) are written as soon as it is made. Evidently's reports
-(report.html, quality.html when labels exist) and the workspace snapshot are costly fixed
-work (plotly rendering), so they are a second step, rendered after the decision when
+version's holdout quality (quality.py), decides (decision.py: a pure function of those
+figures and the trigger records) and carries the decision out (trigger.py: claim, retake,
+start). The decision comes first: summary.json and the metrics (metrics.py, pushed to a
+Pushgateway when ``pushgateway`` is set) are written as soon as it is made. Evidently's
+reports (report.html, quality.html when labels exist) and the workspace snapshot are costly
+fixed work (plotly rendering), so they are a second step, rendered after the decision when
 ``monitor_reports`` asks for them, and the summary is then updated with where they are.
 
-Statuses and exit codes: ``ok`` (the window was evaluated, drift or not) and ``skipped``
-(nothing to evaluate yet: no champion, no logs, too few rows) exit 0; ``error`` (the store,
-the reference or the trigger failed) exits 1. An error never starts a retrain.
+Statuses and exit codes. The status says whether the window was evaluated: ``ok``, ``skipped``
+(nothing to evaluate yet: no champion, no logs, too few rows) or ``error`` (the store or the
+reference failed; an error never starts a retrain). The exit code is 0; 1 for ``error`` (a
+retry of the Job may help); 3 when a retrain failed: the one this pass started, an earlier one
+still waiting for its retry time, or one given up (outcomes ``failed``, ``failed_waiting``,
+``given_up``). A Job retry cannot help with those (the trigger record says when the retrain is
+tried again, and a later scheduled pass does it), so the chart fails the Job at once on exit 3.
+
+Windows. With ``window_minutes`` they are aligned to the clock, so passes in the same slot
+evaluate the same window. Otherwise a window runs from the end of the last window whose
+decision was carried out to now. A window whose retrain failed stays open
+(``last_window.json`` key ``open``): until the retry time every pass evaluates that same window
+again (a Job's retry seconds later writes no second window), and the first pass after it
+evaluates from the open window's start to now and retries.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +50,25 @@ from services.monitoring import late as late_mod
 from services.monitoring import metrics as monitor_metrics
 from services.monitoring import quality as quality_mod
 from services.monitoring import trigger as trig
+from services.monitoring.decision import (
+    RETRAIN_FAILED,
+    Decision,
+    DecisionInput,
+    Failure,
+    Figures,
+    Outcome,
+    Signal,
+    Thresholds,
+    TriggerInfo,
+    decide,
+    skipped,
+)
 from services.monitoring.scan import Window, read_feedback, scan_window
 
 log = logging.getLogger(__name__)
 STATE = "monitoring/{model}/last_window.json"
+EXIT_PASS_FAILED = 1
+EXIT_RETRAIN_FAILED = 3  # not 2: that is the CLI's usage error
 
 
 @dataclass
@@ -58,7 +85,7 @@ class Summary:
     drift: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
     columns: dict[str, Any] = field(default_factory=dict)
-    decision: dict[str, Any] = field(default_factory=lambda: {"retrain": False, "reason": ""})
+    decision: Decision = field(default_factory=lambda: Decision(Outcome.ERROR, "not decided"))
     alarm: dict[str, Any] | None = None  # drift without new labels: a human is told, no retrain runs
     outputs: dict[str, Any] = field(default_factory=dict)
     retrains: dict[str, Any] = field(default_factory=dict)
@@ -71,30 +98,50 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.status == "error" else 0
+        """0, ``EXIT_PASS_FAILED`` or ``EXIT_RETRAIN_FAILED`` (see the module docstring)."""
+        if self.status == "error":
+            return EXIT_PASS_FAILED
+        return EXIT_RETRAIN_FAILED if self.decision.outcome in RETRAIN_FAILED else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()} | {"exit_code": self.exit_code}
+        return dict(self.__dict__) | {"decision": self.decision.to_dict(), "exit_code": self.exit_code}
 
 
-def current_window(store: Store, settings: Settings, now: dt.datetime) -> Window:
+def current_window(store: Store, settings: Settings, now: dt.datetime, reopen: bool = False) -> Window:
     """The window this pass evaluates.
 
     With ``window_minutes`` windows are aligned to multiples of it (a pass at 10:07 with 60
-    evaluates 09:00-10:00), so passes racing on one window agree on it; otherwise the
-    window runs from the end of the last evaluated window (or the first log) to now.
+    evaluates 09:00-10:00), so passes racing on one window agree on it; otherwise the window
+    runs from the end of the last window whose decision was carried out (or the first log) to
+    now, or is the open window again when ``reopen`` (its retrain waits for its retry time).
     """
     now = now.astimezone(dt.UTC).replace(microsecond=0)
     if settings.window_minutes:
         step = settings.window_minutes * 60
         end = dt.datetime.fromtimestamp(int(now.timestamp()) // step * step, dt.UTC)
         return Window(end - dt.timedelta(seconds=step), end)
+    state = _state(store, settings.model)
+    if reopen and state.get("open"):
+        return Window.of(state["open"])
+    return Window(dt.datetime.fromisoformat(state["end"]) if state.get("end") else None, now)
+
+
+def _state(store: Store, model: str) -> dict[str, Any]:
+    """``last_window.json``: the last window whose decision was carried out, and the open one."""
     try:
-        last = json.loads(store.read(STATE.format(model=settings.model)))
-        start = dt.datetime.fromisoformat(last["end"])
+        return json.loads(store.read(STATE.format(model=model)))
     except NotFound:
-        start = None
-    return Window(start, now)
+        return {}
+
+
+def _close(store: Store, settings: Settings, window: Window, decision: Decision, keys_read: list[str]) -> None:
+    """Record the evaluated window: done (the next window starts at its end) or open for its retry."""
+    key = STATE.format(model=settings.model)
+    if decision.done:
+        store.write(key, json.dumps(window.to_dict()).encode())
+        late_mod.mark_seen(store, settings.model, keys_read)
+    else:
+        store.write(key, json.dumps({**_state(store, settings.model), "open": window.to_dict()}).encode())
 
 
 def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime | None = None) -> Summary:
@@ -108,19 +155,26 @@ def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now
     s = Summary(model=settings.model, started_at=now.isoformat())
     evaluated: Evaluated | None = None
     try:
-        evaluated = _evaluate(settings, store, trigger, now, s)
-        _retry_when_skipped(settings, store, trigger, now, s)
+        evaluated, facts = _evaluate(settings, store, trigger, now, s)
+        s.decision = _carry_out(settings, store, trigger, decide(facts), now)
+        if s.decision.alarm:
+            s.alarm = {"drift": bool(facts.figures.drift and facts.figures.drift.fired),
+                       "quality_degraded": bool(facts.figures.quality and facts.figures.quality.fired),
+                       "reason": s.decision.why,
+                       "waiting_for": "labelled production data (feedback) or a dataset given with --data"}
+        if evaluated is not None:
+            _close(store, settings, evaluated.window, s.decision, evaluated.scan.keys_read)
     except (StoreError, RegistryError) as exc:
         s.status, s.message = "error", str(exc)
-        s.decision = {"retrain": False, "outcome": "error", "reason": f"no retrain: the pass failed ({exc})"}
+        s.decision = Decision(Outcome.ERROR, f"no retrain: the pass failed ({exc})")
     s.timings["decision_s"] = round(time.perf_counter() - t0, 3)
-    _record(settings, store, s, t0)
-    (log.error if s.status == "error" else log.info)("monitor %s: %s %s", settings.model, s.status, s.decision["reason"] or s.message)
+    _record(settings, store, s, t0, now)
+    log.log(logging.ERROR if s.exit_code else logging.INFO, "%s", verdict(s))
     if evaluated is not None and _wants_reports(settings, s):
         t1 = time.perf_counter()
         _reports(settings, store, evaluated, s)
         s.timings["reports_s"] = round(time.perf_counter() - t1, 3)
-        _record(settings, store, s, t0)
+        _record(settings, store, s, t0, now)
     return s
 
 
@@ -135,16 +189,24 @@ class Evaluated:
 
 
 def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime,
-              s: Summary) -> Evaluated | None:
-    """Read, test and decide; returns what the reports need when the window was evaluated."""
+              s: Summary) -> tuple[Evaluated | None, DecisionInput]:
+    """Read and test the window; returns what the reports need (when evaluated) and what decide() reads."""
+    thresholds = Thresholds.of(settings)
     reg = Registry(store, settings.model)
     champion = reg.champion()
     if champion is None:
         s.status, s.message = "skipped", f"model {settings.model} has no champion yet: nothing is served, nothing to monitor"
-        s.decision.update(outcome="no_champion", reason="no retrain: nothing to compare with")
-        return None
+        return None, DecisionInput(settings.model, None, Figures(None), thresholds, TriggerInfo.of(trigger), (), now)
     version = s.version = champion.version
-    window = current_window(store, settings, now)
+    refreshed = trig.refresh(store, settings.model, trigger, now, dt.timedelta(minutes=settings.retry_backoff_minutes),
+                             settings.retry_max_attempts)
+
+    def facts(figures: Figures, window: Window | None) -> DecisionInput:
+        return DecisionInput(settings.model, window, figures, thresholds, TriggerInfo.of(trigger), refreshed.records,
+                             now, refreshed.given_up)
+
+    waiting = trig.pending(refreshed.records, version)
+    window = current_window(store, settings, now, reopen=trigger is not None and waiting is not None and waiting.waits(now))
     s.window = window.to_dict()
     schema = reg.schema(version)
     try:
@@ -170,19 +232,20 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
     s.columns = scan.columns
     for f in s.files["skipped"]:
         s.warnings.append(f"skipped {f['key']}: {f['error']}")
-    if scan.rows_in_window == 0 and not scan.files_read:
+    figures = Figures(version, logs=bool(scan.rows_in_window or scan.files_read), rows=scan.rows,
+                      labelled_rows=scan.labelled_rows)
+    skip = skipped(figures, thresholds)
+    if skip is Outcome.NO_LOGS:
         s.status = "skipped"
         s.message = (f"no prediction logs under predictions/{settings.model}/ for window {window.key}"
                      + (f" ({len(scan.files_skipped)} unreadable file(s))" if scan.files_skipped else ""))
-        s.decision.update(outcome="no_logs", reason="no retrain: no prediction logs yet")
-        return None
-    if scan.rows < settings.min_rows:
+        return None, facts(figures, window)
+    if skip is Outcome.TOO_FEW_ROWS:
         s.status = "skipped"
         others = scan.rows_in_window - scan.rows
         s.message = (f"{scan.rows} rows of version {version} in window {window.key} (< min_rows {settings.min_rows})"
                      + (f"; {others} rows of other versions ignored" if others else ""))
-        s.decision.update(outcome="too_few_rows", reason=f"no retrain: too few rows ({scan.rows} < min_rows {settings.min_rows})")
-        return None
+        return None, facts(figures, window)
 
     kinds = {c.name: c.kind for c in schema.features}
     result = drift_mod.detect_drift(reference, scan.sample, kinds, settings.drift_share_threshold,
@@ -191,19 +254,16 @@ def _evaluate(settings: Settings, store: Store, trigger: trig.Trigger | None, no
     s.quality = quality_mod.compare_quality(
         schema.task, scan.labelled, LABEL, PREDICTION, metrics.get("holdout", {}), metrics.get("primary_metric", ""),
         settings.quality_drop_threshold, scan.labelled_rows, schema.classes)
-
-    _decide(settings, store, trigger, now, window, version, result, s)
-    if s.decision.get("done", True):  # a decision not carried out leaves the window to the next pass
-        store.write(STATE.format(model=settings.model), json.dumps(window.to_dict()).encode())
-        late_mod.mark_seen(store, settings.model, scan.keys_read)
-    return Evaluated(reference, scan, schema, window)
+    figures = replace(figures, drift=Signal(result.detected, result.reason),
+                      quality=Signal(bool(s.quality.get("degraded")), str(s.quality.get("reason", ""))))
+    return Evaluated(reference, scan, schema, window), facts(figures, window)
 
 
 def _wants_reports(settings: Settings, s: Summary) -> bool:
     """Whether this pass renders its reports (``monitor_reports``)."""
     if settings.monitor_reports == "never":
         return False
-    return settings.monitor_reports == "always" or bool(s.decision.get("wanted"))
+    return settings.monitor_reports == "always" or s.decision.wanted
 
 
 def _reports(settings: Settings, store: Store, ev: Evaluated, s: Summary) -> None:
@@ -238,135 +298,70 @@ def _reports(settings: Settings, store: Store, ev: Evaluated, s: Summary) -> Non
             s.warnings.append(f"Evidently workspace {settings.evidently_workspace} not updated: {exc}")
 
 
-def _decide(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, window: Window,
-            version: str, result: drift_mod.DriftResult, s: Summary) -> None:
-    """Decide, and carry the decision out; ``decision["done"]`` is False when it could not be.
+def _carry_out(settings: Settings, store: Store, trigger: trig.Trigger | None, decision: Decision,
+               now: dt.datetime) -> Decision:
+    """Carry the decision's action out and return the decision as it ended.
 
-    A failed retrain of an earlier window is retried here when its backoff has passed (even
-    if this window is quiet): the earlier decision still stands until it is carried out.
+    A claim (conditional create) or a retake (conditional replace) lost to another pass ends
+    as ``duplicate``; otherwise the retrain is started (``_start``).
     """
-    degraded = bool(s.quality and s.quality.get("degraded"))
-    quality_reason = (s.quality or {}).get("reason", "")
-    wanted = result.detected or degraded
-    why = "; ".join(r for r, on in [(result.reason, result.detected), (f"quality degraded: {quality_reason}", degraded)] if on)
-    s.decision = ({"retrain": True, "wanted": True, "outcome": "triggered", "reason": why, "trigger": None} if wanted else
-                  {"retrain": False, "outcome": "no_drift", "reason": f"no retrain: {result.reason}; quality: {quality_reason}"})
-    if wanted and trigger is None:
-        s.decision.update(retrain=False, outcome="no_trigger", reason=f"retrain wanted ({why}) but no trigger is configured")
-        return
-    if trigger is None:
-        return
-    if wanted and _no_new_data(trigger, s):
-        s.alarm = {"drift": result.detected, "quality_degraded": degraded, "reason": why,
-                   "waiting_for": "labelled production data (feedback) or a dataset given with --data"}
-        s.decision.update(retrain=False, outcome="alarm", alarm=True, reason=(
-            f"ALARM: {why}; no retrain: there is no new labelled data (the retrain would read only "
-            f"{getattr(trigger, 'source', 'the champion')}, the champion's own training data, which can only "
-            "reproduce it); waiting for labels"))
-        wanted = False
-    block = _blocking(settings, store, trigger, now)
-    if block:
-        if wanted:
-            s.decision.update(retrain=False, outcome="cooldown" if "cooldown" in block else "in_flight",
-                              reason=f"retrain wanted ({why}) but {block}")
-        return
-    if _retry_pending(settings, store, trigger, now, version, s, wanted) or not wanted:
-        return
-    key = Window.stamp(window.start)
-    request = trig.RetrainRequest(settings.model, key, version, window.to_dict(), why,
-                                  f"{settings.model}-retrain-{key.lower()}")
-    if not trig.claim(store, request, trigger.kind, now):
-        s.decision.update(retrain=False, outcome="duplicate",
-                          reason=f"retrain wanted ({why}) but window {key} already triggered one (another pass)")
-        s.decision["trigger"] = trig.record_key(settings.model, key)
-        return
-    _start(settings, store, trigger, request, s, now)
+    if trigger is None or (decision.request is None and decision.retry_of is None):
+        return decision
+    if decision.request is not None:
+        request = decision.request
+        if not trig.claim(store, request, trigger.kind, now):
+            return replace(decision, outcome=Outcome.DUPLICATE, request=None, reason=(
+                f"retrain wanted ({decision.reason}) but window {request.key} already triggered one (another pass)"))
+    else:
+        record = trig.retake(store, settings.model, str(decision.retry_of), now)
+        if record is None:
+            return replace(decision, outcome=Outcome.DUPLICATE, retry_of=None,
+                           reason=f"retrain {decision.retry_of} is being retried by another pass")
+        request = trig.RetrainRequest(**{f: record[f] for f in ("model", "key", "version", "window", "reason", "run_name")})
+    return _start(settings, store, trigger, replace(decision, request=None, retry_of=None), request, now)
 
 
-def _blocking(settings: Settings, store: Store, trigger: trig.Trigger, now: dt.datetime) -> str | None:
-    return trig.blocking(store, settings.model, trigger, dt.timedelta(minutes=settings.cooldown_minutes), now,
-                         dt.timedelta(minutes=settings.retry_backoff_minutes), settings.retry_max_attempts)
-
-
-def _retry_pending(settings: Settings, store: Store, trigger: trig.Trigger, now: dt.datetime, version: str,
-                   s: Summary, wanted: bool) -> bool:
-    """Carry out an earlier window's failed retrain when its backoff has passed; True when one is pending.
-
-    The caller has checked that nothing is in flight; ``retake`` is a conditional replace, so
-    of passes racing here exactly one starts the retry.
-    """
-    retry = trig.pending(store, settings.model, version)
-    if retry is None:
-        return False
-    if now < dt.datetime.fromisoformat(retry["retry_at"]):
-        note = (f"retrain {retry['key']} failed (attempt {retry.get('attempts', 1)}: {retry.get('error')}); "
-                f"next attempt at {retry['retry_at']}")
-        s.decision.update(retrain=False, reason=f"{s.decision['reason']}; {note}".lstrip("; "))
-        if wanted:
-            s.decision.update(outcome="in_flight", done=False)
-        return True
-    record = trig.retake(store, settings.model, retry["key"], now)
-    if record is None:
-        s.decision.update(retrain=False, reason=f"retrain {retry['key']} is being retried by another pass")
-        if wanted:
-            s.decision["outcome"] = "in_flight"
-        return True
-    request = trig.RetrainRequest(**{f: record[f] for f in ("model", "key", "version", "window", "reason", "run_name")})
-    s.decision.update(retrain=True, wanted=True, outcome="triggered", retry=record["attempts"],
-                      reason=f"retrying retrain {request.key} (attempt {record['attempts']}: {request.reason})")
-    _start(settings, store, trigger, request, s, now)
-    return True
-
-
-def _retry_when_skipped(settings: Settings, store: Store, trigger: trig.Trigger | None, now: dt.datetime, s: Summary) -> None:
-    """A pass with nothing to evaluate still carries out an earlier window's pending retry."""
-    if trigger is None or s.status != "skipped" or not s.version:
-        return
-    block = _blocking(settings, store, trigger, now)
-    if block is None:
-        _retry_pending(settings, store, trigger, now, s.version, s, False)
-
-
-def _no_new_data(trigger: trig.Trigger, s: Summary) -> bool:
-    """True when a retrain would read only what the champion was trained on (no --data, no new labels)."""
-    if not getattr(trigger, "reuses_champion_data", False):
-        return False
-    return not (getattr(trigger, "include_feedback", False) and s.rows.get("labelled", 0) > 0)
-
-
-def _start(settings: Settings, store: Store, trigger: trig.Trigger, request: trig.RetrainRequest, s: Summary,
-           now: dt.datetime) -> None:
+def _start(settings: Settings, store: Store, trigger: trig.Trigger, decision: Decision, request: trig.RetrainRequest,
+           now: dt.datetime) -> Decision:
     """Start the claimed retrain and record how it went; a failure is recorded with its retry time."""
-    s.decision["trigger"] = trig.record_key(settings.model, request.key)
     base = dt.timedelta(minutes=settings.retry_backoff_minutes)
     try:
         started = trigger.start(request)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the record must not claim success
         rec = trig.failed(store, settings.model, request.key, f"{type(exc).__name__}: {exc}", now, base,
                           settings.retry_max_attempts)
-        s.status, s.message = "error", f"retrain could not be started: {exc}"
-        s.decision.update(retrain=False, outcome="failed", done=False,
-                          reason=f"{s.decision['reason']}; the {trigger.kind} trigger failed: {exc}"
-                          + (f" (next attempt at {rec['retry_at']})" if rec.get("retry_at") else " (given up)"))
-        return
+        return _failed(settings, decision, rec, f"the {trigger.kind} trigger failed: {exc}")
     if started.get("status") == "failed":
         rec = trig.failed(store, settings.model, request.key, str(started.get("error")), now, base,
                           settings.retry_max_attempts, {k: v for k, v in started.items() if k not in ("status", "error")})
-        s.decision.update(outcome="failed", done=False)
-    else:
-        rec = trig.update(store, settings.model, request.key, started, now)
-    s.decision["run"] = {k: rec.get(k) for k in ("status", "run_id", "version", "registered", "promoted", "error",
-                                                  "retry_at", "attempts") if k in rec}
-    if rec.get("status") in ("failed", "given_up"):
-        s.status, s.message = "error", f"retrain {request.key} failed: {rec.get('error')}"
-    elif rec.get("status") == "succeeded" and not rec.get("registered", True):
-        s.decision["reason"] += f"; the retrain registered nothing new ({rec.get('promotion_reason') or 'same data'})"
+        return _failed(settings, decision, rec, f"the retrain failed: {started.get('error')}")
+    rec = trig.update(store, settings.model, request.key, started, now)
+    reason = decision.reason
+    if rec.get("status") == "succeeded" and not rec.get("registered", True):
+        reason += f"; the retrain registered nothing new ({rec.get('promotion_reason') or 'same data'})"
+    return replace(decision, reason=reason, run=_run(rec))
 
 
-def _record(settings: Settings, store: Store, s: Summary, t0: float) -> None:
+def _failed(settings: Settings, decision: Decision, rec: dict[str, Any], why: str) -> Decision:
+    """The decision of a pass whose retrain failed: failed (retried after the backoff) or given_up."""
+    retry_at = dt.datetime.fromisoformat(rec["retry_at"]) if rec.get("retry_at") else None
+    failure = Failure(str(rec["key"]), int(rec.get("attempts", 1)), settings.retry_max_attempts, str(rec.get("error")),
+                      retry_at)
+    then = f"next attempt at {retry_at.isoformat()}" if retry_at else "given up"
+    return replace(decision, outcome=Outcome.FAILED if retry_at else Outcome.GIVEN_UP, failure=failure, run=_run(rec),
+                   reason=f"{decision.reason}; {why} ({then})")
+
+
+def _run(rec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a trigger record a summary shows about its run."""
+    return {k: rec.get(k) for k in ("status", "run_id", "version", "registered", "promoted", "error", "retry_at",
+                                    "attempts") if k in rec}
+
+
+def _record(settings: Settings, store: Store, s: Summary, t0: float, now: dt.datetime) -> None:
     """Write summary.json and push the metrics; called after the decision and again after the reports."""
-    if not s.retrains and s.decision.get("outcome") != "error":  # a failed trigger is counted; a failed store cannot be
-        s.retrains = _retrains(store, s)
+    if not s.retrains and s.decision.outcome is not Outcome.ERROR:  # a failed store cannot be counted
+        s.retrains = _retrains(store, s, now)
     s.duration_s = round(time.perf_counter() - t0, 3)
     s.finished_at_unix = round(time.time(), 3)
     s.metrics = {f.key: f.value for f in monitor_metrics.figures(s.to_dict())}
@@ -392,7 +387,7 @@ def _push(settings: Settings, s: Summary) -> None:
 COUNTERS = "monitoring/{model}/counters.json"
 
 
-def _retrains(store: Store, s: Summary) -> dict[str, Any]:
+def _retrains(store: Store, s: Summary, now: dt.datetime) -> dict[str, Any]:
     """The running totals behind the retrain counters: decisions (kept in the store) and trigger records.
 
     A pass that wanted a retrain adds one to its outcome's count. Passes do not overlap (the
@@ -404,17 +399,16 @@ def _retrains(store: Store, s: Summary) -> dict[str, Any]:
             counts = json.loads(store.read(key)).get("decisions_total", {})
         except NotFound:
             counts = {}
-        outcome = s.decision.get("outcome")
-        if s.decision.get("wanted") and outcome in monitor_metrics.DECISION_OUTCOMES:
+        outcome = s.decision.outcome.value
+        if s.decision.wanted and outcome in monitor_metrics.DECISION_OUTCOMES:
             counts[outcome] = counts.get(outcome, 0) + 1
             store.write(key, json.dumps({"decisions_total": counts}, indent=2).encode())
         recs = trig.records(store, s.model)
     except (StoreError, ValueError) as exc:
         s.warnings.append(f"retrain counters not read: {exc}")
         return {"unavailable": str(exc)}  # not empty: the report step must not count this pass again
-    now = dt.datetime.now(dt.UTC)
-    in_flight = sum(r.get("status") in trig.IN_FLIGHT
-                    and now - dt.datetime.fromisoformat(r["created_at"]) <= trig.STALE_AFTER for r in recs)
+    # in flight as the decision counts it: the same rule, at the pass's time
+    in_flight = sum(trig.TriggerRecord.of(r).in_flight(now) for r in recs)
     by_status: dict[str, int] = {}
     failed_attempts = 0
     for r in recs:
@@ -457,11 +451,34 @@ def table(s: Summary) -> str:
         lines.append(f"  quality: {s.quality['reason']}")
     if s.alarm:
         lines.append(f"  ALARM: {s.alarm['reason']} - waiting for {s.alarm['waiting_for']}")
-    lines.append(f"  decision: {'RETRAIN' if s.decision.get('retrain') else 'no retrain'} - {s.decision.get('reason', '')}")
+    lines.append(f"  decision: {'RETRAIN' if s.decision.retrain else 'no retrain'} ({s.decision.outcome}) - {s.decision.reason}")
     for w in s.warnings[:5]:
         lines.append(f"  warning: {w}")
     lines += _metrics_lines(s)
     return "\n".join(lines)
+
+
+def verdict(s: Summary) -> str:
+    """The pass in one sentence: the last line ``flywheel monitor`` prints (the monitor Job's log)."""
+    d, f = s.decision, s.decision.failure
+    if s.status == "error":
+        return f"error: the monitoring pass of model {s.model} failed (exit {s.exit_code}): {_one_line(s.message)}"
+    if f is not None:
+        head, error = f"error: retrain {f.key} of model {s.model}", _one_line(f.error)
+        code = f"(exit {s.exit_code}: a retry of the job cannot help)"
+        if d.outcome is Outcome.FAILED_WAITING and f.retry_at:
+            return (f"{head} failed (attempt {f.attempts} of {f.max_attempts}: {error}) and waits for its next attempt "
+                    f"at {f.retry_at.isoformat(timespec='seconds')}; this pass started nothing {code}")
+        if f.retry_at:
+            return (f"{head} failed (attempt {f.attempts} of {f.max_attempts}): {error}; next attempt at "
+                    f"{f.retry_at.isoformat(timespec='seconds')} {code}")
+        return (f"{head} failed on its last attempt ({f.attempts} of {f.max_attempts}): {error}; it is given up and "
+                f"version {s.version} keeps serving {code}")
+    return f"monitor {s.model}: {s.status}, {d.outcome}: {_one_line(d.reason)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _metrics_lines(s: Summary, per_family: int = 10) -> list[str]:

@@ -53,6 +53,11 @@ class Window:
     def to_dict(self) -> dict[str, Any]:
         return {"start": self.start.isoformat() if self.start else None, "end": self.end.isoformat(), "key": self.key}
 
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Window:
+        """The window ``to_dict`` wrote."""
+        return cls(dt.datetime.fromisoformat(d["start"]) if d.get("start") else None, dt.datetime.fromisoformat(d["end"]))
+
 
 @dataclass
 class Scan:

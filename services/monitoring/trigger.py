@@ -14,14 +14,18 @@ tried again (``retry_at``, a backoff that doubles per attempt) and a later pass 
 over with a conditional replace on the record (``retake``), so two passes never both
 restart it and never while another attempt is in flight. After ``retry_max_attempts`` the
 record is given up (``status: given_up``) and says so.
+
+The decision reads records through ``TriggerRecord`` (typed, pure predicates: in flight,
+cooling down, waiting for a retry); ``refresh`` is the one step that asks the trigger about
+runs in flight and writes their state back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol, runtime_checkable
 
 from components.store import NotFound, Store
 
@@ -47,10 +51,17 @@ class RetrainRequest:
     run_name: str
 
 
+@runtime_checkable
 class Trigger(Protocol):
     """Starts a retrain and reports on the runs it started."""
 
     kind: str
+    # the dataset a retrain reads (named in the alarm when it holds nothing new)
+    source: str
+    # ``source`` is what the champion was trained on (no --data): only new labels make a retrain worth it
+    reuses_champion_data: bool
+    # a retrain adds the labelled production rows (feedback joined to the logged features)
+    include_feedback: bool
 
     def start(self, request: RetrainRequest) -> dict[str, Any]:
         """Start a retrain; return record fields (``status``, ``run_id``, …). Raise TriggerError if it cannot."""
@@ -61,8 +72,101 @@ class Trigger(Protocol):
         ...
 
 
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+@dataclass(frozen=True)
+class TriggerRecord:
+    """What the decision reads of one record (``triggers/<model>/<key>.json``)."""
+
+    key: str
+    status: str  # started | running | succeeded | failed | given_up
+    version: str | None  # the served version the decision was made against
+    trigger: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    attempts: int = 1
+    retry_at: dt.datetime | None = None
+    error: str | None = None
+    run_id: str | None = None
+    reason: str = ""  # why the retrain was decided
+    poll_error: str | None = None  # this pass could not read the run's state from the trigger
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> TriggerRecord:
+        """The typed view of a record's JSON body."""
+        created = dt.datetime.fromisoformat(body["created_at"])
+        return cls(key=str(body["key"]), status=str(body.get("status")), version=body.get("version"),
+                   trigger=str(body.get("trigger", "")), created_at=created,
+                   updated_at=dt.datetime.fromisoformat(body["updated_at"]) if body.get("updated_at") else created,
+                   attempts=int(body.get("attempts", 1)),
+                   retry_at=dt.datetime.fromisoformat(body["retry_at"]) if body.get("retry_at") else None,
+                   error=body.get("error"), run_id=body.get("run_id"), reason=str(body.get("reason") or ""))
+
+    def in_flight(self, now: dt.datetime) -> bool:
+        """Started or running and touched within ``STALE_AFTER`` (a retake restarts the clock).
+
+        A record without a run id is being started by a pass right now: in flight too.
+        """
+        return self.status in IN_FLIGHT and now - self.updated_at <= STALE_AFTER
+
+    def waits(self, now: dt.datetime) -> bool:
+        """A failed retrain whose retry time lies ahead."""
+        return self.status == "failed" and self.retry_at is not None and now < self.retry_at
+
+    def cooling(self, now: dt.datetime, cooldown: dt.timedelta) -> bool:
+        """A retrain that succeeded or is in flight, started less than ``cooldown`` ago."""
+        return (self.status == "succeeded" or self.in_flight(now)) and now - self.created_at < cooldown
+
+
+def pending(recs: tuple[TriggerRecord, ...] | list[TriggerRecord], version: str | None) -> TriggerRecord | None:
+    """The latest failed retrain decided against ``version`` that is still to be retried, if any.
+
+    A failed record of an older served version is obsolete: the champion changed since.
+    """
+    for rec in reversed(recs):
+        if rec.status == "failed" and rec.retry_at is not None and rec.version == version:
+            return rec
+    return None
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """The model's records after ``refresh``, and the ones it found given up."""
+
+    records: tuple[TriggerRecord, ...]
+    given_up: tuple[str, ...] = ()  # keys whose run this pass found failed on its last attempt
+
+
+def refresh(store: Store, model: str, trigger: Trigger | None, now: dt.datetime,
+            retry_backoff: dt.timedelta, max_attempts: int) -> Refreshed:
+    """Every record of the model, oldest first, after asking the trigger about its runs in flight.
+
+    The answers are written back, so a finished run stops blocking as soon as any pass
+    notices; a run found failed gets its retry time like a start that failed (``failed``).
+    A run whose state cannot be read stays in flight, with ``poll_error`` saying why.
+    """
+    out: list[TriggerRecord] = []
+    given_up: list[str] = []
+    for body in records(store, model):
+        try:
+            rec = TriggerRecord.of(body)
+        except (KeyError, TypeError, ValueError):  # a record without its key or times: skipped like an unreadable one
+            continue
+        if trigger is not None and rec.status in IN_FLIGHT and rec.run_id and rec.trigger == trigger.kind:
+            try:
+                fresh = trigger.poll(body)
+            except TriggerError as exc:
+                out.append(replace(rec, poll_error=str(exc)))
+                continue
+            if fresh.get("status") == "failed":
+                why = fresh.get("error") or f"run {rec.run_id} ended {fresh.get('kfp_state', 'failed')}"
+                body = failed(store, model, rec.key, why, now, retry_backoff, max_attempts,
+                              {k: v for k, v in fresh.items() if k not in ("status", "error")})
+                if body["status"] == "given_up":
+                    given_up.append(rec.key)
+            elif fresh.get("status") and fresh.get("status") != rec.status:
+                body = update(store, model, rec.key, fresh, now)
+            rec = TriggerRecord.of(body)
+        out.append(rec)
+    return Refreshed(tuple(out), tuple(given_up))
 
 
 def record_key(model: str, key: str) -> str:
@@ -92,17 +196,6 @@ def failed(store: Store, model: str, key: str, error: str, now: dt.datetime, bas
     else:
         out["retry_at"] = (now + backoff(attempts, base)).isoformat()
     return update(store, model, key, out, now)
-
-
-def pending(store: Store, model: str, version: str) -> dict[str, Any] | None:
-    """The latest failed retrain decided against ``version`` that is still to be retried, if any.
-
-    A failed record of an older served version is obsolete: the champion changed since.
-    """
-    for rec in reversed(records(store, model)):
-        if rec.get("status") == "failed" and rec.get("retry_at") and rec.get("version") == version:
-            return rec
-    return None
 
 
 def retake(store: Store, model: str, key: str, now: dt.datetime) -> dict[str, Any] | None:
@@ -145,39 +238,3 @@ def records(store: Store, model: str) -> list[dict[str, Any]]:
         except (NotFound, ValueError):
             continue
     return sorted(out, key=lambda r: r.get("created_at", ""))
-
-
-def blocking(store: Store, model: str, trigger: Trigger | None, cooldown: dt.timedelta, now: dt.datetime,
-             retry_backoff: dt.timedelta = dt.timedelta(minutes=5), max_attempts: int = 1) -> str | None:
-    """Why no retrain may start now (one in flight, or inside the cooldown), else None.
-
-    In-flight records are polled through the trigger first, and the answer is written back,
-    so a finished run stops blocking as soon as any pass notices; a run found failed gets its
-    retry time like a start that failed (``failed``).
-    """
-    for rec in reversed(records(store, model)):
-        status = rec.get("status")
-        created = dt.datetime.fromisoformat(rec["created_at"])
-        # a record without a run id is being started by another pass right now: in flight
-        if status in IN_FLIGHT and rec.get("run_id") and trigger is not None and rec.get("trigger") == trigger.kind:
-            try:
-                fresh = trigger.poll(rec)
-            except TriggerError as exc:
-                return f"retrain {rec['key']} is in flight and its state cannot be read ({exc})"
-            if fresh.get("status") == "failed":
-                why = fresh.get("error") or f"run {rec['run_id']} ended {fresh.get('kfp_state', 'failed')}"
-                rec = failed(store, model, rec["key"], why, now, retry_backoff, max_attempts,
-                             {k: v for k, v in fresh.items() if k not in ("status", "error")})
-                status = rec["status"]
-            elif fresh.get("status") and fresh.get("status") != status:
-                rec = update(store, model, rec["key"], fresh, now)
-                status = rec["status"]
-        if status in IN_FLIGHT:
-            touched = dt.datetime.fromisoformat(rec.get("updated_at") or rec["created_at"])  # a retake restarts the clock
-            if now - touched > STALE_AFTER:
-                continue
-            return f"a retrain is in flight (record {rec['key']}, {status} since {rec['created_at']})"
-        if status in ("succeeded", *IN_FLIGHT) and now - created < cooldown:
-            left = int((cooldown - (now - created)).total_seconds() // 60) + 1
-            return f"inside the cooldown: retrain {rec['key']} started at {rec['created_at']} ({left} min left)"
-    return None

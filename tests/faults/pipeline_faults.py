@@ -44,6 +44,7 @@ class CountingTrigger:
     """A trigger that fails its first ``failures`` starts and counts how many starts overlap."""
 
     kind = "counting"
+    source, reuses_champion_data, include_feedback = "data", False, False
 
     def __init__(self, failures: int = 0, hold: float = 0.3) -> None:
         self.failures, self.hold = failures, hold
@@ -93,13 +94,13 @@ def monitor_race(work: Path) -> FaultResult:
     ok = trigger.starts == 1 and len(recs) == 1 and len(results) == 2
     return FaultResult("monitor_race", f"{len(results)} passes, {trigger.starts} trigger(s), {len(recs)} record(s); "
                        f"champion {served.version} -> {served.registry.champion().version}", ok,
-                       details={"reasons": [r.decision.get("reason") for r in results]})
+                       details={"reasons": [r.decision.reason for r in results]})
 
 
 @fault
 def trigger_failure(work: Path) -> FaultResult:
     """The trigger fails once; a pass before the backoff waits, passes after it retry exactly once."""
-    from services.monitoring.monitor import run_pass
+    from services.monitoring.monitor import EXIT_RETRAIN_FAILED, run_pass
     from services.monitoring.trigger import records
     from tests.monitoring.logs import NOW, race_passes
 
@@ -111,7 +112,7 @@ def trigger_failure(work: Path) -> FaultResult:
     due = dt.datetime.fromisoformat(rec["retry_at"]) + dt.timedelta(seconds=1)
     race_passes(settings, served.store, trigger, due, 3)
     [final] = records(served.store, "test")
-    ok = (first.exit_code == 1 and "next attempt at" in early.decision["reason"] and trigger.starts == 2
+    ok = (first.exit_code == EXIT_RETRAIN_FAILED and "next attempt at" in early.decision.reason and trigger.starts == 2
           and trigger.max_running == 1 and final["status"] == "succeeded" and final["attempts"] == 2)
     return FaultResult("trigger_failure", f"attempt 1 failed; retried once after {settings.retry_backoff_minutes:g} min "
                        f"({trigger.starts} starts, at most {trigger.max_running} in flight), record {final['status']}; "

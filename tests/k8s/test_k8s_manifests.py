@@ -186,6 +186,11 @@ def test_monitor_cronjob_is_bounded(builds, build):
     job = spec["jobTemplate"]["spec"]
     assert job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] >= 0
     pod = job["template"]["spec"]
+    # A pass whose retrain failed exits with the monitor's own code: the Job fails without a second pod.
+    from services.monitoring.monitor import EXIT_RETRAIN_FAILED
+
+    assert job["podFailurePolicy"]["rules"] == [{"action": "FailJob", "onExitCodes": {
+        "containerName": pod["containers"][0]["name"], "operator": "In", "values": [EXIT_RETRAIN_FAILED]}}]
     assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "flywheel-monitor"
     (c,) = pod["containers"]
     assert c["command"] == ["flywheel", "monitor"]

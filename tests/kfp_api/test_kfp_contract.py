@@ -18,7 +18,7 @@ from components.data import DatasetSpec
 from components.settings import Settings
 from pipelines import kfp_client
 from pipelines.triggers import KFPTrigger
-from services.monitoring.trigger import RetrainRequest, TriggerError, blocking, claim, records
+from services.monitoring.trigger import RetrainRequest, TriggerError, claim, records, refresh
 from tests.kfp_api.fake_kfp import FakeKFP
 
 PACKAGE = b"# PIPELINE DEFINITION\npipelineInfo:\n  name: flywheel-training\n"
@@ -148,9 +148,13 @@ def test_in_flight_run_blocks_until_the_api_says_it_finished(kfp_api: FakeKFP, k
     update(store, "test", REQUEST.key, started, now)
     kfp_api.set_run_state(started["run_id"], "RUNNING")
 
-    assert "in flight" in blocking(store, "test", trigger, dt.timedelta(0), now + dt.timedelta(minutes=10))
+    later = now + dt.timedelta(minutes=10)
+    [rec] = refresh(store, "test", trigger, later, dt.timedelta(minutes=5), 3).records
+    assert rec.status == "running" and rec.in_flight(later)
     kfp_api.set_run_state(started["run_id"], "SUCCEEDED")
-    assert blocking(store, "test", trigger, dt.timedelta(0), now + dt.timedelta(minutes=20)) is None
+    later = now + dt.timedelta(minutes=20)
+    [rec] = refresh(store, "test", trigger, later, dt.timedelta(minutes=5), 3).records
+    assert rec.status == "succeeded" and not rec.in_flight(later)
     [rec] = records(store, "test")
     assert rec["status"] == "succeeded" and rec["kfp_state"] == "SUCCEEDED"
     assert kfp_api.calls("GET", f"/apis/v2beta1/runs/{started['run_id']}")
@@ -201,12 +205,13 @@ def test_pass_records_the_run_id_and_races_trigger_once(kfp_api: FakeKFP, kfp_se
     assert len(kfp_api.calls("POST", "/apis/v2beta1/runs")) == 1
     [rec] = records(store, "test")
     assert rec["status"] == "running" and rec["run_id"] in kfp_api.runs and rec["trigger"] == "kfp"
-    assert sorted(r.decision["retrain"] for r in results) == [False, True]
+    assert sorted(r.decision.retrain for r in results) == [False, True]
 
 
-def test_pass_with_the_api_down_exits_non_zero_and_claims_nothing(kfp_api: FakeKFP, kfp_settings: Settings,
+def test_pass_with_the_api_down_exits_with_the_retrain_failed_code(kfp_api: FakeKFP, kfp_settings: Settings,
                                                                   package: Path) -> None:
-    from services.monitoring.monitor import run_pass
+    from services.monitoring.decision import Outcome
+    from services.monitoring.monitor import EXIT_RETRAIN_FAILED, run_pass
 
     settings = kfp_settings.model_copy(update={"window_minutes": 60})
     store, now = _drifted_store(settings)
@@ -214,7 +219,8 @@ def test_pass_with_the_api_down_exits_non_zero_and_claims_nothing(kfp_api: FakeK
 
     s = run_pass(settings, store, KFPTrigger(settings, SPEC, package, token_path=None), now=now)
 
-    assert s.exit_code == 1 and s.status == "error" and "unreachable" in s.message
-    assert s.decision["retrain"] is False and "kfp trigger failed" in s.decision["reason"]
+    assert s.exit_code == EXIT_RETRAIN_FAILED and s.status == "ok" and s.decision.outcome is Outcome.FAILED
+    assert s.decision.failure is not None and "unreachable" in s.decision.failure.error
+    assert s.decision.retrain is False and "kfp trigger failed" in s.decision.reason
     [rec] = records(store, "test")
     assert rec["status"] == "failed" and "run_id" not in rec and "unreachable" in rec["error"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from components.settings import Settings
 from services.monitoring import monitor
+from services.monitoring.decision import Outcome
 from services.monitoring.monitor import run_pass
 from services.monitoring.trigger import RetrainRequest, records
 from tests.monitoring.logs import NOW, Served, make_frame, race_passes, write_logs
@@ -64,19 +65,19 @@ def test_a_failed_trigger_is_retried_after_its_backoff(mon_settings: Settings, s
 
     first = run_pass(settings, served.store, trigger, now=NOW)
     [rec] = records(served.store, "test")
-    assert first.exit_code == 1 and rec["status"] == "failed" and rec["attempts"] == 1 and "503" in rec["error"]
-    assert rec["retry_at"] and dt.datetime.fromisoformat(rec["retry_at"]) > NOW
-    assert first.decision["done"] is False
+    assert first.exit_code == monitor.EXIT_RETRAIN_FAILED and rec["status"] == "failed" and rec["attempts"] == 1
+    assert "503" in rec["error"] and rec["retry_at"] and dt.datetime.fromisoformat(rec["retry_at"]) > NOW
+    assert first.decision.done is False
 
     early = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=1))
-    assert len(trigger.requests) == 1 and "next attempt at" in early.decision["reason"]
+    assert len(trigger.requests) == 1 and "next attempt at" in early.decision.reason
 
     later = dt.datetime.fromisoformat(rec["retry_at"]) + dt.timedelta(seconds=1)
     retried = run_pass(settings, served.store, trigger, now=later)
     [rec] = records(served.store, "test")
     assert len(trigger.requests) == 2 and trigger.requests[1].key == trigger.requests[0].key
     assert rec["status"] == "succeeded" and rec["attempts"] == 2 and rec["errors"][0].startswith("RuntimeError")
-    assert retried.exit_code == 0 and retried.decision["retry"] == 2
+    assert retried.exit_code == 0 and retried.decision.attempt == 2 and retried.decision.outcome is Outcome.TRIGGERED
 
 
 def test_backoff_doubles_and_the_retrain_is_given_up(mon_settings: Settings, served: Served) -> None:
@@ -109,19 +110,29 @@ def test_passes_racing_on_a_retry_start_it_once_and_never_two_in_flight(mon_sett
     assert trigger.max_running == 1
     [rec] = records(served.store, "test")
     assert rec["status"] == "succeeded" and rec["attempts"] == 2
-    others = [r for r in results if not r.decision.get("retry")]
-    assert len(others) == 2 and all("another pass" in r.decision["reason"] or "in flight" in r.decision["reason"]
-                                    for r in others)
+    others = [r for r in results if r.decision.outcome is not Outcome.TRIGGERED]
+    assert len(others) == 2 and all(r.decision.outcome in (Outcome.DUPLICATE, Outcome.IN_FLIGHT) for r in others)
+    assert all("another pass" in r.decision.reason or "in flight" in r.decision.reason for r in others)
 
 
-def test_a_window_whose_retrain_failed_is_evaluated_again(mon_settings: Settings, served: Served) -> None:
+def test_a_window_whose_retrain_failed_stays_open_until_its_retry(mon_settings: Settings, served: Served) -> None:
+    """A rerun before the retry time (the Job's retry) re-evaluates that window; the first pass after it retries."""
     settings = settings_for(mon_settings, window_minutes=None)
     write_logs(served, make_frame(3000, seed=34, shift=0.5), NOW - dt.timedelta(hours=2), 60)
     trigger = FlakyTrigger(failures=1)
+
     first = run_pass(settings, served.store, trigger, now=NOW)
-    second = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=30))
-    assert first.decision["done"] is False
-    assert second.window["start"] == first.window["start"]  # not marked done: the same data is looked at again
+    rerun = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(seconds=20))
+    windows = {k.split("/")[2] for k in served.store.list("monitoring/test/") if k.endswith("summary.json")}
+    later = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=30))
+
+    assert first.exit_code == monitor.EXIT_RETRAIN_FAILED and first.decision.outcome is Outcome.FAILED
+    assert not first.decision.done
+    assert rerun.exit_code == monitor.EXIT_RETRAIN_FAILED and rerun.decision.outcome is Outcome.FAILED_WAITING
+    assert rerun.window == first.window and windows == {first.window["key"]}  # no second window's report
+    # after the retry time: from the open window's start to now, and the retry succeeds
+    assert later.window["start"] == first.window["start"] and later.window["end"] > first.window["end"]
+    assert later.decision.outcome is Outcome.TRIGGERED and later.decision.attempt == 2 and len(trigger.requests) == 2
 
 
 def test_drift_without_new_labels_raises_the_alarm_instead_of_retraining(mon_settings: Settings, served: Served) -> None:
@@ -130,8 +141,8 @@ def test_drift_without_new_labels_raises_the_alarm_instead_of_retraining(mon_set
 
     s = run_pass(mon_settings, served.store, trigger, now=NOW)
 
-    assert s.drift["detected"] is True and s.decision["retrain"] is False and s.decision["alarm"] is True
-    assert "waiting for labels" in s.decision["reason"] and trigger.requests == []
+    assert s.drift["detected"] is True and s.decision.outcome is Outcome.ALARM and s.decision.alarm is True
+    assert "waiting for labels" in s.decision.reason and trigger.requests == []
     assert records(served.store, "test") == []
     body = json.loads(served.store.read(s.outputs["summary"]))
     assert body["alarm"]["drift"] is True and "feedback" in body["alarm"]["waiting_for"]
@@ -142,7 +153,7 @@ def test_drift_with_new_labels_retrains(mon_settings: Settings, served: Served) 
     write_logs(served, make_frame(3000, seed=36, shift=0.6), WINDOW_START, 60, feedback_share=0.3)
     trigger = FlakyTrigger(failures=0, reuses_champion_data=True, include_feedback=True)
     s = run_pass(mon_settings, served.store, trigger, now=NOW)
-    assert s.decision["retrain"] is True and s.alarm is None and len(trigger.requests) == 1
+    assert s.decision.retrain is True and s.alarm is None and len(trigger.requests) == 1
 
 
 def test_logs_that_arrive_after_their_window_are_evaluated_in_the_next_one(mon_settings: Settings, served: Served) -> None:
@@ -164,6 +175,7 @@ class PolledTrigger:
     """Like the KFP trigger: a start returns a running run; a later poll finds the first one failed."""
 
     kind = "polled"
+    source, reuses_champion_data, include_feedback = "data", False, False
 
     def __init__(self) -> None:
         self.starts = 0
@@ -184,7 +196,35 @@ def test_a_run_found_failed_by_a_later_pass_is_retried_after_its_backoff(mon_set
     noticed = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=1))
     [rec] = records(served.store, "test")
     assert rec["status"] == "failed" and "kfp-1 ended FAILED" in rec["error"] and trigger.starts == 1
-    assert "next attempt at" in noticed.decision["reason"]
+    assert noticed.decision.outcome is Outcome.FAILED_WAITING and "next attempt at" in noticed.decision.reason
     run_pass(settings, served.store, trigger, now=dt.datetime.fromisoformat(rec["retry_at"]) + dt.timedelta(seconds=1))
     [rec] = records(served.store, "test")
     assert trigger.starts == 2 and rec["attempts"] == 2 and rec["run_id"] == "kfp-2" and rec["status"] == "running"
+
+
+def test_a_retrain_given_up_closes_its_window(mon_settings: Settings, served: Served) -> None:
+    settings = settings_for(mon_settings, window_minutes=None, retry_max_attempts=1)
+    write_logs(served, make_frame(3000, seed=44, shift=0.5), NOW - dt.timedelta(hours=2), 60)
+    trigger = FlakyTrigger(failures=5)
+
+    first = run_pass(settings, served.store, trigger, now=NOW)
+    later = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(hours=1))
+
+    [rec] = records(served.store, "test")
+    assert rec["status"] == "given_up" and first.decision.outcome is Outcome.GIVEN_UP
+    assert first.exit_code == monitor.EXIT_RETRAIN_FAILED
+    assert later.window["start"] == first.window["end"]  # given up is an end: the next pass moves on
+
+
+def test_a_run_found_failed_on_its_last_attempt_is_reported_given_up(mon_settings: Settings, served: Served) -> None:
+    settings = settings_for(mon_settings, retry_max_attempts=1)
+    write_logs(served, make_frame(3000, seed=45, shift=0.5), WINDOW_START, 60)
+    trigger = PolledTrigger()
+    started = run_pass(settings, served.store, trigger, now=NOW)
+
+    noticed = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=1))
+
+    [rec] = records(served.store, "test")
+    assert started.exit_code == 0 and rec["status"] == "given_up" and trigger.starts == 1
+    assert noticed.decision.outcome is Outcome.GIVEN_UP and noticed.exit_code == monitor.EXIT_RETRAIN_FAILED
+    assert "kfp-1 ended FAILED" in noticed.decision.reason and "given up" in monitor.verdict(noticed)

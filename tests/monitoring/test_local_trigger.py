@@ -28,7 +28,7 @@ def test_local_trigger_trains_a_new_version_on_data_plus_feedback(mon_settings: 
 
     s = run_pass(mon_settings, served.store, LocalTrigger(mon_settings, spec, include_feedback=True), now=NOW)
 
-    rec = json.loads(served.store.read(s.decision["trigger"]))
+    rec = json.loads(served.store.read(s.decision.record))
     assert rec["status"] == "succeeded", rec.get("error")
     after = served.registry.versions()
     assert len(after) == len(before) + 1 and rec["version"] == after[-1]
@@ -37,4 +37,4 @@ def test_local_trigger_trains_a_new_version_on_data_plus_feedback(mon_settings: 
 
     combined = read_parquet(served.store, rec["source"])
     assert 3000 + 800 < len(combined) < 3000 + 1000  # the dataset + ~30% of 3000 labelled rows
-    assert s.exit_code == 0 and s.decision["retrain"] is True
+    assert s.exit_code == 0 and s.decision.retrain is True

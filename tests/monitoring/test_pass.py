@@ -17,6 +17,7 @@ import pytest
 from components.settings import Settings
 from components.store import S3Store, open_store
 from services.monitoring import monitor
+from services.monitoring.decision import Outcome
 from services.monitoring.monitor import run_pass
 from services.monitoring.trigger import RetrainRequest, records
 from tests.monitoring.logs import FEATURES, NOW, Served, make_frame, race_passes, serve_version, write_logs
@@ -28,6 +29,7 @@ class RecordingTrigger:
     """A trigger that records what it was asked (the local and KFP ones have their own tests)."""
 
     kind = "recording"
+    source, reuses_champion_data, include_feedback = "datasets/test/train.parquet", False, False
 
     def __init__(self, status: str = "succeeded", fail: Exception | None = None) -> None:
         self.requests: list[RetrainRequest] = []
@@ -57,7 +59,7 @@ def test_quiet_window_is_reported_and_not_retrained(mon_settings: Settings, serv
 
     assert s.status == "ok" and s.exit_code == 0
     assert s.window["key"] == "20260310T110000Z--20260310T120000Z"
-    assert s.decision["retrain"] is False and s.decision["reason"].startswith("no retrain: no drift")
+    assert s.decision.retrain is False and s.decision.reason.startswith("no retrain: no drift")
     assert trigger.requests == [] and records(served.store, mon_settings.model) == []
     body = summary_of(served, s)
     assert body["rows"]["evaluated"] == 4000 and body["rows"]["labelled"] > 600
@@ -89,7 +91,7 @@ def test_report_and_workspace_show_the_p_values_the_decision_used(mon_settings: 
             values[params["column"]] = result.value
     for col in s.drift["columns"]:
         assert values[col["column"]] == pytest.approx(col["p_value"], rel=1e-6, abs=1e-300)
-    assert s.decision["retrain"] is False and "no trigger is configured" in s.decision["reason"]
+    assert s.decision.outcome is Outcome.NO_TRIGGER and "no trigger is configured" in s.decision.reason
 
 
 def test_drift_triggers_once_then_cooldown_blocks(mon_settings: Settings, served: Served) -> None:
@@ -100,11 +102,11 @@ def test_drift_triggers_once_then_cooldown_blocks(mon_settings: Settings, served
     first = run_pass(settings, served.store, trigger, now=NOW)
     second = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(hours=1))
 
-    assert first.decision["retrain"] is True and ("Bonferroni" in first.decision["reason"] or "share" in first.decision["reason"])
+    assert first.decision.retrain is True and ("Bonferroni" in first.decision.reason or "share" in first.decision.reason)
     assert [r.key for r in trigger.requests] == ["20260310T110000Z"]
     rec = json.loads(served.store.read("triggers/test/20260310T110000Z.json"))
     assert rec["status"] == "succeeded" and rec["run_id"] == "run-1" and rec["version"] == served.version
-    assert second.decision["retrain"] is False and "inside the cooldown" in second.decision["reason"]
+    assert second.decision.outcome is Outcome.COOLDOWN and "inside the cooldown" in second.decision.reason
     assert len(trigger.requests) == 1
 
 
@@ -116,8 +118,8 @@ def test_two_passes_racing_on_one_window_trigger_once(mon_settings: Settings, se
     assert len(results) == 2 and all(r.status == "ok" for r in results)
     assert len(trigger.requests) == 1
     assert len(records(served.store, mon_settings.model)) == 1
-    lost = [r for r in results if not r.decision["retrain"]]
-    assert len(lost) == 1 and ("already triggered" in lost[0].decision["reason"] or "in flight" in lost[0].decision["reason"])
+    lost = [r for r in results if not r.decision.retrain]
+    assert len(lost) == 1 and ("already triggered" in lost[0].decision.reason or "in flight" in lost[0].decision.reason)
 
 
 def test_concept_shift_is_caught_through_feedback_quality(mon_settings: Settings, served: Served) -> None:
@@ -128,7 +130,7 @@ def test_concept_shift_is_caught_through_feedback_quality(mon_settings: Settings
 
     assert s.drift["detected"] is False  # the features did not move
     assert s.quality["degraded"] is True and s.quality["drop"] > 0.5
-    assert s.decision["retrain"] is True and "quality degraded" in s.decision["reason"]
+    assert s.decision.retrain is True and "quality degraded" in s.decision.reason
     assert len(trigger.requests) == 1
     assert s.outputs.get("quality", "").endswith("quality.html")
 
@@ -155,7 +157,7 @@ def test_too_few_rows_and_other_versions_are_not_evaluated(mon_settings: Setting
 
     assert s.status == "skipped" and s.exit_code == 0
     assert s.rows["evaluated"] == 300 and s.rows["by_version"]["v0"] == 2000
-    assert "min_rows" in s.decision["reason"] and trigger.requests == []
+    assert s.decision.outcome is Outcome.TOO_FEW_ROWS and "min_rows" in s.decision.reason and trigger.requests == []
     assert s.files["skipped"] == []  # rows of another version are counted, not errors
 
 
@@ -194,13 +196,14 @@ def test_store_down_fails_the_pass_cleanly(mon_settings: Settings) -> None:
     trigger = RecordingTrigger()
     s = run_pass(dead, S3Store(dead.store, dead), trigger, now=NOW)
     assert s.status == "error" and s.exit_code == 1 and "unreachable" in s.message
-    assert s.decision["retrain"] is False and trigger.requests == []
+    assert s.decision.outcome is Outcome.ERROR and trigger.requests == []
 
 
-def test_trigger_failure_leaves_a_failed_record_and_exits_non_zero(mon_settings: Settings, served: Served) -> None:
+def test_trigger_failure_leaves_a_failed_record_and_exits_with_its_own_code(mon_settings: Settings, served: Served) -> None:
     write_logs(served, make_frame(3000, seed=20, shift=0.5), WINDOW_START, 60)
     s = run_pass(mon_settings, served.store, RecordingTrigger(fail=RuntimeError("cluster on fire")), now=NOW)
-    assert s.exit_code == 1 and s.decision["retrain"] is False and "cluster on fire" in s.decision["reason"]
+    assert s.exit_code == monitor.EXIT_RETRAIN_FAILED and s.status == "ok" and s.decision.outcome is Outcome.FAILED
+    assert s.decision.retrain is False and "cluster on fire" in s.decision.reason
     [rec] = records(served.store, "test")
     assert rec["status"] == "failed" and "cluster on fire" in rec["error"]
 

@@ -13,6 +13,7 @@ import json
 
 from components.settings import Settings
 from services.monitoring import metrics as monitor_metrics
+from services.monitoring.decision import Outcome
 from services.monitoring.monitor import run_pass, table
 from tests.monitoring.logs import NOW, Served, make_frame, write_logs
 from tests.monitoring.test_pass import WINDOW_START, RecordingTrigger
@@ -25,7 +26,7 @@ def _summary(served: Served, s) -> dict:
 def test_quiet_window_skips_reports_under_drift_policy_but_decides_the_same(mon_settings: Settings, served: Served) -> None:
     write_logs(served, make_frame(3000, seed=21), WINDOW_START, 60)
     s = run_pass(mon_settings.model_copy(update={"monitor_reports": "drift"}), served.store, None, now=NOW)
-    assert s.status == "ok" and s.decision["outcome"] == "no_drift"
+    assert s.status == "ok" and s.decision.outcome is Outcome.NO_DRIFT
     assert "report" not in s.outputs and "reports_s" not in s.timings and s.timings["decision_s"] > 0
     assert not [k for k in served.store.list(f"monitoring/{mon_settings.model}/") if k.endswith(".html")]
     body = _summary(served, s)
@@ -37,7 +38,7 @@ def test_drift_renders_reports_after_the_decision_and_counts_it(mon_settings: Se
     settings = mon_settings.model_copy(update={"monitor_reports": "drift"})
     write_logs(served, make_frame(3000, seed=22, shift=0.4), WINDOW_START, 60)
     s = run_pass(settings, served.store, RecordingTrigger(), now=NOW)
-    assert s.decision["outcome"] == "triggered"
+    assert s.decision.outcome is Outcome.TRIGGERED
     assert s.outputs["report"].endswith("report.html") and s.timings["reports_s"] > 0
     body = _summary(served, s)  # rewritten after the reports: it says where they are
     assert body["outputs"]["report"] == s.outputs["report"]
@@ -54,7 +55,7 @@ def test_drift_renders_reports_after_the_decision_and_counts_it(mon_settings: Se
     later = NOW + dt.timedelta(hours=1)
     write_logs(served, make_frame(3000, seed=23, shift=0.4), WINDOW_START + dt.timedelta(hours=1), 60)
     s2 = run_pass(settings.model_copy(update={"cooldown_minutes": 600}), served.store, RecordingTrigger(), now=later)
-    assert s2.decision["outcome"] == "cooldown"
+    assert s2.decision.outcome is Outcome.COOLDOWN
     m2 = s2.metrics
     assert m2['flywheel_retrain_decisions_total{outcome="triggered"}'] == 1
     assert m2['flywheel_retrain_decisions_total{outcome="cooldown"}'] == 1
@@ -64,11 +65,13 @@ def test_a_trigger_that_fails_is_counted(mon_settings: Settings, served: Served)
     write_logs(served, make_frame(3000, seed=25, shift=0.4), WINDOW_START, 60)
     s = run_pass(mon_settings.model_copy(update={"monitor_reports": "never"}), served.store,
                  RecordingTrigger(fail=RuntimeError("KFP is down")), now=NOW)
-    assert s.status == "error" and s.decision["outcome"] == "failed"
+    # the window was evaluated (status ok, its figures pushed whole); the failure has its own outcome
+    assert s.status == "ok" and s.decision.outcome is Outcome.FAILED and s.exit_code == 3
     assert s.metrics['flywheel_retrain_decisions_total{outcome="failed"}'] == 1
     assert s.metrics["flywheel_retrain_failures_total"] == 1
-    assert s.metrics['flywheel_monitor_status{status="error"}'] == 1
-    pushed = monitor_metrics.registry_of(monitor_metrics.figures(s.to_dict()), monitor_metrics.ERROR_FAMILIES)
+    assert s.metrics['flywheel_monitor_status{status="ok"}'] == 1
+    assert s.metrics['flywheel_retrain_decision{outcome="failed"}'] == 1
+    pushed = monitor_metrics.registry_of(monitor_metrics.figures(s.to_dict()))
     from prometheus_client import generate_latest
 
     assert "flywheel_retrain_failures_total 1.0" in generate_latest(pushed).decode()
@@ -77,7 +80,7 @@ def test_a_trigger_that_fails_is_counted(mon_settings: Settings, served: Served)
 def test_never_policy_keeps_the_decision_and_writes_no_report(mon_settings: Settings, served: Served) -> None:
     write_logs(served, make_frame(3000, seed=24, shift=0.4), WINDOW_START, 60)
     s = run_pass(mon_settings.model_copy(update={"monitor_reports": "never"}), served.store, None, now=NOW)
-    assert s.decision["outcome"] == "no_trigger" and s.decision["wanted"] is True
+    assert s.decision.outcome is Outcome.NO_TRIGGER and s.decision.wanted is True
     assert "report" not in s.outputs and "evidently_snapshots" not in s.outputs
 
 
@@ -101,3 +104,19 @@ def test_figures_are_bounded_per_feature_and_a_failed_pass_pushes_only_its_statu
 
     exposed = generate_latest(text).decode()
     assert 'flywheel_monitor_status{status="error"} 1.0' in exposed and "flywheel_drift_share" not in exposed
+
+
+def test_a_pass_that_finds_a_failed_retrain_waiting_says_so_and_not_in_flight(mon_settings: Settings, served: Served) -> None:
+    settings = mon_settings.model_copy(update={"monitor_reports": "never", "retry_backoff_minutes": 30})
+    write_logs(served, make_frame(3000, seed=26, shift=0.4), WINDOW_START, 60)
+    trigger = RecordingTrigger(fail=RuntimeError("KFP API unreachable"))
+    run_pass(settings, served.store, trigger, now=NOW)
+
+    s = run_pass(settings, served.store, trigger, now=NOW + dt.timedelta(minutes=2))
+
+    assert len(trigger.requests) == 1 and s.exit_code == 3
+    m = s.metrics
+    assert m['flywheel_retrain_decision{outcome="failed_waiting"}'] == 1
+    assert 'flywheel_retrain_decision{outcome="in_flight"}' not in m and m["flywheel_retrain_in_flight"] == 0
+    assert m['flywheel_retrain_decisions_total{outcome="failed_waiting"}'] == 1
+    assert m['flywheel_retrain_decisions_total{outcome="in_flight"}'] == 0

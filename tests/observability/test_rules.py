@@ -77,6 +77,11 @@ CASES: dict[str, tuple[tuple[list, str, dict[str, str]], tuple[list, str]]] = {
         ([series(f"flywheel_retrain_failures_total{{{MON}}}", "2 2 2 3 3 3")], "5m", {"model": "demo"}),
         # failures from long ago: the count stays, the alert must not
         ([series(f"flywheel_retrain_failures_total{{{MON}}}", "3x70")], "65m")),
+    "FlywheelRetrainWaitingForRetry": (
+        ([series(f'flywheel_retrain_decision{{{MON}, outcome="failed_waiting"}}', "1x10")], "5m", {"model": "demo"}),
+        # a retrain in flight, or the retry started: nothing failed is waiting
+        ([series(f'flywheel_retrain_decision{{{MON}, outcome="in_flight"}}', "1x10"),
+          series(f'flywheel_retrain_decision{{{MON}, outcome="triggered"}}', "1x10")], "5m")),
     "FlywheelRetrainStorm": (
         ([series(f'flywheel_retrain_decisions_total{{{MON}, outcome="triggered"}}', "0 1 2 3 4 5")], "5m", {"model": "demo"}),
         ([series(f'flywheel_retrain_decisions_total{{{MON}, outcome="triggered"}}', "0 0 0 1 1 1"),
