@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from benchmarks.serving import Running
+from benchmarks.serving_sides import Running
 
 ROWS = 100_000
 REPEATS = int(os.environ.get("BENCH_COLUMNAR_REPEATS", "5"))  # raw predict timings
