@@ -51,16 +51,6 @@ def _rows(name: str, r: dict) -> list[tuple[str, str, str, str]]:
                          f"{w.get('pass_over_ks', float('nan')):.2f} ({w.get('pass_seconds')} s), {w.get('peak_rss_gib', '-')} GiB",
                          "decision <= 1.0 at 1M, <= 2.0 at 100k; < 2 GiB at 10M"))
         return rows or [(name, k, str(v), "") for k, v in r.items() if not isinstance(v, (dict, list))]
-    if name == "columnar":
-        rows = []
-        for shape, s in r.get("shapes", {}).items():
-            for fmt in ("arrow", "parquet", "json", "arrow_log_off"):
-                f = s.get(fmt) or {}
-                value = f"error: {f['error'][:80]}" if "error" in f else \
-                    f"{f.get('over_raw', float('nan')):.2f}  ({f.get('rows_per_s', 0):,.0f} vs raw {s.get('raw_rows_per_s', 0):,.0f} rows/s)"
-                rows.append((name, f"{shape} /predict_many {fmt}, {r.get('rows_per_request', 0):,} records / raw predict",
-                             value, ">= 0.50" if fmt == "arrow" else "reported"))
-        return rows
     if name == "loop":
         return [(name, "first drifted request -> new champion answering", f"{r['first_drifted_request_to_new_champion_seconds']} s", ""),
                 (name, "requests served / logged / failed", f"{r['served']} / {r['logged']} / {r['failed_requests']}", "logged = served, 0 failed")]

@@ -45,6 +45,7 @@ from benchmarks.serving_sides import (
     MODEL_SIDES,
     SHAPES,
     Running,
+    compact_env,
     make_model,
     mismatches,
     runtime_of,
@@ -246,20 +247,12 @@ def _c1_runs(cell: dict[str, Any]) -> str:
 
 def settings_line(sides: dict[str, dict[str, Any]], problems: list[str]) -> str:
     """Every side's settings as its processes show them (in the sides' order); UNMATCHED when they differ."""
-    from services.serving.launch import MODEL_THREAD_ENV
-
     def each(get: Any) -> str:
         return "|".join(str(get(s)) for s in sides.values())
 
-    def threads(s: dict[str, Any]) -> str:
-        return "/".join(dict.fromkeys(s["env"][v] for v in MODEL_THREAD_ENV))
-
-    def pad(s: dict[str, Any]) -> str:
-        value = s["env"][MALLOC_PAD]
-        return f"{int(value) >> 20}M" if value.isdigit() else value
-
     line = (f"workers {each(lambda s: s['workers'])}, runtime {each(lambda s: s['runtime'])}, "
-            f"threads {each(threads)}, {MALLOC_PAD} {each(pad)}, gc.freeze after load: all")
+            f"threads {each(lambda s: compact_env(s['env'])['threads'])}, "
+            f"{MALLOC_PAD} {each(lambda s: compact_env(s['env'])[MALLOC_PAD])}, gc.freeze after load: all")
     return ("UNMATCHED (" + "; ".join(problems) + "): " if problems else "matched: ") + line
 
 

@@ -293,21 +293,22 @@ class Running:
         self.log.close()
 
 
-def _settings(tmp: Path, store: Path, shape: str, workers: int | None) -> Any:
+def server_settings(tmp: Path, store: Path, model: str, workers: int | None, prediction_log: bool = True) -> Any:
+    """The service's settings for ``model`` in ``store``: its own spill directory under ``tmp``."""
     from components.settings import load_settings
 
-    return load_settings(store=str(store), model=f"bench-{shape}", spill_dir=str(tmp / f"spill-{shape}"),
-                         prediction_log=True, serving_workers=workers)
+    return load_settings(store=str(store), model=model, spill_dir=str(tmp / f"spill-{model}-{prediction_log}"),
+                         prediction_log=prediction_log, serving_workers=workers)
 
 
-def start_service(tmp: Path, store: Path, shape: str, workers: int) -> Running:
-    """``flywheel serve``'s command for model ``bench-<shape>``, prediction log on, ``workers`` workers."""
+def start_service(tmp: Path, store: Path, model: str, workers: int, prediction_log: bool = True) -> Running:
+    """``flywheel serve``'s command for ``model`` with ``workers`` workers, once ready."""
     from services.serving import launch
 
-    cmd, env = launch.serve_command(_settings(tmp, store, shape, workers), free_port(None))
+    cmd, env = launch.serve_command(server_settings(tmp, store, model, workers, prediction_log), free_port(None))
     port = int(cmd[cmd.index("--port") + 1])
     env["BENTOML_HOME"] = str(tmp / "bentoml-home")
-    log = open(tmp / f"service-{shape}.log", "ab")
+    log = open(tmp / f"service-{model}-{prediction_log}.log", "ab")
     proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     return Running(proc, f"http://127.0.0.1:{port}", log).wait_ready("/readyz")
@@ -343,13 +344,13 @@ def start_sides(tmp: Path, store: Path, shape: str, workers: int, probe: str) ->
 
     ``probe`` (a request body) must get a 200 from each baseline before it counts as ready.
     """
-    settings = _settings(tmp, store, shape, workers)
+    settings = server_settings(tmp, store, f"bench-{shape}", workers)
     env = matched_env(settings)
     config = {"store": str(store), "model": settings.model, "prefer_onnx": settings.serving_runtime != "sklearn",
               "flush_rows": settings.log_flush_rows, "flush_seconds": settings.log_flush_seconds}
     sides: dict[str, Running] = {}
     try:
-        sides["service"] = start_service(tmp, store, shape, workers)
+        sides["service"] = start_service(tmp, store, settings.model, workers)
         for name, source in (("fastapi_logged", FASTAPI_LOGGED), ("fastapi_plain", FASTAPI_PLAIN)):
             sides[name] = start_uvicorn(tmp, f"{name}_{shape}", source, workers, env, config)
             sides[name].wait_ready("/predict", probe.encode())
@@ -399,6 +400,15 @@ def runtime_of(name: str, srv: Running, probe: str) -> str:
     return httpx.get(srv.url + "/runtime", timeout=30).json()["runtime"]
 
 
+def compact_env(env: dict[str, str | None]) -> dict[str, str]:
+    """The thread caps (one value when the three agree) and the heap pad in MiB, for a settings line."""
+    from services.serving.launch import MODEL_THREAD_ENV
+
+    pad = env.get(MALLOC_PAD) or "unset"
+    return {"threads": "/".join(dict.fromkeys(str(env.get(v)) for v in MODEL_THREAD_ENV)),
+            MALLOC_PAD: f"{int(pad) >> 20}M" if pad.isdigit() else pad}
+
+
 def mismatches(sides: dict[str, dict[str, Any]]) -> list[str]:
     """What differs between the sides' settings, one phrase each; empty when they are matched."""
     out = []
@@ -424,7 +434,7 @@ def main(shape: str, workers: int | None = None) -> None:
         bodies, _ = make_model(tmp / "store", shape)
         sides = start_sides(tmp, tmp / "store", shape, workers, bodies[0])
         try:
-            sides["ceiling"] = start_ceiling(tmp, workers, _settings(tmp, tmp / "store", shape, workers))
+            sides["ceiling"] = start_ceiling(tmp, workers, server_settings(tmp, tmp / "store", f"bench-{shape}", workers))
             print(json.dumps({"workers": workers, "sides": {name: {"pid": s.proc.pid, "port": s.port, "url": s.url}
                                                           for name, s in sides.items()}}), flush=True)
             sys.stdin.read()  # until the caller closes our stdin
