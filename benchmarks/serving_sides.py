@@ -104,10 +104,13 @@ def make_model(store: Path, shape: str) -> tuple[list[str], str]:
 # Each reads its configuration from the JSON file beside it (uvicorn's workers import the module
 # afresh, so it cannot come through argv). Both answer GET /runtime with the runtime they loaded.
 
-# What the plain app and the logged app share: load the served version the way the service does.
-_LOAD = '''
+# What the plain app and the logged app share: the served version loaded the way the service loads
+# it, gc.freeze() once loaded (as in the service's workers), and GET /runtime.
+_APP = '''
 import gc, json
+from contextlib import asynccontextmanager
 from pathlib import Path
+from fastapi import FastAPI
 from components.registry import Registry
 from components.store import LocalStore
 from services.serving.model import load_version
@@ -117,24 +120,18 @@ registry = Registry(LocalStore(CONFIG["store"]), CONFIG["model"])
 served = load_version(registry, registry.champion().version, prefer_onnx=CONFIG["prefer_onnx"])
 FEATURES = served.schema.feature_names
 CLASSES = [str(c) for c in served.runtime.classes or []]
-
-
-def frozen():
-    """What is loaded stays out of the collector's passes, as in the service's workers."""
-    gc.collect()
-    gc.freeze()
-'''
-
-FASTAPI_PLAIN = _LOAD + '''
-from contextlib import asynccontextmanager
-import numpy as np, pandas as pd
-from fastapi import FastAPI
+ON_START, ON_STOP = [], []
 
 
 @asynccontextmanager
 async def lifespan(app):
-    frozen()
+    gc.collect()
+    gc.freeze()  # what is loaded stays out of the collector's passes
+    for start in ON_START:
+        start()
     yield
+    for stop in ON_STOP:
+        stop()
 
 app = FastAPI(lifespan=lifespan)
 
@@ -142,6 +139,10 @@ app = FastAPI(lifespan=lifespan)
 @app.get("/runtime")
 async def runtime():
     return {"runtime": served.runtime_name}
+'''
+
+FASTAPI_PLAIN = _APP + '''
+import numpy as np, pandas as pd
 
 
 @app.post("/predict")
@@ -152,11 +153,9 @@ async def predict(body: dict):
             for v, p in zip(pred.values.tolist(), proba)]
 '''
 
-FASTAPI_LOGGED = _LOAD + '''
-import datetime as dt, threading, time, uuid
-from contextlib import asynccontextmanager
+FASTAPI_LOGGED = _APP + '''
+import datetime as dt, threading, uuid
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
-from fastapi import FastAPI
 from pydantic import BaseModel, create_model
 
 TYPES = {"numeric": float, "boolean": bool, "categorical": str, "datetime": dt.datetime}
@@ -206,21 +205,8 @@ class ParquetLog:
 
 
 log = ParquetLog(Path(CONFIG["store"]) / "predictions" / CONFIG["model"], CONFIG["flush_rows"], CONFIG["flush_seconds"])
-
-
-@asynccontextmanager
-async def lifespan(app):
-    frozen()
-    log.thread.start()
-    yield
-    log.close()
-
-app = FastAPI(lifespan=lifespan)
-
-
-@app.get("/runtime")
-async def runtime():
-    return {"runtime": served.runtime_name}
+ON_START.append(log.thread.start)
+ON_STOP.append(log.close)
 
 
 @app.post("/predict")
