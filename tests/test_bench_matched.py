@@ -22,14 +22,16 @@ THREAD_CAPS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MA
 
 
 @pytest.fixture(scope="module")
-def sides() -> Iterator[dict[str, dict]]:
+def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict]]:
     """Every side of the linear shape, up and ready, as the bench starts them; stopped afterwards."""
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serving_sides", "linear", str(WORKERS)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = tmp_path_factory.mktemp("sides") / "stderr.log"
+    with open(errors, "w") as stderr:  # a file, not a pipe nobody reads while the servers start
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serving_sides", "linear", str(WORKERS)], cwd=ROOT,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
     line = proc.stdout.readline()  # printed once every side answers
     if not line:
         proc.wait(timeout=60)
-        pytest.fail(f"benchmarks.serving_sides exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        pytest.fail(f"benchmarks.serving_sides exited with {proc.returncode}: {errors.read_text()[-2000:]}")
     try:
         yield json.loads(line)["sides"]
     finally:
