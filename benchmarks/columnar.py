@@ -1,18 +1,22 @@
-"""Columnar scoring benchmark: /predict_many at 100,000 records per request, against raw model.predict.
+"""Columnar scoring benchmark: /predict_many at 100,000 records per request, against the served runtime's own predict.
 
 Two model shapes, each behind its own real server (`bentoml serve` on loopback, prediction
 log on, runtime "auto": ONNX where its check passed):
 
     linear   a ridge regression on 12 numeric features
-    tree     a histogram gradient-boosting classifier on numeric, categorical and date features
+    tree     a histogram gradient-boosting classifier on numeric and categorical features
 
-The server runs its default worker count (one per CPU). For each shape, the same 100,000
-records are posted as an Apache Arrow IPC stream, as Parquet and as JSON, about ``REQUESTS``
-times each by ``wrk`` on one connection (one request at a time, after a warm-up that waits until
-every worker has its model), as the serving matrix is driven: the Python client it replaces
-spent 1 to 2 ms per request of the same two cores on sending a 10 MB body. Served rows/s is
-100,000 over the median request time, set against the raw rows/s of the scikit-learn
-pipeline's ``model.predict`` on the same frame, in the same run.
+Matched: one request at a time against one predict call at a time. The server runs one worker
+(``serving_workers=1``); the raw side is one process that loads the same version the way a
+worker does (``load_version``: the same runtime, ONNX where the server serves ONNX) and times
+that runtime's ``predict`` on the same 100,000 records, with the same thread caps and heap pad
+as the server's worker (``flywheel serve``'s environment). Both sides' settings are read from
+the running processes (the worker's /proc environ; the raw process reports its own) and printed.
+
+For each shape, the same records are posted as an Apache Arrow IPC stream, as Parquet and as
+JSON, about ``REQUESTS`` times each by ``wrk`` on one connection (after a warm-up), as the serving
+matrix is driven. Served rows/s is 100,000 over the median request time, set against the raw
+rows/s (100,000 over the median of ``REPEATS`` predict calls), in the same run.
 Target: Arrow at least 0.5 of raw (Arrow is also measured with the prediction log off).
 Run it with ``python -m benchmarks.columnar [out.json]``.
 """
@@ -24,7 +28,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +40,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from benchmarks.serving import Running
+from benchmarks.serving_sides import compact_env, matched_env, server_settings, side_settings, start_service
+from components.predict import records_of
 
 ROWS = 100_000
 REPEATS = int(os.environ.get("BENCH_COLUMNAR_REPEATS", "5"))  # raw predict timings
@@ -87,8 +91,8 @@ SHAPES = {
 }
 
 
-def write_version(root: Path, name: str) -> tuple[Any, pd.DataFrame]:
-    """Train and register one version of a shape (ONNX export included); the model and 100k records."""
+def write_version(root: Path, name: str) -> pd.DataFrame:
+    """Train and register one version of a shape (ONNX export included); 100k records to score."""
     from components.data import DatasetSpec, infer_schema
     from components.package import package
     from components.registry import Registry
@@ -110,8 +114,7 @@ def write_version(root: Path, name: str) -> tuple[Any, pd.DataFrame]:
     version = registry.claim_version()
     registry.write_version(version, files, {})
     registry.promote(version, "benchmark")
-    records = make(ROWS, seed=2)[schema.feature_names]
-    return model, records
+    return make(ROWS, seed=2)[schema.feature_names]
 
 
 def bodies(records: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
@@ -120,7 +123,6 @@ def bodies(records: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
     import pyarrow.parquet as pq
 
     from components.formats import ARROW, PARQUET
-    from components.predict import records_of
 
     table = pa.Table.from_pandas(records, preserve_index=False)
     arrow, parquet = io.BytesIO(), io.BytesIO()
@@ -131,31 +133,13 @@ def bodies(records: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
             "json": (json.dumps({"records": records_of(records)}).encode(), "application/json")}
 
 
-def start_server(tmp: Path, store: Path, model: str, logging_on: bool = True) -> Running:
-    """`bentoml serve` of the service for one model, in its own process group, once ready."""
-    from components.settings import load_settings
-    from services.serving import launch
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = load_settings(store=str(store), model=model, spill_dir=str(tmp / f"spill-{model}"),
-                             prediction_log=logging_on)
-    cmd, env = launch.serve_command(settings, port)
-    env["BENTOML_HOME"] = str(tmp / "bentoml-home")
-    log = open(tmp / f"server-{model}-{logging_on}.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    return Running(proc, f"http://127.0.0.1:{port}", log).wait_ready("/readyz", timeout=180)
-
-
 def served_rows_per_s(url: str, body: bytes, content_type: str, tmp: Path, requests: int = REQUESTS) -> dict[str, Any]:
     """Rows/s of about ``requests`` back-to-back /predict_many calls with this body on one wrk connection (their median)."""
     from benchmarks.serving import generator
 
     generator()  # wrk is there, or the one-line install hint
     with httpx.Client(timeout=600) as client:
-        # every worker process loads the model on its own: warm up until each answers
+        # warm up: four answers in a row (a 503 while the worker still loads its model)
         deadline, ok, took = time.monotonic() + 180, 0, []
         while ok < 4:
             start = time.perf_counter()
@@ -184,21 +168,48 @@ def served_rows_per_s(url: str, body: bytes, content_type: str, tmp: Path, reque
             "requests": raw["requests"], "body_mib": round(len(body) / 2**20, 2)}
 
 
-def raw_rows_per_s(model: Any, records: pd.DataFrame, repeats: int) -> float:
-    """Rows/s of the scikit-learn pipeline's predict on the same frame, in this process."""
-    model.predict(records)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict(records)
-        times.append(time.perf_counter() - start)
-    return ROWS / float(np.median(times))
+# The raw side: one process that loads the version as a serving worker does and times its runtime.
+RAW = """
+import json, os, sys, time
+import pandas as pd
+from components.registry import Registry
+from components.store import LocalStore
+from services.serving.model import load_version
+
+store, model, records_file, repeats, prefer_onnx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+registry = Registry(LocalStore(store), model)
+runtime = load_version(registry, registry.champion().version, prefer_onnx=prefer_onnx).runtime
+records = pd.read_parquet(records_file)
+runtime.predict(records)
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    runtime.predict(records)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"runtime": runtime.name, "seconds": times,
+                  "env": {k: os.environ.get(k) for k in sys.argv[6].split(",")}}))
+"""
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    from components.predict import records_of
+def raw_rows_per_s(tmp: Path, store: Path, model: str, records: pd.DataFrame, repeats: int) -> dict[str, Any]:
+    """Rows/s of the served runtime's predict on the records, in one process set up as the server's worker."""
+    from services.serving.launch import PROJECT_ROOT
 
-    return records_of(frame)
+    settings = server_settings(tmp, store, model, 1)
+    env = matched_env(settings)
+    records_file = tmp / f"records-{model}.parquet"
+    records.to_parquet(records_file, index=False)
+    argv = [str(store), model, str(records_file), str(repeats), "1" if settings.serving_runtime != "sklearn" else "0",
+            ",".join(env)]
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", RAW, *argv], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                         env={**os.environ, **env, "PYTHONPATH": pythonpath}, timeout=600, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"raw predict of {model} failed: {out.stderr.strip()[-500:]}")
+    raw = json.loads(out.stdout.strip().splitlines()[-1])
+    median = float(np.median(raw["seconds"]))
+    return {"rows_per_s": ROWS / median, "seconds_median": round(median, 4), "runtime": raw["runtime"],
+            "processes": 1, "env": raw["env"]}
 
 
 def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -207,59 +218,68 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
         tmp = Path(tmp_name)
         store = tmp / "store"
         for name in SHAPES:
-            model, records = write_version(store, name)
+            records = write_version(store, name)
             payloads = bodies(records)
-            server = start_server(tmp, store, name)
-            try:
-                deadline = time.monotonic() + 180
-                while (answer := httpx.post(f"{server.url}/predict_many", json={"records": _records(records.head(1))})
-                       ).status_code == 503 and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                shape: dict[str, Any] = {"runtime": answer.json().get("runtime", "?")}
-                raw = raw_rows_per_s(model, records, REPEATS)
-                shape["raw_rows_per_s"] = raw
-                for fmt, (body, ctype) in payloads.items():
-                    try:
-                        served = served_rows_per_s(server.url, body, ctype, tmp)
-                    except RuntimeError as exc:
-                        shape[fmt] = {"error": str(exc)}
-                        continue
-                    served["over_raw"] = served["rows_per_s"] / raw
-                    shape[fmt] = served
-                results["shapes"][name] = shape
-            finally:
-                server.stop()
-            # the same Arrow requests with the prediction log off: what scoring itself costs
-            server = start_server(tmp, store, name, logging_on=False)
-            try:
-                served = served_rows_per_s(server.url, *payloads["arrow"], tmp)
-                served["over_raw"] = served["rows_per_s"] / shape["raw_rows_per_s"]
-                shape["arrow_log_off"] = served
-            except RuntimeError as exc:
-                shape["arrow_log_off"] = {"error": str(exc)}
-            finally:
-                server.stop()
-    results["meets_target"] = all(s.get("arrow", {}).get("over_raw", 0) >= TARGET for s in results["shapes"].values())
+            raw = raw_rows_per_s(tmp, store, name, records, REPEATS)
+            shape: dict[str, Any] = {"raw": raw}
+            for logging_on in (True, False):  # off: the same Arrow requests, what scoring itself costs
+                server = start_service(tmp, store, name, 1, prediction_log=logging_on)
+                try:
+                    answer = httpx.post(f"{server.url}/predict_many", json={"records": records_of(records.head(1))},
+                                        timeout=60)
+                    shape.setdefault("server", side_settings(server, answer.json().get("runtime", "?")))
+                    for fmt, (body, ctype) in payloads.items() if logging_on else [("arrow", payloads["arrow"])]:
+                        key = fmt if logging_on else "arrow_log_off"
+                        try:
+                            served = served_rows_per_s(server.url, body, ctype, tmp)
+                        except RuntimeError as exc:
+                            shape[key] = {"error": str(exc)}
+                            continue
+                        shape[key] = {**served, "over_raw": served["rows_per_s"] / raw["rows_per_s"]}
+                finally:
+                    server.stop()
+            shape["mismatches"] = mismatches(shape["server"], raw)
+            results["shapes"][name] = shape
+    results["meets_target"] = all(s.get("arrow", {}).get("over_raw", 0) >= TARGET and not s["mismatches"]
+                                  for s in results["shapes"].values())
     if out_json_path:
         Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json_path).write_text(json.dumps(results, indent=2))
-    print(table(results))
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    lines = [f"/predict_many at {results['rows_per_request']:,} records per request (rows/s; ratio to raw model.predict)"]
+def mismatches(server: dict[str, Any], raw: dict[str, Any]) -> list[str]:
+    """What differs between the server's worker and the raw process; empty when matched."""
+    out = [f"{key} server={server[key]} | raw={raw[key]}" for key, raw_key in (("workers", "processes"), ("runtime", "runtime"))
+           if server[key] != raw[raw_key]]
+    return out + [f"{var} server={value} | raw={raw['env'].get(var)}" for var, value in server["env"].items()
+                  if raw["env"].get(var) != value]
+
+
+def _settings(shape: dict[str, Any]) -> str:
+    server, raw = shape["server"], shape["raw"]
+    env = {side: compact_env(s["env"]) for side, s in (("server", server), ("raw", raw))}
+    line = (f"processes {server['workers']}|{raw['processes']}, runtime {server['runtime']}|{raw['runtime']}, "
+            + ", ".join(f"{k} {v}|{env['raw'][k]}" for k, v in env["server"].items())
+            + ", one request | one predict at a time")
+    return ("UNMATCHED (" + "; ".join(shape["mismatches"]) + "): " if shape["mismatches"] else "matched: ") + line
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, target) lines for the ``make bench`` table: server | raw, with both sides' settings."""
+    out = []
     for name, s in results["shapes"].items():
-        lines.append(f"  {name:<7} raw model.predict {s['raw_rows_per_s']:>12,.0f}   ({s.get('runtime', '')})")
+        raw = s["raw"]
         for fmt in ("arrow", "parquet", "json", "arrow_log_off"):
-            f = s.get(fmt, {})
-            if "error" in f:
-                lines.append(f"  {'':<7} {fmt:<17} error: {f['error'][:120]}")
-            elif f:
-                lines.append(f"  {'':<7} {fmt:<17} {f['rows_per_s']:>12,.0f}   {f['over_raw']:.2f}x"
-                             f"   ({f['body_mib']} MiB body){'   target >= 0.50' if fmt == 'arrow' else ''}")
-    return "\n".join(lines)
+            f = s.get(fmt) or {}
+            value = (f"error: {f['error'][:120]}" if "error" in f else
+                     f"{f.get('over_raw', float('nan')):.2f}  ({f.get('rows_per_s', 0):,.0f} | raw "
+                     f"{raw['rows_per_s']:,.0f} rows/s); {_settings(s)}")
+            out.append((f"{name} /predict_many {fmt}, {results['rows_per_request']:,} records: server | raw "
+                        f"{raw['runtime']} predict", value, f">= {TARGET:.2f}" if fmt == "arrow" else "reported"))
+    return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    for figure, value, target in rows(main(sys.argv[1] if len(sys.argv) > 1 else None)):
+        print(f"{figure}: {value}   [{target}]")

@@ -2,15 +2,24 @@
 
 Figures are ratios against a baseline measured in the same run (the machine is shared):
   * pipeline / direct: the whole pipeline on kfp.local divided by the same stage functions
-    called one after another in one process (target <= 1.25);
+    called directly in one fresh process (target <= 1.25), matched: the search as many
+    families at once as kfp.local runs search tasks (joblib, the pipeline's packing), the same
+    compute threads per task; both register a version, whose best candidate and CV score the
+    row compares;
   * cached / first: a re-run on unchanged data divided by the first run (target <= 0.10); the
     first re-run still re-validates and re-evaluates (the first run changed the champion they
     compare with), the next one (steady state) serves everything but the world-facing steps;
   * 1M rows: wall time and the peak RSS of the largest process of the run (target < 4 GiB);
   * time to first model: ``flywheel train`` on a 1,000-row CSV (a fresh process, the real
-    pipeline on kfp.local) divided by the same search written by hand in one fresh process
-    (the same candidate families, 3-fold ``cross_val_score``, refit of the best; target <= 2);
-    shown too with ``FLYWHEEL_WARM_TASKS=false`` (a new interpreter per task, no task server).
+    pipeline on kfp.local) divided by the same search written by hand in a fresh process
+    (target <= 2), matched: the same candidates, the same rows (the pipeline's training split:
+    the latest 20% held out), the same CV (time-series CV with the pipeline's folds, as the
+    pipeline uses for a table with a timestamp), the same parallelism (joblib, as many candidates
+    at once as kfp.local runs search tasks) and the same compute threads per task; both refit the
+    best and score it on the holdout. Each side's settings are printed: the pipeline's read back
+    from the version it registered (rows and score of its search, its schema), the hand side's from
+    its own output; the same rows and folds give the same best candidate and CV score, which the
+    row checks. Shown too with ``FLYWHEEL_WARM_TASKS=false`` (a new interpreter per task).
 """
 
 from __future__ import annotations
@@ -31,29 +40,41 @@ from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
 from components.synthetic import churn
-from pipelines.local import model_threads, run_training
+from pipelines.local import LOCAL_PARALLEL_TASKS, model_threads, run_training
 
 ROWS = int(os.environ.get("BENCH_PIPELINE_ROWS", "100000"))
 FIRST_ROWS = 1000
 FIRST_MODEL_TARGET = 2.0
 
-# The same search written by hand: read the CSV, the same candidates (estimator and
-# preprocessing), 3-fold cross_val_score each, refit the best. One process, imports included.
+# The same search written by hand, in one fresh process, imports included: the pipeline's rows
+# and features (its split and preprocessing), scikit-learn's time-series CV, joblib for the
+# candidates at once, refit of the best, its holdout score. Prints what it ran as JSON.
 HAND_SEARCH = """
-import sys, time
+import json, os, sys
 import pandas as pd
-from sklearn.model_selection import cross_val_score
-from components.data import DatasetSpec, infer_schema
+from joblib import Parallel, delayed
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import TimeSeriesSplit, cross_val_score
+from components.data import DatasetSpec, infer_schema, normalise
+from components.split import split
 from components.train import PRIMARY, candidates, make_model
 
-frame = pd.read_csv(sys.argv[1])
-schema = infer_schema(frame, DatasetSpec(sys.argv[1], "churned", timestamp="event_time", id_columns=("customer_id",)))
-X, y = frame[schema.feature_names], frame[schema.target]
-scores = {c["id"]: cross_val_score(make_model(schema, c, 0), X, y, cv=3, scoring=PRIMARY[schema.task]).mean()
-          for c in candidates(schema.task)}
-best = max(candidates(schema.task), key=lambda c: scores[c["id"]])
-make_model(schema, best, 0).fit(X, y)
-print(best["id"], round(scores[best["id"]], 4))
+csv, folds, holdout_fraction, seed, jobs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+spec = DatasetSpec(csv, "churned", timestamp="event_time", id_columns=("customer_id",))
+frame = normalise(pd.read_csv(csv), spec)
+schema = infer_schema(frame, spec)
+train, holdout = split(frame, schema, holdout_fraction, seed)
+X, y = train[schema.feature_names], train[schema.target]
+cv, metric = TimeSeriesSplit(n_splits=folds), PRIMARY[schema.task]
+space = candidates(schema.task)
+scores = Parallel(n_jobs=jobs)(delayed(lambda c: cross_val_score(make_model(schema, c, seed), X, y, cv=cv, scoring=metric).mean())(c)
+                               for c in space)
+best = max(zip(space, scores), key=lambda cs: (round(cs[1], 6), -int(cs[0]["id"].split("-")[0])))
+model = make_model(schema, best[0], seed).fit(X, y)
+holdout_score = get_scorer(metric)(model, holdout[schema.feature_names], holdout[schema.target])
+print(json.dumps({"best": best[0]["id"], "cv_score": best[1], "holdout_score": holdout_score, "rows": len(X),
+                  "holdout_rows": len(holdout), "cv": f"{type(cv).__name__}({cv.get_n_splits()})", "at_once": jobs,
+                  "candidates": len(space), "threads": os.environ.get("OMP_NUM_THREADS")}))
 """
 BIG_ROWS = int(os.environ.get("BENCH_PIPELINE_BIG_ROWS", "1000000"))
 
@@ -65,21 +86,48 @@ def dataset(rows: int, folder: Path) -> DatasetSpec:
     return DatasetSpec(str(path), "churned", timestamp="event_time")
 
 
-def direct(spec: DatasetSpec, settings) -> float:
-    """The same stage functions the pipeline runs, called directly in this process."""
-    start = time.perf_counter()
-    ing = ingest.ingest(spec, settings)
+def direct_child(source: str, store: str, root: str) -> None:
+    """Child process: the stage functions the pipeline runs, called directly; what it ran as JSON on stdout.
+
+    The search scores the pipeline's packing of the families, as many at once as kfp.local runs tasks.
+    """
+    from joblib import Parallel, delayed
+
+    settings = load_settings(store=store, pipeline_root=root, model="bench")
+    ing = ingest.ingest(DatasetSpec(source, "churned", timestamp="event_time"), settings)
     validate.validate(ing.frame, ing.schema).raise_for_errors()
     tr, ho = split.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
-    results = [train.score_candidate(tr, ing.schema, c, settings.cv_folds, settings.seed, settings.max_train_rows)
-               for c in train.candidates(ing.schema.task)]
+    space = train.families(ing.schema.task, LOCAL_PARALLEL_TASKS)
+    results = Parallel(n_jobs=LOCAL_PARALLEL_TASKS)(
+        delayed(train.score_family)(tr, ing.schema, f, settings.cv_folds, settings.seed, settings.max_train_rows)
+        for f in space)
     best = train.best(results)
     model = train.refit(tr, ing.schema, best["candidate"], settings.seed)
     ev = evaluate.evaluate(model, None, ho, ing.schema)
     made = package(model, tr, ho, ing.schema, settings.seed)
     register.register(Registry(open_store(settings.store, settings), settings.model), made, ing.schema, ev, best,
                       ing.fingerprint, "direct", None, settings)
-    return time.perf_counter() - start
+    print(json.dumps({"best": best["candidate"]["id"], "cv_score": best["score"], "rows": best["rows"],
+                      "cv": _cv_label(ing.schema, settings.cv_folds), "at_once": LOCAL_PARALLEL_TASKS,
+                      "candidates": len(train.candidates(ing.schema.task)), "threads": os.environ.get("OMP_NUM_THREADS")}))
+
+
+def direct(spec: DatasetSpec, work: Path) -> tuple[float, dict]:
+    """Wall time of ``direct_child`` in a fresh process with the pipeline tasks' threads, and what it ran."""
+    code = "import sys; from benchmarks.pipeline import direct_child; direct_child(*sys.argv[1:])"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, spec.source, str(work / "direct-store"), str(work / "direct-root")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                         env={**os.environ, **model_threads()}, check=False)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"the direct run failed: {out.stderr.strip()[-500:]}")
+    return seconds, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cv_label(schema, folds: int) -> str:
+    """The CV the search uses (components.train._cv): time-series where the table has a timestamp."""
+    return f"{'TimeSeriesSplit' if schema.timestamp else 'K-fold'}({folds})"
 
 
 def big_run(rows: int, work: Path) -> dict:
@@ -106,11 +154,12 @@ def first_model(work: Path) -> dict:
     csv = work / "first.csv"
     churn(FIRST_ROWS, seed=5).to_csv(csv, index=False)
     root = Path(__file__).resolve().parent.parent
-    # the hand-written search gets the pipeline tasks' compute threads, so the ratio is the pipeline's overhead
+    settings = load_settings()
+    # both sides get the pipeline tasks' compute threads (and the rest of this environment alike)
     env = {**os.environ, "FLYWHEEL_PIPELINE_ROOT": str(work / "first-root"), "PYTHONPATH": str(root), **model_threads()}
+    argv = [str(csv), str(settings.cv_folds), str(settings.holdout_fraction), str(settings.seed), str(LOCAL_PARALLEL_TASKS)]
     t0 = time.perf_counter()
-    hand = subprocess.run([sys.executable, "-c", HAND_SEARCH, str(csv)], capture_output=True, text=True, cwd=root,
-                          env=env)
+    hand = subprocess.run([sys.executable, "-c", HAND_SEARCH, *argv], capture_output=True, text=True, cwd=root, env=env)
     t_hand = time.perf_counter() - t0
     if hand.returncode != 0:
         return {"error": f"hand-written search failed: {hand.stderr.strip()[-300:]}"}
@@ -125,20 +174,43 @@ def first_model(work: Path) -> dict:
         timed[name] = time.perf_counter() - t0
         if run.returncode != 0:
             return {"error": f"flywheel train ({name} tasks) failed: {(run.stderr or run.stdout).strip()[-300:]}"}
-        if name == "warm":
-            result = next((line for line in run.stdout.splitlines() if "promoted" in line), "")
+    sides = {"pipeline": pipeline_side(work / "first-store-warm", "first", settings), "hand": json.loads(hand.stdout)}
     return {"rows": FIRST_ROWS, "pipeline_seconds": round(timed["warm"], 1), "hand_seconds": round(t_hand, 1),
             "pipeline_over_hand": round(timed["warm"] / t_hand, 2), "target": FIRST_MODEL_TARGET,
             "cold_tasks_seconds": round(timed["cold"], 1), "cold_tasks_over_hand": round(timed["cold"] / t_hand, 2),
-            "hand_best": hand.stdout.strip(), "pipeline_result": result}
+            "sides": sides, "mismatches": search_mismatches(sides)}
+
+
+def pipeline_side(store: Path, model: str, settings) -> dict:
+    """What the pipeline's search ran, read back from the version it registered (and the settings it was given)."""
+    from components.train import candidates
+
+    registry = Registry(open_store(str(store), settings), model)
+    version = registry.versions()[-1]
+    metrics = json.loads(registry.read(version, "metrics.json"))
+    cv, schema = metrics["cv"], registry.schema(version)
+    return {"best": registry.manifest(version)["candidate"]["id"], "cv_score": cv["score"],
+            "holdout_score": metrics["holdout"].get(cv["metric"]), "rows": cv["rows"],
+            "cv": _cv_label(schema, settings.cv_folds),
+            "at_once": LOCAL_PARALLEL_TASKS, "candidates": len(candidates(schema.task)),
+            "threads": model_threads()["OMP_NUM_THREADS"]}
+
+
+def search_mismatches(sides: dict) -> list[str]:
+    """What differs between two searches; the same rows, folds and seeds give the same best and CV score."""
+    (a, p), (b, h) = sides.items()
+    out = [f"{k} {a}={p[k]} | {b}={h[k]}" for k in ("rows", "cv", "at_once", "candidates", "threads", "best")
+           if p[k] != h[k]]
+    if abs(p["cv_score"] - h["cv_score"]) > 1e-9:
+        out.append(f"cv_score {a}={p['cv_score']:.6f} | {b}={h['cv_score']:.6f}")
+    return out
 
 
 def main(out_json: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="fw-bench-pipeline-") as tmp:
         work = Path(tmp)
         spec = dataset(ROWS, work)
-        base = load_settings(store=str(work / "direct-store"), pipeline_root=str(work / "root"), model="bench")
-        t_direct = direct(spec, base)
+        t_direct, direct_ran = direct(spec, work)
         s = load_settings(store=str(work / "store"), pipeline_root=str(work / "root"), model="bench")
         t0 = time.perf_counter()
         first = run_training(spec, s)
@@ -149,12 +221,15 @@ def main(out_json: str | None = None) -> dict:
         t0 = time.perf_counter()
         steady = run_training(spec, s)  # nothing changed since: the steady-state re-run (e.g. a nightly schedule)
         t_steady = time.perf_counter() - t0
+        sides = {"pipeline": pipeline_side(work / "store", "bench", s), "direct": direct_ran}
         result = {
             "rows": ROWS,
             "direct_seconds": round(t_direct, 1),
             "pipeline_seconds": round(t_pipeline, 1),
             "pipeline_over_direct": round(t_pipeline / t_direct, 3),
             "pipeline_over_direct_target": 1.25,
+            "direct_sides": sides,
+            "direct_mismatches": search_mismatches(sides),
             "cached_seconds": round(t_cached, 1),
             "cached_over_first": round(t_cached / t_pipeline, 3),
             "cached_over_first_target": 0.10,
@@ -171,6 +246,39 @@ def main(out_json: str | None = None) -> dict:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _search_settings(sides: dict, problems: list[str]) -> str:
+    p, h = sides.values()
+    line = ", ".join(f"{label} {p[k]}|{h[k]}" for label, k in (("rows", "rows"), ("CV", "cv"), ("at once", "at_once"),
+                                                              ("threads", "threads"), ("candidates", "candidates"),
+                                                              ("best", "best")))
+    line += f", CV score {p['cv_score']:.4f}|{h['cv_score']:.4f}"
+    return ("UNMATCHED (" + "; ".join(problems) + "): " if problems else "matched: ") + line
+
+
+def rows(r: dict) -> list[tuple[str, str, str]]:
+    """(figure, value, target) lines for the ``make bench`` table; the first-model row with both sides' settings."""
+    out = [(f"pipeline | direct ({r['rows']} rows)",
+            f"{r['pipeline_over_direct']:.2f}  ({r['pipeline_seconds']} s | {r['direct_seconds']} s); "
+            + _search_settings(r["direct_sides"], r["direct_mismatches"]), "<= 1.25"),
+           ("cached re-run / first run", f"{r['cached_over_first']:.3f}  ({r['cached_seconds']} s)", "<= 0.10"),
+           ("steady-state cached re-run / first run",
+            f"{r['steady_cached_over_first']:.3f}  ({r['steady_cached_seconds']} s)", "<= 0.10")]
+    first = r.get("first_model") or {}
+    if first:
+        out.append((f"time to first model ({first.get('rows')} rows): flywheel train | hand-written search",
+                    str(first["error"]) if "error" in first else
+                    f"{first['pipeline_over_hand']:.2f}  ({first['pipeline_seconds']} s | {first['hand_seconds']} s); "
+                    + _search_settings(first["sides"], first["mismatches"]), f"<= {first.get('target', FIRST_MODEL_TARGET)}"))
+        if "cold_tasks_over_hand" in first:
+            out.append(("  the same, a new interpreter per task (FLYWHEEL_WARM_TASKS=false)",
+                        f"{first['cold_tasks_over_hand']:.2f}  ({first['cold_tasks_seconds']} s)", "(no target)"))
+    big = r.get("big") or {}
+    if big:
+        out.append((f"{big.get('rows')} rows: wall, peak RSS", f"{big.get('seconds')} s, {big.get('peak_rss_gib')} GiB"
+                    if "error" not in big else str(big["error"]), "< 4 GiB"))
+    return out
 
 
 if __name__ == "__main__":

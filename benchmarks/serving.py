@@ -1,18 +1,24 @@
-"""Serving benchmark: the Flywheel service against FastAPI+uvicorn, driven by ``wrk``.
+"""Serving benchmark: the Flywheel service against FastAPI+uvicorn, matched, driven by ``wrk``.
 
 The load generator is ``wrk`` (a compiled HTTP load generator; Debian package ``wrk``),
 with a Lua script that cycles through real JSON POST bodies. Every figure is measured in
-one run on this machine, so the ratios are what count:
+one run on this machine, so the ratios are what count. The sides (benchmarks/serving_sides.py):
 
-    service    the Flywheel service (``flywheel serve``: adaptive batching, prediction log on)
-    fastapi    FastAPI + uvicorn (one process, its default) doing the same work per request: the same
-               validation, the same model runtime's predict, the same prediction log
-    constant   a bare ASGI app on uvicorn that answers a constant: the generator's ceiling
+    service         the Flywheel service (``flywheel serve``: adaptive batching, prediction log on)
+    fastapi_logged  FastAPI + uvicorn as a user writes it with the same duties: every record checked
+                    by a pydantic model of the schema, every prediction logged to Parquet in the store
+    fastapi_plain   FastAPI + uvicorn that only predicts
+    ceiling         a bare ASGI app on uvicorn that answers a constant: the generator's ceiling
 
-Two model shapes, each at concurrency 1, 8 and 32:
+Every side runs the service's worker count (uvicorn ``--workers``), the same thread caps, the
+same ``MALLOC_TOP_PAD_`` and ``gc.freeze()``, and the model sides the same runtime (ONNX where
+it serves). What each side runs with is read from its processes and printed in every row; a
+run whose sides differ says so and fails its "matched" target.
+
+Two model shapes, each at concurrency 1, 8 and 32, the same request bodies for every side:
 
     linear     logistic regression on 30 numeric features (breast cancer)
-    trees      histogram gradient boosting on mixed numeric, categorical and date features (churn)
+    trees      histogram gradient boosting on mixed numeric and categorical features (churn)
 
 The ceiling must reach at least 3x the fastest model server's throughput at the same
 concurrency, or the run says its figures are capped by the generator.
@@ -27,22 +33,32 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
-import httpx
+from benchmarks.serving_sides import (
+    BASELINES,
+    MALLOC_PAD,
+    MODEL_SIDES,
+    SHAPES,
+    Running,
+    compact_env,
+    make_model,
+    mismatches,
+    runtime_of,
+    side_settings,
+    start_ceiling,
+    start_sides,
+)
 
 CONCURRENCY = (1, 8, 32)
-SHAPES = ("linear", "trees")
 CEILING_FACTOR = 3.0
 INSTALL_HINT = "install wrk with `sudo apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk` (macOS)"
-TARGETS = {"throughput_c32": 1.5, "p99_c32": 1.0, "p50_c1_ms": 2.0}
+# req/s at c=32 over each baseline (the issue's targets); p99 no worse than either; c=1 p50 within 2 ms
+TARGETS = {"throughput_c32": {"fastapi_logged": 1.5, "fastapi_plain": 1.3}, "p99_c32": 1.0, "p50_c1_ms": 2.0}
 
 # Cycles through one prebuilt request per line of the bodies file (args[1]); done() prints
 # the figures as one JSON line, which the bench parses (wrk's own text output is for people).
@@ -106,211 +122,6 @@ def wrk(url: str, bodies_file: Path, script: Path, seconds: float, concurrency: 
             "failures": failed, "seconds": round(duration, 2)}
 
 
-# --- the models -------------------------------------------------------------------------------
-
-def _frame(shape: str) -> tuple[Any, Any]:
-    """(frame, DatasetSpec) of one model shape."""
-    from components.data import DatasetSpec
-
-    if shape == "linear":
-        from sklearn.datasets import load_breast_cancer
-
-        frame = load_breast_cancer(as_frame=True).frame
-        frame.columns = [c.replace(" ", "_") for c in frame.columns]
-        return frame, DatasetSpec(source="memory", target="target", task="classification")
-    from components.synthetic import churn
-
-    frame = churn(4000, seed=3)
-    return frame, DatasetSpec(source="memory", target="churned", task="classification", timestamp="event_time",
-                              id_columns=("customer_id",))
-
-
-CANDIDATE = {"linear": {"family": "logistic", "params": {"C": 1.0}, "select": False},
-             "trees": {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31},
-                       "select": False}}
-
-
-def make_model(store: Path, shape: str) -> tuple[list[str], str]:
-    """Train, register and promote model ``bench-<shape>`` in ``store``.
-
-    Returns the JSON request bodies (one record each) and the runtime the service will pick.
-    """
-    from components.data import infer_schema
-    from components.package import package
-    from components.registry import Registry
-    from components.split import split
-    from components.store import LocalStore
-    from components.train import make_model as build
-
-    frame, spec = _frame(shape)
-    schema = infer_schema(frame, spec)
-    train, holdout = split(frame, schema, 0.25, 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build(schema, CANDIDATE[shape], 0)
-        model.fit(train[schema.feature_names], train[schema.target])
-        made = package(model, train, holdout, schema, 0)
-    files = {**made.files(), "schema.json": schema.to_json().encode(),
-             "metrics.json": b'{"task": "classification", "primary_metric": "none", "holdout": {}}'}
-    registry = Registry(LocalStore(store), f"bench-{shape}")
-    version = registry.claim_version()
-    registry.write_version(version, files, {})
-    registry.promote(version, "benchmark")
-    features = frame[schema.feature_names].astype(object)
-    features = features.where(features.notna(), None)  # JSON null, never NaN
-    bodies = [json.dumps({"records": [r]}, default=str) for r in features.to_dict("records")]
-    return bodies, "onnx" if made.onnx_report.get("passed") else "sklearn"
-
-
-# --- servers ----------------------------------------------------------------------------------
-
-# The same work per request as the service, written the plain FastAPI way (one request, one
-# model call): the version's validator, the runtime the service picked (ONNX where it passed),
-# and every prediction appended to the same prediction log, with the same settings.
-FASTAPI_APP = '''
-import sys, uuid
-from contextlib import asynccontextmanager
-import numpy as np, pandas as pd
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
-from components.registry import Registry
-from components.settings import load_settings
-from components.store import open_store
-from components.validation import InvalidInput
-from services.serving.model import load_version
-from services.serving.prediction_log import RecordLog
-
-settings = load_settings(store=sys.argv[1], model=sys.argv[2], spill_dir=sys.argv[3])
-registry = Registry(open_store(settings.store, settings), settings.model)
-model = load_version(registry, registry.champion().version)
-log = RecordLog(open_store(settings.store, settings), settings.model, "predictions", settings.spill_dir,
-                settings.log_flush_rows, settings.log_flush_seconds, max_buffer_rows=settings.log_max_buffer_rows)
-classes = [str(c) for c in model.classes or []]
-
-@asynccontextmanager
-async def lifespan(app):
-    log.start()
-    yield
-    log.close(settings.log_close_seconds)
-
-app = FastAPI(lifespan=lifespan)
-
-@app.post("/predict")
-async def predict(body: dict):
-    try:
-        checked = model.validator.validate_records(body.get("records"))
-    except InvalidInput as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-    frame = checked.frame
-    pred = model.predict(frame)
-    n = len(frame)
-    ids = [uuid.uuid4().hex for _ in range(n)]
-    columns = {REQUEST_ID: ids, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
-               MODEL_VERSION: np.full(n, model.version, dtype=object)}
-    if checked.passthrough is not None:
-        columns.update({c: checked.passthrough[c].to_numpy() for c in checked.passthrough.columns})
-    columns.update({c: frame[c].to_numpy() for c in frame.columns})
-    columns[PREDICTION] = pred.values
-    if pred.proba is not None:
-        columns["_proba"] = pred.proba.max(axis=1)
-    log.append(columns)  # the columns as they are, as the service hands them to the log
-    out = [{} for _ in range(checked.total)]
-    proba = np.round(pred.proba, 6).tolist() if pred.proba is not None else [None] * n
-    for pos, i, v, p in zip(frame.index, ids, pred.values.tolist(), proba):
-        out[pos] = {"request_id": i, "prediction": v, "model_version": model.version, "runtime": model.runtime_name,
-                    **({"probabilities": dict(zip(classes, p))} if p is not None else {})}
-    for pos, problems in checked.by_record().items():
-        out[pos] = {"error": "; ".join(str(p) for p in problems), "model_version": model.version}
-    return out
-'''
-
-# The ceiling: no framework, no model; reads the body and answers a constant.
-CONSTANT_APP = '''
-BODY = b'[{"prediction": 0}]'
-HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        more = (await receive()).get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-    await send({"type": "http.response.body", "body": BODY})
-'''
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """A server process in its own process group, with its log file."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, log: Any) -> None:
-        self.proc, self.url, self.log = proc, url, log
-
-    def wait_ready(self, path: str, probe: bytes | None = None, timeout: float = 120) -> Running:
-        from services.serving.launch import wait_until_ok
-
-        def post() -> httpx.Response:
-            return httpx.post(self.url + path, content=probe, headers={"content-type": "application/json"}, timeout=5)
-
-        problem = wait_until_ok(self.proc, self.url + path, timeout, request=post if probe is not None else None)
-        if problem is None:
-            return self
-        self.log.flush()
-        tail = Path(self.log.name).read_text(errors="replace")[-2000:]
-        self.stop()
-        raise RuntimeError(f"{self.url}{path}: server {problem}: {tail}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
-def start_service(tmp: Path, store: Path, shape: str, workers: int | None) -> Running:
-    """``flywheel serve``'s command for model ``bench-<shape>``, prediction log on."""
-    from components.settings import load_settings
-    from services.serving import launch
-
-    settings = load_settings(store=str(store), model=f"bench-{shape}", spill_dir=str(tmp / f"spill-{shape}"),
-                             prediction_log=True, serving_workers=workers)
-    port = _free_port()
-    cmd, env = launch.serve_command(settings, port)
-    env["BENTOML_HOME"] = str(tmp / "bentoml-home")
-    log = open(tmp / f"service-{shape}.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    return Running(proc, f"http://127.0.0.1:{port}", log).wait_ready("/readyz")
-
-
-def start_uvicorn(tmp: Path, name: str, source: str, argv: list[str]) -> Running:
-    """``source`` as module ``name`` served by uvicorn (one process, httptools, no access log)."""
-    (tmp / f"{name}.py").write_text(source)
-    port = _free_port()
-    log = open(tmp / f"{name}.log", "ab")
-    code = (f"import sys, uvicorn; sys.argv = ['app', *{argv!r}]; sys.path.insert(0, {str(tmp)!r}); "
-            f"import {name}; uvicorn.run({name}.app, host='127.0.0.1', port={port}, log_level='warning', "
-            f"access_log=False)")
-    from services.serving.launch import MODEL_THREAD_ENV, PROJECT_ROOT
-
-    # the same compute threads as the service's workers, so the ratio compares the servers
-    env = {**os.environ, **{name: os.environ.get(name, "1") for name in MODEL_THREAD_ENV}}
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
-    return Running(proc, f"http://127.0.0.1:{port}", log)
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 def _measure(srv: Running, bodies_file: Path, script: Path, seconds: float, warmup: float,
@@ -342,19 +153,19 @@ def _measure_c1_interleaved(servers: dict[str, Running], bodies_file: Path, scri
     return out
 
 
+
 def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run the matrix (shape x concurrency x server); write and return the figures and ratios."""
+    """Run the matrix (shape x concurrency x side); write and return the figures and ratios."""
     from components.settings import load_settings
     from services.serving.launch import service_workers
 
     seconds = float(os.environ.get("BENCH_SECONDS", "10"))
     warmup = max(2.0, seconds / 5)
     c1_repeats = int(os.environ.get("BENCH_C1_REPEATS", "3"))
-    workers = service_workers(load_settings())
+    settings = load_settings()
+    workers = service_workers(settings)
     results: dict[str, Any] = {"generator": generator(), "seconds_per_cell": seconds, "c1_repeats": c1_repeats,
-                               "cpus": os.cpu_count(),
-                               "service_workers": workers, "fastapi_workers": 1,
-                               "settings_note": _settings_note(workers), "shapes": {}}
+                               "cpus": os.cpu_count(), "workers": workers, "shapes": {}}
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-serving-") as t:
         tmp = Path(t)
         script = tmp / "post.lua"
@@ -363,14 +174,12 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
             bodies, runtime = make_model(tmp / "store", shape)
             bodies_file = tmp / f"{shape}.jsonl"
             bodies_file.write_text("\n".join(bodies) + "\n")
-            cell: dict[str, Any] = {"runtime": runtime}
-            servers: dict[str, Running] = {}
-            try:  # both up at once: the c=1 runs are taken in turns; the one not measured idles
-                servers["service"] = start_service(tmp, tmp / "store", shape, workers)
-                servers["fastapi"] = start_uvicorn(
-                    tmp, f"fastapi_{shape}", FASTAPI_APP,
-                    [str(tmp / "store"), f"bench-{shape}", str(tmp / f"spill-fastapi-{shape}")],
-                ).wait_ready("/predict", bodies[0].encode())
+            cell: dict[str, Any] = {"runtime": runtime, "requests_bodies": len(bodies)}
+            servers = start_sides(tmp, tmp / "store", shape, workers, bodies[0])
+            try:  # all up at once: the c=1 runs are taken in turns; the ones not measured idle
+                cell["sides"] = {name: side_settings(srv, runtime_of(name, srv, bodies[0]))
+                                 for name, srv in servers.items()}
+                cell["mismatches"] = mismatches(cell["sides"])
                 one = _measure_c1_interleaved(servers, bodies_file, script, seconds, warmup, c1_repeats)
                 for name, srv in servers.items():
                     cell[name] = {"1": one[name], **_measure(srv, bodies_file, script, seconds, warmup, CONCURRENCY[1:])}
@@ -378,11 +187,10 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
                 for srv in servers.values():
                     srv.stop()
             results["shapes"][shape] = cell
-        srv = start_uvicorn(tmp, "constant_app", CONSTANT_APP, [])
+        srv = start_ceiling(tmp, workers, settings)
         try:
-            srv.wait_ready("/", b"{}")
-            bodies_file = tmp / f"{SHAPES[-1]}.jsonl"
-            results["ceiling"] = _measure(srv, bodies_file, script, seconds, warmup)
+            results["ceiling_settings"] = side_settings(srv)
+            results["ceiling"] = _measure(srv, tmp / f"{SHAPES[-1]}.jsonl", script, seconds, warmup)
         finally:
             srv.stop()
     results["ratios"] = ratios(results)
@@ -392,79 +200,99 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
     return results
 
 
-def _settings_note(workers: int) -> str:
-    from services.serving.service import BATCHING
-
-    return (f"service: {workers} worker(s) (serving_workers, default one per CPU of the cgroup limit), "
-            f"max_batch_size={BATCHING['max_batch_size']}, max_latency_ms={BATCHING['max_latency_ms']}; "
-            f"one model thread per process (OMP/OpenBLAS/MKL_NUM_THREADS=1) in both; fastapi: uvicorn, 1 process, "
-            f"same validation, runtime and prediction log")
-
-
 def ratios(r: dict[str, Any]) -> dict[str, Any]:
-    """Service / FastAPI and server / ceiling per cell; the capped flag; the targets."""
+    """Service / each baseline and server / ceiling per cell; the capped flag; the targets."""
     out: dict[str, Any] = {"cells": {}}
     capped = []
+    fastest = {c: max(r["shapes"][s][k][c]["rps"] for s in r["shapes"] for k in MODEL_SIDES) for c in map(str, CONCURRENCY)}
     for c in map(str, CONCURRENCY):
         ceiling = r["ceiling"][c]["rps"]
-        fastest = max(r["shapes"][s][k][c]["rps"] for s in r["shapes"] for k in ("service", "fastapi"))
-        if ceiling < CEILING_FACTOR * fastest:
+        if ceiling < CEILING_FACTOR * fastest[c]:
             capped.append(c)
         for shape, cell in r["shapes"].items():
-            svc, fa = cell["service"][c], cell["fastapi"][c]
-            out["cells"][f"{shape}/c{c}"] = {
-                "throughput_vs_fastapi": svc["rps"] / fa["rps"] if fa["rps"] else float("inf"),
-                "p99_vs_fastapi": svc["p99_ms"] / fa["p99_ms"] if fa["p99_ms"] else float("inf"),
-                "p50_minus_fastapi_ms": svc["p50_ms"] - fa["p50_ms"],
-                "service_vs_ceiling": svc["rps"] / ceiling, "fastapi_vs_ceiling": fa["rps"] / ceiling}
-    out["ceiling_over_fastest"] = {c: r["ceiling"][c]["rps"] / max(r["shapes"][s][k][c]["rps"] for s in r["shapes"]
-                                                                    for k in ("service", "fastapi"))
-                                   for c in map(str, CONCURRENCY)}
+            svc = cell["service"][c]
+            x: dict[str, Any] = {"service_vs_ceiling": svc["rps"] / ceiling}
+            for base in BASELINES:
+                b = cell[base][c]
+                # None: the baseline answered nothing in the run (a ratio to zero says nothing)
+                x[base] = {"throughput": svc["rps"] / b["rps"] if b["rps"] else None,
+                           "p99": svc["p99_ms"] / b["p99_ms"] if b["requests"] and b["p99_ms"] else None,
+                           "p50_minus_ms": svc["p50_ms"] - b["p50_ms"], "vs_ceiling": b["rps"] / ceiling}
+            out["cells"][f"{shape}/c{c}"] = x
+    out["ceiling_over_fastest"] = {c: r["ceiling"][c]["rps"] / fastest[c] for c in fastest}
     out["capped"] = capped
-    cells = out["cells"]
-    out["targets"] = {
-        f"{shape}: c=32 throughput >= {TARGETS['throughput_c32']}x fastapi":
-            cells[f"{shape}/c32"]["throughput_vs_fastapi"] >= TARGETS["throughput_c32"] for shape in r["shapes"]}
-    out["targets"].update({f"{shape}: c=32 p99 no worse than fastapi": cells[f"{shape}/c32"]["p99_vs_fastapi"] <= 1.0
-                           for shape in r["shapes"]})
-    out["targets"].update({f"{shape}: c=1 p50 within {TARGETS['p50_c1_ms']:g} ms of fastapi":
-                           cells[f"{shape}/c1"]["p50_minus_fastapi_ms"] <= TARGETS["p50_c1_ms"] for shape in r["shapes"]})
-    out["targets"]["generator not capped (ceiling >= 3x fastest server)"] = not capped
+    cells, targets = out["cells"], {}
+    for shape, cell in r["shapes"].items():
+        targets[f"{shape}: sides matched (workers, runtime, thread caps, heap pad, read from the processes)"] = \
+            not cell.get("mismatches")
+        for base in BASELINES:
+            want = TARGETS["throughput_c32"][base]
+            c32 = cells[f"{shape}/c32"][base]
+            targets[f"{shape}: c=32 throughput >= {want}x {base}"] = c32["throughput"] is not None and c32["throughput"] >= want
+            targets[f"{shape}: c=32 p99 no worse than {base}"] = c32["p99"] is not None and c32["p99"] <= TARGETS["p99_c32"]
+            targets[f"{shape}: c=1 p50 within {TARGETS['p50_c1_ms']:g} ms of {base}"] = \
+                cells[f"{shape}/c1"][base]["p50_minus_ms"] <= TARGETS["p50_c1_ms"]
+    targets["generator not capped (ceiling >= 3x fastest server)"] = not capped
+    out["targets"] = targets
     return out
 
 
-def _c1_runs(svc: dict[str, Any], fa: dict[str, Any]) -> str:
-    """The p50 of every c=1 run (taken in turns) when there were several; the cell shows the medians."""
-    if len(svc.get("p50_runs_ms", ())) < 2:
+def _c1_runs(cell: dict[str, Any]) -> str:
+    """The p50 of every c=1 run (taken in turns) when there were several; the row shows the medians."""
+    runs = [cell[side]["1"].get("p50_runs_ms", ()) for side in MODEL_SIDES]
+    if min(map(len, runs)) < 2:
         return ""
-    return (f"; p50 runs {'/'.join(f'{v:.1f}' for v in svc['p50_runs_ms'])} | "
-            f"{'/'.join(f'{v:.1f}' for v in fa['p50_runs_ms'])} ms (medians shown)")
+    return "; p50 runs " + " | ".join("/".join(f"{v:.1f}" for v in r) for r in runs) + " ms (medians shown)"
 
 
-def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def settings_line(sides: dict[str, dict[str, Any]], problems: list[str]) -> str:
+    """Every side's settings as its processes show them (in the sides' order); UNMATCHED when they differ."""
+    def each(get: Any) -> str:
+        return "|".join(str(get(s)) for s in sides.values())
+
+    line = (f"workers {each(lambda s: s['workers'])}, runtime {each(lambda s: s['runtime'])}, "
+            f"threads {each(lambda s: compact_env(s['env'])['threads'])}, "
+            f"{MALLOC_PAD} {each(lambda s: compact_env(s['env'])[MALLOC_PAD])}, gc.freeze after load: all")
+    return ("UNMATCHED (" + "; ".join(problems) + "): " if problems else "matched: ") + line
+
+
+def _each(cells: list[dict[str, Any]], key: str, fmt: str = ".1f") -> str:
+    return " | ".join(format(cell[key], fmt) for cell in cells)
+
+
+def _vs(x: dict[str, Any], key: str) -> str:
+    return ", ".join(f"{x[b][key]:.2f}x {b}" if x[b][key] is not None else f"n/a {b}" for b in BASELINES)
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(figure, value, target) lines for the ``make bench`` table."""
     g = r["generator"]
-    out = [("generator", f"{g['name']} ({g['version']}); {r['seconds_per_cell']:g} s per cell", "compiled generator"),
-           ("settings", r["settings_note"], "")]
+    sides = " | ".join(MODEL_SIDES)
+    out = [("generator", f"{g['name']} ({g['version']}); {r['seconds_per_cell']:g} s per cell, "
+            f"the same request bodies for every side", "compiled generator")]
     ratio = r["ratios"]
+    ceiling_workers = r.get("ceiling_settings", {}).get("workers")
     for c in map(str, CONCURRENCY):
         ceil = r["ceiling"][c]
-        out.append((f"ceiling (constant server) c={c}", f"{ceil['rps']:.0f} req/s, p50 {ceil['p50_ms']:.1f} ms; "
+        out.append((f"ceiling (constant server, {ceiling_workers} workers) c={c}",
+                    f"{ceil['rps']:.0f} req/s, p50 {ceil['p50_ms']:.1f} ms; "
                     f"{ratio['ceiling_over_fastest'][c]:.1f}x the fastest model server",
                     f">= {CEILING_FACTOR:g}x" + ("  CAPPED: figures limited by the generator" if c in ratio["capped"] else "")))
     for shape, cell in r["shapes"].items():
+        settings = settings_line(cell["sides"], cell.get("mismatches", []))
         for c in map(str, CONCURRENCY):
-            svc, fa, x = cell["service"][c], cell["fastapi"][c], ratio["cells"][f"{shape}/c{c}"]
+            x = ratio["cells"][f"{shape}/c{c}"]
+            got = [cell[side][c] for side in MODEL_SIDES]
             target = ""
             if c == "32":
-                target = f">= {TARGETS['throughput_c32']:g}x req/s, p99 ratio <= 1"
+                target = (" / ".join(f">= {TARGETS['throughput_c32'][b]:g}x {b}" for b in BASELINES)
+                          + " req/s, p99 ratios <= 1")
             elif c == "1":
-                target = f"p50 within {TARGETS['p50_c1_ms']:g} ms"
-            out.append((f"{shape} ({cell['runtime']}) c={c}: service | fastapi",
-                        f"{svc['rps']:.0f} | {fa['rps']:.0f} req/s ({x['throughput_vs_fastapi']:.2f}x); "
-                        f"p50 {svc['p50_ms']:.1f} | {fa['p50_ms']:.1f} ms; p99 {svc['p99_ms']:.1f} | {fa['p99_ms']:.1f} ms "
-                        f"({x['p99_vs_fastapi']:.2f}x); ceiling {x['service_vs_ceiling']:.2f} | {x['fastapi_vs_ceiling']:.2f}; "
-                        f"failed {svc['failures']} | {fa['failures']}" + _c1_runs(svc, fa), target))
+                target = f"p50 within {TARGETS['p50_c1_ms']:g} ms of each"
+            out.append((f"{shape} ({cell['runtime']}) c={c}: {sides}",
+                        f"{_each(got, 'rps', '.0f')} req/s ({_vs(x, 'throughput')}); p50 {_each(got, 'p50_ms')} ms; "
+                        f"p99 {_each(got, 'p99_ms')} ms ({_vs(x, 'p99')}); failed {_each(got, 'failures', 'd')}"
+                        + (_c1_runs(cell) if c == "1" else "") + f"; {settings}", target))
     met = ratio["targets"]
     out.append(("targets met", f"{sum(met.values())}/{len(met)}", "; ".join(k for k, v in met.items() if not v) or "all"))
     return out

@@ -17,6 +17,7 @@ SLOW_MODULES = {
     "tests/test_pipeline.py", "tests/test_loop.py", "tests/test_batch_pipeline.py", "tests/test_real_data.py",
     "tests/monitoring/test_local_trigger.py", "tests/serving/test_lifecycle.py", "tests/serving/test_http.py",
     "tests/serving/test_faults.py", "tests/serving/test_packaging.py", "tests/apiserver/test_deploy_apiserver.py",
+    "tests/test_bench_matched.py",
 }
 
 
