@@ -202,14 +202,14 @@ def _environment() -> Mapping[str, str]:
     return os.environ if env is None else env
 
 
+def _variable(field: str, env: Mapping[str, str]) -> str | None:
+    """The first of a setting's variables that ``env`` holds (None: none)."""
+    return next((name for name in env_names(field) if name in env), None)
+
+
 def _env_values(env: Mapping[str, str]) -> dict[str, str]:
-    """Each setting's raw text from the first of its variables that is present."""
-    values = {}
-    for field in Settings.model_fields:
-        name = next((n for n in env_names(field) if n in env), None)
-        if name is not None:
-            values[field] = env[name]
-    return values
+    """Each setting's raw text, from the first of its variables that is present."""
+    return {field: env[name] for field in Settings.model_fields if (name := _variable(field, env)) is not None}
 
 
 class _EnvSource(PydanticBaseSettingsSource):
@@ -270,7 +270,7 @@ def setting_sources(**overrides: Any) -> dict[str, str]:
     path, data = _yaml_file(env)
     sources = {}
     for field in Settings.model_fields:
-        name = next((n for n in env_names(field) if n in env), None)
+        name = _variable(field, env)
         if overrides.get(field) is not None:
             sources[field] = "argument"
         elif name is not None:
