@@ -235,8 +235,11 @@ def evaluate(model: Input[Model], holdout: Input[Dataset], schema: str, store: s
 
 @component
 def register(package: Input[Model], schema: str, evaluation: str, best: str, fingerprint: str, champion: str,
-             store: str, model_name: str, run: str, promotion_margin: float, job: str = "") -> str:
+             store: str, model_name: str, run: str, promotion_margin: float, min_accuracy: float, min_r2: float,
+             job: str = "") -> str:
     """Write the immutable version and apply the promotion gate; returns the promoted version or ''.
+
+    The gate (margin and floors) is the run's parameters: the settings of whoever started the run.
 
     One plain output, because kfp.local conditions only resolve a task's single output.
     The decision and its reason are recorded in the registry. It writes the package refit
@@ -251,7 +254,8 @@ def register(package: Input[Model], schema: str, evaluation: str, best: str, fin
     from components.registry import Registry
     from components.store import open_store
 
-    s, run = runtime.settings(store, model_name, promotion_margin=promotion_margin), runtime.run_id(run, job)
+    s = runtime.settings(store, model_name, promotion_margin=promotion_margin, min_accuracy=min_accuracy, min_r2=min_r2)
+    run = runtime.run_id(run, job)
     reg = Registry(open_store(s.store, s), s.model)
     decision = runtime.guarded(s, run, "register", lambda: stage.register(
         reg, ModelPackage.load(package.path), Schema.from_json(schema), json.loads(evaluation),

@@ -1,12 +1,24 @@
 """One typed settings object for the whole system, read at the edge and passed in.
 
 Values come from (highest first) explicit arguments, ``FLYWHEEL_*`` environment variables,
-the standard AWS variables for S3, and an optional YAML file named by ``FLYWHEEL_CONFIG``.
+the standard AWS variables for S3 (and ``MODEL_VERSION``, the serving pin the chart and the
+deploy step write), and an optional YAML file named by ``FLYWHEEL_CONFIG``.
+
+Every other process gets its settings one way: ``Settings.to_env()`` writes them as
+environment variables (strings as they are, everything else as JSON: ``true``/``false``,
+numbers) and the process reads them back with the same reader (``load_settings`` over its
+environment, ``Settings.from_env`` over a given mapping). The embedded runner's kfp.local
+tasks and the serving workers get ``to_env()`` as their environment; on a cluster the chart's
+ConfigMap ``flywheel-config`` holds the same variables in the same format (tests hold it to that).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +64,8 @@ class Settings(BaseSettings):
                                         "reference (digest, or the source-derived tag of `make images`).")
 
     # Training
-    parallelism: int = Field(2, ge=1, description="Concurrent training candidates (ParallelFor).")
+    parallelism: int = Field(4, ge=1, description="Search tasks run at once (the pipeline's ParallelFor), compiled "
+                                                   "into the pipeline; kfp.local runs at most 2 at once.")
     cv_folds: int = Field(3, ge=2)
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     promotion_margin: float = Field(0.0, ge=0, description="Challenger must beat the champion by this much.")
@@ -104,6 +117,33 @@ class Settings(BaseSettings):
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
     deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")
+    # The name the chart and the deploy step write on the serving container (never FLYWHEEL_-prefixed).
+    serving_model_version: str = Field(
+        "champion", validation_alias="MODEL_VERSION",
+        description="The version the server serves: 'champion' follows the registry's champion pointer, a version pins it.")
+
+    def to_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """These settings as the environment variables that rebuild them in another process.
+
+        One format for every runtime: strings as they are, everything else as JSON (``true``,
+        ``0.6``); an unset (None) setting has no variable. With ``base`` (a parent's environment):
+        ``base`` without any settings variable (nor ``FLYWHEEL_CONFIG``), plus these, so the
+        child process sees exactly these settings.
+        """
+        env = {k: v for k, v in (base or {}).items() if k not in _VARIABLES}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[env_name(name)] = value if isinstance(value, str) else json.dumps(value)
+        return env
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """The settings a process whose environment is exactly ``env`` has (``FLYWHEEL_CONFIG`` included).
+
+        Raises ConfigError naming the bad setting.
+        """
+        with _reading(env):
+            return _checked(cls)
 
     @model_validator(mode="after")
     def _lease_outlives_a_write(self) -> Settings:
@@ -131,26 +171,93 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        return (init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls))
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """Settings from the YAML file named by FLYWHEEL_CONFIG (keys are field names)."""
+def env_names(field: str) -> tuple[str, ...]:
+    """The environment variables a setting is read from (the first one present wins; ``to_env`` writes the first)."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(str(choice) for choice in alias.choices)
+    return (alias,) if isinstance(alias, str) else (f"FLYWHEEL_{field.upper()}",)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that carries a setting to another process."""
+    return env_names(field)[0]
+
+
+CONFIG_VARIABLE = "FLYWHEEL_CONFIG"
+_VARIABLES = frozenset({CONFIG_VARIABLE, *(name for field in Settings.model_fields for name in env_names(field))})
+# The environment the settings sources read: os.environ, or the mapping Settings.from_env was given.
+_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("flywheel_settings_env", default=None)
+
+
+@contextmanager
+def _reading(env: Mapping[str, str]) -> Iterator[None]:
+    token = _ENV.set(env)
+    try:
+        yield
+    finally:
+        _ENV.reset(token)
+
+
+def _environment() -> Mapping[str, str]:
+    env = _ENV.get()
+    return os.environ if env is None else env
+
+
+def _variable(field: str, env: Mapping[str, str]) -> str | None:
+    """The first of a setting's variables that ``env`` holds (None: none)."""
+    return next((name for name in env_names(field) if name in env), None)
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, str]:
+    """Each setting's raw text, from the first of its variables that is present."""
+    return {field: env[name] for field in Settings.model_fields if (name := _variable(field, env)) is not None}
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """Settings from the environment variables ``to_env`` writes (case-sensitive, as Kubernetes is)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("FLYWHEEL_CONFIG")
-        if not path:
-            return {}
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"FLYWHEEL_CONFIG points to {path}, which is not a file")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of setting names to values")
-        return data
+        return _env_values(_environment())
+
+
+def _yaml_file(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any]]:
+    """The YAML file FLYWHEEL_CONFIG names and its settings (keys are field names)."""
+    path = env.get(CONFIG_VARIABLE)
+    if not path:
+        return None, {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{CONFIG_VARIABLE} points to {path}, which is not a file")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of setting names to values")
+    return path, data
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by FLYWHEEL_CONFIG."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _yaml_file(_environment())[1]
+
+
+def _checked(cls: type[Settings], **overrides: Any) -> Settings:
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"setting {field!r}: {err['msg']}") from None
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -158,10 +265,31 @@ def load_settings(**overrides: Any) -> Settings:
 
     Raises ConfigError naming the bad setting.
     """
-    clean = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return Settings(**clean)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise ConfigError(f"setting {field!r}: {err['msg']}") from None
+    return _checked(Settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def setting_sources(**overrides: Any) -> dict[str, str]:
+    """Where ``load_settings(**overrides)`` takes each setting from: ``argument``, ``$VARIABLE``,
+    the YAML file's path, or ``default``."""
+    env = _environment()
+    path, data = _yaml_file(env)
+    sources = {}
+    for field in Settings.model_fields:
+        name = _variable(field, env)
+        if overrides.get(field) is not None:
+            sources[field] = "argument"
+        elif name is not None:
+            sources[field] = f"${name}"
+        elif field in data:
+            sources[field] = str(path)
+        else:
+            sources[field] = "default"
+    return sources
+
+
+def settings_schema() -> dict[str, Any]:
+    """The settings' JSON schema (field names as keys), each property naming its variable as ``x-env``."""
+    schema = Settings.model_json_schema(by_alias=False)
+    for field, prop in schema["properties"].items():
+        prop["x-env"] = env_name(field)
+    return schema

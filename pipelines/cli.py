@@ -102,24 +102,28 @@ def compile_(
     store: StoreOpt = None,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML, with the cluster's Kubernetes settings."""
+    from components.settings import setting_sources
     from pipelines.cluster import component_image
     from pipelines.compile import compile_pipeline
 
-    cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
-    path = compile_pipeline(output, image or component_image(_settings(store=store)), cluster, root)
-    console.print(f"wrote {path}")
+    s, cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
+    path = compile_pipeline(output, image or component_image(s), cluster, root, s.parallelism)
+    console.print(f"wrote {path} (search parallelism {s.parallelism}, from {setting_sources()['parallelism']})",
+                  highlight=False)
 
 
 def _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store):
-    """The cluster settings and pipeline root both compile commands share."""
+    """The settings (refused when a cluster run cannot apply them), cluster options and pipeline root both compile commands share."""
+    from pipelines.settings_routes import check_cluster_compile
     from pipelines.training import ClusterOptions
 
     s = _settings(store=store)
+    check_cluster_compile(s)
     cluster = ClusterOptions(s3_secret=s3_secret, s3_endpoint_url=s3_endpoint or s.s3_endpoint_url,
                              node_selector=dict(_pair(x, "--node-selector") for x in node_selector or ()),
                              tolerations=tuple(_toleration(t) for t in toleration or ()))
     root = pipeline_root or (f"{s.store.rstrip('/')}/pipeline_root" if s.store.startswith("s3://") else None)
-    return cluster, root
+    return s, cluster, root
 
 
 DataOpt = Annotated[str, typer.Option(help="Dataset in the object store: s3:// URI or a key of the store.")]
@@ -156,6 +160,7 @@ def submit(
     s = _settings(model=model, store=store, kfp_host=host, kfp_experiment=experiment)
     out = run_submit(s, _cluster_spec(data, target, task, timestamp, id_column, exclude, s.model), image,
                      s3_endpoint, wait, timeout)
+    _note_step_settings(s)
     console.print(f"run {out['run_id']} ({out['run']}) of {out['pipeline_version']}"
                   f"{' (uploaded)' if out['uploaded'] else ''}: {out['url']}", highlight=False)
     if wait:
@@ -188,8 +193,18 @@ def schedule(
     s = _settings(model=model, store=store, kfp_host=host, kfp_experiment=experiment)
     out = run_schedule(s, _cluster_spec(data, target, task, timestamp, id_column, exclude, s.model), name, cron,
                        image, s3_endpoint)
+    _note_step_settings(s)
     console.print(f"recurring run {out['recurring_run_id']} ({out['name']}, cron '{out['cron']}') of {out['pipeline_version']}",
                   highlight=False)
+
+
+def _note_step_settings(s) -> None:
+    """Say which settings given a value here the run's steps take from the cluster's ConfigMap instead."""
+    from pipelines.settings_routes import CONFIG_MAP, not_reaching_the_steps
+
+    if names := not_reaching_the_steps(s):
+        err.print(f"[yellow]note:[/yellow] the run's steps take {', '.join(names)} from ConfigMap {CONFIG_MAP} in the "
+                  "cluster (the chart's config), not from the values set here", highlight=False)
 
 
 @app.command("compile-batch")
@@ -207,8 +222,30 @@ def compile_batch(
     from pipelines.batch import compile_batch as run_compile
     from pipelines.cluster import component_image
 
-    cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
-    console.print(f"wrote {run_compile(str(output), image or component_image(_settings(store=store)), cluster, root)}")
+    s, cluster, root = _cluster_options(s3_secret, s3_endpoint, node_selector, toleration, pipeline_root, store)
+    console.print(f"wrote {run_compile(str(output), image or component_image(s), cluster, root)}")
+
+
+@app.command("settings")
+def settings_(
+    schema: Annotated[bool, typer.Option("--schema", help="Print the settings' JSON schema instead.")] = False,
+) -> None:
+    """The effective settings, where each value came from, its variable, and how it reaches a cluster run."""
+    from components.settings import env_name, setting_sources, settings_schema
+    from pipelines.settings_routes import describe
+
+    if schema:
+        print(json.dumps(settings_schema(), indent=2))
+        return
+    s = _settings()
+    sources = setting_sources()
+    table = Table(title="Settings", title_justify="left")
+    for col in ("setting", "value", "from", "variable", "on a cluster"):
+        table.add_column(col)
+    for name, value in s.model_dump(mode="json").items():
+        table.add_row(name, "" if value is None else json.dumps(value) if not isinstance(value, str) else value,
+                      sources[name], env_name(name), describe(name))
+    console.print(table)
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:
@@ -305,6 +342,11 @@ def monitor(
     raise typer.Exit(summary.exit_code)
 
 
+# `flywheel run` replaces these: a monitoring pass per period of 2000 rows, minutes apart, must be
+# able to retrain every time, and the server must swap within the loop's patience.
+LOOP_SETTINGS = {"cooldown_minutes": 0, "min_rows": 500, "serving_poll_seconds": 1.0}
+
+
 @app.command()
 def run(
     port: Annotated[Optional[int], typer.Option(help="Serving port (default: a free loopback port).")] = None,
@@ -316,7 +358,10 @@ def run(
     """The whole loop on this machine: train, serve, drift, retrain and roll out (what `make run` runs)."""
     from pipelines.loop import check_store_writable, run_loop
 
-    s = _settings(model=model, store=store, cooldown_minutes=0, min_rows=500, serving_poll_seconds=1.0)
+    given = _settings(model=model, store=store)
+    s = _settings(model=model, store=store, **LOOP_SETTINGS)
+    console.print("the loop's periods are minutes apart: it runs with " + ", ".join(
+        f"{name}={value} (instead of {getattr(given, name)})" for name, value in LOOP_SETTINGS.items()), highlight=False)
     check_store_writable(s)
     result = run_loop(s, lambda line: console.print(line, highlight=False), port=port, fresh=not keep,
                       force_reset=force_reset)

@@ -19,6 +19,7 @@ from components.settings import ConfigError, Settings
 from pipelines import image_tag, kfp_client
 from pipelines.compile import compile_pipeline
 from pipelines.local import new_run_name, pipeline_arguments
+from pipelines.settings_routes import check_cluster_compile
 from pipelines.training import ClusterOptions
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
@@ -48,9 +49,14 @@ def component_image(settings: Settings) -> str:
 
 
 def cluster_package(settings: Settings, image: str, s3_endpoint: str | None, folder: Path) -> Path:
-    """Compile the training pipeline for the cluster into ``folder``: the path of the package."""
+    """Compile the training pipeline for the cluster into ``folder``: the path of the package.
+
+    Refuses a setting a cluster run cannot apply; the search parallelism is the setting's.
+    """
+    check_cluster_compile(settings)
     cluster = ClusterOptions(s3_endpoint_url=s3_endpoint or settings.s3_endpoint_url)
-    return compile_pipeline(folder / "flywheel-training.yaml", image, cluster, kfp_client.pipeline_root(settings))
+    return compile_pipeline(folder / "flywheel-training.yaml", image, cluster, kfp_client.pipeline_root(settings),
+                            settings.parallelism)
 
 
 def kfp_cron(cron: str) -> str:

@@ -8,18 +8,18 @@ import yaml
 from kfp import compiler
 
 from components.kfp_components import COMPONENT_IMAGE
-from pipelines.training import ClusterOptions, build
+from pipelines.training import DEFAULT, ClusterOptions, build
 
 
 def compile_pipeline(output: str | Path, image: str = COMPONENT_IMAGE, cluster: ClusterOptions | None = None,
-                     pipeline_root: str | None = None) -> Path:
+                     pipeline_root: str | None = None, parallelism: int = DEFAULT.parallelism) -> Path:
     """Write the pipeline package.
 
     Every component runs on ``image`` (the project's component image); ``cluster`` adds the
     Kubernetes settings; ``pipeline_root`` (e.g. ``s3://bucket/pipeline_root``) puts the
-    run artifacts in the object store.
+    run artifacts in the object store; ``parallelism`` (the setting) search tasks run at once.
     """
-    return write_package(build(cluster), output, image, pipeline_root)
+    return write_package(build(cluster, parallelism), output, image, pipeline_root)
 
 
 def write_package(pipeline, output: str | Path, image: str = COMPONENT_IMAGE, pipeline_root: str | None = None) -> Path:

@@ -25,11 +25,13 @@ def main(argv: list[str]) -> int:
     from pipelines.task_server import warm_tasks
 
     root, arguments = argv[0], json.loads(argv[1])
-    warm = load_settings().warm_tasks  # the caller's settings, from the environment it gave this process
-    with warm_tasks() if warm else contextlib.nullcontext(sys.executable) as python:
+    settings = load_settings()  # the caller's settings, from the environment it gave this process
+    with warm_tasks() if settings.warm_tasks else contextlib.nullcontext(sys.executable) as python:
         from kfp import local
 
-        from pipelines.training import training_pipeline
+        from pipelines.training import build
+
+        training_pipeline = build(parallelism=settings.parallelism)
 
         # kfp.local runs each task with `python3` replaced by sys.executable: the launcher, when warm
         real, sys.executable = sys.executable, python

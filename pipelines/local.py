@@ -25,6 +25,7 @@ from components.registry import Registry
 from components.runtime import run_key
 from components.settings import Settings
 from components.store import NotFound, open_store
+from pipelines.settings_routes import RUN_PARAMETERS
 
 
 class PipelineFailed(RuntimeError):
@@ -36,12 +37,12 @@ def new_run_name(model: str) -> str:
 
 
 def pipeline_arguments(spec: DatasetSpec, settings: Settings, run: str, store_uri: str) -> dict[str, Any]:
-    """The pipeline parameters for a dataset and the settings (shared with KFP submission)."""
+    """The pipeline parameters for a dataset and the settings (shared with KFP submission): the
+    dataset, the run, and the settings a run takes from whoever starts it (``RUN_PARAMETERS``)."""
     return {
         "source": spec.source, "target": spec.target, "task": spec.task or "", "timestamp": spec.timestamp or "",
         "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "run": run, "store": store_uri,
-        "model": settings.model, "holdout_fraction": settings.holdout_fraction, "cv_folds": settings.cv_folds,
-        "seed": settings.seed, "max_train_rows": settings.max_train_rows, "promotion_margin": settings.promotion_margin,
+        "model": settings.model, **{name: getattr(settings, name) for name in RUN_PARAMETERS},
     }
 
 
@@ -82,24 +83,12 @@ CACHEABLE = ("ingest", "validate", "features", "search-space", "train", "refit",
 
 
 def child_environment(settings: Settings, run: str, store_uri: str) -> dict[str, str]:
-    """The environment of the kfp.local process: the caller's, plus every setting it chose.
+    """The environment of the kfp.local process: the caller's, with its settings variables replaced by ``settings``.
 
     kfp.local's task processes inherit it, and each builds its settings from it, so a task
     sees exactly the caller's settings (and the run its status records belong to).
     """
-    env = dict(os.environ)
-    values = settings.model_dump(mode="json") | {"store": store_uri, "run": run}
-    for name, value in values.items():
-        if value is None:
-            continue
-        text = value if isinstance(value, str) else json.dumps(value)
-        if name == "s3_endpoint_url":
-            env["AWS_ENDPOINT_URL"] = text
-        elif name == "s3_region":
-            env["AWS_DEFAULT_REGION"] = text
-        else:
-            env[f"FLYWHEEL_{name.upper()}"] = text
-    return env | model_threads()
+    return settings.model_copy(update={"store": store_uri, "run": run}).to_env(os.environ) | model_threads()
 
 
 # kfp.local runs at most two ParallelFor iterations at once (its ParallelExecutor's cap)

@@ -7,20 +7,25 @@
                                             deploy ◄─ [promoted] ◄─ register ◄─ evaluate
     (record_run: exit handler, always runs)
 
-``training_pipeline`` is the embedded default; ``build(ClusterOptions(...))`` gives the same
-DAG with the Kubernetes settings (kfp-kubernetes) a cluster run needs.
+``build()`` is the embedded default; ``build(ClusterOptions(...))`` gives the same DAG with
+the Kubernetes settings (kfp-kubernetes) a cluster run needs. The search's
+parallelism is the ``parallelism`` setting, compiled in (``dsl.ParallelFor`` takes a number).
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import yaml
 from kfp import dsl
 from kfp import kubernetes as k8s
 
 from components import kfp_components as c
+from components.settings import Settings
+from pipelines.settings_routes import CONFIG_MAP, configmap_variables
 
 IO_RETRIES = 3
-# Candidates scored at once on a cluster (kfp.local runs them with its own worker pool).
-SEARCH_PARALLELISM = 4
+# The pipeline parameters' defaults are the settings' (pipeline_arguments always passes them).
+DEFAULT = Settings.model_construct()
 
 
 @dataclass(frozen=True)
@@ -29,24 +34,26 @@ class ClusterOptions:
 
     s3_secret: str = "flywheel-s3"
     s3_endpoint_url: str | None = None
-    config_map: str = "flywheel-config"
+    config_map: str = CONFIG_MAP
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, str], ...] = ()
     run_as_user: int = 10001
 
 
 def apply_cluster(task: dsl.PipelineTask, cluster: ClusterOptions | None) -> dsl.PipelineTask:
-    """S3 credentials from the Secret, settings from the ConfigMap, placement, non-root.
+    """S3 credentials from the Secret, every setting from the ConfigMap, placement, non-root.
 
     The one place a task gets its cluster settings: the training and the batch-scoring pipeline both use it.
+    Each variable of the ConfigMap (pipelines/settings_routes.py) is mapped into the task; one the
+    ConfigMap leaves out (an unset setting) stays unset. An ``s3_endpoint_url`` given here wins
+    over the ConfigMap's (it is the endpoint as the step pods reach it).
     """
     if cluster is None:
         return task
     k8s.use_secret_as_env(task, cluster.s3_secret, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                                                     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
-    k8s.use_config_map_as_env(task, cluster.config_map, {"FLYWHEEL_SERVING_DEPLOYMENT": "FLYWHEEL_SERVING_DEPLOYMENT",
-                                                         "FLYWHEEL_SERVING_NAMESPACE": "FLYWHEEL_SERVING_NAMESPACE"},
-                              optional=True)
+    variables = [v for v in configmap_variables() if not (cluster.s3_endpoint_url and v == "AWS_ENDPOINT_URL")]
+    k8s.use_config_map_as_env(task, cluster.config_map, {v: v for v in variables}, optional=True)
     if cluster.s3_endpoint_url:
         task.set_env_variable("AWS_ENDPOINT_URL", cluster.s3_endpoint_url)
     for key, value in cluster.node_selector.items():
@@ -58,8 +65,9 @@ def apply_cluster(task: dsl.PipelineTask, cluster: ClusterOptions | None) -> dsl
     return task
 
 
-def build(cluster: ClusterOptions | None = None):
-    """The pipeline, with the cluster's Kubernetes settings applied to every task when given."""
+def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.parallelism):
+    """The pipeline, with the cluster's Kubernetes settings applied to every task when given;
+    ``parallelism`` search tasks run at once (the ``parallelism`` setting)."""
 
     def on(task: dsl.PipelineTask) -> dsl.PipelineTask:
         return apply_cluster(task, cluster)
@@ -75,11 +83,13 @@ def build(cluster: ClusterOptions | None = None):
         timestamp: str = "",
         id_columns: list = [],  # noqa: B006 - KFP pipeline defaults are literals
         exclude: list = [],  # noqa: B006
-        holdout_fraction: float = 0.2,
-        cv_folds: int = 3,
-        seed: int = 42,
-        max_train_rows: int = 200000,
-        promotion_margin: float = 0.0,
+        holdout_fraction: float = DEFAULT.holdout_fraction,
+        cv_folds: int = DEFAULT.cv_folds,
+        seed: int = DEFAULT.seed,
+        max_train_rows: int = DEFAULT.max_train_rows,
+        promotion_margin: float = DEFAULT.promotion_margin,
+        min_accuracy: float = DEFAULT.min_accuracy,
+        min_r2: float = DEFAULT.min_r2,
         search_tasks: int = 0,  # 0: one search task per model family; n: packed into n (the embedded runner's 2)
     ) -> None:
         data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude)
@@ -103,7 +113,7 @@ def build(cluster: ClusterOptions | None = None):
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
             space = on(c.search_space(schema=schema, tasks=search_tasks))
-            with dsl.ParallelFor(space.output, parallelism=SEARCH_PARALLELISM, name="search") as family:
+            with dsl.ParallelFor(space.output, parallelism=parallelism, name="search") as family:
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
                                    max_rows=max_train_rows))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("8G")
@@ -117,7 +127,7 @@ def build(cluster: ClusterOptions | None = None):
                 package=best.outputs["package"], schema=schema, evaluation=evaluation.outputs["Output"],
                 best=best.outputs["Output"],
                 fingerprint=fp.output, champion=champ.output, store=store, model_name=model, run=run,
-                promotion_margin=promotion_margin, job=job,
+                promotion_margin=promotion_margin, min_accuracy=min_accuracy, min_r2=min_r2, job=job,
             ))
             # never cached: it writes the registry (and is idempotent for the same data and model)
             registered.set_caching_options(False).set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
@@ -129,4 +139,10 @@ def build(cluster: ClusterOptions | None = None):
     return training_pipeline
 
 
-training_pipeline = build()
+def compiled_parallelism(package: str | Path) -> int | None:
+    """The search parallelism a compiled package runs with (None: it has no search loop)."""
+    ir = next(yaml.safe_load_all(Path(package).read_text())) or {}
+    dags = [ir.get("root", {}), *ir.get("components", {}).values()]
+    limits = [task["iteratorPolicy"].get("parallelismLimit", 0) for dag in dags
+              for task in dag.get("dag", {}).get("tasks", {}).values() if "iteratorPolicy" in task]
+    return limits[0] if limits else None

@@ -141,6 +141,7 @@ class KFPTrigger:
         client = self._client()  # before anything is written: an API that is down changes nothing
         if self.package_path and not self.package_path.is_file():
             raise TriggerError(f"compiled pipeline {self.package_path} does not exist: run `flywheel compile --output {self.package_path}`")
+        self._refuse_what_the_run_cannot_apply()
         spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
         try:
             exp = kfp_client.ensure_experiment(client, self.settings.kfp_experiment, self.settings.kfp_namespace)
@@ -151,6 +152,24 @@ class KFPTrigger:
             raise TriggerError(str(exc)) from None
         return {"status": "running", "run_id": run_id, "experiment_id": exp, "pipeline_id": ref.pipeline_id,
                 "pipeline_version_id": ref.version_id, "pipeline_version": ref.version_name, "source": spec.source}
+
+    def _refuse_what_the_run_cannot_apply(self) -> None:
+        """Refuse, before anything is written, what the run could not apply: a given package compiled with another
+        search parallelism than the setting's, or (compiling here) a setting only the embedded runner takes."""
+        from pipelines.settings_routes import check_cluster_compile
+        from pipelines.training import compiled_parallelism
+
+        if self.package_path is None:
+            try:
+                check_cluster_compile(self.settings)
+            except ConfigError as exc:
+                raise TriggerError(str(exc)) from None
+            return
+        compiled = compiled_parallelism(self.package_path)
+        if compiled is not None and compiled != self.settings.parallelism:
+            raise TriggerError(f"compiled pipeline {self.package_path} runs the search with parallelism {compiled} but the "
+                               f"parallelism setting is {self.settings.parallelism}: recompile it (`flywheel compile`) or "
+                               f"set FLYWHEEL_PARALLELISM={compiled}")
 
     def _pipeline_version(self, client) -> kfp_client.PipelineRef:
         if self.package_path:

@@ -132,6 +132,27 @@ def test_cli_submit_and_its_errors(api):
     assert "Traceback" not in down.stderr
 
 
+def test_cli_submit_takes_the_run_settings_from_here_and_says_which_the_steps_take_from_the_cluster(api):
+    env = {"FLYWHEEL_STORE": "s3://flywheel/store", "AWS_ENDPOINT_URL": "http://minio:9000", "FLYWHEEL_MIN_ACCURACY": "0.9",
+           "FLYWHEEL_PARALLELISM": "2", "FLYWHEEL_DEPLOY_TIMEOUT_SECONDS": "600"}
+    ok = _cli("submit", "--data", SPEC.source, "--target", "churned", "--host", api.url, env=env)
+    assert ok.returncode == 0, ok.stderr
+    [run] = api.calls("POST", "/apis/v2beta1/runs")
+    assert run.json["runtime_config"]["parameters"]["min_accuracy"] == 0.9  # the promotion floor set here guards the run
+    ir = next(yaml.safe_load_all(next(iter(api.packages.values()))))
+    assert ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]["for-loop-2"]["iteratorPolicy"]["parallelismLimit"] == 2
+    note = " ".join(ok.stderr.split())
+    assert "note: the run's steps take deploy_timeout_seconds from ConfigMap flywheel-config" in note
+
+
+def test_cli_submit_refuses_a_setting_only_the_embedded_runner_takes(api):
+    env = {"FLYWHEEL_STORE": "s3://flywheel/store", "FLYWHEEL_WARM_TASKS": "false"}
+    out = _cli("submit", "--data", SPEC.source, "--target", "churned", "--host", api.url, env=env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "setting 'warm_tasks' is False (FLYWHEEL_WARM_TASKS), which a cluster run cannot apply" in " ".join(out.stderr.split())
+    assert not api.calls("POST")
+
+
 def test_each_scheduled_run_records_under_its_own_id(api, cluster_settings, tmp_path):
     from components.runtime import JOB_ID, run_id, run_key
     from pipelines.compile import compile_pipeline

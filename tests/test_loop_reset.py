@@ -72,3 +72,16 @@ def test_cli_refuses_with_one_sentence(s3_endpoint: str, s3_settings: Settings, 
     said = " ".join(proc.stderr.split())  # the terminal wraps long lines
     assert proc.returncode == 1 and "will not reset model 'x'" in said and "Traceback" not in said
     assert all(store.read(k) == b"precious" for k in keys)
+
+
+def test_cli_says_which_settings_the_loop_replaces(tmp_path: Path) -> None:
+    """`flywheel run` sets its own min_rows, cooldown and poll interval: it says so, with the values it replaces."""
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, so the store below it cannot be written")
+    env = {**os.environ, "FLYWHEEL_MIN_ROWS": "800"}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--store", str(blocked / "store")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode == 1 and "is not writable" in " ".join(proc.stderr.split())
+    assert ("it runs with cooldown_minutes=0 (instead of 60), min_rows=500 (instead of 800), "
+            "serving_poll_seconds=1.0 (instead of 2.0)") in said

@@ -1,7 +1,7 @@
 """Run the service locally (``flywheel serve``) and package it as a Bento (``bentoml build``).
 
-Both hand the settings to the BentoML process as environment variables, since the service
-reads its configuration at its own edge (``load_settings()`` and ``MODEL_VERSION``).
+Both hand the settings to the BentoML process as environment variables (``Settings.to_env``),
+since the service reads its configuration at its own edge (``load_settings()``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from components.settings import Settings
 
 SERVICE = "services.serving.service:FlywheelServing"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_AWS_NAMES = {"s3_endpoint_url": "AWS_ENDPOINT_URL", "s3_region": "AWS_DEFAULT_REGION"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # One compute thread per worker: the workers already use every CPU of the limit, and
 # OpenMP's per-call thread hand-off costs more than a small batch's whole prediction.
@@ -38,16 +37,6 @@ MALLOC_TOP_PAD = 32 << 20
 
 class PackagingError(RuntimeError):
     """``bentoml build`` failed or produced no Dockerfile; the message says which."""
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as the environment variables that rebuild them in another process."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        env[_AWS_NAMES.get(name, f"FLYWHEEL_{name.upper()}")] = str(value)
-    return env
 
 
 def cpu_limit(cgroup_root: Path = CGROUP_ROOT) -> float:
@@ -81,14 +70,15 @@ def serve_command(settings: Settings, port: int = 3000, version: str | None = No
                   workers: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and environment for these settings.
 
-    ``workers`` (else ``service_workers(settings)``) sets the service's worker processes.
+    ``version`` pins a registry version (the ``serving_model_version`` setting); ``workers``
+    (else ``service_workers(settings)``) sets the service's worker processes.
     """
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     cmd = [bentoml, "serve", SERVICE, "--host", host, "--port", str(port)]
-    env = {**os.environ, **settings_env(settings)}
-    env.setdefault("BENTOML_HOME", str(Path(settings.spill_dir).expanduser().resolve().parent / "bentoml"))
     if version:
-        env["MODEL_VERSION"] = version
+        settings = settings.model_copy(update={"serving_model_version": version})
+    env = settings.to_env(os.environ)
+    env.setdefault("BENTOML_HOME", str(Path(settings.spill_dir).expanduser().resolve().parent / "bentoml"))
     for name in MODEL_THREAD_ENV:
         env.setdefault(name, "1")
     env.setdefault("MALLOC_TOP_PAD_", str(MALLOC_TOP_PAD))
@@ -108,7 +98,7 @@ def start(settings: Settings, port: int = 3000, version: str | None = None, host
 def serve(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1") -> int:
     """Run the service in the foreground until it exits or is interrupted; returns its exit code.
 
-    ``version`` pins a registry version; None follows the champion (or MODEL_VERSION).
+    ``version`` pins a registry version; None serves the ``serving_model_version`` setting (the champion by default).
     SIGINT/SIGTERM are passed on so the service flushes its prediction log before exiting.
     """
     proc = start(settings, port, version, host)

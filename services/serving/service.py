@@ -7,7 +7,7 @@
     GET  /healthz /readyz /metrics              (BentoML's; /readyz asks __is_ready__)
 
 The logic lives in plain modules next to this one; this file only wires it to HTTP.
-Configuration is read here, at the edge: the Settings object and the MODEL_VERSION variable.
+Configuration is read here, at the edge: the Settings object (the pinned version included: MODEL_VERSION).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -123,7 +122,7 @@ class FlywheelServing:
         global _service
         _configure_logging()
         settings = load_settings()
-        version = os.environ.get("MODEL_VERSION", CHAMPION) or CHAMPION
+        version = settings.serving_model_version or CHAMPION
         poll = settings.serving_poll_seconds
         prefer_onnx = settings.serving_runtime != "sklearn"
         log_predictions = settings.prediction_log  # off: benchmarks only

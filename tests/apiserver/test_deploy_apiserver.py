@@ -285,8 +285,9 @@ def test_the_steps_configmap_points_the_deploy_step_at_the_release(multi_user_cl
     ir = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", cluster=ClusterOptions()).read_text()))
     [ref] = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-deploy"]["configMapAsEnv"]
     data = json.loads(cp.kubectl("-n", PROFILE, "get", "configmap", ref["configMapName"], "-o", "jsonpath={.data}").stdout)
-    for pair in ref["keyToEnv"]:  # what KFP's launcher puts into the step's environment
-        monkeypatch.setenv(pair["envVar"], data[pair["configMapKey"]])
+    for pair in ref["keyToEnv"]:  # what KFP's driver puts into the step's environment (an absent key: unset)
+        if pair["configMapKey"] in data:
+            monkeypatch.setenv(pair["envVar"], data[pair["configMapKey"]])
     settings = load_settings(store=fixture_settings.store, model="wine", spill_dir=fixture_settings.spill_dir)
     assert (settings.serving_namespace, settings.serving_deployment) == (MULTI_USER_NAMESPACE, SERVING)
 

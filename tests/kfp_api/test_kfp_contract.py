@@ -136,6 +136,20 @@ def test_missing_package_says_how_to_build_it(kfp_settings: Settings, tmp_path: 
         KFPTrigger(kfp_settings, SPEC, tmp_path / "nope.yaml", token_path=None).start(REQUEST)
 
 
+def test_a_package_compiled_with_another_search_parallelism_is_refused(kfp_api: FakeKFP, kfp_settings: Settings,
+                                                                       tmp_path: Path) -> None:
+    from pipelines.compile import compile_pipeline
+
+    package = compile_pipeline(tmp_path / "p.yaml", parallelism=2)
+    with pytest.raises(TriggerError) as exc:
+        KFPTrigger(kfp_settings.model_copy(update={"parallelism": 5}), SPEC, package, token_path=None).start(REQUEST)
+    assert str(exc.value) == (f"compiled pipeline {package} runs the search with parallelism 2 but the parallelism setting "
+                              "is 5: recompile it (`flywheel compile`) or set FLYWHEEL_PARALLELISM=2")
+    assert not kfp_api.calls("POST")
+    KFPTrigger(kfp_settings.model_copy(update={"parallelism": 2}), SPEC, package, token_path=None).start(REQUEST)
+    assert kfp_api.calls("POST", "/apis/v2beta1/runs")
+
+
 def test_in_flight_run_blocks_until_the_api_says_it_finished(kfp_api: FakeKFP, kfp_settings: Settings, package: Path) -> None:
     from components.store import open_store
     from services.monitoring.trigger import update

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from components.settings import load_settings
-from services.serving.launch import PackagingError, build_bento, settings_env
+from services.serving.launch import PackagingError, build_bento
 
 
 def test_build_bento_offline_from_the_lock(tmp_path: Path) -> None:
@@ -26,9 +25,3 @@ def test_build_bento_offline_from_the_lock(tmp_path: Path) -> None:
 def test_bentoml_home_inside_the_project_is_refused() -> None:
     with pytest.raises(PackagingError, match="inside the project"):
         build_bento(Path(__file__).parent / "bentoml-home")
-
-
-def test_settings_travel_as_environment() -> None:
-    env = settings_env(load_settings(store="s3://b/p", model="m", s3_endpoint_url="http://127.0.0.1:9000"))
-    assert env["FLYWHEEL_STORE"] == "s3://b/p" and env["FLYWHEEL_MODEL"] == "m"
-    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
