@@ -295,6 +295,10 @@ def monitor(
         raise typer.Exit(subprocess.call(ui_command(s, port)))
     if bool(data) != bool(target):
         raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
+    if s.monitor_reports != "never":  # at start-up: an Evidently that changed fails here, not in the report
+        from services.monitoring.report import register_chi2_homogeneity
+
+        register_chi2_homogeneity(s.report_chi2_homogeneity)
     spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else _trained_on(s)
     include = s.include_feedback if include_feedback is None else include_feedback
     trigger = make_trigger(s, spec, package, include, reuses_champion_data=not data)
@@ -407,6 +411,7 @@ def models_rollback(model: ModelOpt = None, store: StoreOpt = None) -> None:
 
 def main() -> None:
     """Entry point: user errors end with one sentence and exit code 1, never a traceback."""
+    from components.compat import CompatError
     from components.data import DataError
     from components.registry import RegistryError
     from components.settings import ConfigError
@@ -417,7 +422,7 @@ def main() -> None:
 
     try:
         app()
-    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError, KFPError) as exc:
+    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError, KFPError, CompatError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
