@@ -58,13 +58,15 @@ def apply_cluster(task: dsl.PipelineTask, cluster: ClusterOptions | None) -> dsl
     return task
 
 
-def build(cluster: ClusterOptions | None = None):
-    """The pipeline, with the cluster's Kubernetes settings applied to every task when given."""
+def build(cluster: ClusterOptions | None = None, image: str = c.COMPONENT_IMAGE, pipeline_root: str | None = None):
+    """The pipeline: every task on ``image``, with the cluster's Kubernetes settings when given;
+    ``pipeline_root`` its default artifact root."""
 
     def on(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        return apply_cluster(task, cluster)
+        return apply_cluster(task.set_container_image(image), cluster)
 
-    @dsl.pipeline(name="flywheel-training", description="Ingest, validate, train (fan-out), evaluate, register, deploy.")
+    @dsl.pipeline(name="flywheel-training", description="Ingest, validate, train (fan-out), evaluate, register, deploy.",
+                  pipeline_root=pipeline_root)
     def training_pipeline(
         source: str,
         target: str,
@@ -73,8 +75,8 @@ def build(cluster: ClusterOptions | None = None):
         model: str = "demo",
         task: str = "",
         timestamp: str = "",
-        id_columns: list = [],  # noqa: B006 - KFP pipeline defaults are literals
-        exclude: list = [],  # noqa: B006
+        id_columns: list = [],  # KFP pipeline defaults are literals
+        exclude: list = [],
         holdout_fraction: float = 0.2,
         cv_folds: int = 3,
         seed: int = 42,
