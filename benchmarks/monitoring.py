@@ -107,7 +107,7 @@ def peak_rss_bytes() -> int:
 def run_pass_child(store_dir: str, workspace: str) -> None:
     """Child process: one pass, then its time and peak memory on stdout (``CHILD`` starts it)."""
     t0 = time.perf_counter()
-    import evidently.presets  # noqa: F401 - imported once per process, as in the CronJob's process
+    import evidently.presets  # imported once per process, as in the CronJob's process
     import evidently.ui.workspace  # noqa: F401
 
     from services.monitoring.monitor import run_pass

@@ -357,15 +357,15 @@ def _print_loop(result) -> None:
 
 
 def _trained_on(s):
-    """Without --data, a retrain reads the source the champion was trained on (its manifest says which)."""
+    """Without --data, a retrain reads the source the champion was trained on (its manifest says which).
+
+    None when there is no champion or it records no dataset; a store that cannot be read raises.
+    """
     from components.runtime import spec_of
 
-    try:
-        reg = _registry(s.store, s.model)
-        champ = reg.champion()
-        dataset = reg.manifest(champ.version).get("dataset") if champ else None
-    except Exception:  # no store or no champion: the pass itself reports it
-        return None
+    reg = _registry(s.store, s.model)
+    champ = reg.champion()
+    dataset = reg.manifest(champ.version).get("dataset") if champ else None
     return spec_of(dataset) if dataset else None
 
 
