@@ -81,7 +81,7 @@ class Seam:
 REQUEST_DEADLINE = Seam("BentoML", "bentoml", "1.4.x", "serving_deadline_fix",
                         "BentoML's own request timeout, which keeps every request's objects alive for the whole timeout")
 KFP_LOCAL_PYTHON = Seam("kfp", "kfp", "2.17.x", "warm_tasks", "every kfp.local task in a new interpreter")
-TASK_SERVER = Seam("Python", "python", "3.11 and 3.12 on Linux", "warm_tasks", "every kfp.local task in a new interpreter")
+TASK_SERVER = Seam("Python", "python", "3.11.x on Linux", "warm_tasks", "every kfp.local task in a new interpreter")
 LOCAL_SEARCH_PACKING = Seam("kfp", "kfp", "2.17.x", "local_search_packing",
                             "one search task per model family, each with every CPU")
 REPORT_STAT_TEST = Seam("Evidently", "evidently", "0.7.x", "report_chi2_homogeneity",

@@ -136,7 +136,7 @@ def test_a_kfp_local_without_its_python_replacement_fails(monkeypatch) -> None:
 
 def test_a_python_without_atexit_run_exitfuncs_fails_with_one_sentence(monkeypatch) -> None:
     monkeypatch.delattr(atexit, "_run_exitfuncs")
-    with pytest.raises(CompatError, match=sentence("Python", "atexit._run_exitfuncs is gone", "3.11 and 3.12 on Linux",
+    with pytest.raises(CompatError, match=sentence("Python", "atexit._run_exitfuncs is gone", "3.11.x on Linux",
                                                    "WARM_TASKS")):
         compat.check_local_runner(warm_tasks=True, search_packing=False)
 
@@ -193,7 +193,7 @@ def test_a_failed_check_in_kfp_locals_process_is_the_callers_one_sentence(tmp_pa
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
     monkeypatch.delattr(atexit, "_run_exitfuncs")
     settings = load_settings(store=str(tmp_path / "store"), pipeline_root=str(tmp_path / "root"))
-    with pytest.raises(CompatError, match=sentence("Python", "atexit._run_exitfuncs is gone", "3.11 and 3.12 on Linux",
+    with pytest.raises(CompatError, match=sentence("Python", "atexit._run_exitfuncs is gone", "3.11.x on Linux",
                                                    "WARM_TASKS")):
         run_training(DatasetSpec(str(data), "y"), settings)
     logs = list((tmp_path / "root" / "logs").glob("*.log"))

@@ -225,10 +225,10 @@ def test_bad_inputs_name_file_and_column(settings, tmp_path):
 
 @pytest.mark.parametrize("name, data, kind", [
     ("bad.parquet", b"not parquet at all", "Parquet"),
-    ("cut.csv.gz", gzip.compress(b"a,b\n" + b"1,2\n" * 1000)[:40], "CSV"),  # a gzip stream cut short
+    ("cut.csv.gz", gzip.compress(b"a,b\n" + b"1,2\n" * 1000, mtime=0)[:40], "CSV"),  # a gzip stream cut short
     ("bad.csv.gz", b"not gzip at all", "CSV"),
     ("binary.csv", b"a,b\n\xff\xfe\x00\x81,\x00\n", "CSV"),  # not UTF-8
-])
+], ids=["not-parquet", "cut-gzip", "not-gzip", "not-utf8"])
 def test_a_file_pandas_cannot_parse_is_one_sentence_naming_it(settings, tmp_path, name, data, kind):
     """Each of the error types pandas and pyarrow raise for a bad file is a DataError (components/data.py)."""
     from components.data import read_source, resolve
