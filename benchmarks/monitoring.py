@@ -115,7 +115,7 @@ def peak_rss_bytes() -> int:
 def run_pass_child(store_dir: str, workspace: str) -> None:
     """Child process: one pass, then its time and peak memory on stdout (``CHILD`` starts it)."""
     t0 = time.perf_counter()
-    import evidently.presets  # noqa: F401 - imported once per process, as in the CronJob's process
+    import evidently.presets  # imported once per process, as in the CronJob's process
     import evidently.ui.workspace  # noqa: F401
 
     from services.monitoring.monitor import run_pass
@@ -182,7 +182,7 @@ def _reference_file(store_dir: Path) -> Path:
     return next((store_dir / "registry" / "bench" / "versions").glob("*/reference.parquet"))
 
 
-def _window(store_dir: Path, columns: list[str] = [*FEATURES, PREDICTION]) -> pd.DataFrame:  # noqa: B006 - read only
+def _window(store_dir: Path, columns: list[str] = [*FEATURES, PREDICTION]) -> pd.DataFrame:
     return pq.read_table(store_dir / "predictions" / "bench", columns=columns).to_pandas()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -117,7 +118,7 @@ def _read_bytes(name: str, data: bytes) -> pd.DataFrame:
         if name.lower().endswith((".parquet", ".pq")):
             return pd.read_parquet(io.BytesIO(data))
         return pd.read_csv(io.BytesIO(data), compression="gzip" if name.endswith(".gz") else None, low_memory=False)
-    except Exception as exc:  # pandas/pyarrow raise many types for a bad file
+    except (ValueError, TypeError, NotImplementedError, OSError, EOFError, zlib.error) as exc:  # what pandas and pyarrow raise for a bad file (ArrowInvalid is a ValueError)
         raise DataError(f"{name} cannot be read as {'Parquet' if 'parquet' in name or name.endswith('.pq') else 'CSV'}: {exc}") from None
 
 

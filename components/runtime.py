@@ -20,11 +20,22 @@ from components.store import open_store
 
 T = TypeVar("T")
 
-# A task is a process of its own (a fresh interpreter, or forked from the embedded runner's task
-# server) that ends right after its stage. Freezing the heap at exit spares
-# the interpreter's final garbage collections over every object its imports made (pandas,
-# scikit-learn: about 0.2 s a task); the process is ending, so nothing is kept longer.
-atexit.register(gc.freeze)
+_freezing_at_exit = False
+
+
+def _task_process() -> None:
+    """This process is a task: it ends right after its stage, so freeze the heap at its exit.
+
+    A task is a process of its own (a new interpreter, or forked from the embedded runner's
+    task server). Freezing the heap at exit spares the interpreter's final garbage collections
+    over every object its imports made (pandas, scikit-learn: about 0.2 s a task); the process
+    is ending, so nothing is kept longer. Only a component body's stage gets here (``guarded``,
+    ``cached_step``): a process that merely imports this module (the CLI, the monitor) is left alone.
+    """
+    global _freezing_at_exit
+    if not _freezing_at_exit:
+        atexit.register(gc.freeze)
+        _freezing_at_exit = True
 
 
 def settings(store: str, model: str, **extra: Any) -> Settings:
@@ -79,6 +90,7 @@ def guarded(settings: Settings, run: str | None, step: str, fn: Callable[[], T],
     """Run a stage and record how it ended (``runs/<model>/<run>/steps/<step>.json``); re-raise failures."""
     from components.status import run_step
 
+    _task_process()
     return run_step(settings, run, step, fn, key)
 
 
@@ -90,5 +102,6 @@ def cached_step(step: str, fn: Callable[[], T], settings_: Settings | None = Non
     """
     from components.status import cache_key, run_step
 
+    _task_process()
     s = settings_ or load_settings()
     return run_step(s, s.run, step, fn, cache_key(**inputs) if inputs else None)

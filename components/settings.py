@@ -41,8 +41,12 @@ class Settings(BaseSettings):
     runner: Literal["local", "kfp"] = Field("local", description="Where pipelines run.")
     pipeline_root: str = Field(".flywheel/pipeline_root", description="KFP pipeline root (local dir for kfp.local).")
     warm_tasks: bool = Field(True, description="Embedded runner: fork each kfp.local task from a task server that has "
-                                               "kfp, pandas and scikit-learn imported (pipelines/task_server.py); false: "
-                                               "a new interpreter per task.")
+                                               "kfp, pandas and scikit-learn imported (pipelines/task_server.py; relies on "
+                                               "kfp.local and Python internals, checked at start-up); false: a new "
+                                               "interpreter per task.")
+    local_search_packing: bool = Field(True, description="Embedded runner: pack the search into as many tasks as "
+                                       "kfp.local runs at once (2: a kfp.local internal, checked at start-up) and share "
+                                       "the CPUs between them; false: one search task per model family.")
     run: str | None = Field(None, description="The pipeline run a step records its status under (set by the embedded "
                                               "runner for its kfp.local process; cached steps cannot take it as an input).")
 
@@ -92,6 +96,9 @@ class Settings(BaseSettings):
         "always", description="When a pass renders report.html and the workspace snapshot, after its decision: "
                               "every evaluated window, only when a retrain is wanted, or never.")
     pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL the monitor pushes its metrics to.")
+    report_chi2_homogeneity: bool = Field(True, description="The drift report shows the decision's chi-square test of "
+                                          "homogeneity for categorical columns (registered through Evidently's legacy "
+                                          "stat-test registry, checked at start-up); false: Evidently's own chi-square.")
 
     # Serving
     spill_dir: str = Field(".flywheel/spill", description="Where log parts wait when the store does not take them.")
@@ -114,6 +121,9 @@ class Settings(BaseSettings):
                                                            "(default: ignore and count them).")
     serving_workers: int | None = Field(
         None, ge=1, description="Service worker processes; default: one per CPU of the container's limit (cgroup cpu.max).")
+    serving_deadline_fix: bool = Field(True, description="The request deadline (traffic.timeout) with its timer "
+                                       "cancelled when the answer starts (services/serving/deadline.py; replaces a BentoML "
+                                       "internal, checked at start-up); false: BentoML's own timeout middleware.")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
     deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")

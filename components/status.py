@@ -118,6 +118,6 @@ def _record(settings: Settings, run: str | None, status: StepStatus) -> None:
         return
     try:
         write(open_store(settings.store, settings), settings.model, run, status)
-    except Exception:  # noqa: BLE001 - the stage's own outcome matters more than its record
+    except Exception:  # the stage's own outcome matters more than its record
         if status.outcome == "succeeded":
             raise  # a run whose records are missing would be misread as cached: fail loudly instead

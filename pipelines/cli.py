@@ -332,6 +332,10 @@ def monitor(
         raise typer.Exit(subprocess.call(ui_command(s, port)))
     if bool(data) != bool(target):
         raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
+    if s.monitor_reports != "never":  # at start-up: an Evidently that changed fails here, not in the report
+        from services.monitoring.report import register_chi2_homogeneity
+
+        register_chi2_homogeneity(s.report_chi2_homogeneity)
     spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else _trained_on(s)
     include = s.include_feedback if include_feedback is None else include_feedback
     trigger = make_trigger(s, spec, package, include, reuses_champion_data=not data)
@@ -400,15 +404,15 @@ def _print_loop(result) -> None:
 
 
 def _trained_on(s):
-    """Without --data, a retrain reads the source the champion was trained on (its manifest says which)."""
+    """Without --data, a retrain reads the source the champion was trained on (its manifest says which).
+
+    None when there is no champion or it records no dataset; a store that cannot be read raises.
+    """
     from components.runtime import spec_of
 
-    try:
-        reg = _registry(s.store, s.model)
-        champ = reg.champion()
-        dataset = reg.manifest(champ.version).get("dataset") if champ else None
-    except Exception:  # no store or no champion: the pass itself reports it
-        return None
+    reg = _registry(s.store, s.model)
+    champ = reg.champion()
+    dataset = reg.manifest(champ.version).get("dataset") if champ else None
     return spec_of(dataset) if dataset else None
 
 
@@ -454,6 +458,7 @@ def models_rollback(model: ModelOpt = None, store: StoreOpt = None) -> None:
 
 def main() -> None:
     """Entry point: user errors end with one sentence and exit code 1, never a traceback."""
+    from components.compat import CompatError
     from components.data import DataError
     from components.registry import RegistryError
     from components.settings import ConfigError
@@ -464,7 +469,7 @@ def main() -> None:
 
     try:
         app()
-    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError, KFPError) as exc:
+    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError, KFPError, CompatError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from kfp import compiler
 
 from components.kfp_components import COMPONENT_IMAGE
@@ -19,20 +18,12 @@ def compile_pipeline(output: str | Path, image: str = COMPONENT_IMAGE, cluster: 
     Kubernetes settings; ``pipeline_root`` (e.g. ``s3://bucket/pipeline_root``) puts the
     run artifacts in the object store; ``parallelism`` (the setting) search tasks run at once.
     """
-    return write_package(build(cluster, parallelism), output, image, pipeline_root)
+    return write_package(build(cluster, parallelism, image, pipeline_root), output)
 
 
-def write_package(pipeline, output: str | Path, image: str = COMPONENT_IMAGE, pipeline_root: str | None = None) -> Path:
-    """Compile any of the project's pipelines: its components on ``image``, its artifacts under ``pipeline_root``."""
+def write_package(pipeline, output: str | Path) -> Path:
+    """Compile any of the project's pipelines (built with its image and pipeline root) to ``output``."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out))
-    docs = list(yaml.safe_load_all(out.read_text()))
-    for executor in docs[0]["deploymentSpec"]["executors"].values():
-        container = executor.get("container", {})
-        if container.get("image") == COMPONENT_IMAGE:
-            container["image"] = image
-    if pipeline_root:
-        docs[0]["defaultPipelineRoot"] = pipeline_root
-    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components import compat
 from components import status as steps
 from components.data import DataError, DatasetSpec, resolve
 from components.ingest import fingerprint_of
@@ -25,6 +26,7 @@ from components.registry import Registry
 from components.runtime import run_key
 from components.settings import Settings
 from components.store import NotFound, open_store
+from pipelines.kfp_local import COMPAT_EXIT
 from pipelines.settings_routes import RUN_PARAMETERS
 
 
@@ -88,21 +90,23 @@ def child_environment(settings: Settings, run: str, store_uri: str) -> dict[str,
     kfp.local's task processes inherit it, and each builds its settings from it, so a task
     sees exactly the caller's settings (and the run its status records belong to).
     """
-    return settings.model_copy(update={"store": store_uri, "run": run}).to_env(os.environ) | model_threads()
+    return settings.model_copy(update={"store": store_uri, "run": run}).to_env(os.environ) | model_threads(
+        compat.local_parallel_tasks(settings.local_search_packing))
 
 
-# kfp.local runs at most two ParallelFor iterations at once (its ParallelExecutor's cap)
-LOCAL_PARALLEL_TASKS = 2
 MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def model_threads() -> dict[str, str]:
+def model_threads(parallel_tasks: int | None = compat.LOCAL_PARALLEL_TASKS) -> dict[str, str]:
     """Compute threads per task: the CPUs shared by the tasks that run at once (the user's value wins).
 
     Without a limit each search task's OpenMP pool (HistGradientBoosting) takes every CPU,
-    and two of them at once spend their time handing work between threads.
+    and two of them at once spend their time handing work between threads. None (the search
+    not packed): no limit is set.
     """
-    n = str(max(1, (os.cpu_count() or 1) // LOCAL_PARALLEL_TASKS))
+    if parallel_tasks is None:
+        return {}
+    n = str(max(1, (os.cpu_count() or 1) // parallel_tasks))
     return {name: os.environ.get(name, n) for name in MODEL_THREAD_ENV}
 
 
@@ -111,7 +115,8 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
 
     kfp.local runs in a child process (its console output goes to ``<pipeline_root>/logs/<run>.log``,
     or to this terminal when not quiet); the outcome is read from the run's step records.
-    Raises DataError/StoreError/PipelineFailed with one sentence naming the file, column or setting.
+    Raises DataError/StoreError/PipelineFailed with one sentence naming the file, column or setting, and
+    CompatError naming the library internal (and the setting that runs without it) that kfp.local's process found broken.
     """
     spec = _local_source(spec)
     fp = preflight(spec, settings)
@@ -120,12 +125,15 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
     root = Path(settings.pipeline_root).expanduser().resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     log_path = root / "logs" / f"{run}.log"
-    # the search in as many tasks as kfp.local runs at once (a cluster run keeps one task per family)
-    arguments = json.dumps(pipeline_arguments(spec, settings, run, store_uri) | {"search_tasks": LOCAL_PARALLEL_TASKS})
+    # the search in as many tasks as kfp.local runs at once (a cluster run keeps one task per family: 0)
+    tasks = compat.local_parallel_tasks(settings.local_search_packing) or 0
+    arguments = json.dumps(pipeline_arguments(spec, settings, run, store_uri) | {"search_tasks": tasks})
     with open(log_path, "wb") as log:
         out = None if not quiet else log
         code = subprocess.call([sys.executable, "-m", "pipelines.kfp_local", str(root), arguments],
                                env=child_environment(settings, run, store_uri), stdout=out, stderr=out)
+    if code == COMPAT_EXIT:  # the child's check failed: the same check here raises its CompatError
+        compat.check_local_runner(settings.warm_tasks, settings.local_search_packing)
     if code != 0:
         raise PipelineFailed(f"the kfp.local process of run {run} exited with code {code}; see {log_path}")
     return _outcome(settings, run, fp, log_path)

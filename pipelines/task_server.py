@@ -12,16 +12,25 @@ same executor, the same component code, its own process and exit status.
 
 The server imports the modules of ``PRELOAD`` one at a time, in the order the pipeline's
 steps need them, and takes tasks between two imports: a task that comes early imports
-what is not loaded yet itself. It stays single-threaded (forking a threaded process is
-unsafe) and ends when the process that started it does. Ask for it with
-``warm_tasks()``; ``FLYWHEEL_WARM_TASKS=false`` runs every task in a new interpreter.
+what is not loaded yet itself. It ends when the process that started it does. Ask for it
+with ``warm_tasks()``; ``FLYWHEEL_WARM_TASKS=false`` runs every task in a new interpreter.
+
+It forks only while it is single-threaded: forking a threaded process copies one thread
+and leaves any lock another held locked forever in the child. Libraries start threads of
+their own at import, which ``threading`` does not list: OpenBLAS a pool per CPU (numpy's
+and scipy's), pyarrow's jemalloc a background thread. The server is started with those
+off (``single_threaded``; each task gets its BLAS threads back from its own environment,
+as a new interpreter would; jemalloc purges in the allocating thread instead, and Arrow's
+default pool is mimalloc anyway), and it counts its threads in ``/proc/self/task`` before every
+fork: with more than one, the task is handed back and the launcher runs it in a new
+interpreter (said once on stderr). What this uses of Python and Linux is checked when the
+server is asked for (components/compat.py).
 
     python -m pipelines.task_server <socket path> [module to preload ...]   (warm_tasks() passes PRELOAD)
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import importlib
@@ -42,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.compat import check_task_server, run_atexit_handlers
 from pipelines.task_launcher import PYTHON_ENV, SERVER_ENV
 
 # In the order the training pipeline's steps need them (champion, ingest ... refit, evaluate, deploy),
@@ -68,6 +78,44 @@ class Task:
     fds: list[int]
 
 
+# The server's environment on top of its caller's: the libraries it preloads start no threads.
+# OpenBLAS starts its pool when it loads, from this variable; jemalloc (pyarrow's) its background
+# purging thread, from Arrow's build of jemalloc's configuration variable (options: later wins).
+BLAS_THREADS = "OPENBLAS_NUM_THREADS"
+JEMALLOC_CONF = "JE_ARROW_MALLOC_CONF"
+
+
+def single_threaded(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the libraries' own threads off, for the server process."""
+    conf = ",".join(c for c in (env.get(JEMALLOC_CONF), "background_thread:false") if c)
+    return {**env, BLAS_THREADS: "1", JEMALLOC_CONF: conf}
+
+
+def threads() -> list[str]:
+    """The names of this process's threads, as the kernel lists them (native ones too)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+    return names
+
+
+_warned = False
+
+
+def _forkable() -> bool:
+    """True when this process has one thread; else False, said once on stderr."""
+    global _warned
+    running = threads()
+    if len(running) <= 1 and threading.active_count() <= 1:
+        return True
+    if not _warned:
+        _warned = True
+        print(f"task server: {len(running)} threads ({', '.join(sorted(running))}): forking would copy only one, "
+              "so tasks run in new interpreters", file=sys.stderr, flush=True)
+    return False
+
+
 def serve(path: str, preload: Sequence[str] = PRELOAD) -> Task | None:
     """Take tasks on ``path`` until the parent process ends; returns only in a forked task (its Task)."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -80,6 +128,9 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> Task | None:
         ready, _, _ = select.select([listener], [], [], 0 if pending else 1.0)
         if ready:
             conn, _ = listener.accept()
+            if not _forkable():
+                conn.close()  # no pid: the launcher runs the task in a new interpreter
+                continue
             if os.fork() == 0:
                 listener.close()
                 return _supervise(conn)
@@ -132,6 +183,8 @@ def _supervise(conn: socket.socket) -> Task:
         task = _receive(conn)
     except (OSError, ValueError, KeyError):
         os._exit(1)  # the launcher runs the task itself when it gets no pid
+    if not _forkable():  # forked from a single thread, so one; checked as before every fork
+        os._exit(1)
     pid = os.fork()
     if pid == 0:
         conn.close()
@@ -180,6 +233,7 @@ def run(task: Task) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if "numpy" in sys.modules:  # as a new interpreter would: not the server's random state
         sys.modules["numpy"].random.seed()
+    _blas_threads(task.env)
     module, args = task.argv[1], task.argv[2:]
     sys.path[0] = task.cwd  # `python -m` puts the working folder first
     sys.argv = [module, *args]
@@ -194,11 +248,24 @@ def run(task: Task) -> int:
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
-    atexit._run_exitfuncs()  # noqa: SLF001 - the interpreter's own exit step, which os._exit skips
+    run_atexit_handlers()  # the interpreter's own exit step, which os._exit skips
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     return status
+
+
+def _blas_threads(env: dict[str, str]) -> None:
+    """The OpenBLAS threads a new interpreter with ``env`` would start (the server started none).
+
+    OpenBLAS takes the first of these variables that is set, else one thread per CPU.
+    """
+    if "numpy" not in sys.modules:
+        return
+    from threadpoolctl import threadpool_limits  # scikit-learn's; present wherever numpy was preloaded
+
+    wanted = next((env[v] for v in (BLAS_THREADS, "GOTO_NUM_THREADS", "OMP_NUM_THREADS") if env.get(v, "").isdigit()), "")
+    threadpool_limits(limits=int(wanted) if wanted and int(wanted) > 0 else len(os.sched_getaffinity(0)), user_api="blas")
 
 
 def _exit_status(code: object) -> int:
@@ -213,7 +280,11 @@ def _exit_status(code: object) -> int:
 
 @contextlib.contextmanager
 def warm_tasks(preload: Sequence[str] = PRELOAD) -> Iterator[str]:
-    """Start a task server; yields the launcher to use as ``sys.executable`` for kfp.local's tasks."""
+    """Start a task server; yields the launcher to use as ``sys.executable`` for kfp.local's tasks.
+
+    Raises CompatError when this interpreter or kernel lacks what the server uses.
+    """
+    check_task_server()
     folder = Path(tempfile.mkdtemp(prefix="flywheel-tasks-"))
     path = folder / "server.sock"
     launcher = folder / "python"
@@ -222,7 +293,7 @@ def warm_tasks(preload: Sequence[str] = PRELOAD) -> Iterator[str]:
     launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(str(script))} "$@"\n')
     launcher.chmod(0o755)
     server = subprocess.Popen([sys.executable, "-m", "pipelines.task_server", str(path), *preload],
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=single_threaded(dict(os.environ)))
     saved = {name: os.environ.get(name) for name in (SERVER_ENV, PYTHON_ENV)}
     os.environ[SERVER_ENV], os.environ[PYTHON_ENV] = str(path), sys.executable
     try:

@@ -65,14 +65,16 @@ def apply_cluster(task: dsl.PipelineTask, cluster: ClusterOptions | None) -> dsl
     return task
 
 
-def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.parallelism):
-    """The pipeline, with the cluster's Kubernetes settings applied to every task when given;
-    ``parallelism`` search tasks run at once (the ``parallelism`` setting)."""
+def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.parallelism, image: str = c.COMPONENT_IMAGE,
+          pipeline_root: str | None = None):
+    """The pipeline: every task on ``image``, with the cluster's Kubernetes settings when given;
+    ``parallelism`` search tasks run at once (the ``parallelism`` setting); ``pipeline_root`` its default artifact root."""
 
     def on(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        return apply_cluster(task, cluster)
+        return apply_cluster(task.set_container_image(image), cluster)
 
-    @dsl.pipeline(name="flywheel-training", description="Ingest, validate, train (fan-out), evaluate, register, deploy.")
+    @dsl.pipeline(name="flywheel-training", description="Ingest, validate, train (fan-out), evaluate, register, deploy.",
+                  pipeline_root=pipeline_root)
     def training_pipeline(
         source: str,
         target: str,
@@ -81,8 +83,8 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         model: str = "demo",
         task: str = "",
         timestamp: str = "",
-        id_columns: list = [],  # noqa: B006 - KFP pipeline defaults are literals
-        exclude: list = [],  # noqa: B006
+        id_columns: list = [],  # KFP pipeline defaults are literals
+        exclude: list = [],
         holdout_fraction: float = DEFAULT.holdout_fraction,
         cv_folds: int = DEFAULT.cv_folds,
         seed: int = DEFAULT.seed,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -218,6 +221,21 @@ def test_bad_inputs_name_file_and_column(settings, tmp_path):
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="bad.parquet cannot be read as Parquet"):
         ingest.ingest(DatasetSpec(str(bad), "y"), settings)
+
+
+@pytest.mark.parametrize("name, data, kind", [
+    ("bad.parquet", b"not parquet at all", "Parquet"),
+    ("cut.csv.gz", gzip.compress(b"a,b\n" + b"1,2\n" * 1000, mtime=0)[:40], "CSV"),  # a gzip stream cut short
+    ("bad.csv.gz", b"not gzip at all", "CSV"),
+    ("binary.csv", b"a,b\n\xff\xfe\x00\x81,\x00\n", "CSV"),  # not UTF-8
+], ids=["not-parquet", "cut-gzip", "not-gzip", "not-utf8"])
+def test_a_file_pandas_cannot_parse_is_one_sentence_naming_it(settings, tmp_path, name, data, kind):
+    """Each of the error types pandas and pyarrow raise for a bad file is a DataError (components/data.py)."""
+    from components.data import read_source, resolve
+
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(DataError, match=rf"{re.escape(name)} cannot be read as {kind}: "):
+        read_source(resolve(str(tmp_path / name), settings), settings)
 
 
 def test_task_inference():

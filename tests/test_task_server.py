@@ -15,10 +15,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipelines.task_launcher import SERVER_ENV
-from pipelines.task_server import warm_tasks
+from pipelines.task_server import PRELOAD, single_threaded, warm_tasks
 
 # Not imported by a new interpreter (nor by the launcher): present in a task only if the server preloaded it.
 MARKER = "xml.dom.minidom"
@@ -122,6 +123,88 @@ def test_without_a_server_the_launcher_runs_the_real_interpreter(launcher, work)
     other = subprocess.run([python, "-c", "import sys; print(sys.flags.isolated)"], env=env, capture_output=True,
                            text=True, timeout=60)
     assert other.stdout.strip() == "0"  # not `-m`: the real interpreter, with its usual flags
+
+
+def _threads_after(statement: str, env: dict[str, str]) -> list[str]:
+    """The names of a new interpreter's threads (native ones too) after ``statement``."""
+    code = (f"import json, os; {statement}; print(json.dumps(sorted(open(f'/proc/self/task/{{t}}/comm').read().strip() "
+            "for t in os.listdir('/proc/self/task'))))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_server_has_one_thread_after_preloading_everything() -> None:
+    """pyarrow's jemalloc and numpy's and scipy's OpenBLAS start threads at import; the server starts them off."""
+    load = f"import importlib; [importlib.import_module(m) for m in {list(PRELOAD)!r}]"
+    assert "jemalloc_bg_thd" in _threads_after(load, dict(os.environ))  # what the server would have had
+    assert _threads_after(load, single_threaded(dict(os.environ))) == ["python"]
+
+
+def _server(launcher_env: dict[str, str]) -> psutil.Process:
+    """The task server serving this launcher environment (a child of this process)."""
+    path = launcher_env[SERVER_ENV]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for child in psutil.Process().children():
+            if "pipelines.task_server" in child.cmdline() and path in child.cmdline():
+                return child
+        time.sleep(0.05)
+    raise AssertionError(f"no task server for {path}")
+
+
+def _wait_for_threads(server: psutil.Process, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while server.num_threads() < count:
+        assert time.monotonic() < deadline, f"the server has {server.num_threads()} threads, never {count}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("second_thread", [
+    "import _thread, time; _thread.start_new_thread(time.sleep, (3600,))",  # an OS thread `threading` does not list
+    # a native one: pyarrow's jemalloc with its background thread, as it starts by default
+    "import os; os.environ['JE_ARROW_MALLOC_CONF'] = 'background_thread:true'; import pyarrow",
+])
+def test_a_server_with_a_second_thread_runs_tasks_in_new_interpreters(work, monkeypatch, capfd, second_thread):
+    (work / "fwthread.py").write_text(second_thread + "\n")
+    monkeypatch.setenv("PYTHONPATH", str(work))  # the server imports it from there
+    with warm_tasks(preload=(MARKER, "fwthread")) as python:
+        env = dict(os.environ)
+        server = _server(env)
+        _wait_for_threads(server, 2)  # fwthread is loaded and its thread runs
+        results = [run(python, env, work, str(code)) for code in (3, 4)]
+        assert server.num_threads() == 2  # the server kept its thread, and never forked with it
+    assert [r.returncode for r in results] == [3, 4]
+    assert [json.loads(r.stdout.splitlines()[0])["warm"] for r in results] == [False, False]  # new interpreters
+    err = capfd.readouterr().err
+    assert err.count("task server: 2 threads") == 1 and "tasks run in new interpreters" in err  # said once
+    assert "forked task" not in err
+
+
+def test_a_warm_task_gets_the_blas_threads_a_new_interpreter_would(work, monkeypatch):
+    """The server loads OpenBLAS with one thread; a task forked from it gets what its environment asks for."""
+    (work / "fwblas.py").write_text("import json, sys, threadpoolctl\n"
+                                    "print(json.dumps([sys.modules.get('fwwarm') is not None,"
+                                    " sorted(i['num_threads'] for i in threadpoolctl.threadpool_info()"
+                                    " if i['user_api'] == 'blas')]))\n")
+    (work / "fwwarm.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(work))
+    with warm_tasks(preload=("numpy", "scipy.linalg", "fwwarm")) as python:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+        _wait_until_preloaded(python, env, work)
+        warm = subprocess.run([python, "-m", "fwblas"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    cold = subprocess.run([sys.executable, "-c", "import numpy, scipy.linalg; import fwblas"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    warm_loaded, warm_threads = json.loads(warm.stdout)
+    assert warm_loaded is True  # forked from the server
+    assert warm_threads == json.loads(cold.stdout)[1] == [2, 2]  # numpy's OpenBLAS and scipy's
+
+
+def _wait_until_preloaded(python: str, env: dict[str, str], work: Path) -> None:
+    """Until a task finds ``fwwarm`` preloaded: the server has loaded everything before it."""
+    (work / "fwprobe.py").write_text("import sys\nsys.exit(0 if 'fwwarm' in sys.modules else 3)\n")
+    deadline = time.monotonic() + 120
+    while subprocess.run([python, "-m", "fwprobe"], cwd=work, env=env, timeout=60).returncode != 0:
+        assert time.monotonic() < deadline, "the server never preloaded fwwarm"
 
 
 def _wait_for_pid(path: Path) -> int:

@@ -10,7 +10,8 @@ Why these tests and this rule (the numbers behind them are in the README too):
 * Evidently's own "chisquare" treats the reference counts as the true distribution (a
   goodness-of-fit test); with a reference of 20k-100k rows that ignores half the noise
   and over-alarms, so the homogeneity test here is registered with Evidently under
-  ``chi2_homogeneity`` and the report shows exactly the p-values the decision used.
+  ``chi2_homogeneity`` (services/monitoring/report.py) and the report shows exactly the
+  p-values the decision used.
 * Many features mean many chances of a false alarm: 20 independent tests at p < 0.05
   alarm on identical data 64% of the time. The decision therefore fires when
     (a) the share of features with p < COLUMN_ALPHA (0.05, the per-column flag users
@@ -189,17 +190,3 @@ def detect_drift(
                   + (f" (smallest p = {strongest.p_value:.3g} on {strongest.column})" if strongest else ""))
     return DriftResult(columns, prediction, share, share_threshold, column_alpha, family_alpha, bonferroni,
                        by_share or by_bonferroni, reason, untested)
-
-
-def _register_with_evidently() -> None:
-    """Make the homogeneity test available to Evidently reports by name."""
-    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
-    from evidently.legacy.core import ColumnType
-
-    def _impl(reference_data: pd.Series, current_data: pd.Series, feature_type: Any, threshold: float):
-        _, p = chi2_homogeneity(reference_data, current_data)
-        return p, p < threshold
-
-    test = StatTest(name="chi2_homogeneity", display_name=METHOD_NAMES["chi2_homogeneity"],
-                    allowed_feature_types=[ColumnType.Categorical], default_threshold=COLUMN_ALPHA)
-    register_stattest(test, default_impl=_impl)

@@ -275,7 +275,7 @@ def _reports(settings: Settings, store: Store, ev: Evaluated, s: Summary) -> Non
     snapshots = []
     try:
         snap = report.drift_report(reference, scan.sample, schema, settings.drift_share_threshold, window.end,
-                                   f"drift {window.key}")
+                                   f"drift {window.key}", settings.report_chi2_homogeneity)
         snapshots.append(snap)
         if s.quality and s.quality.get("current") is not None and LABEL in reference:
             snapshots.append(report.quality_report(reference, scan.labelled, schema, window.end, f"quality {window.key}"))

@@ -21,17 +21,32 @@ from components.data import LABEL, PREDICTION, Schema
 from services.monitoring import drift
 
 log = logging.getLogger(__name__)
-_registered = False
 
 
 def _evidently():
-    global _registered
     import evidently
 
-    if not _registered:
-        drift._register_with_evidently()
-        _registered = True
     return evidently
+
+
+def register_chi2_homogeneity(enabled: bool) -> bool:
+    """Make the decision's categorical test available to Evidently as ``chi2_homogeneity`` (once per process).
+
+    Through Evidently's legacy stat-test registry, checked first (components/compat.py): raises
+    CompatError when it no longer works as relied on. False, changing nothing, when switched off
+    (``report_chi2_homogeneity``): the report then uses Evidently's own chi-square.
+    """
+    from components.compat import register_stat_test
+
+    return register_stat_test("chi2_homogeneity", drift.METHOD_NAMES["chi2_homogeneity"],
+                              lambda reference, current: drift.chi2_homogeneity(reference, current)[1],
+                              drift.COLUMN_ALPHA, enabled)
+
+
+def report_method(kind: str, homogeneity: bool) -> str:
+    """The method a report column gets: the decision's, or Evidently's own chi-square when ours is not registered."""
+    method = drift.method_for(kind)
+    return "chisquare" if method == "chi2_homogeneity" and not homogeneity else method
 
 
 def _definition(frame: pd.DataFrame, kinds: dict[str, str], extra: dict[str, Any] | None = None):
@@ -51,16 +66,21 @@ def _categorical_as_str(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFr
 
 
 def drift_report(reference: pd.DataFrame, sample: pd.DataFrame, schema: Schema, share_threshold: float,
-                 timestamp: dt.datetime, name: str):
-    """Data drift per feature and prediction drift, each with the decision's method."""
+                 timestamp: dt.datetime, name: str, homogeneity: bool = True):
+    """Data drift per feature and prediction drift, each with the decision's method.
+
+    ``homogeneity`` (the setting ``report_chi2_homogeneity``) false: categorical columns show
+    Evidently's own chi-square instead of the decision's test.
+    """
     ev = _evidently()
     from evidently.metrics import DriftedColumnsCount, ValueDrift
 
+    homogeneity = register_chi2_homogeneity(homogeneity)
     kinds = {c.name: c.kind for c in schema.features}
     pred_kind = "numeric" if schema.task == "regression" else "categorical"
     kinds_all = {**kinds, PREDICTION: pred_kind}
     tested = [c for c, k in kinds.items() if k != "datetime"]
-    methods = {c: drift.method_for(kinds_all[c]) for c in [*tested, PREDICTION]}
+    methods = {c: report_method(kinds_all[c], homogeneity) for c in [*tested, PREDICTION]}
     metrics = [DriftedColumnsCount(columns=tested, drift_share=share_threshold,
                                    per_column_method={c: methods[c] for c in tested}, threshold=drift.COLUMN_ALPHA)]
     metrics += [ValueDrift(column=c, method=methods[c], threshold=drift.COLUMN_ALPHA) for c in [*tested, PREDICTION]]

@@ -6,7 +6,9 @@ its OpenTelemetry span. At 320 requests/s that is about 19,000 requests' objects
 garbage collector's full passes over them took 90 to 145 ms every few seconds: the service's
 p99 at one client was 98 ms against FastAPI's 23 ms (benchmarks/serving.py, linear shape).
 
-``install()`` puts ``RequestDeadline`` in its place. The behaviour is BentoML's: a request
+``install()`` puts ``RequestDeadline`` in its place, through the checked seam of
+components/compat.py (the setting ``serving_deadline_fix`` turns it off); the serving worker's
+entry point (services/serving/worker.py) calls it. The behaviour is BentoML's: a request
 whose answer has not started within the timeout is cancelled and answered 504; once the
 answer has started, it runs to its end.
 """
@@ -73,8 +75,11 @@ async def _answer_timeout(send: Any, seconds: float) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install() -> None:
-    """Make BentoML build its timeout middleware from ``RequestDeadline`` (same arguments)."""
-    from bentoml._internal.server.http import traffic
+def install(enabled: bool = True) -> bool:
+    """Make BentoML build its timeout middleware from ``RequestDeadline`` (same arguments); False when switched off.
 
-    traffic.TimeoutMiddleware = RequestDeadline  # type: ignore[misc]
+    Raises CompatError when the BentoML installed no longer builds it the way this relies on.
+    """
+    from components.compat import replace_bentoml_timeout
+
+    return replace_bentoml_timeout(RequestDeadline, enabled)

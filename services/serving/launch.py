@@ -19,7 +19,7 @@ from typing import Any
 
 from components.settings import Settings
 
-SERVICE = "services.serving.service:FlywheelServing"
+SERVICE = "services.serving.worker:FlywheelServing"  # the worker entry point: the service, BentoML prepared for it
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # One compute thread per worker: the workers already use every CPU of the limit, and

@@ -26,6 +26,7 @@ from components.data import PREDICTION, Schema
 from components.onnx_export import onnx_feed
 from components.predict import records_of, score_frame
 from components.registry import Registry
+from components.store import NotFound
 from components.validation import Validator
 
 log = logging.getLogger("flywheel.serving")
@@ -137,25 +138,47 @@ def load_version(registry: Registry, version: str, prefer_onnx: bool = True, str
     return loaded
 
 
-def _reference(registry: Registry, version: str) -> pd.DataFrame | None:
+def _optional(registry: Registry, version: str, name: str) -> bytes | None:
+    """A file a version may lack (None); a store that fails to read it refuses the version, to be retried."""
     try:
-        return pd.read_parquet(io.BytesIO(registry.read(version, "reference.parquet")))
-    except Exception as exc:  # optional file; the smoke test then uses a synthetic record
-        log.warning("version %s has no readable reference.parquet (%s); smoke test uses a synthetic record", version, exc)
+        return registry.read(version, name)
+    except NotFound:
+        return None
+    except Exception as exc:  # S3's errors, a streamed body's timeout, the disk: the store failed, not the version
+        raise ModelRefused(f"{name} of version {version} cannot be read from the store: {exc}") from exc
+
+
+def _reference(registry: Registry, version: str) -> pd.DataFrame | None:
+    data = _optional(registry, version, "reference.parquet")
+    if data is None:
+        log.warning("version %s has no reference.parquet; smoke test uses a synthetic record", version)
+        return None
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except (ValueError, OSError) as exc:  # not Parquet (pyarrow's ArrowInvalid is a ValueError)
+        log.warning("version %s has an unreadable reference.parquet (%s); smoke test uses a synthetic record", version, exc)
         return None
 
 
 def _onnx_runtime(registry: Registry, version: str, schema: Schema,
                   classes: list[Any] | None) -> tuple[OnnxRuntime | None, str | None]:
-    try:
-        report = json.loads(registry.read(version, "onnx.json"))
-    except Exception:
+    data = _optional(registry, version, "onnx.json")
+    if data is None:
         return None, "no ONNX export for this version"
+    try:
+        report = json.loads(data)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        return None, f"onnx.json of version {version} is not valid JSON ({exc}); serving scikit-learn"
+    if not isinstance(report, dict):
+        return None, f"onnx.json of version {version} holds no JSON object; serving scikit-learn"
     if not (report.get("converted") and report.get("passed", report.get("converted"))):
         return None, f"ONNX export not used: {report.get('reason', 'the check did not pass')}"
+    onnx = _optional(registry, version, "model.onnx")
+    if onnx is None:
+        return None, f"onnx.json of version {version} says converted, but it has no model.onnx; serving scikit-learn"
     try:
-        return OnnxRuntime(registry.read(version, "model.onnx"), report, schema, classes), None
-    except Exception as exc:
+        return OnnxRuntime(onnx, report, schema, classes), None
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class; scikit-learn serves, with the reason
         return None, f"ONNX model cannot be loaded ({exc}); serving scikit-learn"
 
 
@@ -259,7 +282,7 @@ class ModelHolder:
         """One step: load and swap in the wanted version if it differs; True when swapped."""
         try:
             wanted = self.wanted()
-        except Exception as exc:  # a store outage must not take the serving model down
+        except Exception as exc:  # noqa: BLE001 - the holder thread outlives any failure to read the pointer (the store, a bad file): logged, read again at the next poll
             log.warning("cannot read the champion pointer of %s: %s", self.registry.model, exc)
             return False
         if wanted is None or (self.current is not None and self.current.version == wanted):

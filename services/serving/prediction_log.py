@@ -551,7 +551,7 @@ class RecordLog:
         """``store.write`` or ``store.move_file``: False (logged once per outage) if the store refuses."""
         try:
             call(*args)
-        except Exception as exc:  # any store failure: the part stays where it is
+        except Exception as exc:  # noqa: BLE001 - the sender thread outlives any store failure (S3's errors, a timeout, the disk): the part stays spilled and is re-sent
             if not self._store_failing:
                 log.warning("the store refuses %s records (%s); they stay spilled in %s and are re-sent",
                             self.kind, exc, self.root)
@@ -761,7 +761,7 @@ def _write_parquet(table: pa.Table, sink: pa.NativeFile) -> None:
         pq.write_table(table, sink, use_dictionary=text, compression=_codecs(table), write_statistics=stats)
     except OSError:  # the sink's: the disk, not the records
         raise
-    except Exception as exc:  # noqa: BLE001 - Parquet refuses the table: say so, as one kind of error
+    except Exception as exc:  # Parquet refuses the table: say so, as one kind of error
         raise Unencodable(f"{type(exc).__name__}: {exc}") from exc
 
 

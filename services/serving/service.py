@@ -35,7 +35,6 @@ from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
 from components.validation import Checked, InvalidInput, Problem
-from services.serving import deadline
 from services.serving.gate import NOT_READY, Refusal, ServingGate
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
@@ -434,7 +433,6 @@ def _plain(values: Any) -> list[Any]:
     return [_jsonable(v) for v in values]
 
 
-deadline.install()  # traffic.timeout without a timer left behind per request (deadline.py)
 FlywheelServing.add_asgi_middleware(HttpMiddleware)
 FlywheelServing.add_asgi_middleware(ServingGate, handler=lambda: _service)
 

@@ -25,7 +25,7 @@ class ServedFakeKFP(FakeKFP):
         super().__init__()
         handler = self.server.RequestHandlerClass
         self.server.server_close()
-        self.server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 - a container's own interface
+        self.server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # a container's own interface
         self.url = f"http://0.0.0.0:{port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

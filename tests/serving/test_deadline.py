@@ -1,4 +1,7 @@
-"""The request deadline that stands in for BentoML's TimeoutMiddleware (services/serving/deadline.py)."""
+"""The request deadline that stands in for BentoML's TimeoutMiddleware (services/serving/deadline.py).
+
+That BentoML builds it, and the switch that leaves BentoML's own: tests/test_compat.py and tests/test_import_effects.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import asyncio
 import json
 from typing import Any
 
-from services.serving.deadline import RequestDeadline, install
+from services.serving.deadline import RequestDeadline
 
 
 def _call(app: Any, timeout: float) -> tuple[list[dict[str, Any]], list[asyncio.TimerHandle]]:
@@ -95,16 +98,16 @@ def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline() -> None:
         raise AssertionError("the app's TimeoutError was swallowed")
 
 
-def test_the_service_builds_its_timeout_middleware_from_the_deadline() -> None:
-    from bentoml._internal.server.base_app import BaseAppFactory
-    from bentoml._internal.server.http import traffic
+def test_with_the_fix_switched_off_the_service_serves_with_bentomls_own_timeout(serving_store, tmp_path, start_server) -> None:
+    """FLYWHEEL_SERVING_DEADLINE_FIX=false, what an upgraded BentoML would be run with: a real server answers."""
+    import httpx
 
-    import services.serving.service  # noqa: F401 - installs it on import
+    from components.predict import records_of
+    from tests.serving.conftest import serving_settings
+    from tests.serving.models import wine_frame
 
-    assert traffic.TimeoutMiddleware is RequestDeadline
-    install()  # idempotent
-    class Factory(BaseAppFactory):
-        name = "flywheel-serving"
-
-    [middleware] = Factory(timeout=60).middlewares  # as BentoML builds the service's app
-    assert middleware.cls is RequestDeadline and middleware.kwargs == {"timeout": 60}
+    server = start_server(serving_settings(serving_store, "wine", tmp_path), FLYWHEEL_SERVING_DEADLINE_FIX="false")
+    records = records_of(wine_frame().drop(columns="target").head(1))
+    answer = httpx.post(f"{server.url}/predict", json={"records": records}, timeout=30)
+    assert answer.status_code == 200 and len(answer.json()) == 1 and "prediction" in answer.json()[0]
+    assert "serving_deadline_fix is false: BentoML's own timeout middleware" in server.log()

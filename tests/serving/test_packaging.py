@@ -17,9 +17,10 @@ def test_build_bento_offline_from_the_lock(tmp_path: Path) -> None:
     assert "bentoml==" in reqs and "scikit-learn==" in reqs and "pytest" not in reqs
     src = bento / "src"
     assert (src / "services" / "serving" / "service.py").is_file()
+    assert (src / "services" / "serving" / "worker.py").is_file() and (src / "components" / "compat.py").is_file()
     assert (src / "components" / "predict.py").is_file()
     assert not (src / "tests").exists()
-    assert "services.serving.service:FlywheelServing" in (bento / "bento.yaml").read_text()
+    assert "services.serving.worker:FlywheelServing" in (bento / "bento.yaml").read_text()
 
 
 def test_bentoml_home_inside_the_project_is_refused() -> None:

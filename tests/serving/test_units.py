@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from components.data import DatasetSpec, infer_schema
 from components.onnx_export import export_onnx
 from components.registry import Registry
-from components.store import LocalStore
+from components.store import LocalStore, StoreError
 from components.validation import InvalidInput, Validator
 from services.serving.model import ModelHolder, load_version
 from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
@@ -139,6 +140,53 @@ def test_onnx_export_numeric_pipeline_passes_and_serves(registry: Registry) -> N
     loaded = load_version(registry, "v1")
     assert loaded.runtime_name == "onnx"
     assert load_version(registry, "v1", prefer_onnx=False).runtime_name == "sklearn"
+
+
+class OutageStore(LocalStore):
+    """A real local store that fails to read keys ending in ``failing`` while ``down``, as S3 does when unreachable."""
+
+    down = False
+
+    def __init__(self, root: Path, failing: str) -> None:
+        super().__init__(root)
+        self.failing = failing
+
+    def read(self, key: str) -> bytes:
+        if self.down and key.endswith(self.failing):
+            raise StoreError(f"store {self.uri} is unreachable while trying to read {key}")
+        return super().read(key)
+
+
+def test_a_store_outage_reading_onnx_json_refuses_the_version_instead_of_serving_it_without_onnx(tmp_path: Path) -> None:
+    store = OutageStore(tmp_path / "store", "/onnx.json")
+    registry = Registry(store, "diabetes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        version = add_version(registry, diabetes_frame(), "target", LINEAR)
+    events: list[tuple[str, str, str]] = []
+    holder = ModelHolder(registry, listener=lambda e, v, rt, why: events.append((e, v, why)))
+    store.down = True
+    assert not holder.refresh() and holder.current is None
+    [(event, refused, why)] = events
+    assert (event, refused) == ("refused", version)
+    assert why.startswith(f"onnx.json of version {version} cannot be read from the store: store ") and "unreachable" in why
+    store.down = False  # the store is back: the same version serves through ONNX, as registered
+    assert load_version(registry, version).runtime_name == "onnx"
+
+
+def test_a_corrupt_onnx_json_is_reported_as_such_and_scikit_learn_serves(tmp_path: Path) -> None:
+    registry = Registry(LocalStore(tmp_path / "store"), "diabetes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        good = add_version(registry, diabetes_frame(), "target", LINEAR)
+    corrupt = registry.claim_version()
+    files = {n: registry.read(good, n) for n in ("schema.json", "model.joblib", "metrics.json", "reference.parquet",
+                                                  "model.onnx")}
+    registry.write_version(corrupt, {**files, "onnx.json": b'{"converted": tru'}, {})
+    loaded = load_version(registry, corrupt)
+    assert loaded.runtime_name == "sklearn"
+    assert loaded.fallback_reason.startswith(f"onnx.json of version {corrupt} is not valid JSON (")
+    assert loaded.fallback_reason.endswith("); serving scikit-learn")
 
 
 def test_onnx_export_reports_unsupported_steps() -> None:
