@@ -332,10 +332,9 @@ def monitor(
         raise typer.Exit(subprocess.call(ui_command(s, port)))
     if bool(data) != bool(target):
         raise typer.BadParameter("--data and --target go together", param_hint="--data/--target")
-    if s.monitor_reports != "never":  # at start-up: an Evidently that changed fails here, not in the report
-        from services.monitoring.report import register_chi2_homogeneity
+    from services.monitoring.report import check_at_start_up
 
-        register_chi2_homogeneity(s.report_chi2_homogeneity)
+    check_at_start_up(s)  # an Evidently that changed fails here, not in the report after the decision
     spec = DatasetSpec(source=data, target=target, timestamp=timestamp, name=s.model) if data and target else _trained_on(s)
     include = s.include_feedback if include_feedback is None else include_feedback
     trigger = make_trigger(s, spec, package, include, reuses_champion_data=not data)

@@ -92,10 +92,13 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
     ``fresh`` resets the model first, which is refused for any model but the demo one in a
     local store unless ``force_reset`` (``--force-reset``) says so.
     """
+    from services.monitoring.report import check_at_start_up
+
     start = time.monotonic()
     store = open_store(settings.store, settings)
     if fresh:
         check_reset(settings, store, force_reset)  # before anything is started or locked
+    check_at_start_up(settings)  # the passes' reports: an Evidently that changed fails here
     result = LoopResult(store=store.uri)
     model = settings.model
     reg = Registry(store, model)

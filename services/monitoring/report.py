@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from components.data import LABEL, PREDICTION, Schema
+from components.settings import Settings
 from services.monitoring import drift
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ def register_chi2_homogeneity(enabled: bool) -> bool:
     return register_stat_test("chi2_homogeneity", drift.METHOD_NAMES["chi2_homogeneity"],
                               lambda reference, current: drift.chi2_homogeneity(reference, current)[1],
                               drift.COLUMN_ALPHA, enabled)
+
+
+def check_at_start_up(settings: Settings) -> None:
+    """For a process that runs passes: what its reports rely on in Evidently is checked now, not at the first report."""
+    if settings.monitor_reports != "never":
+        register_chi2_homogeneity(settings.report_chi2_homogeneity)
 
 
 def report_method(kind: str, homogeneity: bool) -> str:
