@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 NON_DEFAULT: dict[str, Any] = {
     "store": "s3://other-bucket/flywheel", "model": "churn", "runner": "kfp",
     "pipeline_root": "s3://other-bucket/pipeline_root", "warm_tasks": False, "run": "run-x",
+    "local_search_packing": False, "serving_deadline_fix": False, "report_chi2_homogeneity": False,
+    "log_append_wait_seconds": 3.5,
     "s3_endpoint_url": "http://minio.other.svc:9000", "s3_region": "eu-west-1", "s3_max_attempts": 3,
     "s3_connect_timeout_seconds": 7.5, "s3_read_timeout_seconds": 45.5,
     "kfp_host": "http://kfp.other.svc:8888", "kfp_experiment": "exp-2", "kfp_pipeline": "pipe-2",
