@@ -15,6 +15,7 @@ from k8s_support import (
     kinds,
     pod_specs,
     restricted_violations,
+    unusable_grants,
 )
 
 ALL_BUILDS = [*KUSTOMIZATIONS, *HELM_VALUE_SETS]
@@ -101,7 +102,7 @@ def test_rbac_is_least_privilege(builds, build):
     docs = builds[build]
     assert not kinds(docs, "ClusterRole") and not kinds(docs, "ClusterRoleBinding")
     roles = {r["metadata"]["name"]: r for r in kinds(docs, "Role")}
-    assert set(roles) == {"flywheel-deployer", "flywheel-monitor"}
+    assert set(roles) == {"flywheel-deployer"}
 
     (deploy_rule,) = roles["flywheel-deployer"]["rules"]
     assert deploy_rule["apiGroups"] == ["apps"]
@@ -109,21 +110,27 @@ def test_rbac_is_least_privilege(builds, build):
     assert deploy_rule["resourceNames"] == ["flywheel-serving"]
     assert sorted(deploy_rule["verbs"]) == ["get", "patch", "watch"]
 
-    (monitor_rule,) = roles["flywheel-monitor"]["rules"]
-    assert monitor_rule == {"apiGroups": [""], "resources": ["configmaps"],
-                            "resourceNames": ["flywheel-config"], "verbs": ["get"]}
-
     bindings = {b["metadata"]["name"]: b for b in kinds(docs, "RoleBinding")}
-    assert set(bindings) == {"flywheel-deployer", "flywheel-monitor"}
+    assert set(bindings) == {"flywheel-deployer"}
     assert bindings["flywheel-deployer"]["roleRef"]["name"] == "flywheel-deployer"
     assert bindings["flywheel-deployer"]["subjects"] == [
         {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
-    assert bindings["flywheel-monitor"]["roleRef"]["name"] == "flywheel-monitor"
-    assert bindings["flywheel-monitor"]["subjects"] == [
-        {"kind": "ServiceAccount", "name": "flywheel-monitor", "namespace": "flywheel"}]
-    # The serving ServiceAccount is bound to nothing and mounts no token.
+    # Neither ServiceAccount of the release mounts a token, so neither is bound to anything.
     for sa in kinds(docs, "ServiceAccount"):
         assert sa["automountServiceAccountToken"] is False
+    assert unusable_grants(docs) == []
+
+
+def test_a_grant_to_an_account_whose_pods_carry_no_token_is_found(builds):
+    """The check above is not vacuous: the Role the monitor once had (its pods mount no token) is reported."""
+    docs = [*builds["helm-default"],
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "flywheel-monitor"},
+             "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "flywheel-monitor"},
+             "roleRef": {"kind": "Role", "name": "flywheel-monitor"},
+             "subjects": [{"kind": "ServiceAccount", "name": "flywheel-monitor", "namespace": "flywheel"}]}]
+    assert unusable_grants(docs) == ["Role flywheel-monitor grants ['get'] on ['configmaps'] to ServiceAccount "
+                                     "flywheel/flywheel-monitor, whose pods carry no token for the Kubernetes API"]
 
 
 @pytest.mark.parametrize("build", ALL_BUILDS)
