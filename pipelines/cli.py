@@ -234,10 +234,20 @@ def serve(
     model: ModelOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Run the BentoML serving API locally (bentoml serve); Ctrl-C flushes the prediction log and stops."""
-    from services.serving.launch import serve as run
+    """Run the BentoML serving API locally (bentoml serve); Ctrl-C flushes the prediction log and stops.
 
-    raise typer.Exit(run(_settings(model=model, store=store), port, version, host))
+    A worker that cannot start (the store unreachable or not writable, say) ends the command at
+    once with one sentence and exit code 1.
+    """
+    from services.serving.launch import serve as run
+    from services.serving.startup import StartupFailed
+
+    try:
+        code = run(_settings(model=model, store=store), port, version, host)
+    except StartupFailed as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        code = 1
+    raise typer.Exit(code)
 
 
 @app.command()

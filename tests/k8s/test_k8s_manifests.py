@@ -146,8 +146,10 @@ def test_serving_matches_the_code_contract(builds, build):
     assert c["args"] == ["--host", "0.0.0.0", "--port", "3000"]
     assert serve_binding(c["args"]) == ("0.0.0.0", 3000)
     assert {"name": "http", "containerPort": 3000, "protocol": "TCP"} in c["ports"]
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["startupProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # One timeout for every probe (Kubernetes' default is 1 s): the startup probe once had it while the others had 3 s.
+    assert {c[p].get("timeoutSeconds", 1) for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {3}
     env = env_map(c)
     assert env["MODEL_VERSION"]["value"] == "champion"
     assert env["BENTOML_HOME"]["value"].startswith("/tmp/")
