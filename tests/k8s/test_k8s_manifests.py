@@ -18,6 +18,8 @@ from k8s_support import (
     unusable_grants,
 )
 
+from components.deploy import ANNOTATION, VERSION_FIELD
+
 ALL_BUILDS = [*KUSTOMIZATIONS, *HELM_VALUE_SETS]
 
 
@@ -151,7 +153,10 @@ def test_serving_matches_the_code_contract(builds, build):
     # One timeout for every probe (Kubernetes' default is 1 s): the startup probe once had it while the others had 3 s.
     assert {c[p].get("timeoutSeconds", 1) for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {3}
     env = env_map(c)
-    assert env["MODEL_VERSION"]["value"] == "champion"
+    # The pod's version annotation is what serves; no manifest sets it, so re-applying one never
+    # undoes the deploy step's rollout (the apiserver tier re-applies the chart over one).
+    assert env["MODEL_VERSION"] == {"name": "MODEL_VERSION", "valueFrom": {"fieldRef": {"fieldPath": VERSION_FIELD}}}
+    assert ANNOTATION not in (dep["spec"]["template"]["metadata"].get("annotations") or {})
     assert env["BENTOML_HOME"]["value"].startswith("/tmp/")
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert env["FLYWHEEL_SPILL_DIR"]["value"] in mounts
