@@ -5,15 +5,19 @@ swaps with no downtime. The step checks the version the way the server accepts o
 loads and reproduces the predictions recorded at registration); a version that fails is
 rolled back (the pointer returns to the previous champion, which the server keeps serving).
 
-Cluster: the serving Deployment is updated through the Kubernetes API (a strategic merge
-patch that pins ``MODEL_VERSION`` on the ``serving`` container and stamps the
-``flywheel.io/model-version`` annotation on the pod template, which starts a rolling
-update), then watched like ``kubectl rollout status`` until it completes or the timeout
-passes. A failed rollout is undone: the pod template's previous values are patched back
-exactly (``MODEL_VERSION=champion`` from the chart included, so the Deployment returns to its
-old ReplicaSet), and the champion pointer, if it still names the failed version, is rolled
-back too, so the registry never claims a version the cluster does not serve. The KFP step
-fails on a failed rollout (``Rollout.checked``).
+Cluster: the version a serving pod loads is its own ``flywheel.io/model-version`` annotation:
+the chart's ``MODEL_VERSION`` comes from it through the downward API (absent: follow the
+champion pointer). So the annotation is the one place that says which version the cluster
+serves; it cannot disagree with what the pods load. The deploy step sets it on the pod
+template (a strategic merge patch, which starts a rolling update), then watches the rollout
+like ``kubectl rollout status`` until it completes or the timeout passes. The chart never
+renders the annotation (unless ``serving.modelVersion`` pins a version there), so a ``helm
+upgrade`` or ``kubectl apply`` of the chart, three-way or server-side, leaves the deploy step's
+version in place instead of quietly undoing it. A failed rollout is undone: the previous
+annotation is patched back exactly (removed again when there was none), so the Deployment
+returns to its old ReplicaSet, and the champion pointer, if it still names the failed
+version, is rolled back too, so the registry never claims a version the cluster does not
+serve. The KFP step fails on a failed rollout (``Rollout.checked``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ log = logging.getLogger("flywheel.deploy")
 CONTAINER = "serving"
 ENV_VERSION = "MODEL_VERSION"
 ANNOTATION = "flywheel.io/model-version"
-# The chart's MODEL_VERSION: serve whatever the champion pointer names.
+# Where the serving container's MODEL_VERSION comes from (the downward API), so that the annotation decides.
+VERSION_FIELD = f"metadata.annotations['{ANNOTATION}']"
+# MODEL_VERSION that serves whatever the champion pointer names (an empty one does too).
 FOLLOW_CHAMPION = "champion"
 Mode = Literal["auto", "embedded", "cluster"]
 
@@ -144,28 +150,18 @@ def kube_client(kubeconfig: str | None = None) -> Any:
         raise DeployError(f"no access to a Kubernetes cluster: {exc}") from None
 
 
-def version_patch(version: str) -> dict[str, Any]:
-    """The strategic merge patch that pins a version (containers and env merge by name)."""
-    return template_patch(version, version)
+def template_patch(annotation: str | None) -> dict[str, Any]:
+    """The strategic merge patch that rolls a version out: the pod template's version annotation.
 
-
-def template_patch(env_value: str | None, annotation: str | None) -> dict[str, Any]:
-    """A strategic merge patch setting the serving container's MODEL_VERSION and the pod-template annotation.
-
-    ``None`` removes them (a null annotation, a ``$patch: delete`` env entry), so a restore
-    brings the template back byte for byte and the Deployment reuses its previous ReplicaSet.
+    ``None`` removes it, so a restore brings the template back byte for byte and the Deployment
+    reuses its previous ReplicaSet.
     """
-    env: dict[str, Any] = ({"name": ENV_VERSION, "value": env_value} if env_value is not None
-                           else {"name": ENV_VERSION, "$patch": "delete"})
-    return {"spec": {"template": {
-        "metadata": {"annotations": {ANNOTATION: annotation}},
-        "spec": {"containers": [{"name": CONTAINER, "env": [env]}]},
-    }}}
+    return {"spec": {"template": {"metadata": {"annotations": {ANNOTATION: annotation}}}}}
 
 
 def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_seconds: float = 300,
             poll_seconds: float = 2.0, registry: Registry | None = None) -> Rollout:
-    """Patch the Deployment to ``version``, wait for the rollout; undo it if it fails."""
+    """Set the Deployment's version annotation to ``version``, wait for the rollout; undo it if it fails."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -174,52 +170,54 @@ def rollout(api_client: Any, namespace: str, name: str, version: str, timeout_se
         current = apps.read_namespaced_deployment(name, namespace)
     except ApiException as exc:
         raise DeployError(f"cannot read Deployment {namespace}/{name}: {exc.status} {exc.reason}") from None
+    problem = wiring_problem(current)
+    if problem:
+        raise DeployError(f"Deployment {namespace}/{name}: {problem}, so its {ANNOTATION} annotation would not choose "
+                          "the version it serves; install it with the Flywheel chart or the kustomize base")
     previous = served_version(current)
-    env_before, annotation_before = template_values(current)
+    annotation_before = (current.spec.template.metadata.annotations or {}).get(ANNOTATION)
     if previous == version and _complete(current):
         return Rollout("cluster", version, previous, True, reason=f"Deployment {namespace}/{name} already serves {version}")
     try:
-        apps.patch_namespaced_deployment(name, namespace, version_patch(version))
+        apps.patch_namespaced_deployment(name, namespace, template_patch(version))
     except ApiException as exc:
         raise DeployError(f"cannot patch Deployment {namespace}/{name}: {exc.status} {exc.reason}") from None
     ok, why = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
     if ok:
-        log.info("Deployment %s/%s now serves %s (was %s)", namespace, name, version, previous)
+        log.info("Deployment %s/%s now serves %s (was %s)", namespace, name, version, previous or "the champion")
         return Rollout("cluster", version, previous, True, reason=f"rolled out {version} to {namespace}/{name}")
     log.error("rollout of %s to %s/%s failed: %s", version, namespace, name, why)
-    # a first rollout (nothing pinned before) is undone too: the template loses MODEL_VERSION and
-    # the annotation again, so the pods serve what they served before
-    apps.patch_namespaced_deployment(name, namespace, template_patch(env_before, annotation_before))
+    # a first rollout (no annotation before) is undone too: the annotation is removed again, so
+    # the pods follow the champion pointer as they did
+    apps.patch_namespaced_deployment(name, namespace, template_patch(annotation_before))
     restored, why_restore = wait_for_rollout(apps, namespace, name, timeout_seconds, poll_seconds)
     note = ""
     if registry is not None:
         note = _restore_champion(registry, version, previous)
-    what = previous or (f"{ENV_VERSION}={env_before}" if env_before is not None else "the unpinned template")
+    what = previous or "the template that follows the champion pointer"
     state = "restored" if restored else f"restored in the spec, its rollout not finished ({why_restore})"
     return Rollout("cluster", version, previous, False, True,
                    f"rollout of {version} failed ({why}); {what} {state}{note}")
 
 
-def template_values(deployment: Any) -> tuple[str | None, str | None]:
-    """The serving container's MODEL_VERSION value and the pod-template annotation, as they are (None: absent)."""
-    env_value = None
-    for c in deployment.spec.template.spec.containers or []:
-        if c.name == CONTAINER:
-            env_value = next((e.value for e in c.env or [] if e.name == ENV_VERSION), None)
-    annotations = deployment.spec.template.metadata.annotations or {}
-    return env_value, annotations.get(ANNOTATION)
+def wiring_problem(deployment: Any) -> str | None:
+    """Why the serving container does not take its version from the pod's annotation, or None when it does."""
+    containers = {c.name: c for c in deployment.spec.template.spec.containers or []}
+    if CONTAINER not in containers:
+        return f"there is no container named {CONTAINER!r}"
+    env = next((e for e in containers[CONTAINER].env or [] if e.name == ENV_VERSION), None)
+    source = env.value_from.field_ref if env is not None and env.value_from is not None else None
+    if source is not None and source.field_path == VERSION_FIELD:
+        return None
+    how = (f"has no {ENV_VERSION}" if env is None else f"sets {ENV_VERSION} to {env.value!r}" if env.value_from is None
+           else f"takes {ENV_VERSION} from another source")
+    return f"container {CONTAINER!r} {how}, not from fieldRef {VERSION_FIELD}"
 
 
 def served_version(deployment: Any) -> str | None:
-    """The version a Deployment pins: the container env, else the pod-template annotation."""
-    spec = deployment.spec.template.spec
-    for c in spec.containers or []:
-        if c.name == CONTAINER:
-            for e in c.env or []:
-                if e.name == ENV_VERSION and e.value and e.value != FOLLOW_CHAMPION:
-                    return e.value
-    annotations = deployment.spec.template.metadata.annotations or {}
-    return annotations.get(ANNOTATION)
+    """The version a Deployment's pods serve: its pod template's annotation (None: they follow the champion pointer)."""
+    annotation = (deployment.spec.template.metadata.annotations or {}).get(ANNOTATION)
+    return None if annotation in (None, "", FOLLOW_CHAMPION) else annotation
 
 
 def wait_for_rollout(apps: Any, namespace: str, name: str, timeout_seconds: float,

@@ -271,7 +271,10 @@ def serve(
     model: ModelOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Run the BentoML serving API locally (bentoml serve); Ctrl-C flushes the prediction log and stops."""
+    """Run the BentoML serving API locally (bentoml serve); Ctrl-C flushes the prediction log and stops.
+
+    A worker that cannot start (the store unreachable or not writable, say) ends it at once: one sentence, exit code 1.
+    """
     from services.serving.launch import serve as run
 
     raise typer.Exit(run(_settings(model=model, store=store), port, version, host))
@@ -415,6 +418,33 @@ def _trained_on(s):
     return spec_of(dataset) if dataset else None
 
 
+@app.command()
+def deploy(
+    version: Annotated[Optional[str], typer.Argument(help="Version to roll out; default the champion.")] = None,
+    cluster: Annotated[Optional[bool], typer.Option(
+        "--cluster/--embedded",
+        help="Roll out to the serving Deployment, or check the local server's champion; default: the cluster in a pod or with --kubeconfig.")] = None,
+    kubeconfig: Annotated[Optional[Path], typer.Option(help="kubeconfig of the cluster (implies --cluster; default with --cluster: $KUBECONFIG or ~/.kube/config).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds the rollout may take before it is undone; default FLYWHEEL_DEPLOY_TIMEOUT_SECONDS.")] = None,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Roll VERSION out as the pipeline's deploy step does; a failed rollout is undone and exits 1.
+
+    Cluster: the serving Deployment (FLYWHEEL_SERVING_NAMESPACE/_DEPLOYMENT) rolls to VERSION.
+    Embedded: the local server follows the champion, so VERSION must be it; it is checked, and the pointer goes back if it cannot serve.
+    """
+    from components.deploy import deploy as roll_out
+
+    if cluster is False and kubeconfig:
+        raise typer.BadParameter("names a cluster, so it cannot go with --embedded", param_hint="--kubeconfig")
+    mode = "cluster" if cluster or kubeconfig else "embedded" if cluster is False else "auto"
+    result = roll_out(_settings(model=model, store=store), version, mode, timeout,
+                      kubeconfig=str(kubeconfig) if kubeconfig else None)
+    console.print_json(json.dumps(result.to_dict()))
+    result.checked()
+
+
 @models.command("list")
 def models_list(model: ModelOpt = None, store: StoreOpt = None) -> None:
     """Every version with its holdout score and promotion decision."""
@@ -459,16 +489,19 @@ def main() -> None:
     """Entry point: user errors end with one sentence and exit code 1, never a traceback."""
     from components.compat import CompatError
     from components.data import DataError
+    from components.deploy import DeployError
     from components.registry import RegistryError
     from components.settings import ConfigError
     from components.store import StoreError
     from pipelines.kfp_client import KFPError
     from pipelines.local import PipelineFailed
     from pipelines.loop import LoopError
+    from services.serving.startup import StartupFailed
 
     try:
         app()
-    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError, KFPError, CompatError) as exc:
+    except (DataError, ConfigError, StoreError, RegistryError, PipelineFailed, LoopError, KFPError, CompatError, DeployError,
+            StartupFailed) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -104,7 +104,8 @@ ROUTES: dict[str, Route] = {
     "serving_deployment": _cm(note="flywheel-serving, the chart's fixed name"),
     "serving_namespace": _cm(note="the release namespace"),
     "deploy_timeout_seconds": _cm("config.serving.deployTimeoutSeconds"),
-    "serving_model_version": Route("serving", "serving.modelVersion", "the deploy step patches it to roll a version out"),
+    "serving_model_version": Route("serving", "serving.modelVersion",
+                                   "the pod's flywheel.io/model-version annotation: the deploy step sets it, the value pins it"),
 }
 
 # Settings a pipeline run takes as parameters (pipelines/local.py: pipeline_arguments).

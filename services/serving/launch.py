@@ -12,12 +12,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from components.settings import Settings
+from services.serving import startup
 
 SERVICE = "services.serving.worker:FlywheelServing"  # the worker entry point: the service, BentoML prepared for it
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -89,10 +91,10 @@ def serve_command(settings: Settings, port: int = 3000, version: str | None = No
 
 
 def start(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1",
-          workers: int | None = None, **popen: Any) -> subprocess.Popen:
-    """Start the service as a child process (its own process group) and return it."""
-    cmd, env = serve_command(settings, port, version, host, workers)
-    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True, **popen)
+          workers: int | None = None, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """Start the service as a child process (its own process group) and return it; ``env`` adds variables."""
+    cmd, server_env = serve_command(settings, port, version, host, workers)
+    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env={**server_env, **(env or {})}, start_new_session=True, **popen)
 
 
 def serve(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1") -> int:
@@ -100,18 +102,22 @@ def serve(settings: Settings, port: int = 3000, version: str | None = None, host
 
     ``version`` pins a registry version; None serves the ``serving_model_version`` setting (the champion by default).
     SIGINT/SIGTERM are passed on so the service flushes its prediction log before exiting.
+    A worker that cannot start (the store unreachable, say) stops the whole server at once:
+    raises StartupFailed with the worker's reason (services/serving/startup.py).
     """
-    proc = start(settings, port, version, host)
+    with tempfile.TemporaryDirectory(prefix="flywheel-serve-") as tmp:
+        failure = Path(tmp) / "startup-failure"
+        proc = start(settings, port, version, host, env={startup.FAILURE_FILE: str(failure)})
 
-    def forward(signum: int, _frame: Any) -> None:
-        proc.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+        def forward(signum: int, _frame: Any) -> None:
+            proc.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return startup.supervise(proc, failure)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def wait_until_ok(proc: subprocess.Popen, url: str, timeout: float, *, in_a_row: int = 1, interval: float = 0.3,

@@ -35,6 +35,7 @@ from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
 from components.validation import Checked, InvalidInput, Problem
+from services.serving import startup
 from services.serving.gate import NOT_READY, Refusal, ServingGate
 from services.serving.metrics import HttpMiddleware, metrics
 from services.serving.model import CHAMPION, LoadedModel, ModelHolder
@@ -118,8 +119,13 @@ class FlywheelServing:
     """Serves the champion (or a pinned version) of one model from the registry."""
 
     def __init__(self) -> None:
-        global _service
         _configure_logging()
+        # a worker that cannot start stops the whole server, naming why (startup.py)
+        with startup.reported(os.environ.get(startup.FAILURE_FILE)):
+            self._start()
+
+    def _start(self) -> None:
+        global _service
         settings = load_settings()
         version = settings.serving_model_version or CHAMPION
         poll = settings.serving_poll_seconds
@@ -127,14 +133,16 @@ class FlywheelServing:
         log_predictions = settings.prediction_log  # off: benchmarks only
         self.settings = settings
         self.model_name = settings.model
-        self.holder = ModelHolder(Registry(open_store(settings.store, settings), settings.model), version, poll,
-                                  prefer_onnx=prefer_onnx, listener=_on_model_event,
-                                  strict_fields=settings.serving_strict_fields)
         # one botocore attempt with short timeouts: a refused part waits in the spill directory,
-        # and a write is bounded, which bounds the shutdown path (close_path_seconds)
+        # and a write is bounded, which bounds the shutdown path (close_path_seconds). Opened
+        # first, it is also the start-up check: an unreachable store fails the worker at once,
+        # not after the registry client's retries.
         log_store = open_store(settings.store, settings.model_copy(update={
             "s3_max_attempts": 1, "s3_connect_timeout_seconds": settings.log_write_timeout_seconds,
             "s3_read_timeout_seconds": settings.log_write_timeout_seconds}))
+        self.holder = ModelHolder(Registry(open_store(settings.store, settings), settings.model), version, poll,
+                                  prefer_onnx=prefer_onnx, listener=_on_model_event,
+                                  strict_fields=settings.serving_strict_fields)
         self.predictions_log = _record_log(log_store, settings, "predictions") if log_predictions else _NoLog()
         self.feedback_log = _record_log(log_store, settings, "feedback")
         # what exists now (imports, settings) lives as long as the worker: left out of the

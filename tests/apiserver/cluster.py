@@ -75,8 +75,14 @@ def _without_newer_fields(doc: dict[str, Any], removed: list[str]) -> dict[str, 
     return doc
 
 
-def apply_chart(cp: ControlPlane, docs: list[dict[str, Any]]) -> Applied:
-    """``kubectl apply`` every rendered object whose API the server serves."""
+def apply_chart(cp: ControlPlane, docs: list[dict[str, Any]], server_side: bool = False) -> Applied:
+    """``kubectl apply`` every rendered object whose API the server serves.
+
+    The default is a client-side apply: a three-way merge of the last applied objects, the new
+    ones and the live ones, as ``helm upgrade`` (Helm 3) does with the release's manifests.
+    ``server_side`` applies them under the field manager ``helm``, taking over conflicting
+    fields, as Helm 4 and ``kubectl apply --server-side --force-conflicts`` do.
+    """
     known = served(cp)
     result = Applied()
     for doc in docs:
@@ -84,7 +90,8 @@ def apply_chart(cp: ControlPlane, docs: list[dict[str, Any]]) -> Applied:
             result.applied.append(_without_newer_fields(doc, result.removed))
         else:
             result.skipped.append(doc)
-    cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(result.applied))
+    how = ["--server-side", "--force-conflicts", "--field-manager=helm"] if server_side else []
+    cp.kubectl("apply", *how, "-f", "-", stdin=yaml.safe_dump_all(result.applied))
     return result
 
 

@@ -5,12 +5,20 @@ TokenRequest token. The API server decides what it may do, merges the patch, and
 Deployment controller creates the ReplicaSets. There is no kubelet, so pods stay Pending and
 a rollout never completes by itself: that is the timeout-and-restore path. For the success
 path the test plays the kubelet's only part that matters here, reporting pods Ready through
-the pods/status subresource.
+the pods/status subresource; what a pod would serve is its MODEL_VERSION resolved the way the
+kubelet resolves it (``_served``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +34,9 @@ from tests.apiserver.cluster import (
     PROFILE,
     RELEASE_NAMESPACE,
     Applied,
+    apply_chart,
     can_i,
+    helm_render,
     token_for,
     wait_for,
 )
@@ -58,9 +68,21 @@ def two_versions(tmp_path: Path):
     return settings, registry
 
 
-def _serving_env(template) -> dict[str, str]:
+def _served(template) -> str:
+    """The version a pod of this template loads: MODEL_VERSION as the kubelet resolves it (a literal,
+    or the downward API's annotation, "" when absent) and as the service reads it ("" follows the champion)."""
     container = next(c for c in template.spec.containers if c.name == "serving")
-    return {e.name: e.value for e in container.env or [] if e.value is not None}
+    env = next(e for e in container.env if e.name == "MODEL_VERSION")
+    if env.value_from is None:
+        value = env.value
+    else:
+        match = re.fullmatch(r"metadata\.annotations\['(.+)'\]", env.value_from.field_ref.field_path)
+        value = (template.metadata.annotations or {}).get(match[1], "")
+    return value or "champion"
+
+
+def _annotation(template) -> str | None:
+    return (template.metadata.annotations or {}).get(ANNOTATION)
 
 
 def _replica_sets(apps, name: str = SERVING) -> list:
@@ -70,10 +92,10 @@ def _replica_sets(apps, name: str = SERVING) -> list:
 
 
 def _reset(apps, name: str = SERVING) -> None:
-    """Back to the chart's template (MODEL_VERSION=champion, no version annotation), as admin."""
+    """Back to the chart's template (no version annotation: follow the champion pointer), as admin."""
     from components.deploy import template_patch
 
-    apps.patch_namespaced_deployment(name, RELEASE_NAMESPACE, template_patch("champion", None))
+    apps.patch_namespaced_deployment(name, RELEASE_NAMESPACE, template_patch(None))
 
 
 def test_the_server_takes_every_chart_object_it_serves(cluster) -> None:
@@ -126,49 +148,52 @@ def test_a_rollout_that_misses_the_deadline_is_restored_and_fails_the_step(api, 
     settings, registry = two_versions
     _reset(apps)
     original = wait_for(lambda: _replica_sets(apps), what="the Deployment controller's first ReplicaSet")[-1]
-    assert _serving_env(original.spec.template)["MODEL_VERSION"] == "champion"
-
-    result = deploy(settings.model_copy(update={"deploy_timeout_seconds": 3}), mode="cluster",
-                    kubeconfig=str(deployer), poll_seconds=0.2)
-
-    assert not result.succeeded and result.rolled_back
-    assert "timed out after 3s" in result.reason and "MODEL_VERSION=champion" in result.reason
-    with pytest.raises(RolloutFailed, match="rollout of v2 failed"):
-        result.checked()
-    # the patch made a new ReplicaSet for v2; the restore made the original one current again
-    sets = _replica_sets(apps)
-    pinned = [r for r in sets if _serving_env(r.spec.template).get("MODEL_VERSION") == "v2"]
-    assert len(pinned) == 1 and pinned[0].spec.template.metadata.annotations[ANNOTATION] == "v2"
-    assert sets[-1].metadata.uid == original.metadata.uid, "restore returns to the old ReplicaSet, not a new one"
-    dep = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
-    assert _serving_env(dep.spec.template)["MODEL_VERSION"] == "champion"
-    assert ANNOTATION not in (dep.spec.template.metadata.annotations or {})
-    env = _serving_env(dep.spec.template)
-    assert env["BENTOML_HOME"] == "/tmp/bentoml", "the patch merges into the chart's env, it does not replace it"
-    # the Deployment followed the champion pointer, so the pointer goes back to what it named before
-    assert registry.champion().version == "v1" and "champion pointer restored to v1" in result.reason
-
-
-def test_a_first_rollout_that_fails_leaves_the_template_as_it_was(api, two_versions) -> None:
-    """No version was ever pinned (no MODEL_VERSION, no annotation): the restore removes them again."""
-    from components.deploy import template_patch
-
-    cp, apps, _, deployer = api
-    settings, registry = two_versions
-    apps.patch_namespaced_deployment(SERVING, RELEASE_NAMESPACE, template_patch(None, None))
-    wait_for(lambda: "MODEL_VERSION" not in _serving_env(
-        apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE).spec.template) or None, what="an unpinned template")
+    assert _served(original.spec.template) == "champion" and _annotation(original.spec.template) is None
+    containers = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE).spec.template.spec.containers
 
     result = deploy(settings.model_copy(update={"deploy_timeout_seconds": 3}), mode="cluster",
                     kubeconfig=str(deployer), poll_seconds=0.2)
 
     assert not result.succeeded and result.rolled_back and result.previous is None, result
-    assert "the unpinned template restored" in result.reason, result.reason
+    assert "timed out after 3s" in result.reason and "the template that follows the champion pointer restored" in result.reason
+    with pytest.raises(RolloutFailed, match="rollout of v2 failed"):
+        result.checked()
+    # the patch made a new ReplicaSet for v2; the restore made the original one current again
+    sets = _replica_sets(apps)
+    pinned = [r for r in sets if _annotation(r.spec.template) == "v2"]
+    assert len(pinned) == 1 and _served(pinned[0].spec.template) == "v2"
+    assert sets[-1].metadata.uid == original.metadata.uid, "restore returns to the old ReplicaSet, not a new one"
     dep = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
-    assert "MODEL_VERSION" not in _serving_env(dep.spec.template)
-    assert ANNOTATION not in (dep.spec.template.metadata.annotations or {})
-    assert registry.champion().version == "v1"
-    _reset(apps)
+    assert _annotation(dep.spec.template) is None and _served(dep.spec.template) == "champion"
+    assert dep.spec.template.spec.containers == containers, "the patch touches the annotation only"
+    # the Deployment followed the champion pointer, so the pointer goes back to what it named before
+    assert registry.champion().version == "v1" and "champion pointer restored to v1" in result.reason
+
+
+def test_a_deployment_whose_version_is_not_its_annotation_is_refused_untouched(api, two_versions) -> None:
+    """An annotation that would not decide what the pods load is never set: it would lie."""
+    import yaml
+
+    cp, apps, _, _ = api
+    settings, registry = two_versions
+    name = "hand-made"
+    cp.kubectl("-n", RELEASE_NAMESPACE, "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "serving", "image": "registry.invalid/serving:1",
+                                     "env": [{"name": "MODEL_VERSION", "value": "v1"}]}]}}}}))
+    before = apps.read_namespaced_deployment(name, RELEASE_NAMESPACE)
+
+    with pytest.raises(DeployError) as exc:
+        deploy(settings.model_copy(update={"serving_deployment": name}), mode="cluster", kubeconfig=str(cp.kubeconfig()))
+
+    assert str(exc.value) == (
+        f"Deployment {RELEASE_NAMESPACE}/{name}: container 'serving' sets MODEL_VERSION to 'v1', not from fieldRef "
+        f"metadata.annotations['{ANNOTATION}'], so its {ANNOTATION} annotation would not choose the version it serves; "
+        "install it with the Flywheel chart or the kustomize base")
+    assert apps.read_namespaced_deployment(name, RELEASE_NAMESPACE).metadata.generation == before.metadata.generation
+    assert registry.champion().version == "v2"
 
 
 def _play_kubelet(core, stop: threading.Event) -> None:
@@ -193,26 +218,119 @@ def _play_kubelet(core, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
-def test_a_rollout_whose_pods_become_ready_completes(api, two_versions) -> None:
-    cp, apps, core, deployer = api
-    settings, registry = two_versions
-    _reset(apps)
+@contextlib.contextmanager
+def _kubelet(core) -> Iterator[None]:
+    """A kubelet's part, played while the block runs."""
     stop = threading.Event()
     kubelet = threading.Thread(target=_play_kubelet, args=(core, stop), daemon=True)
     kubelet.start()
     try:
-        result = deploy(settings, version="v1", mode="cluster", kubeconfig=str(deployer), poll_seconds=0.2,
-                        timeout_seconds=60)
+        yield
     finally:
         stop.set()
         kubelet.join()
+
+
+def test_a_rollout_whose_pods_become_ready_completes(api, two_versions) -> None:
+    cp, apps, core, deployer = api
+    settings, registry = two_versions
+    _reset(apps)
+    with _kubelet(core):
+        result = deploy(settings, version="v1", mode="cluster", kubeconfig=str(deployer), poll_seconds=0.2,
+                        timeout_seconds=60)
     assert result.succeeded and result.checked() is result, result.reason
     dep = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
-    assert _serving_env(dep.spec.template)["MODEL_VERSION"] == "v1"
+    assert _served(dep.spec.template) == _annotation(dep.spec.template) == "v1"
     current = _replica_sets(apps)[-1]
-    assert _serving_env(current.spec.template)["MODEL_VERSION"] == "v1" and current.status.available_replicas == 1
+    assert _served(current.spec.template) == "v1" and current.status.available_replicas == 1
     assert all((r.spec.replicas or 0) == 0 for r in _replica_sets(apps)[:-1]), "old ReplicaSets scaled down"
     assert registry.champion().version == "v2", "a successful rollout leaves the pointer alone"
+
+
+@pytest.mark.parametrize("server_side", [False, True], ids=["three-way apply (Helm 3)", "server-side apply (Helm 4)"])
+def test_reapplying_the_chart_keeps_the_version_the_deploy_step_rolled_out(api, two_versions, server_side) -> None:
+    """Issue 21.4: re-applying the chart (an upgrade) never changes the served version unannounced.
+
+    The deploy step rolls v1 out; the chart is applied again, first unchanged (nothing rolls),
+    then with a changed value (the pods roll): what the pods load and what the annotation says
+    stay v1, the same value, while the champion pointer names v2.
+    """
+    cp, apps, core, deployer = api
+    settings, registry = two_versions
+    _reset(apps)
+    with _kubelet(core):
+        assert deploy(settings, version="v1", mode="cluster", kubeconfig=str(deployer), poll_seconds=0.2,
+                      timeout_seconds=60).succeeded
+    rolled = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
+    assert _served(rolled.spec.template) == _annotation(rolled.spec.template) == "v1"
+
+    apply_chart(cp, helm_render(), server_side=server_side)
+
+    same = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
+    assert _served(same.spec.template) == _annotation(same.spec.template) == "v1"
+    # (not the generation: a server-side apply rewrites kubectl's last-applied annotation, which bumps it)
+    assert same.spec.template == rolled.spec.template, "an unchanged chart changes no pod template: nothing rolls"
+
+    upgrade = {"serving": {"podAnnotations": {"example.com/upgraded": "yes"}}}
+    apply_chart(cp, helm_render(upgrade), server_side=server_side)
+
+    upgraded = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
+    assert upgraded.spec.template.metadata.annotations["example.com/upgraded"] == "yes", "the changed template rolls the pods"
+    assert _served(upgraded.spec.template) == _annotation(upgraded.spec.template) == "v1"
+    newest = wait_for(lambda: [r for r in _replica_sets(apps) if "example.com/upgraded" in _annotations(r)],
+                      what="the upgrade's ReplicaSet")[-1]
+    assert _served(newest.spec.template) == "v1", "the upgrade's pods load the version the deploy step rolled out"
+    assert registry.champion().version == "v2"
+    apply_chart(cp, helm_render(), server_side=server_side)  # the chart as the other tests expect it
+    _reset(apps)
+
+
+def _annotations(replica_set) -> dict[str, str]:
+    return replica_set.spec.template.metadata.annotations or {}
+
+
+def test_a_version_pinned_in_the_values_is_what_the_annotation_says(api) -> None:
+    """serving.modelVersion pins through the same annotation, so a pin in the chart cannot lie either."""
+    cp, apps, _, _ = api
+    apply_chart(cp, helm_render({"serving": {"modelVersion": "v1"}}))
+    pinned = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
+    assert _served(pinned.spec.template) == _annotation(pinned.spec.template) == "v1"
+    apply_chart(cp, helm_render())
+    unpinned = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
+    assert _annotation(unpinned.spec.template) is None and _served(unpinned.spec.template) == "champion"
+
+
+def _flywheel(settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "flywheel"), *args, "--store", settings.store, "--model",
+                           settings.model], capture_output=True, text=True, timeout=180, check=False,
+                          env={**os.environ, "FLYWHEEL_SERVING_NAMESPACE": RELEASE_NAMESPACE, **env})
+
+
+def test_flywheel_deploy_rolls_a_version_out_on_the_cluster(api, two_versions) -> None:
+    """Issue 21.8: the command, as the deployer, with its kubeconfig; refused as it would be in the step."""
+    cp, apps, core, deployer = api
+    settings, _ = two_versions
+    _reset(apps)
+    with _kubelet(core):
+        done = _flywheel(settings, "deploy", "v1", "--kubeconfig", str(deployer), "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["mode"], out["version"], out["succeeded"]) == ("cluster", "v1", True), out
+    dep = apps.read_namespaced_deployment(SERVING, RELEASE_NAMESPACE)
+    assert _served(dep.spec.template) == _annotation(dep.spec.template) == "v1"
+
+    refused = _flywheel(settings, "deploy", "--kubeconfig", str(deployer), FLYWHEEL_SERVING_DEPLOYMENT="other")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"error: cannot read Deployment {RELEASE_NAMESPACE}/other: 403 Forbidden"
+    _reset(apps)
+
+
+def test_the_monitor_has_no_kubernetes_api_grant(api) -> None:
+    """Issue 21.6: its pods mount no token, so a grant to its ServiceAccount could never be used."""
+    cp, *_ = api
+    monitor = f"--as=system:serviceaccount:{RELEASE_NAMESPACE}:flywheel-monitor"
+    assert not can_i(cp, "get", "configmaps/flywheel-config", "-n", RELEASE_NAMESPACE, monitor)
+    assert not can_i(cp, "get", f"deployments/{SERVING}", "-n", RELEASE_NAMESPACE, monitor)
 
 
 # --- multi-user KFP: the profile namespace's RBAC and the projected token ------------------------
@@ -297,5 +415,5 @@ def test_the_steps_configmap_points_the_deploy_step_at_the_release(multi_user_cl
     assert result.rolled_back and "timed out" in result.reason  # no kubelet: the timeout path, after a real patch
     apps = client.AppsV1Api(config.new_client_from_config(config_file=str(cp.kubeconfig())))
     pinned = [r for r in apps.list_namespaced_replica_set(MULTI_USER_NAMESPACE).items
-              if _serving_env(r.spec.template).get("MODEL_VERSION") == "v2"]
+              if _served(r.spec.template) == "v2"]
     assert pinned, "the patch reached the multi-user release's Deployment"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -123,15 +124,16 @@ class ContainerSpec:
     extra: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_pod(cls, pod: Doc, container: str, configmaps: dict[str, Doc], secrets: dict[str, Doc]) -> ContainerSpec:
-        """The container named ``container`` of ``pod`` (a pod template's spec)."""
+    def from_pod(cls, pod: Doc, container: str, configmaps: dict[str, Doc], secrets: dict[str, Doc],
+                 metadata: Doc | None = None) -> ContainerSpec:
+        """The container named ``container`` of ``pod`` (a pod template's spec; ``metadata`` is the template's)."""
         (c,) = [c for c in pod["containers"] if c["name"] == container]
         psc, sc = pod.get("securityContext") or {}, c.get("securityContext") or {}
         volumes = {v["name"]: v for v in pod.get("volumes") or []}
         ports = {p["name"]: p["containerPort"] for p in c.get("ports") or [] if "name" in p}
         return cls(
             name=c["name"], image=c["image"], command=c.get("command"), args=c.get("args"),
-            env=resolve_env(c, configmaps, secrets),
+            env=resolve_env(c, configmaps, secrets, metadata or {}),
             user=sc.get("runAsUser", psc.get("runAsUser")), group=sc.get("runAsGroup", psc.get("runAsGroup")),
             fs_group=psc.get("fsGroup"), read_only_root=bool(sc.get("readOnlyRootFilesystem")),
             drop_all="ALL" in ((sc.get("capabilities") or {}).get("drop") or []),
@@ -145,8 +147,12 @@ class ContainerSpec:
         )
 
 
-def resolve_env(c: Doc, configmaps: dict[str, Doc], secrets: dict[str, Doc]) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: envFrom first, then env (which wins)."""
+def resolve_env(c: Doc, configmaps: dict[str, Doc], secrets: dict[str, Doc], metadata: Doc) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: envFrom first, then env (which wins).
+
+    A ``fieldRef`` to a label or an annotation reads the pod's ``metadata``; one that is absent is
+    the empty string, as the kubelet makes it.
+    """
     env: dict[str, str] = {}
     for src in c.get("envFrom") or []:
         if "configMapRef" in src:
@@ -162,6 +168,8 @@ def resolve_env(c: Doc, configmaps: dict[str, Doc], secrets: dict[str, Doc]) -> 
             env[e["name"]] = _secret_data(secrets[ref["secretKeyRef"]["name"]])[ref["secretKeyRef"]["key"]]
         elif "configMapKeyRef" in ref:
             env[e["name"]] = configmaps[ref["configMapKeyRef"]["name"]]["data"][ref["configMapKeyRef"]["key"]]
+        elif (field := re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", (ref.get("fieldRef") or {}).get("fieldPath", ""))):
+            env[e["name"]] = str((metadata.get(field[1]) or {}).get(field[2], ""))
         else:
             raise AssertionError(f"env {e['name']}: valueFrom {sorted(ref)} is not resolvable outside a cluster")
     return env

@@ -15,6 +15,7 @@ API contract fake. Then:
   pipeline compiled in its own image for the component image of this build;
 * SIGTERM under traffic, with the chart's preStop hook and grace period, loses no
   prediction record;
+* a serving container whose store is unreachable exits at once with one sentence naming it;
 * `podman kube play` accepts the rendered Deployment as a whole pod spec and runs it.
 """
 
@@ -83,8 +84,8 @@ class Cluster:
 
     def spec(self, kind: str, name: str, container: str) -> ContainerSpec:
         doc = find(self.docs, kind, name)
-        pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"] if kind == "CronJob" else doc["spec"]["template"]["spec"]
-        return ContainerSpec.from_pod(pod, container, self.configmaps, self.secrets)
+        template = doc["spec"]["jobTemplate"]["spec"]["template"] if kind == "CronJob" else doc["spec"]["template"]
+        return ContainerSpec.from_pod(template["spec"], container, self.configmaps, self.secrets, template.get("metadata"))
 
     def start(self, spec: ContainerSpec, name: str) -> Container:
         c = Container(spec, f"{self.prefix}-{name}", self.volumes)
@@ -342,6 +343,22 @@ def test_sigterm_under_traffic_with_the_charts_grace_period_loses_no_prediction(
     left = [p for p in c.volume_dirs["/var/lib/flywheel/spill"].rglob("*")
             if p.name.endswith((".parquet", ".jsonl", ".spilled"))]
     assert not left, f"records left in the spill dir: {left}"
+
+
+def test_serving_container_whose_store_is_unreachable_exits_at_once_naming_it(cluster: Cluster):
+    """Issue 21.5: not a container that stays up with /healthz timing out until the startup probe
+    gives up (24 x 5 s), but PID 1 (`flywheel serve`) exiting 1 with one sentence naming the store."""
+    spec = cluster.spec("Deployment", "flywheel-serving", "serving")
+    closed = f"http://{cluster.s3_url.split('//')[1].split(':')[0]}:1"  # the S3 container's address, a closed port
+    spec.env["AWS_ENDPOINT_URL"] = closed
+    c = cluster.start(spec, "serving-no-store")
+    started = time.monotonic()
+    code = c.wait(timeout=90)
+    took = time.monotonic() - started
+    assert code == 1, f"exit {code}:\n{c.logs()}"
+    last = c.logs().strip().splitlines()[-1]
+    assert last.startswith(f"error: the service cannot start: store {STORE} is unreachable (endpoint {closed})"), c.logs()
+    assert took < spec.startup.period * spec.startup.failure_threshold / 2, f"{took:.0f} s"
 
 
 def test_podman_kube_play_runs_the_rendered_deployment(cluster: Cluster, tmp_path: Path):

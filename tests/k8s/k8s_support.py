@@ -153,3 +153,52 @@ def restricted_violations(spec: Doc) -> list[str]:
 
 def env_map(container: Doc) -> dict[str, Doc]:
     return {e["name"]: e for e in container.get("env") or []}
+
+
+# A Role on these API groups is used through KFP's API server (a SubjectAccessReview for the
+# caller of a token with KFP's audience); every other group through the Kubernetes API itself.
+KFP_API_GROUP = "pipelines.kubeflow.org"
+KFP_AUDIENCE = "pipelines.kubeflow.org"
+KUBE_API = "the Kubernetes API"
+
+
+def token_audiences(pod: Doc, service_accounts: dict[str, Doc]) -> set[str]:
+    """The audiences of the ServiceAccount tokens a pod carries (``KUBE_API`` for an API-server token)."""
+    account = service_accounts.get(pod.get("serviceAccountName", "default"), {})
+    automount = pod.get("automountServiceAccountToken", account.get("automountServiceAccountToken", True))
+    out = {KUBE_API} if automount is not False else set()
+    for volume in pod.get("volumes") or []:
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "serviceAccountToken" in source:
+                out.add(source["serviceAccountToken"].get("audience") or KUBE_API)
+    return out
+
+
+def unusable_grants(docs: list[Doc]) -> list[str]:
+    """Rules bound to a ServiceAccount of these manifests whose pods carry no token to use them with.
+
+    Least privilege means no unused grant: a rule on the Kubernetes API needs an API-server
+    token in the account's pods, a rule on KFP's API a token of KFP's audience. Subjects the
+    manifests do not define (KFP's pipeline runner) run pods of their own, outside this check.
+    """
+    accounts = {(sa["metadata"].get("namespace", NAMESPACE), sa["metadata"]["name"]): sa for sa in kinds(docs, "ServiceAccount")}
+    pods: dict[tuple[str, str], list[Doc]] = {}
+    for d in docs:
+        for _, spec in pod_specs([d]):
+            pods.setdefault((d["metadata"].get("namespace", NAMESPACE), spec.get("serviceAccountName", "default")), []).append(spec)
+    roles = {(r["metadata"].get("namespace", NAMESPACE), r["metadata"]["name"]): r for r in kinds(docs, "Role")}
+    out = []
+    for binding in kinds(docs, "RoleBinding"):
+        role = roles[(binding["metadata"].get("namespace", NAMESPACE), binding["roleRef"]["name"])]
+        for subject in binding["subjects"]:
+            key = (subject.get("namespace", NAMESPACE), subject["name"])
+            if subject["kind"] != "ServiceAccount" or key not in accounts:
+                continue
+            by_name = {k[1]: v for k, v in accounts.items() if k[0] == key[0]}
+            carried = set().union(*(token_audiences(p, by_name) for p in pods.get(key, [])))
+            for rule in role["rules"]:
+                needs = KFP_AUDIENCE if set(rule["apiGroups"]) == {KFP_API_GROUP} else KUBE_API
+                if needs not in carried:
+                    out.append(f"Role {role['metadata']['name']} grants {rule['verbs']} on {rule['resources']} to "
+                               f"ServiceAccount {key[0]}/{key[1]}, whose pods carry no token for {needs}")
+    return out

@@ -16,6 +16,7 @@ from k8s_support import (
     kinds,
     kustomize,
     manifests,
+    unusable_grants,
 )
 
 from components.settings import Settings
@@ -151,6 +152,7 @@ def test_multi_user_mounts_a_projected_kfp_token_and_grants_the_profile_namespac
     assert {"pipelines", "experiments", "runs"} <= set(rule["resources"])
     binding = next(d for d in kinds(docs, "RoleBinding") if d["metadata"]["name"] == "flywheel-kfp-client")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "flywheel-monitor", "namespace": NAMESPACE}]
+    assert unusable_grants(docs) == [], "the KFP Role is used with the projected token of KFP's audience"
     deployer = find(docs, "RoleBinding", "flywheel-deployer")
     assert deployer["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor", "namespace": "team-a"}]
 

@@ -218,7 +218,7 @@ def test_knobs_reach_the_manifests():
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "registry.example.com/ml/flywheel-serving@sha256:" + "a" * 64
     assert c["imagePullPolicy"] == "IfNotPresent"
-    assert {"name": "MODEL_VERSION", "value": "v7"} in c["env"]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["flywheel.io/model-version"] == "v7"
     cj = find(docs, "CronJob", "flywheel-monitor")
     assert cj["spec"]["schedule"] == "*/15 * * * *" and cj["spec"]["suspend"] is True
     assert cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/ml/flywheel-monitor:1.2.3"

@@ -15,7 +15,10 @@ from k8s_support import (
     kinds,
     pod_specs,
     restricted_violations,
+    unusable_grants,
 )
+
+from components.deploy import ANNOTATION, VERSION_FIELD
 
 ALL_BUILDS = [*KUSTOMIZATIONS, *HELM_VALUE_SETS]
 
@@ -101,7 +104,7 @@ def test_rbac_is_least_privilege(builds, build):
     docs = builds[build]
     assert not kinds(docs, "ClusterRole") and not kinds(docs, "ClusterRoleBinding")
     roles = {r["metadata"]["name"]: r for r in kinds(docs, "Role")}
-    assert set(roles) == {"flywheel-deployer", "flywheel-monitor"}
+    assert set(roles) == {"flywheel-deployer"}
 
     (deploy_rule,) = roles["flywheel-deployer"]["rules"]
     assert deploy_rule["apiGroups"] == ["apps"]
@@ -109,21 +112,27 @@ def test_rbac_is_least_privilege(builds, build):
     assert deploy_rule["resourceNames"] == ["flywheel-serving"]
     assert sorted(deploy_rule["verbs"]) == ["get", "patch", "watch"]
 
-    (monitor_rule,) = roles["flywheel-monitor"]["rules"]
-    assert monitor_rule == {"apiGroups": [""], "resources": ["configmaps"],
-                            "resourceNames": ["flywheel-config"], "verbs": ["get"]}
-
     bindings = {b["metadata"]["name"]: b for b in kinds(docs, "RoleBinding")}
-    assert set(bindings) == {"flywheel-deployer", "flywheel-monitor"}
+    assert set(bindings) == {"flywheel-deployer"}
     assert bindings["flywheel-deployer"]["roleRef"]["name"] == "flywheel-deployer"
     assert bindings["flywheel-deployer"]["subjects"] == [
         {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
-    assert bindings["flywheel-monitor"]["roleRef"]["name"] == "flywheel-monitor"
-    assert bindings["flywheel-monitor"]["subjects"] == [
-        {"kind": "ServiceAccount", "name": "flywheel-monitor", "namespace": "flywheel"}]
-    # The serving ServiceAccount is bound to nothing and mounts no token.
+    # Neither ServiceAccount of the release mounts a token, so neither is bound to anything.
     for sa in kinds(docs, "ServiceAccount"):
         assert sa["automountServiceAccountToken"] is False
+    assert unusable_grants(docs) == []
+
+
+def test_a_grant_to_an_account_whose_pods_carry_no_token_is_found(builds):
+    """The check above is not vacuous: the Role the monitor once had (its pods mount no token) is reported."""
+    docs = [*builds["helm-default"],
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "flywheel-monitor"},
+             "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "flywheel-monitor"},
+             "roleRef": {"kind": "Role", "name": "flywheel-monitor"},
+             "subjects": [{"kind": "ServiceAccount", "name": "flywheel-monitor", "namespace": "flywheel"}]}]
+    assert unusable_grants(docs) == ["Role flywheel-monitor grants ['get'] on ['configmaps'] to ServiceAccount "
+                                     "flywheel/flywheel-monitor, whose pods carry no token for the Kubernetes API"]
 
 
 @pytest.mark.parametrize("build", ALL_BUILDS)
@@ -139,10 +148,15 @@ def test_serving_matches_the_code_contract(builds, build):
     assert c["args"] == ["--host", "0.0.0.0", "--port", "3000"]
     assert serve_binding(c["args"]) == ("0.0.0.0", 3000)
     assert {"name": "http", "containerPort": 3000, "protocol": "TCP"} in c["ports"]
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["startupProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # One timeout for every probe (Kubernetes' default is 1 s): the startup probe once had it while the others had 3 s.
+    assert {c[p].get("timeoutSeconds", 1) for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {3}
     env = env_map(c)
-    assert env["MODEL_VERSION"]["value"] == "champion"
+    # The pod's version annotation is what serves; no manifest sets it, so re-applying one never
+    # undoes the deploy step's rollout (the apiserver tier re-applies the chart over one).
+    assert env["MODEL_VERSION"] == {"name": "MODEL_VERSION", "valueFrom": {"fieldRef": {"fieldPath": VERSION_FIELD}}}
+    assert ANNOTATION not in (dep["spec"]["template"]["metadata"].get("annotations") or {})
     assert env["BENTOML_HOME"]["value"].startswith("/tmp/")
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert env["FLYWHEEL_SPILL_DIR"]["value"] in mounts
