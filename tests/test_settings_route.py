@@ -65,6 +65,7 @@ CLUSTER_DEFAULTS = {
     "pipeline_root": "empty: <store>/pipeline_root, as the local directory is no place for a pod's artifacts",
     "include_feedback": "without labelled production rows a retrain has nothing new to read",
     "spill_max_mb": "below the spill volume's 2Gi limit",
+    "serving_model_version": "empty: the deploy step chooses the version through the pod's annotation",
 }
 
 
@@ -217,8 +218,13 @@ def test_the_charts_configmap_carries_every_setting_in_the_same_format(rendered)
 
 
 def test_the_serving_container_carries_its_own_settings(rendered):
-    container = find(rendered, "Deployment", "flywheel-serving")["spec"]["template"]["spec"]["containers"][0]
+    template = find(rendered, "Deployment", "flywheel-serving")["spec"]["template"]
+    container = template["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # the served version: the pod's annotation (the deploy step's, or the chart's pin), read through the downward API
+    [version] = [e for e in container["env"] if e["name"] == env_name("serving_model_version")]
+    assert version["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['flywheel.io/model-version']"
+    env[env_name("serving_model_version")] = template["metadata"]["annotations"]["flywheel.io/model-version"]
     serving = [f for f, r in ROUTES.items() if r.where == "serving"]
     assert serving and all(_read_back(f, env[env_name(f)]) == NON_DEFAULT[f] for f in serving)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -120,7 +121,8 @@ class FlywheelServing:
 
     def __init__(self) -> None:
         _configure_logging()
-        # a worker that cannot start stops the whole server, naming why (startup.py)
+        # a worker that cannot start stops the whole server, naming why (startup.py); the file's
+        # name is the launcher's channel to its own workers, not a user's setting
         with startup.reported(os.environ.get(startup.FAILURE_FILE)):
             self._start()
 
