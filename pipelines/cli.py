@@ -354,15 +354,13 @@ def _print_loop(result) -> None:
 
 def _trained_on(s):
     """Without --data, a retrain reads the source the champion was trained on (its manifest says which)."""
-    from components.runtime import spec_of
+    from components.store import open_store
+    from pipelines.triggers import champion_spec
 
     try:
-        reg = _registry(s.store, s.model)
-        champ = reg.champion()
-        dataset = reg.manifest(champ.version).get("dataset") if champ else None
+        return champion_spec(open_store(s.store, s), s.model)
     except Exception:  # no store or no champion: the pass itself reports it
         return None
-    return spec_of(dataset) if dataset else None
 
 
 @models.command("list")

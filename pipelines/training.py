@@ -75,6 +75,7 @@ def build(cluster: ClusterOptions | None = None):
         timestamp: str = "",
         id_columns: list = [],  # noqa: B006 - KFP pipeline defaults are literals
         exclude: list = [],  # noqa: B006
+        additions: list = [],  # noqa: B006 - a retrain's parts of labelled production rows (store keys)
         holdout_fraction: float = 0.2,
         cv_folds: int = 3,
         seed: int = 42,
@@ -82,7 +83,8 @@ def build(cluster: ClusterOptions | None = None):
         promotion_margin: float = 0.0,
         search_tasks: int = 0,  # 0: one search task per model family; n: packed into n (the embedded runner's 2)
     ) -> None:
-        data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude)
+        data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude,
+                    additions=additions)
         job = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # a schedule's run name holds it: each run records under its own id
         recorder = on(c.record_run(store=store, model=model, run=run, job=job).set_caching_options(False))
         with dsl.ExitHandler(recorder, name="run"):
