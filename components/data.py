@@ -314,7 +314,11 @@ def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Located]:
     added = [conform(part, frame, spec.target, name)
              for src in located.additions for name, part in _read_files(src, settings)]
     if added:
-        frame = pd.concat([frame, *added], ignore_index=True)
+        rows = pd.concat(added, ignore_index=True)
+        if REQUEST_ID in rows:  # a production row is read once, even from a source that holds it already
+            held = frame[REQUEST_ID].dropna() if REQUEST_ID in frame else ()
+            rows = rows[~rows[REQUEST_ID].isin(held) & ~rows[REQUEST_ID].duplicated()]
+        frame = pd.concat([frame, rows], ignore_index=True)
     return normalise(frame, spec), located
 
 

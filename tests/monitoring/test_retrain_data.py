@@ -11,6 +11,7 @@ date-time columns hold one type.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -193,3 +194,19 @@ def test_added_rows_take_the_source_column_types(base: pd.Series, added: pd.Seri
         assert pd.api.types.is_datetime64_any_dtype(combined["c"])  # one column of one type
     if base.astype(str).str.lower().isin(["true", "false"]).all():
         assert combined.attrs["boolean_columns"] == ["c"]
+
+
+def test_a_source_that_holds_production_rows_already_gets_each_once(settings: Settings, world) -> None:
+    """A champion trained on a combined file of the earlier layout (base + production rows with
+    their request ids): ingest reads a production row the parts repeat once."""
+    store, spec, _, version, _ = world
+    served = serve(world, 300, seed=7, share=1.0)
+    out = retrain_spec(spec, settings, retrain_request("test", version), True)
+    part = read_parquet(store, out.additions[0])
+    base = pd.read_csv(io.BytesIO(store.read(BASE)))
+    old_layout = pd.concat([base, conform(part.iloc[:100], base, "fare", "part")], ignore_index=True)
+    write_parquet(store, "datasets/test-retrain/earlier.parquet", old_layout)
+
+    frame, _ = load(replace(out, source="datasets/test-retrain/earlier.parquet"), settings)
+
+    assert len(frame) == BASE_ROWS + len(served) and frame[REQUEST_ID].dropna().is_unique
