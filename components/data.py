@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from components.settings import Settings
-from components.sources import DataError, DatasetSpec, Source, Task, resolve
+from components.sources import DataError, DatasetSpec, Located, Source, Task, locate
 from components.store import NotFound, Store, StoreError, open_store
 
 Kind = Literal["numeric", "categorical", "datetime", "boolean"]
@@ -124,21 +124,14 @@ def _read_bytes(name: str, data: bytes) -> pd.DataFrame:
 
 def read_source(src: Source, settings: Settings) -> pd.DataFrame:
     """Read every file of a resolved source into one frame."""
-    frames = []
-    store: Store | None = open_store(src.store_uri, settings) if src.store_uri else None
-    for f in src.files:
-        try:
-            data = store.read(f) if store else Path(f).read_bytes()
-        except (OSError, NotFound) as exc:
-            raise DataError(f"{f} cannot be read: {exc}") from None
-        frames.append(_read_bytes(f, data))
-    if len(frames) == 1:
-        return frames[0]
-    cols = frames[0].columns
-    for f, fr in zip(src.files[1:], frames[1:], strict=True):
+    files = _read_files(src, settings)
+    if len(files) == 1:
+        return files[0][1]
+    first, cols = files[0][0], files[0][1].columns
+    for f, fr in files[1:]:
         if list(fr.columns) != list(cols):
-            raise DataError(f"{f} has columns {list(fr.columns)[:8]}…, unlike {src.files[0]}")
-    return pd.concat(frames, ignore_index=True)
+            raise DataError(f"{f} has columns {list(fr.columns)[:8]}…, unlike {first}")
+    return pd.concat([fr for _, fr in files], ignore_index=True)
 
 
 # --- normalising ---------------------------------------------------------------------------
@@ -311,14 +304,88 @@ def _kind_of(s: pd.Series) -> str:
     return "numeric" if pd.api.types.is_numeric_dtype(s) else "categorical"
 
 
-def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Source]:
-    """Resolve, read and normalise a dataset (the body of the ingest stage)."""
+def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Located]:
+    """Resolve, read and normalise a dataset (the body of the ingest stage): the source's files,
+    then the parts added to it, each conformed to the source's column types (``conform``)."""
     try:
-        src = resolve(spec.source, settings)
+        located = locate(spec, settings)
     except StoreError as exc:
         raise DataError(str(exc)) from None
-    frame = normalise(read_source(src, settings), spec)
-    return frame, src
+    frame = read_source(located.source, settings)
+    added = [conform(part, frame, spec.target, name)
+             for src in located.additions for name, part in _read_files(src, settings)]
+    if added:
+        rows = pd.concat(added, ignore_index=True)
+        if REQUEST_ID in rows:  # a production row is read once, even from a source that holds it already
+            held = frame[REQUEST_ID].dropna() if REQUEST_ID in frame else ()
+            rows = rows[~rows[REQUEST_ID].isin(held) & ~rows[REQUEST_ID].duplicated()]
+        frame = pd.concat([frame, rows], ignore_index=True)
+    return normalise(frame, spec), located
+
+
+def conform(part: pd.DataFrame, like: pd.DataFrame, target: str, name: str) -> pd.DataFrame:
+    """``part``'s rows in ``like``'s columns and column types: how rows added to a source are read.
+
+    The source is the reference because ingest infers the schema from it and it is never
+    rewritten: a date-time the source holds as text and the part as a timestamp (the log's
+    type) becomes ISO 8601 text, which ``normalise`` then parses with the source's own text,
+    into one date-time column; text where the source holds date-times is parsed (unparsable
+    values become missing); numbers and booleans follow the source alike. A column the part
+    lacks is missing in its rows; one the source lacks is dropped, except the request id that
+    tells production rows apart. ``name`` (the part's file) is what an error names.
+    """
+    if target not in part.columns:
+        raise DataError(f"{name} has no column {target!r} (the target): its rows cannot be added to the data")
+    columns = {col: _like(part[col], like[col]) if col in part.columns else _missing(like[col], part.index)
+               for col in like.columns}
+    if REQUEST_ID in part.columns and REQUEST_ID not in like.columns:
+        columns[REQUEST_ID] = part[REQUEST_ID].astype(object)
+    return pd.DataFrame(columns, index=part.index)
+
+
+def _like(values: pd.Series, base: pd.Series) -> pd.Series:
+    """``values`` as the type ``base`` has (see ``conform``)."""
+    if pd.api.types.is_datetime64_any_dtype(base):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stamps = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+        return stamps.dt.tz_localize(None) if base.dt.tz is None else stamps.dt.tz_convert(base.dt.tz)
+    if pd.api.types.is_bool_dtype(base):
+        return pd.Series([None if pd.isna(v) else bool(v) for v in values], index=values.index, dtype=object)
+    if pd.api.types.is_numeric_dtype(base):
+        return pd.to_numeric(values, errors="coerce")
+    if pd.api.types.is_datetime64_any_dtype(values):  # text date-times in the source
+        naive = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+        fraction = bool((naive.dt.microsecond.fillna(0) != 0).any())
+        text = naive.dt.strftime("%Y-%m-%dT%H:%M:%S.%f" if fraction else "%Y-%m-%dT%H:%M:%S")
+        return pd.Series(np.where(naive.isna(), None, text), index=values.index)
+    if (pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values)) and is_boolean(base):
+        return pd.Series([None if pd.isna(v) else ("true" if v else "false") for v in values], index=values.index)
+    if pd.api.types.is_numeric_dtype(values):  # categories as text: whole numbers as the service writes them
+        return pd.Series([None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)) for v in values],
+                         index=values.index, dtype=object)
+    return values.astype(object).where(values.notna(), None)
+
+
+def _missing(base: pd.Series, index: pd.Index) -> pd.Series:
+    """A column of missing values that keeps ``base``'s kind once the two are concatenated."""
+    if pd.api.types.is_datetime64_any_dtype(base):
+        return pd.Series(pd.NaT, index=index, dtype=base.dtype)
+    if pd.api.types.is_numeric_dtype(base) and not pd.api.types.is_bool_dtype(base):
+        return pd.Series(np.nan, index=index, dtype="float64")
+    return pd.Series(None, index=index, dtype=object)
+
+
+def _read_files(src: Source, settings: Settings) -> list[tuple[str, pd.DataFrame]]:
+    store: Store | None = open_store(src.store_uri, settings) if src.store_uri else None
+    out = []
+    for f in src.files:
+        try:
+            data = store.read(f) if store else Path(f).read_bytes()
+        except (OSError, NotFound) as exc:
+            raise DataError(f"{f} cannot be read: {exc}") from None
+        out.append((f, _read_bytes(f, data)))
+    return out
 
 
 # --- column names of the logs every service writes (prefixed so no feature can clash) -------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from components.settings import Settings
-from components.sources import DatasetSpec, Source, resolve
+from components.sources import DatasetSpec, Located, Source, locate, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,14 +27,14 @@ class Ingested:
 
 
 def fingerprint(spec: DatasetSpec, settings: Settings) -> str:
-    """A digest of the data behind ``spec.source`` (bytes locally, ETags in S3) and of the spec.
+    """A digest of the data behind ``spec.source`` and its added parts (bytes locally, ETags in S3) and of the spec.
 
     Every cached step takes it as an input, so changed data can never be served from cache.
     """
-    return fingerprint_of(resolve(spec.source, settings), spec)
+    return fingerprint_of(locate(spec, settings), spec)
 
 
-def fingerprint_of(src: Source, spec: DatasetSpec) -> str:
+def fingerprint_of(src: Source | Located, spec: DatasetSpec) -> str:
     """The fingerprint of an already resolved source (its content digest) and the spec."""
     import hashlib
 

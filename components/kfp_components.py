@@ -33,12 +33,12 @@ def component(fn):
 
 @component
 def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
-                store: str, model: str, run: str, job: str = "") -> str:
-    """Digest of the data behind the source; never cached, so changed data is always seen."""
+                additions: list, store: str, model: str, run: str, job: str = "") -> str:
+    """Digest of the data behind the source and its added parts; never cached, so changed data is always seen."""
     from components import ingest, runtime
 
     s, run = runtime.settings(store, model), runtime.run_id(run, job)
-    spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
+    spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model, additions)
     digest = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
     runtime.record_dataset(s, run, spec, digest)  # register copies it into the version's manifest
     return digest
@@ -57,15 +57,15 @@ def champion(store: str, model: str, run: str, job: str = "") -> str:
 
 
 @component
-def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
+def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, additions: list,
            store: str, model: str, fingerprint: str,
            dataset: Output[Dataset]) -> NamedTuple("Ingested", [("schema", str), ("rows", int)]):
-    """Read and normalise the data into a Parquet dataset; returns the schema (JSON)."""
+    """Read and normalise the data (the source, then its added parts) into a Parquet dataset; returns the schema (JSON)."""
     from components import ingest as stage
     from components import runtime
 
     s = runtime.settings(store, model)
-    spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model)
+    spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model, additions)
     result = runtime.cached_step("ingest", lambda: stage.ingest(spec, s), s, fingerprint=fingerprint)
     result.frame.to_parquet(dataset.path, index=False)
     dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})

@@ -42,10 +42,11 @@ def settings(store: str, model: str, **extra: Any) -> Settings:
     return load_settings(store=store, model=model, **extra)
 
 
-def spec(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, name: str) -> DatasetSpec:
+def spec(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, name: str,
+         additions: list | None = None) -> DatasetSpec:
     return DatasetSpec(
         source=source, target=target, task=task or None, timestamp=timestamp or None,  # type: ignore[arg-type]
-        id_columns=tuple(id_columns), exclude=tuple(exclude), name=name,
+        id_columns=tuple(id_columns), exclude=tuple(exclude), name=name, additions=tuple(additions or ()),
     )
 
 
@@ -83,7 +84,8 @@ def recorded_dataset(settings: Settings, run: str) -> dict[str, Any] | None:
 def spec_of(dataset: dict[str, Any]) -> DatasetSpec:
     """The DatasetSpec a version recorded (manifest["dataset"])."""
     fields = {k: dataset[k] for k in ("source", "target", "task", "timestamp", "name") if k in dataset}
-    return DatasetSpec(**fields, id_columns=tuple(dataset.get("id_columns", ())), exclude=tuple(dataset.get("exclude", ())))
+    return DatasetSpec(**fields, id_columns=tuple(dataset.get("id_columns", ())), exclude=tuple(dataset.get("exclude", ())),
+                       additions=tuple(dataset.get("additions", ())))
 
 
 def guarded(settings: Settings, run: str | None, step: str, fn: Callable[[], T], key: str | None = None) -> T:

@@ -24,7 +24,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What the user says about a dataset."""
+    """What the user says about a dataset, and the rows a retrain added to it.
+
+    ``additions``: Parquet parts in the store (labelled production rows, written by a
+    retrain's data step) read after the source's files and with the source's column types
+    (``components.data.conform``): the source itself is never copied or rewritten.
+    """
 
     source: str
     target: str
@@ -33,6 +38,7 @@ class DatasetSpec:
     id_columns: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     name: str = "dataset"
+    additions: tuple[str, ...] = ()
 
 
 def _is_data_file(name: str) -> bool:
@@ -46,6 +52,38 @@ class Source:
     files: tuple[str, ...]
     fingerprint: str
     store_uri: str | None  # None: local disk
+
+
+@dataclass(frozen=True)
+class Located:
+    """A spec's files: the source's, then those of each part added to it, under one fingerprint."""
+
+    source: Source
+    additions: tuple[Source, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """The source's own fingerprint when nothing is added (cache keys of plain runs stay as they were)."""
+        if not self.additions:
+            return self.source.fingerprint
+        h = hashlib.sha256(self.source.fingerprint.encode())
+        for part in self.additions:
+            h.update(part.fingerprint.encode())
+        return h.hexdigest()[:16]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.source.files + tuple(f for part in self.additions for f in part.files)
+
+
+def locate(spec: DatasetSpec, settings: Settings) -> Located:
+    """Resolve the source and every added part (each a Parquet object in the store)."""
+    parts = tuple(resolve(key, settings) for key in spec.additions)
+    for key, part in zip(spec.additions, parts, strict=True):
+        wrong = [f for f in part.files if not f.lower().endswith((".parquet", ".pq"))]
+        if wrong:
+            raise DataError(f"added part {key} holds {wrong[0]}, which is not a Parquet file")
+    return Located(resolve(spec.source, settings), parts)
 
 
 def resolve(source: str, settings: Settings) -> Source:

@@ -95,6 +95,13 @@ def read_all(store: Store, model: str, run: str) -> dict[str, StepStatus]:
     return out
 
 
+def sentence(exc: BaseException) -> str:
+    """The first sentence of an error's message, on one line: library messages run on over lines
+    and sentences, and a record or a log line says one thing."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
 def first_failure(records: dict[str, StepStatus]) -> StepStatus | None:
     """The earliest failed step of a run (later failures are usually its consequences)."""
     failed = sorted((r for r in records.values() if r.outcome == "failed"), key=lambda r: r.at)

@@ -410,12 +410,10 @@ def _trained_on(s):
 
     None when there is no champion or it records no dataset; a store that cannot be read raises.
     """
-    from components.runtime import spec_of
+    from components.store import open_store
+    from pipelines.triggers import champion_spec
 
-    reg = _registry(s.store, s.model)
-    champ = reg.champion()
-    dataset = reg.manifest(champ.version).get("dataset") if champ else None
-    return spec_of(dataset) if dataset else None
+    return champion_spec(open_store(s.store, s), s.model)
 
 
 @app.command()

@@ -20,11 +20,12 @@ from typing import Any
 
 from components import compat
 from components import status as steps
-from components.data import DataError, DatasetSpec, resolve
+from components.data import REQUEST_ID, DataError, DatasetSpec
 from components.ingest import fingerprint_of
 from components.registry import Registry
 from components.runtime import run_key
 from components.settings import Settings
+from components.sources import locate
 from components.store import NotFound, open_store
 from pipelines.kfp_local import COMPAT_EXIT
 from pipelines.settings_routes import RUN_PARAMETERS
@@ -43,15 +44,16 @@ def pipeline_arguments(spec: DatasetSpec, settings: Settings, run: str, store_ur
     dataset, the run, and the settings a run takes from whoever starts it (``RUN_PARAMETERS``)."""
     return {
         "source": spec.source, "target": spec.target, "task": spec.task or "", "timestamp": spec.timestamp or "",
-        "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "run": run, "store": store_uri,
-        "model": settings.model, **{name: getattr(settings, name) for name in RUN_PARAMETERS},
+        "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "additions": list(spec.additions),
+        "run": run, "store": store_uri, "model": settings.model, **{name: getattr(settings, name) for name in RUN_PARAMETERS},
     }
 
 
 def preflight(spec: DatasetSpec, settings: Settings) -> str:
     """Fail fast, with one sentence, on a bad store, a missing file or a wrong target name."""
     open_store(settings.store, settings)
-    src = resolve(spec.source, settings)
+    located = locate(spec, settings)
+    src = located.source
     from components.data import read_source
 
     head = read_source(type(src)(src.files[:1], src.fingerprint, src.store_uri), settings)
@@ -60,10 +62,12 @@ def preflight(spec: DatasetSpec, settings: Settings) -> str:
     columns = [str(c).strip() for c in head.columns]
     if spec.target not in columns:
         raise DataError(f"target column {spec.target!r} is not in {src.files[0]} (columns: {', '.join(columns[:20])})")
+    # the request id comes with the added parts of production rows, not with the source
+    added = {REQUEST_ID} if spec.additions else set()
     for col in (*spec.exclude, *spec.id_columns, *([spec.timestamp] if spec.timestamp else [])):
-        if col not in columns:
+        if col not in columns and col not in added:
             raise DataError(f"column {col!r} is not in {src.files[0]}")
-    return fingerprint_of(src, spec)  # the files were hashed once, by resolve()
+    return fingerprint_of(located, spec)  # the files were hashed once, by locate()
 
 
 def _local_source(spec: DatasetSpec) -> DatasetSpec:

@@ -6,8 +6,11 @@
 
 Everything runs on the embedded default: the store is a local directory, training is the
 real KFP pipeline on kfp.local, serving is the real BentoML server on loopback, monitoring is
-the same pass the CronJob runs. The loop only plays the world's part: it writes the data,
-sends the traffic and the labels that arrive later, and reads the outcome from the store.
+the same pass the CronJob runs. The loop only plays the world's part: it writes the first
+dataset, sends the traffic and the labels that arrive later (to ``/feedback``), and reads the
+outcome from the store. Its retrains take the production path, as `flywheel monitor
+--include-feedback` does: the champion's recorded source plus the logged predictions joined
+with their feedback labels (pipelines/triggers.py), never the generator's frames.
 
 This file is the story; its parts live beside it: loop_guards.py (one run at a time, the
 port, the store, the reset), loop_server.py (the serving process), loop_traffic.py (the
@@ -34,14 +37,12 @@ from pipelines.loop_guards import LoopError, check_reset, check_store_writable, 
 from pipelines.loop_server import Server
 from pipelines.loop_store import count_logged, versions_of, wait_landed
 from pipelines.loop_traffic import Traffic, wait_for_version
-from pipelines.triggers import LocalTrigger
+from pipelines.triggers import LocalTrigger, champion_spec
 
 __all__ = ["LoopError", "LoopResult", "LoopSize", "Period", "check_store_writable", "free_port", "run_loop", "single_run"]
 
 TARGET, TIMESTAMP = "churned", "event_time"
 HISTORY = "datasets/{model}/history/"
-PRODUCTION = "datasets/{model}/production/"  # the retraining window: the two latest labelled periods
-ARCHIVE = "datasets/{model}/archive/"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ class Period:
 
 @dataclass(frozen=True)
 class LoopSize:
-    history_rows: int = 8000
+    # A small labelled pilot: a retrain reads it plus every labelled production row, and its
+    # time-aware holdout takes the newest rows, so production must outweigh the pilot for the
+    # challenger to have learnt from the drifted period at all.
+    history_rows: int = 500
     rows_per_period: int = 2000
     records_per_request: int = 20
     concurrency: int = 4
@@ -126,8 +130,6 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
         try:
             server.wait_ready()
             traffic = Traffic(server.url, size.records_per_request, size.concurrency, (TARGET, TIMESTAMP, "customer_id"))
-            trigger = LocalTrigger(settings, DatasetSpec(PRODUCTION.format(model=model), TARGET, timestamp=TIMESTAMP,
-                                                         name=model))
             day = pd.Timestamp("2026-03-01")
             for i, period in enumerate(size.periods):
                 frame = churn(size.rows_per_period, seed=10 + i, start=str(day.date()), days=7,
@@ -141,11 +143,10 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
                 # the service logs off the request path; the pass must see this period whole
                 wait_landed(store, model, "predictions", logged_before + traffic.served, settings)
                 wait_landed(store, model, "feedback", feedback_before + result.feedback, settings)
-                _land_labelled_period(store, model, period.name, i, frame)
                 champion_before = reg.champion().version
                 say(f"      monitoring pass ({sum(a is not None for a in answers)} served so far in this period)")
                 with traffic.background(frame):
-                    summary = _monitor(settings, store, trigger)
+                    summary = _monitor(settings, store, _trigger(settings, store))
                     champion_after = reg.champion().version
                     swapped_at = None
                     if champion_after != champion_before:
@@ -174,14 +175,13 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
     return result
 
 
-def _land_labelled_period(store: Store, model: str, name: str, index: int, frame: pd.DataFrame) -> None:
-    """Labelled data lands in the training window; the window keeps the two latest periods."""
-    production = PRODUCTION.format(model=model)
-    write_parquet(store, f"{production}period-{index:02d}-{name}.parquet", frame)
-    parts = sorted(store.list(production))
-    for old in parts[:-2]:
-        store.write(ARCHIVE.format(model=model) + old.rsplit("/", 1)[-1], store.read(old))
-        store.delete(old)
+def _trigger(settings: Settings, store: Store) -> LocalTrigger:
+    """What `flywheel monitor --include-feedback` builds without --data: the champion's source
+    plus the labelled production rows (built per pass: the champion changes)."""
+    spec = champion_spec(store, settings.model)
+    if spec is None:
+        raise LoopError(f"champion of {settings.model} records no dataset: there is nothing to retrain on")
+    return LocalTrigger(settings, spec, include_feedback=True, reuses_champion_data=True)
 
 
 def _monitor(settings: Settings, store: Store, trigger: LocalTrigger) -> Any:

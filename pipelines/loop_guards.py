@@ -73,7 +73,9 @@ def reset_demo(store: Store, settings: Settings, force: bool = False) -> None:
     """Forget the demo model's state (only its own keys), so the story starts from the beginning."""
     check_reset(settings, store, force)
     model = settings.model
-    for prefix in (f"datasets/{model}/", f"datasets/{model}-retrain/", f"registry/{model}/", f"predictions/{model}/",
+    from services.monitoring.feedback import PARTS
+
+    for prefix in (f"datasets/{model}/", PARTS.format(model=model), f"registry/{model}/", f"predictions/{model}/",
                    f"feedback/{model}/", f"monitoring/{model}/", f"triggers/{model}/", f"runs/{model}/"):
         for key in store.list(prefix):
             store.delete(key)

@@ -85,6 +85,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         timestamp: str = "",
         id_columns: list = [],  # KFP pipeline defaults are literals
         exclude: list = [],
+        additions: list = [],  # a retrain's parts of labelled production rows (store keys)
         holdout_fraction: float = DEFAULT.holdout_fraction,
         cv_folds: int = DEFAULT.cv_folds,
         seed: int = DEFAULT.seed,
@@ -94,7 +95,8 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         min_r2: float = DEFAULT.min_r2,
         search_tasks: int = 0,  # 0: one search task per model family; n: packed into n (the embedded runner's 2)
     ) -> None:
-        data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude)
+        data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude,
+                    additions=additions)
         job = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # a schedule's run name holds it: each run records under its own id
         recorder = on(c.record_run(store=store, model=model, run=run, job=job).set_caching_options(False))
         with dsl.ExitHandler(recorder, name="run"):

@@ -8,80 +8,84 @@
   compiles the pipeline from the code installed beside it (the monitor image's own), for
   the component image the settings name.
 
-Both retrain on "the latest data": the configured dataset, plus, when ``include_feedback``
-is on, the labelled production rows (feedback joined to logged features) written next to it
-as one Parquet file, so the pipeline reads both through its ordinary data contract.
+Both retrain on "the latest data" through one path (``retrain_spec``): the configured dataset
+(by default the champion's own recorded source), plus, when ``include_feedback`` is on, the
+labelled production rows (logged predictions joined to their feedback labels) as Parquet
+parts beside it (services/monitoring/feedback.py). The pipeline is handed the source and the
+parts (the ``additions`` parameter, store keys a cluster's step pods read like the source) and
+ingest reads them as one dataset; no row of the source passes through the monitor. Any error
+on that path ends the trigger as ``failed`` with one sentence, never as an exception.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from components.data import REQUEST_ID, TIME, DataError, DatasetSpec, read_source, resolve
+from components.data import REQUEST_ID, DataError, DatasetSpec
 from components.registry import Registry
+from components.runtime import spec_of
 from components.settings import ConfigError, Settings
-from components.store import StoreError, open_store
+from components.status import sentence
+from components.store import Store, StoreError, open_store
 from pipelines import kfp_client
-from services.monitoring.feedback import labelled_rows
+from services.monitoring import feedback
 from services.monitoring.trigger import RetrainRequest, TriggerError
 
 log = logging.getLogger(__name__)
 
 
-def retrain_spec(spec: DatasetSpec, settings: Settings, request: RetrainRequest, include_feedback: bool) -> DatasetSpec:
-    """The dataset a retrain reads: ``spec``, or ``spec`` plus the labelled feedback as one new file.
+def champion_spec(store: Store, model: str) -> DatasetSpec | None:
+    """The dataset the champion was trained on, as its manifest recorded it (None without a champion)."""
+    reg = Registry(store, model)
+    champ = reg.champion()
+    dataset = reg.manifest(champ.version).get("dataset") if champ else None
+    return spec_of(dataset) if dataset else None
 
-    Production rows keep their logged prediction time as the timestamp (a time-aware split
-    then orders them among the dataset's rows) and their request id, recorded as an id
-    column: when the base already holds production rows (the champion was trained on an
-    earlier retrain file), only request ids it does not hold are added, so no row appears
-    twice. The combined data is written to ``datasets/<model>-retrain/<key>.parquet``; the
-    user's own dataset is never modified.
+
+def retrain_spec(spec: DatasetSpec, settings: Settings, request: RetrainRequest, include_feedback: bool) -> DatasetSpec:
+    """The dataset a retrain reads: ``spec``, or ``spec`` plus parts of labelled production rows.
+
+    The parts are those the decided-against version trained on (its manifest's, and any the
+    spec names) plus one new part, ``datasets/<model>-feedback/<run>.parquet``, holding the
+    labelled rows none of them holds (by request id, recorded as an id column). The rows are
+    in the version's schema types; the source is neither read nor copied.
     """
     if not include_feedback:
         return spec
     store = open_store(settings.store, settings)
     reg = Registry(store, request.model)
-    schema = reg.schema(request.version)
-    extra = labelled_rows(store, request.model, schema, dt.datetime.fromisoformat(request.window["end"]))
-    if extra.empty:
+    try:
+        schema = reg.schema(request.version)
+    except (StoreError, ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"the schema of {request.model} {request.version} "
+                        f"({reg.key(request.version, 'schema.json')}) cannot be read ({sentence(exc)})") from None
+    recorded = reg.manifest(request.version).get("dataset") or {}
+    earlier = tuple(dict.fromkeys((*spec.additions, *recorded.get("additions", ()))))
+    parts = feedback.add_production_rows(store, request.model, schema, spec.timestamp, earlier,
+                                         dt.datetime.fromisoformat(request.window["end"]),
+                                         feedback.part_key(request.model, request.run_name))
+    if not parts:
         return spec
-    base = read_source(resolve(spec.source, settings), settings)
-    if REQUEST_ID in base.columns:  # an earlier retrain's file: its production rows are in already
-        extra = extra[~extra[REQUEST_ID].isin(set(base[REQUEST_ID].dropna()))]
-    if extra.empty:
-        log.info("retrain data: no labelled production rows beyond those in %s", spec.source)
-        return spec
-    extra = extra.rename(columns={TIME: spec.timestamp}) if spec.timestamp else extra.drop(columns=[TIME])
-    if spec.timestamp and spec.timestamp in base.columns:
-        # one type for the column: UTC instants (naive dataset times are taken as UTC, as ingest does)
-        base = base.assign(**{spec.timestamp: _utc(base[spec.timestamp])})
-        extra = extra.assign(**{spec.timestamp: _utc(extra[spec.timestamp])})
-    keep = [c for c in base.columns if c in extra.columns] + ([REQUEST_ID] if REQUEST_ID not in base.columns else [])
-    combined = pd.concat([base, extra[keep]], ignore_index=True)
-    key = f"datasets/{request.model}-retrain/{request.key}.parquet"
-    buf = io.BytesIO()
-    combined.to_parquet(buf, index=False)
-    store.write(key, buf.getvalue())
-    log.info("retrain data: %d dataset rows + %d new labelled production rows -> %s", len(base), len(extra), key)
     ids = spec.id_columns if REQUEST_ID in spec.id_columns else (*spec.id_columns, REQUEST_ID)
-    return replace(spec, source=key, id_columns=ids)
+    return replace(spec, additions=parts, id_columns=ids)
 
 
-def _utc(values: pd.Series) -> pd.Series:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+def _prepared(spec: DatasetSpec, settings: Settings, request: RetrainRequest,
+              include_feedback: bool) -> tuple[DatasetSpec | None, dict[str, Any] | None]:
+    """The retrain's dataset, or the failed record that says in one sentence why there is none."""
+    try:
+        return retrain_spec(spec, settings, request, include_feedback), None
+    except Exception as exc:
+        if not isinstance(exc, (DataError, StoreError)):
+            log.exception("retrain %s: its data could not be prepared", request.run_name)
+        why = sentence(exc) if isinstance(exc, (DataError, StoreError)) else f"{type(exc).__name__}: {sentence(exc)}"
+        return None, {"status": "failed", "run_id": None,
+                      "error": f"the data of retrain {request.run_name} could not be prepared: {why}"}
 
 
 class LocalTrigger:
@@ -101,14 +105,20 @@ class LocalTrigger:
             run_training,
         )
 
+        spec, failed = _prepared(self.spec, self.settings, request, self.include_feedback)
+        if spec is None:
+            return failed
+        data = {"source": spec.source, "additions": list(spec.additions)}
         try:
-            spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
             result = run_training(spec, self.settings, run_name=request.run_name)
-        except (DataError, StoreError, PipelineFailed) as exc:
-            return {"status": "failed", "error": str(exc), "run_id": request.run_name}
+        except Exception as exc:
+            if not isinstance(exc, (DataError, StoreError, PipelineFailed)):
+                log.exception("retrain run %s failed", request.run_name)
+            return {"status": "failed", "error": f"retrain run {request.run_name} failed: {sentence(exc)}",
+                    "run_id": request.run_name, **data}
         return {"status": "succeeded", "run_id": result.get("run", request.run_name), "version": result.get("version"),
                 "registered": result.get("registered", True), "promoted": bool(result.get("promoted")),
-                "promotion_reason": result.get("reason"), "source": spec.source}
+                "promotion_reason": result.get("reason"), **data}
 
     def poll(self, record: dict[str, Any]) -> dict[str, Any]:
         # A local run is finished when its pass writes the record; an open one belongs to a
@@ -142,7 +152,9 @@ class KFPTrigger:
         if self.package_path and not self.package_path.is_file():
             raise TriggerError(f"compiled pipeline {self.package_path} does not exist: run `flywheel compile --output {self.package_path}`")
         self._refuse_what_the_run_cannot_apply()
-        spec = retrain_spec(self.spec, self.settings, request, self.include_feedback)
+        spec, failed = _prepared(self.spec, self.settings, request, self.include_feedback)
+        if spec is None:
+            return failed
         try:
             exp = kfp_client.ensure_experiment(client, self.settings.kfp_experiment, self.settings.kfp_namespace)
             ref = self._pipeline_version(client)
@@ -151,7 +163,8 @@ class KFPTrigger:
         except kfp_client.KFPError as exc:
             raise TriggerError(str(exc)) from None
         return {"status": "running", "run_id": run_id, "experiment_id": exp, "pipeline_id": ref.pipeline_id,
-                "pipeline_version_id": ref.version_id, "pipeline_version": ref.version_name, "source": spec.source}
+                "pipeline_version_id": ref.version_id, "pipeline_version": ref.version_name, "source": spec.source,
+                "additions": list(spec.additions)}
 
     def _refuse_what_the_run_cannot_apply(self) -> None:
         """Refuse, before anything is written, what the run could not apply: a given package compiled with another

@@ -24,7 +24,7 @@ from pipelines.loop import LoopError, LoopSize, Period, check_store_writable, fr
 # the module's loop (two trainings, traffic, passes) is one fixture: its setup gets the whole budget
 pytestmark = pytest.mark.timeout(1500)
 
-SMALL = LoopSize(history_rows=5000, rows_per_period=1000, periods=(Period("stable"), Period("drifted", covariate_shift=1.0)))
+SMALL = LoopSize(history_rows=500, rows_per_period=1000, periods=(Period("stable"), Period("drifted", covariate_shift=1.0)))
 
 
 def loop_settings(root: Path, **extra):
@@ -65,6 +65,27 @@ def test_monitoring_passes_decide_from_the_data(loop):
     assert len(triggers) == 1 and json.loads(store.read(triggers[0]))["status"] == "succeeded"
     for s in summaries:
         assert store.exists(s["outputs"]["report"])  # the Evidently HTML report
+
+
+def test_the_retrain_read_the_logged_predictions_joined_with_their_feedback(loop):
+    """`make run`'s retrain takes the production path: the champion's source plus a part built from the log."""
+    _, settings, _, _ = loop
+    store = open_store(settings.store, settings)
+    reg = Registry(store, "demo")
+    dataset = reg.manifest("v2")["dataset"]
+    assert dataset["source"] == reg.manifest("v1")["dataset"]["source"] == "datasets/demo/history/"
+    [part] = dataset["additions"]
+    assert part.startswith("datasets/demo-feedback/") and set(store.list("datasets/")) == {
+        *store.list("datasets/demo/history/"), part}  # no generator frame of production traffic
+    rows = pd.read_parquet(io.BytesIO(store.read(part)))
+    labelled = pd.concat(pd.read_parquet(io.BytesIO(store.read(k))) for k in store.list("feedback/demo/"))
+    logged = pd.concat(pd.read_parquet(io.BytesIO(store.read(k))) for k in store.list("predictions/demo/"))
+    # every record of the two periods was labelled before the pass: all of them, once, as logged
+    assert len(rows) == 2 * SMALL.rows_per_period and rows["_request_id"].is_unique
+    assert set(rows["_request_id"]) <= set(labelled["_request_id"]) & set(logged["_request_id"])
+    served = logged.set_index("_request_id").loc[rows["_request_id"]]
+    assert (rows["event_time"].to_numpy() == served["_time"].to_numpy()).all()  # the prediction time orders them
+    assert (rows["tenure_months"].to_numpy() == served["tenure_months"].to_numpy()).all()
 
 
 def test_the_service_swapped_without_dropping_a_request(loop):

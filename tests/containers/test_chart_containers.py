@@ -288,11 +288,11 @@ def test_monitor_job_reads_the_logs_writes_its_report_and_starts_a_retrain_on_kf
     (run,) = cluster.kfp_calls("POST", "/apis/v2beta1/runs")
     body = run["json"]
     params = body["runtime_config"]["parameters"]
-    # The retrain reads the champion's dataset plus the labelled production rows, as one new file.
-    assert params["source"].startswith(f"datasets/{MODEL}-retrain/") and params["target"] == "target"
-    retrain = pd.read_parquet(io.BytesIO(store.read(params["source"])))
-    assert len(retrain) == len(wine_frame()) + len(served)
-    assert set(retrain[REQUEST_ID].dropna()) == set(served)
+    # The retrain reads the champion's dataset plus a part of the labelled production rows beside it (no copy).
+    assert params["source"] == DATASET and params["target"] == "target"
+    assert params["additions"] == [f"datasets/{MODEL}-feedback/{body['display_name']}.parquet"]
+    part = pd.read_parquet(io.BytesIO(store.read(params["additions"][0])))
+    assert len(part) == len(served) and set(part[REQUEST_ID]) == set(served)
     assert body["runtime_config"]["pipeline_root"] == f"{STORE}/pipeline_root"
     assert body["display_name"].startswith(f"{MODEL}-retrain")
     (exp,) = cluster.kfp_calls("POST", "/apis/v2beta1/experiments")

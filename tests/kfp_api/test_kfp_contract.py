@@ -238,3 +238,30 @@ def test_pass_with_the_api_down_exits_with_the_retrain_failed_code(kfp_api: Fake
     assert s.decision.retrain is False and "kfp trigger failed" in s.decision.reason
     [rec] = records(store, "test")
     assert rec["status"] == "failed" and "run_id" not in rec and "unreachable" in rec["error"]
+
+
+def test_a_retrain_with_feedback_hands_the_run_the_source_and_its_parts(kfp_api: FakeKFP, kfp_settings: Settings,
+                                                                       package: Path, tmp_path: Path) -> None:
+    """The cluster's steps read the parts like the source: store keys in the ``additions`` parameter,
+    which the compiled pipeline routes to the fingerprint and ingest steps."""
+    import yaml
+
+    from components.store import open_store, read_parquet
+    from pipelines.compile import compile_pipeline
+    from tests.monitoring.logs import NOW, make_frame, serve_version, write_logs
+
+    store = open_store(kfp_settings.store, kfp_settings)
+    served = serve_version(store, kfp_settings.model)  # the source is not even there: the step never reads it
+    write_logs(served, make_frame(300, seed=2), NOW - dt.timedelta(minutes=30), 20, feedback_share=1.0)
+
+    out = KFPTrigger(kfp_settings, SPEC, package, include_feedback=True, token_path=None).start(REQUEST)
+
+    params = kfp_api.calls("POST", "/apis/v2beta1/runs")[0].json["runtime_config"]["parameters"]
+    part = f"datasets/test-feedback/{REQUEST.run_name}.parquet"
+    assert params["source"] == SPEC.source and params["additions"] == [part] == out["additions"]
+    assert "_request_id" in params["id_columns"] and len(read_parquet(store, part)) == 300
+    ir = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", "img:1").read_text()))
+    assert ir["root"]["inputDefinitions"]["parameters"]["additions"]["parameterType"] == "LIST"
+    tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    for step in ("fingerprint", "ingest"):
+        assert tasks[step]["inputs"]["parameters"]["additions"] == {"componentInputParameter": "pipelinechannel--additions"}
