@@ -40,10 +40,11 @@ def pipeline_arguments(spec: DatasetSpec, settings: Settings, run: str, store_ur
     """The pipeline parameters for a dataset and the settings (shared with KFP submission)."""
     return {
         "source": spec.source, "target": spec.target, "task": spec.task or "", "timestamp": spec.timestamp or "",
-        "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "additions": list(spec.additions),
-        "run": run, "store": store_uri,
+        "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "run": run, "store": store_uri,
         "model": settings.model, "holdout_fraction": settings.holdout_fraction, "cv_folds": settings.cv_folds,
         "seed": settings.seed, "max_train_rows": settings.max_train_rows, "promotion_margin": settings.promotion_margin,
+        # only when there are parts: a package compiled before the parameter existed still takes every other run
+        **({"additions": list(spec.additions)} if spec.additions else {}),
     }
 
 
