@@ -44,8 +44,10 @@ def pipeline_arguments(spec: DatasetSpec, settings: Settings, run: str, store_ur
     dataset, the run, and the settings a run takes from whoever starts it (``RUN_PARAMETERS``)."""
     return {
         "source": spec.source, "target": spec.target, "task": spec.task or "", "timestamp": spec.timestamp or "",
-        "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "additions": list(spec.additions),
-        "run": run, "store": store_uri, "model": settings.model, **{name: getattr(settings, name) for name in RUN_PARAMETERS},
+        "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "run": run, "store": store_uri,
+        "model": settings.model, **{name: getattr(settings, name) for name in RUN_PARAMETERS},
+        # only when there are parts: a package compiled before the parameter existed still takes every other run
+        **({"additions": list(spec.additions)} if spec.additions else {}),
     }
 
 

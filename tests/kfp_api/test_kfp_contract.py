@@ -82,6 +82,7 @@ def test_first_retrain_uploads_the_package_and_starts_a_run(kfp_api: FakeKFP, kf
     params = run["runtime_config"]["parameters"]
     assert params["source"] == SPEC.source and params["target"] == "y" and params["model"] == "test"
     assert params["run"] == REQUEST.run_name and params["store"] == kfp_settings.store
+    assert "additions" not in params  # nothing added: a package compiled before the parameter takes the run
     assert out["status"] == "running" and out["run_id"] in kfp_api.runs
 
 
