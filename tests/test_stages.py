@@ -231,7 +231,8 @@ def test_bad_inputs_name_file_and_column(settings, tmp_path):
 ], ids=["not-parquet", "cut-gzip", "not-gzip", "not-utf8"])
 def test_a_file_pandas_cannot_parse_is_one_sentence_naming_it(settings, tmp_path, name, data, kind):
     """Each of the error types pandas and pyarrow raise for a bad file is a DataError (components/data.py)."""
-    from components.data import read_source, resolve
+    from components.data import read_source
+    from components.sources import resolve
 
     (tmp_path / name).write_bytes(data)
     with pytest.raises(DataError, match=rf"{re.escape(name)} cannot be read as {kind}: "):
