@@ -83,10 +83,11 @@ container_preflight() {
   if [ "$root" = 1 ] && [[ " $missing " != *" podman "* && " $missing " != *" runc "* ]]; then
     local storage=()
     mapfile -t storage < <(container_storage_flags)
-    if ! runtime="$(CONTAINERS_CONF="$conf" podman "${storage[@]}" info --format '{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}' 2>&1)"; then
+    # podman info opens the storage and resolves the runtime as a container start would.
+    if ! runtime="$(CONTAINERS_CONF="$conf" podman "${storage[@]}" info --format '{{.Host.OCIRuntime.Name}}' 2>&1)"; then
       problems+=("podman fails with $conf: $(tail -n 1 <<<"$runtime")")
-    elif [ "${runtime%% *}" != runc ]; then
-      problems+=("podman would run its containers with ${runtime%% *}, not runc ($conf must say [engine] runtime = \"runc\": crun refuses a hybrid cgroup layout)")
+    elif [ "$runtime" != runc ]; then
+      problems+=("podman would run its containers with $runtime, not runc ($conf must say [engine] runtime = \"runc\": crun refuses a hybrid cgroup layout)")
     fi
   fi
   if [ "$root" = 1 ] && [[ " $missing " != *" ip "* ]]; then
