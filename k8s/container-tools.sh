@@ -7,10 +7,10 @@
 # cgroup layout: "cgroups in hybrid mode not supported"; the tier pins runc in
 # tests/containers/containers.conf) and only recommends catatonit, the pause process of the pod
 # `podman kube play` starts ("finding pause binary: catatonit: executable file not found").
-CONTAINER_PACKAGES=(buildah podman runc catatonit debootstrap uidmap iproute2)
+CONTAINER_PACKAGES=(buildah podman runc catatonit mmdebstrap uidmap iproute2)
 CONTAINER_INSTALL="apt-get install --no-install-recommends ${CONTAINER_PACKAGES[*]}"
 # The commands the tier runs, from those packages (catatonit is looked up where podman looks).
-CONTAINER_COMMANDS=(buildah podman runc catatonit debootstrap newuidmap ip)
+CONTAINER_COMMANDS=(buildah podman runc catatonit mmdebstrap newuidmap ip)
 # The tier's podman settings: the OCI runtime it needs and the limits this kind of machine accepts.
 TIER_CONTAINERS_CONF="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/containers/containers.conf"
 
