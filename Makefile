@@ -35,7 +35,7 @@ test-tools:  ## Install promtool (prometheus) and prometheus-pushgateway when mi
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway; \
 	fi
 
-# The container tier's packages (k8s/container-tools.sh: buildah podman runc catatonit debootstrap
+# The container tier's packages (k8s/container-tools.sh: buildah podman runc catatonit mmdebstrap
 # uidmap iproute2), installed only when missing, then the check that it can run here (the same one
 # `make container-test` runs before its first container): one sentence naming what is missing.
 container-tools:  ## Install the container tier's tools (apt-get, as root) when missing and check that the tier can run here

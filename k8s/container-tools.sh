@@ -7,10 +7,10 @@
 # cgroup layout: "cgroups in hybrid mode not supported"; the tier pins runc in
 # tests/containers/containers.conf) and only recommends catatonit, the pause process of the pod
 # `podman kube play` starts ("finding pause binary: catatonit: executable file not found").
-CONTAINER_PACKAGES=(buildah podman runc catatonit debootstrap uidmap iproute2)
+CONTAINER_PACKAGES=(buildah podman runc catatonit mmdebstrap uidmap iproute2)
 CONTAINER_INSTALL="apt-get install --no-install-recommends ${CONTAINER_PACKAGES[*]}"
 # The commands the tier runs, from those packages (catatonit is looked up where podman looks).
-CONTAINER_COMMANDS=(buildah podman runc catatonit debootstrap newuidmap ip)
+CONTAINER_COMMANDS=(buildah podman runc catatonit mmdebstrap newuidmap ip)
 # The tier's podman settings: the OCI runtime it needs and the limits this kind of machine accepts.
 TIER_CONTAINERS_CONF="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/containers/containers.conf"
 
@@ -83,10 +83,11 @@ container_preflight() {
   if [ "$root" = 1 ] && [[ " $missing " != *" podman "* && " $missing " != *" runc "* ]]; then
     local storage=()
     mapfile -t storage < <(container_storage_flags)
-    if ! runtime="$(CONTAINERS_CONF="$conf" podman "${storage[@]}" info --format '{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}' 2>&1)"; then
+    # podman info opens the storage and resolves the runtime as a container start would.
+    if ! runtime="$(CONTAINERS_CONF="$conf" podman "${storage[@]}" info --format '{{.Host.OCIRuntime.Name}}' 2>&1)"; then
       problems+=("podman fails with $conf: $(tail -n 1 <<<"$runtime")")
-    elif [ "${runtime%% *}" != runc ]; then
-      problems+=("podman would run its containers with ${runtime%% *}, not runc ($conf must say [engine] runtime = \"runc\": crun refuses a hybrid cgroup layout)")
+    elif [ "$runtime" != runc ]; then
+      problems+=("podman would run its containers with $runtime, not runc ($conf must say [engine] runtime = \"runc\": crun refuses a hybrid cgroup layout)")
     fi
   fi
   if [ "$root" = 1 ] && [[ " $missing " != *" ip "* ]]; then

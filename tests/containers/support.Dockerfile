@@ -4,7 +4,7 @@
 # The builder stage of components/Dockerfile, line for line up to the dependency sync, so
 # those layers come from the cache of `make images`; the image is that stage with the dev group.
 
-# checkov:skip=CKV_DOCKER_7: the base is a build argument: a Debian bookworm image with python3 that k8s/images.sh names (made with debootstrap here, python:3.11-slim-bookworm elsewhere)
+# checkov:skip=CKV_DOCKER_7: the base is a build argument: a Debian bookworm image with python3 that k8s/images.sh names (made with mmdebstrap here, python:3.11-slim-bookworm elsewhere)
 ARG BASE_IMAGE=localhost/flywheel-base:bookworm
 FROM ${BASE_IMAGE} AS builder
 ARG UV_VERSION=0.13.9

@@ -101,15 +101,15 @@ def run_sh(path: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_make_container_test_skips_naming_what_is_missing_and_fails_under_ci(tmp_path):
-    # No apt-get: nothing can be installed, so debootstrap stays missing.
-    path = path_without(tmp_path, "debootstrap", "apt-get")
+    # No apt-get: nothing can be installed, so mmdebstrap stays missing.
+    path = path_without(tmp_path, "mmdebstrap", "apt-get")
     skipped = run_sh(path, FLYWHEEL_REQUIRE_TIERS="")
     assert skipped.returncode == 0, skipped
-    assert re.match(r"SKIPPED: container-test cannot run here: .*\bdebootstrap\b.* missing \(as root: apt-get install ",
+    assert re.match(r"SKIPPED: container-test cannot run here: .*\bmmdebstrap\b.* missing \(as root: apt-get install ",
                     skipped.stdout), skipped
     failed = run_sh(path, **REQUIRE)
     assert failed.returncode == 1, failed
-    assert re.match(r"FAILED \(FLYWHEEL_REQUIRE_TIERS=1\): container-test cannot run here: .*\bdebootstrap\b", failed.stderr)
+    assert re.match(r"FAILED \(FLYWHEEL_REQUIRE_TIERS=1\): container-test cannot run here: .*\bmmdebstrap\b", failed.stderr)
     assert "pytest" not in failed.stdout + failed.stderr  # nothing started
 
 
