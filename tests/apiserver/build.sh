@@ -11,7 +11,11 @@ set -euo pipefail
 ROOT=${K8S120:-/var/tmp/apiserver-1.20}
 W=$ROOT/build
 K=$W/src/kubernetes-1.20.2
-if [[ -x $K/_output/bin/kube-apiserver && -x $K/_output/bin/kube-controller-manager && -x $W/root/usr/bin/etcd ]]; then
+# The cache is keyed on this script (its packages, patches and build flags): an edit rebuilds.
+KEY=$(sha256sum "$0" | cut -c1-16)
+cached() { [[ -x $K/_output/bin/kube-apiserver && -x $K/_output/bin/kube-controller-manager && -x $W/root/usr/bin/etcd \
+             && "$(cat "$W/.key" 2>/dev/null)" == "$KEY" ]]; }
+if cached; then
   echo "apiserver: cached build in $W"; exit 0
 fi
 for tool in apt-get dpkg make tar flock; do
@@ -20,7 +24,7 @@ done
 mkdir -p "$ROOT"
 exec 9>"$ROOT/.build.lock"
 flock 9  # one build at a time on this machine; a second caller waits and then finds the cache
-if [[ -x $K/_output/bin/kube-apiserver && -x $K/_output/bin/kube-controller-manager && -x $W/root/usr/bin/etcd ]]; then
+if cached; then
   echo "apiserver: cached build in $W"; exit 0
 fi
 start=$(date +%s)
@@ -53,4 +57,5 @@ export GOROOT=$W/root/usr/lib/go-1.19 PATH=$W/bin:$W/root/usr/lib/go-1.19/bin:$P
 # Niced: .ci/run builds this beside `make test`.
 (cd $K && nice -n 10 make gen_openapi >/dev/null \
    && GOLDFLAGS="-s -w" nice -n 10 hack/make-rules/build.sh cmd/kube-apiserver cmd/kube-controller-manager >/dev/null)
+echo "$KEY" > "$W/.key"
 echo "apiserver: built kube-apiserver and kube-controller-manager 1.20.2 in $(( $(date +%s) - start ))s under $W"
