@@ -331,8 +331,10 @@ def _register_converters() -> None:
     from lightgbm import LGBMClassifier, LGBMRegressor
     from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
     from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes, \
-        calculate_linear_regressor_output_shapes
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
     from xgboost import XGBRegressor
 
     from components.gbt import FlywheelXGBClassifier
