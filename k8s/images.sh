@@ -6,7 +6,7 @@
 #
 #   IMAGE_REGISTRY   registry/org prefix                  (default ghcr.io/flywheel)
 #   IMAGE_TAG        tag for every image                  (default: the source-derived tag)
-#   BASE_IMAGE       Debian bookworm image with python3   (default localhost/flywheel-base:bookworm,
+#   BASE_IMAGE       Debian bookworm image with python3   (default localhost/flywheel-base:bookworm-gomp,
 #                    made here with mmdebstrap, its root filesystem cached as a tarball in
 #                    FLYWHEEL_IMAGE_CACHE, default /var/tmp/flywheel-images)
 #   BUILDER          buildah or docker                    (default: buildah, else docker)
@@ -30,7 +30,7 @@ done
 
 registry="${IMAGE_REGISTRY:-ghcr.io/flywheel}"
 tag="${IMAGE_TAG:-$("${PYTHON:-python3}" pipelines/image_tag.py .)}"
-base="${BASE_IMAGE:-localhost/flywheel-base:bookworm}"
+base="${BASE_IMAGE:-localhost/flywheel-base:bookworm-gomp}"
 cache="${FLYWHEEL_IMAGE_CACHE:-/var/tmp/flywheel-images}"
 components="${registry}/flywheel-components:${tag}"
 
@@ -76,12 +76,12 @@ fi
 # on a quiet machine, 2026-12-05), and it is the head of every fresh image build.
 if [ "$print" = 0 ] && [ "$builder" = buildah ] && [ -z "${BASE_IMAGE:-}" ] \
    && ! podman "${storage[@]}" image exists "$base"; then
-  tarball="$cache/bookworm-python3.tar"
+  tarball="$cache/bookworm-python3-gomp.tar"
   if [ ! -f "$tarball" ]; then
     mkdir -p "$cache"
     rootfs="$(mktemp -d "$cache/rootfs.XXXXXX")"
     echo "images: mmdebstrap bookworm minbase + python3 -> $tarball"
-    mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
       --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
       bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache/mmdebstrap.log" 2>&1 \
       || { echo "images: mmdebstrap failed, see $cache/mmdebstrap.log" >&2; rm -rf "$rootfs"; exit 1; }

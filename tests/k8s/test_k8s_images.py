@@ -40,7 +40,7 @@ def test_images_script_builds_one_image_per_dockerfile_with_the_source_derived_t
     components = f"ghcr.io/flywheel/flywheel-components:{tag}"
     # The component image knows its own immutable reference (what a retrain compiles against) ...
     assert f"--build-arg COMPONENT_IMAGE={components} " in lines[0]
-    assert "--build-arg BASE_IMAGE=localhost/flywheel-base:bookworm " in lines[0]
+    assert "--build-arg BASE_IMAGE=localhost/flywheel-base:bookworm-gomp " in lines[0]
     # ... the serving and monitor images are built on it (the monitor's retrains compile against it).
     assert f"--build-arg COMPONENTS_IMAGE={components} " in lines[1]
     assert f"--build-arg COMPONENTS_IMAGE={components} " in lines[2]
