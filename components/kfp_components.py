@@ -122,17 +122,18 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
 
 
 @component
-def search_space(schema: str, tasks: int = 0) -> list:
+def search_space(schema: str, tasks: int = 0, families: str = "") -> list:
     """The model families of the task, each with its candidates: one fan-out task each
-    (``tasks`` > 0: packed into at most that many tasks, as many as the runner runs at once)."""
+    (``tasks`` > 0: packed into at most that many tasks, as many as the runner runs at once;
+    ``families``: only these, comma-separated)."""
     import json
 
     from components import runtime
     from components import train as stage
 
     fields = schema if isinstance(schema, dict) else json.loads(schema)  # kfp.local may hand it decoded
-    return runtime.cached_step("search-space", lambda: stage.families(fields["task"], tasks),
-                              schema=schema, tasks=tasks)
+    return runtime.cached_step("search-space", lambda: stage.families(fields["task"], tasks, families),
+                              schema=schema, tasks=tasks, families=families)
 
 
 @component

@@ -139,16 +139,32 @@ def get_family(name: str, task: str) -> Family:
     return found
 
 
-def families(task: str, tasks: int = 0) -> list[dict[str, Any]]:
+def chosen_families(text: str) -> list[str]:
+    """The family names of the ``families`` setting (comma-separated; empty: all); a ValueError names an unknown one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown model family {unknown[0]!r}: known are {', '.join(FAMILIES)}")
+    return names
+
+
+def families(task: str, tasks: int = 0, only: str = "") -> list[dict[str, Any]]:
     """The search space grouped by model family, in order: one fan-out task per family.
 
-    With ``tasks`` > 0 and fewer than the families, the families are packed into that many
-    tasks of about equal cost, the costliest first. kfp.local runs two tasks at once: a third
-    would wait for a free slot and pay an interpreter's start-up again after it.
+    ``only`` (the ``families`` setting) keeps the candidates of those families; a ValueError
+    says so when none of them does ``task``. With ``tasks`` > 0 and fewer than the families,
+    the families are packed into that many tasks of about equal cost, the costliest first.
+    kfp.local runs two tasks at once: a third would wait for a free slot and pay an
+    interpreter's start-up again after it.
     """
+    keep = set(chosen_families(only))
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in candidates(task):
-        groups.setdefault(c["family"], []).append(c)
+        if not keep or c["family"] in keep:
+            groups.setdefault(c["family"], []).append(c)
+    if not groups:
+        raise ValueError(f"setting 'families' ({only}) names no model family that does {task}: "
+                         f"{', '.join(f.name for f in FAMILIES.values() if task in f.tasks)} do")
     if not 0 < tasks < len(groups):
         return [{"family": family, "candidates": members} for family, members in groups.items()]
 

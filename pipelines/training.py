@@ -91,6 +91,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         cv_folds: int = DEFAULT.cv_folds,
         seed: int = DEFAULT.seed,
         max_train_rows: int = DEFAULT.max_train_rows,
+        families: str = DEFAULT.families,
         refit_memory_mb: int = DEFAULT.refit_memory_mb,
         promotion_margin: float = DEFAULT.promotion_margin,
         min_accuracy: float = DEFAULT.min_accuracy,
@@ -118,7 +119,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
                                     champion=champ.output))
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
-            space = on(c.search_space(schema=schema, tasks=search_tasks))
+            space = on(c.search_space(schema=schema, tasks=search_tasks, families=families))
             with dsl.ParallelFor(space.output, parallelism=parallelism, name="search") as family:
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
                                    max_rows=max_train_rows))

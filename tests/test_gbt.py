@@ -89,3 +89,18 @@ def test_every_candidate_names_a_family_that_serves_its_task():
 def test_bad_family_is_one_sentence(name, task, message):
     with pytest.raises(ValueError, match=message):
         train.get_family(name, task)
+
+
+def test_the_families_setting_names_an_unknown_family_in_one_sentence():
+    from components.settings import ConfigError, load_settings
+
+    assert load_settings(families=" xgboost, lightgbm ").families == "xgboost,lightgbm"
+    with pytest.raises(ConfigError, match=r"setting 'families': .*unknown model family 'catbost': known are logistic"):
+        load_settings(families="xgboost,catbost")
+
+
+def test_the_search_keeps_only_the_chosen_families():
+    groups = train.families("regression", only="xgboost,logistic")
+    assert [g["family"] for g in groups] == ["xgboost"]  # logistic does no regression: left out
+    with pytest.raises(ValueError, match="setting 'families' \\(logistic\\) names no model family that does regression"):
+        train.families("regression", only="logistic")
