@@ -120,6 +120,65 @@ def build(schema: Schema, estimator: Any, select_features: bool, seed: int) -> P
     ])
 
 
+class CategoryCodes(BaseEstimator, TransformerMixin):
+    """Each categorical column as the index of its value in the schema's categories (floats).
+
+    The codes the gradient-boosted families split on natively (XGBoost's and LightGBM's
+    categorical splits, not a one-hot). Values compare as text, as the schema records them
+    and as serving receives them; a missing value, or one the schema does not list (an unseen
+    level at serve time), is NaN: both libraries send it down the split's missing branch.
+    The ONNX export writes one LabelEncoder per column (components/onnx_export.py).
+    """
+
+    def __init__(self, categories: list[list[str]] | None = None) -> None:
+        self.categories = categories
+
+    def fit(self, X: Any, y: Any = None) -> CategoryCodes:
+        self.lookup_ = [{c: float(i) for i, c in enumerate(cats)} for cats in self.categories or []]
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        values = _to_str(X)
+        out = np.full(values.shape, np.nan)
+        for j, lookup in enumerate(self.lookup_):
+            out[:, j] = [lookup.get(v, np.nan) if v is not None else np.nan for v in values[:, j]]
+        return out
+
+
+def native_layout(schema: Schema) -> dict[str, list[str]]:
+    """The columns of ``native_preprocessor``'s output, in order, by how a tree library reads them."""
+    numeric = [c.name for c in schema.features if c.kind in ("numeric", "boolean")]
+    categorical = [c.name for c in schema.features if c.kind == "categorical"]
+    dates = [c.name for c in schema.features if c.kind == "datetime"]
+    return {"numeric": numeric, "categorical": categorical, "datetime": dates}
+
+
+def native_feature_types(schema: Schema) -> list[str]:
+    """XGBoost's ``feature_types`` of ``native_preprocessor``'s output: ``q`` numeric, ``c`` categorical."""
+    layout = native_layout(schema)
+    return ["q"] * len(layout["numeric"]) + ["c"] * len(layout["categorical"]) + ["q"] * len(DATE_PARTS) * len(layout["datetime"])
+
+
+def native_preprocessor(schema: Schema) -> ColumnTransformer:
+    """Numbers as they are (missing stays missing: the tree libraries route it), categories as
+    codes (``CategoryCodes``), date parts: the input of the gradient-boosted families."""
+    layout = native_layout(schema)
+    cats = [schema.column(c).categories or [] for c in layout["categorical"]]
+    parts: list[tuple[str, Any, list[str]]] = []
+    if layout["numeric"]:
+        parts.append(("numeric", "passthrough", layout["numeric"]))
+    if layout["categorical"]:
+        parts.append(("categorical", CategoryCodes(cats), layout["categorical"]))
+    if layout["datetime"]:
+        parts.append(("datetime", FunctionTransformer(date_parts), layout["datetime"]))
+    return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
+
+
+def build_native(schema: Schema, estimator: Any) -> Pipeline:
+    """The model of a gradient-boosted family: ``native_preprocessor`` then the estimator."""
+    return Pipeline([("prep", native_preprocessor(schema)), ("model", estimator)])
+
+
 def xy(frame: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.Series]:
     """The model's input columns and the target, in schema order."""
     return frame[schema.feature_names], frame[schema.target]

@@ -122,17 +122,18 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
 
 
 @component
-def search_space(schema: str, tasks: int = 0) -> list:
+def search_space(schema: str, tasks: int = 0, families: str = "") -> list:
     """The model families of the task, each with its candidates: one fan-out task each
-    (``tasks`` > 0: packed into at most that many tasks, as many as the runner runs at once)."""
+    (``tasks`` > 0: packed into at most that many tasks, as many as the runner runs at once;
+    ``families``: only these, comma-separated)."""
     import json
 
     from components import runtime
     from components import train as stage
 
     fields = schema if isinstance(schema, dict) else json.loads(schema)  # kfp.local may hand it decoded
-    return runtime.cached_step("search-space", lambda: stage.families(fields["task"], tasks),
-                              schema=schema, tasks=tasks)
+    return runtime.cached_step("search-space", lambda: stage.families(fields["task"], tasks, families),
+                              schema=schema, tasks=tasks, families=families)
 
 
 @component
@@ -166,31 +167,32 @@ def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: 
 
 @component
 def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: list, seed: int,
-          model: Output[Model], package: Output[Model]) -> str:
-    """Pick the best candidate, refit it on all training rows and package it (pickle, reference
-    sample, ONNX checked on the holdout) for register; returns the choice (JSON)."""
+          model: Output[Model], package: Output[Model], memory_mb: int = 8000) -> str:
+    """Pick the best candidate, refit it on all training rows within ``memory_mb`` (components/refit.py)
+    and package it (pickle, reference sample, ONNX checked on the holdout) for register; returns the choice (JSON)."""
     import json
 
     import pandas as pd
 
     from components import package as packaging
+    from components import refit as stage
     from components import runtime
-    from components import train as stage
+    from components import train as search
     from components.data import Schema
 
-    best = stage.best(results)
+    best = search.best(results)
     sch = Schema.from_json(schema)
 
-    def fit() -> packaging.ModelPackage:
-        tr = pd.read_parquet(train.path)
-        fitted = stage.refit(tr, sch, best["candidate"], seed)
-        return packaging.package(fitted, tr, pd.read_parquet(holdout.path), sch, seed)
+    def fit() -> tuple[packaging.ModelPackage, dict]:
+        fitted, rows, chosen = stage.refit(train.path, sch, best["candidate"], seed, memory_mb)
+        return packaging.package(fitted, rows, pd.read_parquet(holdout.path), sch, seed), chosen.describe()
 
-    made = runtime.cached_step("refit", fit, train=train.uri, holdout=holdout.uri, results=results)
+    made, chosen = runtime.cached_step("refit", fit, train=train.uri, holdout=holdout.uri, results=results,
+                                       memory_mb=memory_mb)
     with open(model.path, "wb") as f:
         f.write(made.model)
     made.save(package.path)
-    model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"]})
+    model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"], "refit": chosen})
     package.metadata.update({"onnx": bool(made.onnx_report.get("passed"))})
     return json.dumps(best)
 

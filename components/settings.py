@@ -26,6 +26,10 @@ import yaml
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+# The training tasks' memory limit (MB, decimal as Kubernetes reads "8000M"): the compiled
+# pipeline sets it on the ingest, search and refit tasks, and the refit's budget defaults to it.
+TRAINING_TASK_MEMORY_MB = 8000
+
 
 class ConfigError(ValueError):
     """A setting the user gave is wrong; the message names it."""
@@ -76,6 +80,12 @@ class Settings(BaseSettings):
     min_accuracy: float = Field(0.6, ge=0, le=1, description="Absolute gate for classifiers (balanced accuracy).")
     min_r2: float = Field(0.1, le=1, description="Absolute gate for regressors (R2).")
     max_train_rows: int = Field(200_000, ge=1000, description="Rows used for the hyper-parameter search (sampled).")
+    families: str = Field("", description="Model families the search tries, comma-separated (logistic, linear, "
+                          "random_forest, hist_gradient_boosting, xgboost, lightgbm); empty: every family of the task.")
+    refit_memory_mb: int = Field(TRAINING_TASK_MEMORY_MB, ge=1, description=(
+        "Memory (MB) the refit of the chosen model may use: an XGBoost model that would need more trains from "
+        "Parquet batches (external memory); any other family that would is refused before training. Default: the "
+        "training task's memory limit."))
     seed: int = 42
 
     # Monitoring
@@ -162,6 +172,13 @@ class Settings(BaseSettings):
             raise ValueError(f"spill_lease_seconds ({self.spill_lease_seconds}) must be longer than one log write "
                              f"(2 x log_write_timeout_seconds = {2 * self.log_write_timeout_seconds})")
         return self
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, v: str) -> str:
+        from components.train import chosen_families
+
+        return ",".join(chosen_families(v))
 
     @field_validator("store")
     @classmethod

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,13 +21,93 @@ if TYPE_CHECKING:
 
     from components.data import Schema
 
-# The search space: model family x parameters; each entry is one fan-out task.
+@dataclass(frozen=True)
+class Family:
+    """One model family: what it is called, the tasks it serves, how its estimator is made and
+    from which parameters, and what its candidates cost. Data, so a search space can be laid over it.
+
+    ``factory(task, params, seed, schema)`` returns the estimator; ``native`` families (the
+    gradient-boosted libraries) get numbers as they are and categories as codes
+    (``features.build_native``), the others the imputing, scaling, one-hot pipeline
+    (``features.build``).
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    factory: Callable[[str, dict[str, Any], int, Schema], Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    native: bool = False
+    cost: int = 4  # relative cost of cross-validating one candidate (measured on the churn table)
+
+
+def _logistic(task: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(**params)
+
+
+def _linear(task: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    from sklearn.linear_model import Ridge
+
+    return Ridge(**params)
+
+
+def _random_forest(task: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    if task == "classification":
+        return RandomForestClassifier(random_state=seed, n_jobs=1, **params)
+    return RandomForestRegressor(random_state=seed, n_jobs=1, **params)
+
+
+def _hist_gradient_boosting(task: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    cls = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
+    return cls(random_state=seed, **params)
+
+
+def _xgboost(task: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    from components import gbt
+    from components.features import native_feature_types
+
+    return gbt.xgboost_estimator(task, params, seed, native_feature_types(schema), len(schema.classes or []) or 2)
+
+
+def _lightgbm(task: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    from components import gbt
+    from components.features import native_feature_types
+
+    categorical = [i for i, t in enumerate(native_feature_types(schema)) if t == "c"]
+    return gbt.lightgbm_estimator(task, params, seed, categorical)
+
+
+BOTH = ("classification", "regression")
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("logistic", ("classification",), _logistic, {"max_iter": 1000, "class_weight": "balanced"}, cost=1),
+    Family("linear", ("regression",), _linear, cost=1),
+    Family("random_forest", BOTH, _random_forest, cost=4),
+    Family("hist_gradient_boosting", BOTH, _hist_gradient_boosting, cost=4),
+    Family("xgboost", BOTH, _xgboost, {"learning_rate": 0.1, "max_depth": 6, "min_child_weight": 1.0}, native=True, cost=3),
+    Family("lightgbm", BOTH, _lightgbm, {"learning_rate": 0.05, "num_leaves": 31, "min_child_samples": 20},
+           native=True, cost=3),
+)}
+# Per-task defaults a family adds to its own (what differs between classifier and regressor).
+TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("random_forest", "classification"): {"class_weight": "balanced", "max_features": "sqrt"},
+    ("random_forest", "regression"): {"max_features": 0.5},
+    ("hist_gradient_boosting", "classification"): {"class_weight": "balanced"},
+}
+
+# The search space: model family x parameters; each entry is one candidate.
 CLASSIFIERS: list[dict[str, Any]] = [
     {"family": "logistic", "params": {"C": 1.0}, "select": False},
     {"family": "logistic", "params": {"C": 0.1}, "select": True},
     {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
     {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
     {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
+    {"family": "xgboost", "params": {"n_estimators": 200, "learning_rate": 0.1, "max_depth": 6}, "select": False},
+    {"family": "lightgbm", "params": {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 31}, "select": False},
 ]
 REGRESSORS: list[dict[str, Any]] = [
     {"family": "linear", "params": {"alpha": 1.0}, "select": False},
@@ -33,8 +115,11 @@ REGRESSORS: list[dict[str, Any]] = [
     {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
     {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
     {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
+    {"family": "xgboost", "params": {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 6}, "select": False},
+    {"family": "lightgbm", "params": {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 31}, "select": False},
 ]
-_INT_PARAMS = {"n_estimators", "min_samples_leaf", "max_leaf_nodes", "max_depth"}
+_INT_PARAMS = {"n_estimators", "min_samples_leaf", "max_leaf_nodes", "max_depth", "num_leaves", "min_child_samples",
+               "max_bin", "max_cat_to_onehot"}
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
 
 
@@ -44,26 +129,47 @@ def candidates(task: str) -> list[dict[str, Any]]:
     return [{**c, "id": f"{i}-{c['family']}"} for i, c in enumerate(space)]
 
 
-# Relative cost of cross-validating one candidate of a family (measured on the churn table): the
-# weights that balance the search when it is packed into fewer tasks than there are families.
-FAMILY_COST = {"logistic": 1, "linear": 1, "random_forest": 4, "hist_gradient_boosting": 4}
+def get_family(name: str, task: str) -> Family:
+    """The family called ``name``; a ValueError names it when it is unknown or does not serve ``task``."""
+    found = FAMILIES.get(name)
+    if found is None:
+        raise ValueError(f"unknown model family {name!r}: known are {', '.join(FAMILIES)}")
+    if task not in found.tasks:
+        raise ValueError(f"model family {name!r} does not do {task} (it does {', '.join(found.tasks)})")
+    return found
 
 
-def families(task: str, tasks: int = 0) -> list[dict[str, Any]]:
+def chosen_families(text: str) -> list[str]:
+    """The family names of the ``families`` setting (comma-separated; empty: all); a ValueError names an unknown one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown model family {unknown[0]!r}: known are {', '.join(FAMILIES)}")
+    return names
+
+
+def families(task: str, tasks: int = 0, only: str = "") -> list[dict[str, Any]]:
     """The search space grouped by model family, in order: one fan-out task per family.
 
-    With ``tasks`` > 0 and fewer than the families, the families are packed into that many
-    tasks of about equal cost, the costliest first. kfp.local runs two tasks at once: a third
-    would wait for a free slot and pay an interpreter's start-up again after it.
+    ``only`` (the ``families`` setting) keeps the candidates of those families; a ValueError
+    says so when none of them does ``task``. With ``tasks`` > 0 and fewer than the families,
+    the families are packed into that many tasks of about equal cost, the costliest first.
+    kfp.local runs two tasks at once: a third would wait for a free slot and pay an
+    interpreter's start-up again after it.
     """
+    keep = set(chosen_families(only))
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in candidates(task):
-        groups.setdefault(c["family"], []).append(c)
+        if not keep or c["family"] in keep:
+            groups.setdefault(c["family"], []).append(c)
+    if not groups:
+        raise ValueError(f"setting 'families' ({only}) names no model family that does {task}: "
+                         f"{', '.join(f.name for f in FAMILIES.values() if task in f.tasks)} do")
     if not 0 < tasks < len(groups):
         return [{"family": family, "candidates": members} for family, members in groups.items()]
 
     def cost(members: list[dict[str, Any]]) -> int:
-        return sum(FAMILY_COST.get(c["family"], 4) for c in members)
+        return sum(FAMILIES[c["family"]].cost for c in members)
 
     bins: list[list[dict[str, Any]]] = [[] for _ in range(tasks)]
     for members in sorted(groups.values(), key=cost, reverse=True):  # largest first, into the lightest task
@@ -72,38 +178,20 @@ def families(task: str, tasks: int = 0) -> list[dict[str, Any]]:
     return [{"family": "+".join(dict.fromkeys(c["family"] for c in b)), "candidates": b} for b in packed]
 
 
-def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
-    from sklearn.ensemble import (
-        HistGradientBoostingClassifier,
-        HistGradientBoostingRegressor,
-        RandomForestClassifier,
-        RandomForestRegressor,
-    )
-    from sklearn.linear_model import LogisticRegression, Ridge
-
+def estimator(task: str, name: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    """The estimator of family ``name`` with its defaults overridden by ``params``."""
+    fam = get_family(name, task)
     # parameters may come back from JSON as floats (KFP); integers stay integers
     params = {k: int(v) if isinstance(v, float) and v.is_integer() and k in _INT_PARAMS else v for k, v in params.items()}
-    if task == "classification":
-        if family == "logistic":
-            return LogisticRegression(max_iter=1000, class_weight="balanced", **params)
-        if family == "random_forest":
-            return RandomForestClassifier(random_state=seed, n_jobs=1, class_weight="balanced", max_features="sqrt", **params)
-        if family == "hist_gradient_boosting":
-            return HistGradientBoostingClassifier(random_state=seed, class_weight="balanced", **params)
-    else:
-        if family == "linear":
-            return Ridge(**params)
-        if family == "random_forest":
-            return RandomForestRegressor(random_state=seed, n_jobs=1, max_features=0.5, **params)
-        if family == "hist_gradient_boosting":
-            return HistGradientBoostingRegressor(random_state=seed, **params)
-    raise ValueError(f"unknown model family {family!r} for {task}")
+    return fam.factory(task, {**fam.defaults, **TASK_DEFAULTS.get((name, task), {}), **params}, seed, schema)
 
 
 def make_model(schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:
-    from components.features import build
+    from components.features import build, build_native
 
-    est = estimator(schema.task, candidate["family"], candidate["params"], seed)
+    est = estimator(schema.task, candidate["family"], candidate["params"], seed, schema)
+    if get_family(candidate["family"], schema.task).native:
+        return build_native(schema, est)
     return build(schema, est, candidate.get("select", False), seed)
 
 

@@ -32,7 +32,7 @@ registry="${IMAGE_REGISTRY:-ghcr.io/flywheel}"
 tag="${IMAGE_TAG:-$("${PYTHON:-python3}" pipelines/image_tag.py .)}"
 # The base is keyed on how it is made (suite, variant, packages, hook): a change to any of them is
 # a new tarball and a new tag, never an old base under the same name.
-base_args=(--variant=minbase --include=python3,python3-venv,ca-certificates
+base_args=(--variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1
            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr bookworm)
 base_key="$(printf '%s ' "${base_args[@]}" | sha256sum | cut -c1-12)"
 base="${BASE_IMAGE:-localhost/flywheel-base:bookworm-$base_key}"

@@ -71,6 +71,8 @@ ROUTES: dict[str, Route] = {
     "min_accuracy": _cm("config.training.minAccuracy"),
     "min_r2": _cm("config.training.minR2"),
     "max_train_rows": _cm("config.training.maxTrainRows"),
+    "families": _cm("config.training.families"),
+    "refit_memory_mb": _cm("config.training.refitMemoryMB"),
     "seed": _cm("config.training.seed"),
     "window_minutes": _cm("config.monitoring.windowMinutes"),
     "min_rows": _cm("config.monitoring.minRows"),
@@ -109,7 +111,8 @@ ROUTES: dict[str, Route] = {
 }
 
 # Settings a pipeline run takes as parameters (pipelines/local.py: pipeline_arguments).
-RUN_PARAMETERS = ("holdout_fraction", "cv_folds", "seed", "max_train_rows", "promotion_margin", "min_accuracy", "min_r2")
+RUN_PARAMETERS = ("holdout_fraction", "cv_folds", "seed", "max_train_rows", "families", "refit_memory_mb",
+                  "promotion_margin", "min_accuracy", "min_r2")
 # Settings compiled into the pipeline package.
 COMPILED = ("parallelism",)
 # Settings the steps act on that only the ConfigMap gives them: a value set where a cluster

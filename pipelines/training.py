@@ -20,10 +20,11 @@ from kfp import dsl
 from kfp import kubernetes as k8s
 
 from components import kfp_components as c
-from components.settings import Settings
+from components.settings import TRAINING_TASK_MEMORY_MB, Settings
 from pipelines.settings_routes import CONFIG_MAP, configmap_variables
 
 IO_RETRIES = 3
+TASK_MEMORY = f"{TRAINING_TASK_MEMORY_MB}M"  # the training tasks' limit; the refit's budget defaults to it
 # The pipeline parameters' defaults are the settings' (pipeline_arguments always passes them).
 DEFAULT = Settings.model_construct()
 
@@ -90,6 +91,8 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         cv_folds: int = DEFAULT.cv_folds,
         seed: int = DEFAULT.seed,
         max_train_rows: int = DEFAULT.max_train_rows,
+        families: str = DEFAULT.families,
+        refit_memory_mb: int = DEFAULT.refit_memory_mb,
         promotion_margin: float = DEFAULT.promotion_margin,
         min_accuracy: float = DEFAULT.min_accuracy,
         min_r2: float = DEFAULT.min_r2,
@@ -109,21 +112,22 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             # cached: every key includes the data fingerprint (and the champion where it matters)
             ingested = on(c.ingest(**data, store=store, model=model, fingerprint=fp.output))
             ingested.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
-            ingested.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+            ingested.set_cpu_request("1").set_memory_request("2G").set_memory_limit(TASK_MEMORY)
             schema = ingested.outputs["schema"]
 
             checked = on(c.validate(dataset=ingested.outputs["dataset"], schema=schema, store=store, model=model,
                                     champion=champ.output))
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
-            space = on(c.search_space(schema=schema, tasks=search_tasks))
+            space = on(c.search_space(schema=schema, tasks=search_tasks, families=families))
             with dsl.ParallelFor(space.output, parallelism=parallelism, name="search") as family:
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
                                    max_rows=max_train_rows))
-                trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("8G")
+                trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit(TASK_MEMORY)
             best = on(c.refit(train=split.outputs["train"], holdout=split.outputs["holdout"], schema=schema,
-                              results=dsl.Collected(trial.outputs["Output"]), seed=seed))
-            best.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+                              results=dsl.Collected(trial.outputs["Output"]), seed=seed,
+                              memory_mb=refit_memory_mb))
+            best.set_cpu_request("1").set_memory_request("2G").set_memory_limit(TASK_MEMORY)
 
             evaluation = on(c.evaluate(model=best.outputs["model"], holdout=split.outputs["holdout"], schema=schema,
                                        store=store, model_name=model, champion=champ.output))

@@ -5,7 +5,7 @@
 # those layers come from the cache of `make images`; the image is that stage with the dev group.
 
 # checkov:skip=CKV_DOCKER_7: the base is a build argument: a Debian bookworm image with python3 that k8s/images.sh names (made with mmdebstrap here, python:3.11-slim-bookworm elsewhere)
-ARG BASE_IMAGE=localhost/flywheel-base:bookworm
+ARG BASE_IMAGE=localhost/flywheel-base:bookworm-gomp
 FROM ${BASE_IMAGE} AS builder
 ARG UV_VERSION=0.13.9
 # uv from PyPI (pinned), in its own venv: only the package registry is needed, no binary download.

@@ -1,0 +1,78 @@
+"""The refit within a memory budget (components/refit.py): XGBoost from Parquet batches with
+external memory, any other family refused in one sentence when it would not fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components import refit, train
+from components.data import DatasetSpec, infer_schema, normalise
+from components.features import xy
+from components.onnx_export import export_onnx
+from components.synthetic import churn
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    frame = churn(6000, seed=5).drop(columns=["signup_date"])
+    frame["churned"] = frame["churned"].map({0: "stays", 1: "leaves"})
+    spec = DatasetSpec("t", "churned", timestamp="event_time", id_columns=["customer_id"])
+    frame = normalise(frame, spec)
+    schema = infer_schema(frame, spec)
+    path = tmp_path_factory.mktemp("refit") / "train.parquet"
+    frame.iloc[:5000].to_parquet(path, index=False, row_group_size=1000)
+    return str(path), frame.iloc[:5000], frame.iloc[5000:], schema
+
+
+def _candidate(family: str) -> dict:
+    return next(c for c in train.candidates("classification") if c["family"] == family)
+
+
+def test_xgboost_over_budget_trains_from_parquet_batches_like_in_memory(table):
+    path, tr, ho, schema = table
+    cand = _candidate("xgboost")
+    assert not refit.plan(path, schema, cand, budget_mb=8000).streamed
+    model, rows, chosen = refit.refit(path, schema, cand, 0, budget_mb=1)
+    assert chosen.streamed and chosen.rows == 5000
+    assert 0 < len(rows) <= 5000  # the reference sample, read batch by batch
+    in_memory = train.refit(tr, schema, cand, 0)
+    X, _ = xy(ho, schema)
+    # the same booster parameters and data: the quantile sketch over batches may move a bin edge, no more
+    assert np.mean(model.predict(X) == in_memory.predict(X)) > 0.97
+    assert np.abs(model.predict_proba(X) - in_memory.predict_proba(X)).max() < 0.1
+    assert set(model.predict(X)) <= {"stays", "leaves"}
+    _, report = export_onnx(model, X, "classification")
+    assert report["passed"], report["reason"]
+
+
+def test_streamed_batches_are_smaller_than_the_table(table, monkeypatch):
+    path, _, ho, schema = table
+    seen: list[int] = []
+    from components import features
+
+    original = features.CategoryCodes.transform
+
+    def counting(self, X):
+        seen.append(len(X))
+        return original(self, X)
+
+    monkeypatch.setattr(features.CategoryCodes, "transform", counting)
+    refit.xgboost_external(path, schema, _candidate("xgboost"), 0, batch_rows=700)
+    assert max(seen) <= 700 and sum(seen) >= 5000  # every row, never more than a batch at once
+
+
+def test_a_family_that_would_not_fit_is_refused_in_one_sentence_before_training(table):
+    path, _, _, schema = table
+    with pytest.raises(refit.MemoryBudgetError,
+                       match=r"the refit of candidate 2-random_forest \(random_forest\) on 5,000 rows would need about "
+                             r"[\d,]+ MB, more than the refit_memory_mb budget of 100 MB"):
+        refit.refit(path, schema, _candidate("random_forest"), 0, budget_mb=100)
+
+
+def test_a_forest_of_millions_of_leaves_is_estimated_beyond_the_default_budget(table):
+    _, _, _, schema = table
+    cand = _candidate("random_forest")
+    assert refit.estimate_mb(schema, cand, rows=5_000_000, frame=500) > 8000
+    assert refit.estimate_mb(schema, _candidate("xgboost"), rows=5_000_000, frame=500) < \
+        refit.estimate_mb(schema, cand, rows=5_000_000, frame=500) / 10
