@@ -38,6 +38,7 @@ NUMBER_BYTES = 8  # a float64 in pandas and in the model matrix
 TEXT_BYTES = 64  # a short Python string in an object column: the object and its pointer
 TREE_NODE_BYTES = 120  # a scikit-learn tree node (the node record and its value array, two classes)
 INTERPRETER_MB = 400  # the interpreter with pandas, scikit-learn and the libraries imported
+READ_COPIES = 2  # pandas.read_parquet holds the Arrow table and the frame at once
 STREAM_BATCH_ROWS = 100_000  # rows per Parquet batch handed to XGBoost's external memory
 
 
@@ -84,16 +85,16 @@ def estimate_mb(schema: Schema, candidate: dict[str, Any], rows: int, frame: flo
     matrix = rows * columns * NUMBER_BYTES / MB
     if family in ("xgboost", "lightgbm"):
         native = rows * len(native_feature_types(schema)) * NUMBER_BYTES / MB
-        return INTERPRETER_MB + frame + native + rows * len(native_feature_types(schema)) / MB  # + 1-byte bins
+        return INTERPRETER_MB + READ_COPIES * frame + native + rows * len(native_feature_types(schema)) / MB  # + 1-byte bins
     if family == "random_forest":
         # fully grown trees: about 2 x (bootstrap's distinct rows / min_samples_leaf) nodes each
         leaf = max(1, int(params.get("min_samples_leaf", 1)))
         nodes = 2 * 0.632 * rows / leaf
         trees = int(params.get("n_estimators", 100)) * nodes * TREE_NODE_BYTES / MB
-        return INTERPRETER_MB + frame + 2 * matrix + trees
+        return INTERPRETER_MB + READ_COPIES * frame + 2 * matrix + trees
     if family == "hist_gradient_boosting":
-        return INTERPRETER_MB + frame + 2 * matrix + rows * columns / MB
-    return INTERPRETER_MB + frame + 3 * matrix  # linear models: the matrix, its scaled copy, the solver's
+        return INTERPRETER_MB + READ_COPIES * frame + 2 * matrix + rows * columns / MB
+    return INTERPRETER_MB + READ_COPIES * frame + 3 * matrix  # linear models: the matrix, its scaled copy, the solver's
 
 
 def plan(path: str, schema: Schema, candidate: dict[str, Any], budget_mb: float) -> MemoryPlan:
