@@ -1,8 +1,8 @@
 """Holdout score of every candidate of the search, the gradient-boosted families beside the others.
 
-    python -m benchmarks.family_scores
+    python -m benchmarks.family_scores [TABLE ...]
 
-On the project's tables (the churn generator as a classifier and as a regressor, scikit-learn's
+On the project's tables (the churn generator, scikit-learn's
 wine and diabetes data as the serving tests use them, the shop orders of the real-data tests):
 each candidate is refit on the training rows of the pipeline's own split and scored on its
 holdout with the search's primary metric (balanced accuracy, R2). One JSON line per table.
@@ -11,6 +11,7 @@ holdout with the search's primary metric (balanced accuracy, R2). One JSON line 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 
 import pandas as pd
@@ -28,20 +29,20 @@ def tables() -> dict[str, tuple[pd.DataFrame, dict]]:
 
     return {
         "churn-20k": (churn(20_000, seed=2), {"target": "churned", "timestamp": "event_time", "id_columns": ["customer_id"]}),
-        "churn-basket-20k": (churn(20_000, seed=2).drop(columns=["churned"]),
-                             {"target": "avg_basket", "timestamp": "event_time", "id_columns": ["customer_id"]}),
         "wine": (wine, {"target": "target"}),
         "diabetes": (load_diabetes(as_frame=True).frame, {"target": "target"}),
         "shop-5k": (shop_frame(5000, seed=4), {"target": "returned", "timestamp": "ordered_at", "id_columns": ["order_id"]}),
     }
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     from components import split, train
     from components.data import DatasetSpec, infer_schema, normalise
 
     warnings.simplefilter("ignore")
     for name, (frame, spec_args) in tables().items():
+        if only and name not in only:
+            continue
         spec = DatasetSpec(name, **spec_args)
         frame = normalise(frame, spec)
         schema = infer_schema(frame, spec)
@@ -55,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

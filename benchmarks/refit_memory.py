@@ -1,6 +1,6 @@
 """Peak memory of the XGBoost refit in memory against external memory (issue 25.2).
 
-    python -m benchmarks.refit_memory [ROWS]
+    python -m benchmarks.refit_memory [ROWS] [in-memory|external ...]
 
 Writes the project's churn table (ROWS rows, default 1,000,000) as a training Parquet file, then
 refits the search's XGBoost candidate on it in a fresh process per mode and prints each
@@ -35,7 +35,7 @@ print(json.dumps({"mode": plan.describe()["mode"], "estimated_mb": plan.describe
 """
 
 
-def main(rows: int = 1_000_000) -> None:
+def main(rows: int = 1_000_000, modes: tuple[str, ...] = ("in-memory", "external")) -> None:
     from components.data import DatasetSpec, infer_schema, normalise
     from components.synthetic import churn
 
@@ -48,11 +48,12 @@ def main(rows: int = 1_000_000) -> None:
     frame.iloc[rows:].to_parquet(work / "holdout.parquet", index=False)
     (work / "schema.json").write_text(schema.to_json())
     del frame
-    for budget in (100_000, 1):  # in memory (fits), then external memory (forced by a 1 MB budget)
+    budgets = {"in-memory": 100_000, "external": 1}  # a budget it fits; one that forces external memory
+    for budget in (budgets[m] for m in modes):
         out = subprocess.run([sys.executable, "-c", CHILD, str(work / "train.parquet"), str(work / "schema.json"),
                               str(work / "holdout.parquet"), str(budget)], capture_output=True, text=True, check=True)
         print(json.dumps({"rows": rows, **json.loads(out.stdout.strip().splitlines()[-1])}), flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000, tuple(sys.argv[2:]) or ("in-memory", "external"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.class_weight import compute_sample_weight
 from xgboost import XGBClassifier, XGBRegressor
@@ -101,3 +102,78 @@ def lightgbm_estimator(task: str, params: dict[str, Any], seed: int, categorical
     # categorical_feature that reaches the Dataset from the parameters (the name itself is refused there)
     extra = {"categorical_column": categorical} if categorical else {}
     return cls(n_jobs=1, **extra, **lightgbm_params(task, params, seed))
+
+
+class _LightGBMBooster(BaseEstimator):
+    """A LightGBM ``Booster`` trained outside scikit-learn (the refit from Parquet batches) as the
+    pipeline's estimator: scikit-learn's predict/predict_proba over ``Booster.predict``, and the
+    attributes onnxmltools' LightGBM converter reads (``booster_``, ``classes_``, ``boosting_type``)."""
+
+    boosting_type = "gbdt"
+
+    def __init__(self, booster: Any = None, classes: Any = None, params: dict[str, Any] | None = None,
+                 rounds: int = 100, categorical: list[int] | None = None) -> None:
+        self.booster = booster
+        self.classes = classes
+        self.params = params
+        self.rounds = rounds
+        self.categorical = categorical
+
+    def fit(self, X: Any, y: Any) -> _LightGBMBooster:
+        """Train the booster in memory with ``params`` (``lightgbm_train_params``); the streamed refit
+        trains it from Parquet instead and hands it in."""
+        import lightgbm
+
+        label = np.asarray(y)
+        if self.classes is not None:
+            label = np.searchsorted(np.asarray(self.classes), label)
+        data = lightgbm.Dataset(np.asarray(X, dtype=np.float64), label=label,
+                                categorical_feature=self.categorical or "auto")
+        self.booster = lightgbm.train(dict(self.params or {}), data, num_boost_round=self.rounds)
+        return self
+
+    @property
+    def booster_(self) -> Any:
+        return self.booster
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.booster is not None
+
+    def _raw(self, X: Any) -> np.ndarray:
+        return np.asarray(self.booster.predict(np.asarray(X, dtype=np.float64)))
+
+
+class LightGBMBoosterClassifier(ClassifierMixin, _LightGBMBooster):
+    """A trained LightGBM classification booster over the labels ``classes`` (in its class order)."""
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return np.asarray(self.classes)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        p = self._raw(X)
+        return np.column_stack([1 - p, p]) if p.ndim == 1 else p
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class LightGBMBoosterRegressor(RegressorMixin, _LightGBMBooster):
+    """A trained LightGBM regression booster."""
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self._raw(X)
+
+
+def lightgbm_train_params(task: str, params: dict[str, Any], n_classes: int = 2, seed: int = 0) -> tuple[dict[str, Any], int]:
+    """``lightgbm.train``'s parameters and boosting rounds of a candidate: ``lightgbm_params`` with
+    the objective the scikit-learn estimator would choose (class weights go in as row weights)."""
+    sk = lightgbm_params(task, params, seed)
+    rounds = int(sk.pop("n_estimators", 100))
+    sk.pop("class_weight", None)
+    sk["seed"] = sk.pop("random_state")
+    if task == "classification":
+        sk.update({"objective": "binary"} if n_classes <= 2 else {"objective": "multiclass", "num_class": n_classes})
+    else:
+        sk["objective"] = "regression"
+    return sk, rounds

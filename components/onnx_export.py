@@ -337,7 +337,7 @@ def _register_converters() -> None:
     )
     from xgboost import XGBRegressor
 
-    from components.gbt import FlywheelXGBClassifier
+    from components.gbt import FlywheelXGBClassifier, LightGBMBoosterClassifier, LightGBMBoosterRegressor
 
     classifier = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
     update_registered_converter(FlywheelXGBClassifier, "FlywheelXGBClassifier", calculate_linear_classifier_output_shapes,
@@ -348,6 +348,10 @@ def _register_converters() -> None:
                                 convert_lightgbm, options=classifier)
     update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes,
                                 convert_lightgbm, options={"split": None})
+    update_registered_converter(LightGBMBoosterClassifier, "FlywheelLightGBMBoosterClassifier",
+                                calculate_linear_classifier_output_shapes, convert_lightgbm, options=classifier)
+    update_registered_converter(LightGBMBoosterRegressor, "FlywheelLightGBMBoosterRegressor",
+                                calculate_linear_regressor_output_shapes, convert_lightgbm, options={"split": None})
     _registered = True
 
 

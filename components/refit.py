@@ -8,6 +8,8 @@ the refit would hold: the training frame, the model matrix, and what the family 
 * an XGBoost candidate that does not: trained from Parquet batches through XGBoost's external
   memory (``ExtMemQuantileDMatrix`` over a ``DataIter``; its pages in a temporary directory), so
   the task holds one batch and the quantised pages, not the table;
+* a LightGBM candidate that does not: trained through ``lightgbm.Sequence`` over the file's row
+  groups, so the task holds one row group and LightGBM's binned Dataset, not the table;
 * any other family that does not: refused with one sentence naming the family, the estimate and
   the budget, before training starts.
 
@@ -36,6 +38,7 @@ NUMBER_BYTES = 8  # a float64 in pandas and in the model matrix
 TEXT_BYTES = 64  # a short Python string in an object column: the object and its pointer
 TREE_NODE_BYTES = 120  # a scikit-learn tree node (the node record and its value array, two classes)
 INTERPRETER_MB = 400  # the interpreter with pandas, scikit-learn and the libraries imported
+READ_COPIES = 2  # pandas.read_parquet holds the Arrow table and the frame at once
 STREAM_BATCH_ROWS = 100_000  # rows per Parquet batch handed to XGBoost's external memory
 
 
@@ -82,16 +85,16 @@ def estimate_mb(schema: Schema, candidate: dict[str, Any], rows: int, frame: flo
     matrix = rows * columns * NUMBER_BYTES / MB
     if family in ("xgboost", "lightgbm"):
         native = rows * len(native_feature_types(schema)) * NUMBER_BYTES / MB
-        return INTERPRETER_MB + frame + native + rows * len(native_feature_types(schema)) / MB  # + 1-byte bins
+        return INTERPRETER_MB + READ_COPIES * frame + native + rows * len(native_feature_types(schema)) / MB  # + 1-byte bins
     if family == "random_forest":
         # fully grown trees: about 2 x (bootstrap's distinct rows / min_samples_leaf) nodes each
         leaf = max(1, int(params.get("min_samples_leaf", 1)))
         nodes = 2 * 0.632 * rows / leaf
         trees = int(params.get("n_estimators", 100)) * nodes * TREE_NODE_BYTES / MB
-        return INTERPRETER_MB + frame + 2 * matrix + trees
+        return INTERPRETER_MB + READ_COPIES * frame + 2 * matrix + trees
     if family == "hist_gradient_boosting":
-        return INTERPRETER_MB + frame + 2 * matrix + rows * columns / MB
-    return INTERPRETER_MB + frame + 3 * matrix  # linear models: the matrix, its scaled copy, the solver's
+        return INTERPRETER_MB + READ_COPIES * frame + 2 * matrix + rows * columns / MB
+    return INTERPRETER_MB + READ_COPIES * frame + 3 * matrix  # linear models: the matrix, its scaled copy, the solver's
 
 
 def plan(path: str, schema: Schema, candidate: dict[str, Any], budget_mb: float) -> MemoryPlan:
@@ -105,7 +108,7 @@ def plan(path: str, schema: Schema, candidate: dict[str, Any], budget_mb: float)
     family = candidate["family"]
     if estimated <= budget_mb:
         return MemoryPlan(family, rows, estimated, budget_mb, streamed=False)
-    if family == "xgboost":
+    if family in STREAMED:
         return MemoryPlan(family, rows, estimated, budget_mb, streamed=True)
     raise MemoryBudgetError(
         f"the refit of candidate {candidate.get('id', family)} ({family}) on {rows:,} rows would need about "
@@ -128,7 +131,7 @@ def refit(path: str, schema: Schema, candidate: dict[str, Any], seed: int,
 
     chosen = plan(path, schema, candidate, budget_mb)
     if chosen.streamed:
-        return xgboost_external(path, schema, candidate, seed), sample_rows(path, REFERENCE_ROWS, seed), chosen
+        return STREAMED[chosen.family](path, schema, candidate, seed), sample_rows(path, REFERENCE_ROWS, seed), chosen
     frame = pd.read_parquet(path)
     return train.refit(frame, schema, candidate, seed), frame, chosen
 
@@ -145,34 +148,62 @@ def sample_rows(path: str, rows: int, seed: int, batch_rows: int = STREAM_BATCH_
     return pd.concat(parts, ignore_index=True) if parts else source.schema_arrow.empty_table().to_pandas()
 
 
-def xgboost_external(path: str, schema: Schema, candidate: dict[str, Any], seed: int,
-                     batch_rows: int = STREAM_BATCH_ROWS) -> Pipeline:
-    """Train an XGBoost candidate from Parquet batches with external memory; the same pipeline the search fits.
+@dataclass(frozen=True)
+class _Stream:
+    """What a streamed refit reads the training file with: its columns, the family's preprocessing
+    (stateless given the schema, fitted on a few rows), the feature types, and for a classifier the
+    labels in code order with each one's balancing weight (as ``class_weight="balanced"``)."""
 
-    The preprocessing is the family's (``features.native_preprocessor``, stateless given the
-    schema); the booster's parameters are ``gbt.xgboost_params``; classes are weighted to
-    balance, as ``gbt.FlywheelXGBClassifier`` does in memory.
-    """
+    columns: list[str]
+    prep: Any
+    types: list[str]
+    labels: np.ndarray | None
+    weights: dict[Any, float]
+
+    def xy(self, frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Features, label (class codes for a classifier) and row weights of a batch."""
+        frame = frame[frame[schema.target].notna()]
+        y = frame[schema.target]
+        X = self.prep.transform(frame[schema.feature_names])
+        if self.labels is None:
+            return X, y.to_numpy(dtype=float), None
+        return X, np.searchsorted(self.labels, y.to_numpy()), y.map(self.weights).to_numpy(dtype=float)
+
+
+def _stream(path: str, schema: Schema) -> _Stream:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    import xgboost
-    from sklearn.pipeline import Pipeline
 
-    from components import gbt
     from components.features import native_feature_types, native_preprocessor
 
     columns = [*schema.feature_names, schema.target]
-    source = pq.ParquetFile(path)
-    first = next(source.iter_batches(batch_size=min(batch_rows, 1000), columns=columns)).to_pandas()
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=100, columns=columns)).to_pandas()
     prep = native_preprocessor(schema).fit(first[schema.feature_names])
-    types = native_feature_types(schema)
-    labels: np.ndarray | None = None
-    weights: dict[Any, float] = {}
+    labels, weights = None, {}
     if schema.task == "classification":  # class counts from the target column alone
         counts = pc.value_counts(pq.read_table(path, columns=[schema.target])[schema.target].drop_null()).to_pylist()
         labels = np.array(sorted(c["values"] for c in counts))
         total = sum(c["counts"] for c in counts)
         weights = {c["values"]: total / (len(counts) * c["counts"]) for c in counts}
+    return _Stream(columns, prep, native_feature_types(schema), labels, weights)
+
+
+def xgboost_external(path: str, schema: Schema, candidate: dict[str, Any], seed: int,
+                     batch_rows: int = STREAM_BATCH_ROWS) -> Pipeline:
+    """Train an XGBoost candidate from Parquet batches with external memory; the same pipeline the search fits.
+
+    The preprocessing is the family's (``features.native_preprocessor``); the booster's
+    parameters are ``gbt.xgboost_params``; classes are weighted to balance, as
+    ``gbt.FlywheelXGBClassifier`` does in memory.
+    """
+    import pyarrow.parquet as pq
+    import xgboost
+    from sklearn.pipeline import Pipeline
+
+    from components import gbt, train
+
+    stream = _stream(path, schema)
+    source = pq.ParquetFile(path)
 
     class ParquetBatches(xgboost.DataIter):
         def __init__(self, cache: str) -> None:
@@ -180,32 +211,94 @@ def xgboost_external(path: str, schema: Schema, candidate: dict[str, Any], seed:
             self._batches: Any = None
 
         def reset(self) -> None:
-            self._batches = iter(source.iter_batches(batch_size=batch_rows, columns=columns))
+            self._batches = iter(source.iter_batches(batch_size=batch_rows, columns=stream.columns))
 
         def next(self, input_data: Any) -> bool:
             batch = next(self._batches, None)
             if batch is None:
                 return False
-            frame: pd.DataFrame = batch.to_pandas()
-            frame = frame[frame[schema.target].notna()]
-            X = prep.transform(frame[schema.feature_names])
-            y = frame[schema.target]
-            if labels is not None:
-                input_data(data=X, label=np.searchsorted(labels, y.to_numpy()), weight=y.map(weights).to_numpy(),
-                           feature_types=types)
-            else:
-                input_data(data=X, label=y.to_numpy(dtype=float), feature_types=types)
+            X, y, w = stream.xy(batch.to_pandas(), schema)
+            input_data(data=X, label=y, weight=w, feature_types=stream.types)
             return True
 
-    params = gbt.xgboost_params(schema.task, candidate["params"], len(labels) if labels is not None else 2, seed)
+    n_classes = len(stream.labels) if stream.labels is not None else 2
+    params = train.family_params(schema.task, "xgboost", candidate["params"])
+    booster_params = gbt.xgboost_params(schema.task, params, n_classes, seed)
     with tempfile.TemporaryDirectory(prefix="flywheel-xgb-") as cache:
         it = ParquetBatches(f"{cache}/pages")
-        matrix = xgboost.ExtMemQuantileDMatrix(it, max_bin=params.get("max_bin"), enable_categorical=True)
-        booster = xgboost.train(params, matrix, num_boost_round=gbt.xgboost_rounds(candidate["params"]))
+        matrix = xgboost.ExtMemQuantileDMatrix(it, max_bin=booster_params.get("max_bin"), enable_categorical=True)
+        booster = xgboost.train(booster_params, matrix, num_boost_round=gbt.xgboost_rounds(params))
         raw = booster.save_raw("ubj")
         del booster, matrix, it  # their pages live in the directory: released before it is removed
-    est = gbt.xgboost_estimator(schema.task, candidate["params"], seed, types, len(labels) if labels is not None else 2)
+    est = gbt.xgboost_estimator(schema.task, params, seed, stream.types, n_classes)
     est.load_model(bytearray(raw))
-    if labels is not None:
-        est.labels_ = labels
-    return Pipeline([("prep", prep), ("model", est)])
+    if stream.labels is not None:
+        est.labels_ = stream.labels
+    return Pipeline([("prep", stream.prep), ("model", est)])
+
+
+def lightgbm_sequence(path: str, schema: Schema, candidate: dict[str, Any], seed: int,
+                      batch_rows: int = STREAM_BATCH_ROWS) -> Pipeline:
+    """Train a LightGBM candidate from the Parquet file through ``lightgbm.Sequence``: LightGBM samples
+    rows to find its bins, then pushes the rows in batches into its binned Dataset; the table is never
+    held as a frame. The parameters are ``gbt.lightgbm_train_params``, the preprocessing the family's."""
+    import lightgbm
+    import pyarrow.parquet as pq
+    from sklearn.pipeline import Pipeline
+
+    from components import gbt, train
+
+    stream = _stream(path, schema)
+    source = pq.ParquetFile(path)
+    starts = np.cumsum([0] + [source.metadata.row_group(i).num_rows for i in range(source.num_row_groups)])
+
+    class ParquetRows(lightgbm.Sequence):
+        """Rows of the file by index, one row group decoded at a time (LightGBM reads in index order)."""
+
+        batch_size = batch_rows
+
+        def __init__(self) -> None:
+            self._group, self._X = -1, np.empty((0, len(stream.types)))
+
+        def __len__(self) -> int:
+            return int(starts[-1])
+
+        def _rows(self, group: int) -> np.ndarray:
+            if group != self._group:
+                frame = source.read_row_group(group, columns=stream.columns).to_pandas()
+                self._group, self._X = group, stream.prep.transform(frame[schema.feature_names])
+            return self._X
+
+        def __getitem__(self, idx: int | slice) -> np.ndarray:
+            if isinstance(idx, slice):
+                lo, hi, _ = idx.indices(len(self))
+                parts, i = [], lo
+                while i < hi:
+                    g = int(np.searchsorted(starts, i, side="right") - 1)
+                    end = min(hi, int(starts[g + 1]))
+                    parts.append(self._rows(g)[i - starts[g]:end - starts[g]])
+                    i = end
+                return np.concatenate(parts) if parts else np.empty((0, len(stream.types)))
+            g = int(np.searchsorted(starts, idx, side="right") - 1)
+            return self._rows(g)[idx - starts[g]]
+
+    # one column read whole: the labels and weights, row for row (the split left no row without a target)
+    y_all = pq.read_table(path, columns=[schema.target]).to_pandas()[schema.target]
+    if stream.labels is not None:
+        y, w = np.searchsorted(stream.labels, y_all.to_numpy()), y_all.map(stream.weights).to_numpy(dtype=float)
+    else:
+        y, w = y_all.to_numpy(dtype=float), None
+    n_classes = len(stream.labels) if stream.labels is not None else 2
+    params, rounds = gbt.lightgbm_train_params(schema.task, train.family_params(schema.task, "lightgbm",
+                                                                                candidate["params"]), n_classes, seed)
+    categorical = [i for i, t in enumerate(stream.types) if t == "c"]
+    data = lightgbm.Dataset([ParquetRows()], label=y, weight=w, categorical_feature=categorical,
+                            params={"max_bin": params.get("max_bin", 255), "verbosity": -1})
+    booster = lightgbm.train(params, data, num_boost_round=rounds)
+    cls = gbt.LightGBMBoosterClassifier if stream.labels is not None else gbt.LightGBMBoosterRegressor
+    est = cls(booster, stream.labels, params, rounds, categorical)
+    return Pipeline([("prep", stream.prep), ("model", est)])
+
+
+# The families whose refit streams from Parquet when it would not fit in memory.
+STREAMED = {"xgboost": xgboost_external, "lightgbm": lightgbm_sequence}

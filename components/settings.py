@@ -80,12 +80,12 @@ class Settings(BaseSettings):
     min_accuracy: float = Field(0.6, ge=0, le=1, description="Absolute gate for classifiers (balanced accuracy).")
     min_r2: float = Field(0.1, le=1, description="Absolute gate for regressors (R2).")
     max_train_rows: int = Field(200_000, ge=1000, description="Rows used for the hyper-parameter search (sampled).")
-    families: str = Field("", description="Model families the search tries, comma-separated (logistic, linear, "
+    families: str | None = Field(None, description="Model families the search tries, comma-separated (logistic, linear, "
                           "random_forest, hist_gradient_boosting, xgboost, lightgbm); empty: every family of the task.")
     refit_memory_mb: int = Field(TRAINING_TASK_MEMORY_MB, ge=1, description=(
-        "Memory (MB) the refit of the chosen model may use: an XGBoost model that would need more trains from "
-        "Parquet batches (external memory); any other family that would is refused before training. Default: the "
-        "training task's memory limit."))
+        "Memory (MB) the refit of the chosen model may use: an XGBoost or LightGBM model that would need more "
+        "trains from Parquet batches (external memory, lightgbm.Sequence); any other family that would is refused "
+        "before training. Default: the training task's memory limit."))
     seed: int = 42
 
     # Monitoring
@@ -175,10 +175,10 @@ class Settings(BaseSettings):
 
     @field_validator("families")
     @classmethod
-    def _known_families(cls, v: str) -> str:
+    def _known_families(cls, v: str | None) -> str | None:
         from components.train import chosen_families
 
-        return ",".join(chosen_families(v))
+        return ",".join(chosen_families(v)) or None if v is not None else None
 
     @field_validator("store")
     @classmethod

@@ -178,12 +178,17 @@ def families(task: str, tasks: int = 0, only: str = "") -> list[dict[str, Any]]:
     return [{"family": "+".join(dict.fromkeys(c["family"] for c in b)), "candidates": b} for b in packed]
 
 
-def estimator(task: str, name: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
-    """The estimator of family ``name`` with its defaults overridden by ``params``."""
+def family_params(task: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's parameters over its family's defaults (those of the task included)."""
     fam = get_family(name, task)
     # parameters may come back from JSON as floats (KFP); integers stay integers
     params = {k: int(v) if isinstance(v, float) and v.is_integer() and k in _INT_PARAMS else v for k, v in params.items()}
-    return fam.factory(task, {**fam.defaults, **TASK_DEFAULTS.get((name, task), {}), **params}, seed, schema)
+    return {**fam.defaults, **TASK_DEFAULTS.get((name, task), {}), **params}
+
+
+def estimator(task: str, name: str, params: dict[str, Any], seed: int, schema: Schema) -> Any:
+    """The estimator of family ``name`` with its defaults overridden by ``params``."""
+    return get_family(name, task).factory(task, family_params(task, name, params), seed, schema)
 
 
 def make_model(schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:

@@ -39,13 +39,18 @@ def new_run_name(model: str) -> str:
     return f"{model}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+def _parameter(value: Any) -> Any:
+    """A setting as a pipeline parameter: an unset one (None) is the parameter's empty default."""
+    return "" if value is None else value
+
+
 def pipeline_arguments(spec: DatasetSpec, settings: Settings, run: str, store_uri: str) -> dict[str, Any]:
     """The pipeline parameters for a dataset and the settings (shared with KFP submission): the
     dataset, the run, and the settings a run takes from whoever starts it (``RUN_PARAMETERS``)."""
     return {
         "source": spec.source, "target": spec.target, "task": spec.task or "", "timestamp": spec.timestamp or "",
         "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "run": run, "store": store_uri,
-        "model": settings.model, **{name: getattr(settings, name) for name in RUN_PARAMETERS},
+        "model": settings.model, **{name: _parameter(getattr(settings, name)) for name in RUN_PARAMETERS},
         # only when there are parts: a package compiled before the parameter existed still takes every other run
         **({"additions": list(spec.additions)} if spec.additions else {}),
     }

@@ -91,7 +91,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         cv_folds: int = DEFAULT.cv_folds,
         seed: int = DEFAULT.seed,
         max_train_rows: int = DEFAULT.max_train_rows,
-        families: str = DEFAULT.families,
+        families: str = "",  # the families setting (empty: every family of the task)
         refit_memory_mb: int = DEFAULT.refit_memory_mb,
         promotion_margin: float = DEFAULT.promotion_margin,
         min_accuracy: float = DEFAULT.min_accuracy,

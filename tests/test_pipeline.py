@@ -205,7 +205,8 @@ def test_step_records_say_what_ran_and_what_came_from_the_cache(world):
 def test_without_warm_tasks_and_search_packing_a_run_relies_on_no_kfp_local_internal(tmp_path):
     """FLYWHEEL_WARM_TASKS=false and FLYWHEEL_LOCAL_SEARCH_PACKING=false: what an upgraded kfp would be run with."""
     settings = load_settings(store=str(tmp_path / "store"), pipeline_root=str(tmp_path / "kfp"), model="churn",
-                             cv_folds=2, warm_tasks=False, local_search_packing=False)
+                             cv_folds=2, warm_tasks=False, local_search_packing=False,
+                             families="logistic,xgboost,lightgbm")  # the families setting reaches the run
     data = tmp_path / "data.csv"
     churn(1500, seed=11).to_csv(data, index=False)
     result = run_training(DatasetSpec(str(data), "churned", timestamp="event_time"), settings)
@@ -214,4 +215,4 @@ def test_without_warm_tasks_and_search_packing_a_run_relies_on_no_kfp_local_inte
     from components import status as steps
 
     ran = steps.read_all(open_store(settings.store, settings), "churn", result["run"])
-    assert len([name for name in ran if name.startswith("train-")]) == 3  # one search task per model family
+    assert len([name for name in ran if name.startswith("train-")]) == 3  # one search task per chosen family

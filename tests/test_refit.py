@@ -76,3 +76,31 @@ def test_a_forest_of_millions_of_leaves_is_estimated_beyond_the_default_budget(t
     assert refit.estimate_mb(schema, cand, rows=5_000_000, frame=500) > 8000
     assert refit.estimate_mb(schema, _candidate("xgboost"), rows=5_000_000, frame=500) < \
         refit.estimate_mb(schema, cand, rows=5_000_000, frame=500) / 10
+
+
+def test_lightgbm_over_budget_trains_through_a_sequence_like_in_memory(table):
+    path, tr, ho, schema = table  # row groups of 1,000 rows, batches of 700: slices cross row groups
+    cand = _candidate("lightgbm")
+    model, _, chosen = refit.refit(path, schema, cand, 0, budget_mb=1)
+    assert chosen.streamed and chosen.family == "lightgbm"
+    X, _ = xy(ho, schema)
+    in_memory = train.refit(tr, schema, cand, 0)
+    np.testing.assert_allclose(model.predict_proba(X), in_memory.predict_proba(X), atol=1e-6)
+    _, report = export_onnx(model, X, "classification")
+    assert report["passed"], report["reason"]
+    again = refit.lightgbm_sequence(path, schema, cand, 0, batch_rows=700)
+    np.testing.assert_allclose(again.predict_proba(X), model.predict_proba(X), atol=1e-9)
+
+
+def test_the_streamed_lightgbm_estimator_also_fits_in_memory(table):
+    from components import gbt
+    from components.features import native_preprocessor
+
+    _, tr, ho, schema = table
+    prep = native_preprocessor(schema).fit(tr[schema.feature_names])
+    params, rounds = gbt.lightgbm_train_params("classification", {"num_leaves": 15}, seed=0)
+    est = gbt.LightGBMBoosterClassifier(classes=["leaves", "stays"], params=params, rounds=20)
+    est.fit(prep.transform(tr[schema.feature_names]), tr["churned"])
+    proba = est.predict_proba(prep.transform(ho[schema.feature_names]))
+    assert proba.shape == (len(ho), 2) and np.allclose(proba.sum(axis=1), 1)
+    assert set(est.predict(prep.transform(ho[schema.feature_names]))) <= {"leaves", "stays"}
