@@ -7,10 +7,10 @@ rates) is inferred at first ingest and written next to every model version.
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from components.settings import Settings
-from components.sources import DataError, DatasetSpec, Located, Source, Task, locate
-from components.store import NotFound, Store, StoreError, open_store
+from components.sources import DataError, DatasetSpec, Located, Source, Task, check_unchanged, locate
+from components.store import NotFound, ObjectInfo, StoreError, open_store
 
 Kind = Literal["numeric", "categorical", "datetime", "boolean"]
 MAX_CATEGORIES = 50
@@ -113,17 +113,8 @@ def _json_default(o: Any) -> Any:
 
 # --- locating and reading ----------------------------------------------------------------
 
-def _read_bytes(name: str, data: bytes) -> pd.DataFrame:
-    try:
-        if name.lower().endswith((".parquet", ".pq")):
-            return pd.read_parquet(io.BytesIO(data))
-        return pd.read_csv(io.BytesIO(data), compression="gzip" if name.endswith(".gz") else None, low_memory=False)
-    except (ValueError, TypeError, NotImplementedError, OSError, EOFError, zlib.error) as exc:  # what pandas and pyarrow raise for a bad file (ArrowInvalid is a ValueError)
-        raise DataError(f"{name} cannot be read as {'Parquet' if 'parquet' in name or name.endswith('.pq') else 'CSV'}: {exc}") from None
-
-
 def read_source(src: Source, settings: Settings) -> pd.DataFrame:
-    """Read every file of a resolved source into one frame."""
+    """Read every file of a resolved source into one frame (each checked to be the object resolved)."""
     files = _read_files(src, settings)
     if len(files) == 1:
         return files[0][1]
@@ -132,6 +123,47 @@ def read_source(src: Source, settings: Settings) -> pd.DataFrame:
         if list(fr.columns) != list(cols):
             raise DataError(f"{f} has columns {list(fr.columns)[:8]}…, unlike {first}")
     return pd.concat([fr for _, fr in files], ignore_index=True)
+
+
+SAMPLE_ROWS = 10_000
+
+
+def sample(src: Source, settings: Settings, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
+    """The first ``rows`` rows of the source's first file, reading only what they need: a Parquet
+    file's footer and first row group(s) (ranged reads in S3), a CSV file's first lines."""
+    import pyarrow.parquet as pq
+
+    obj = src.objects[0]
+    try:
+        with _opened(src, obj, settings) as f:
+            if obj.key.lower().endswith((".parquet", ".pq")):
+                pf = pq.ParquetFile(f)
+                groups, held = [], 0
+                while held < rows and len(groups) < pf.metadata.num_row_groups:  # only the row groups the rows are in
+                    held += pf.metadata.row_group(len(groups)).num_rows
+                    groups.append(len(groups))
+                return pf.read_row_groups(groups).slice(0, rows).to_pandas() if groups else pf.schema_arrow.empty_table().to_pandas()
+            return pd.read_csv(f, nrows=rows, compression="gzip" if obj.key.endswith(".gz") else None, low_memory=False)
+    except (OSError, NotFound) as exc:
+        if isinstance(exc, StoreError) and not isinstance(exc, NotFound):
+            raise
+        raise DataError(f"{obj.key} cannot be read: {exc}") from None
+    except (ValueError, TypeError, NotImplementedError, EOFError, zlib.error) as exc:
+        raise DataError(f"{obj.key} cannot be read as {_format(obj.key)}: {exc}") from None
+
+
+def _format(name: str) -> str:
+    return "Parquet" if name.lower().endswith((".parquet", ".pq")) else "CSV"
+
+
+def _opened(src: Source, obj: ObjectInfo, settings: Settings) -> Any:
+    """A binary file of ``obj``: a local file checked against its resolved size and mtime, or a
+    store object whose every read carries its resolved ETag."""
+    if src.store_uri is None or src.store_uri.startswith("file://"):
+        path = Path(obj.key) if src.store_uri is None else Path(open_store(src.store_uri, settings).url(obj.key))
+        check_unchanged(obj, path)
+        return open(path, "rb")
+    return open_store(src.store_uri, settings).open_read(obj.key, obj.etag)
 
 
 # --- normalising ---------------------------------------------------------------------------
@@ -304,13 +336,15 @@ def _kind_of(s: pd.Series) -> str:
     return "numeric" if pd.api.types.is_numeric_dtype(s) else "categorical"
 
 
-def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Located]:
-    """Resolve, read and normalise a dataset (the body of the ingest stage): the source's files,
-    then the parts added to it, each conformed to the source's column types (``conform``)."""
-    try:
-        located = locate(spec, settings)
-    except StoreError as exc:
-        raise DataError(str(exc)) from None
+def load(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> tuple[pd.DataFrame, Located]:
+    """Read and normalise a dataset (the body of the ingest stage): the source's files, then the
+    parts added to it, each conformed to the source's column types (``conform``). ``located``: the
+    run's one resolution (the fingerprint step's); resolved here only when not given."""
+    if located is None:
+        try:
+            located = locate(spec, settings)
+        except StoreError as exc:
+            raise DataError(str(exc)) from None
     frame = read_source(located.source, settings)
     added = [conform(part, frame, spec.target, name)
              for src in located.additions for name, part in _read_files(src, settings)]
@@ -377,15 +411,42 @@ def _missing(base: pd.Series, index: pd.Index) -> pd.Series:
 
 
 def _read_files(src: Source, settings: Settings) -> list[tuple[str, pd.DataFrame]]:
-    store: Store | None = open_store(src.store_uri, settings) if src.store_uri else None
-    out = []
-    for f in src.files:
+    """Each file of ``src`` as a frame."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="flywheel-read-") as tmp:
+        return [(name, _read_path(name, path)) for name, path in local_files(src, settings, tmp)]
+
+
+def local_files(src: Source, settings: Settings, tmp: str) -> Iterator[tuple[str, Path]]:
+    """(name, local path) of each file of ``src``, one at a time: a local file in place (checked against
+    its resolved size and mtime), a store object downloaded into ``tmp`` with If-Match on its resolved
+    ETag (a changed object raises ``Changed``) and removed once the caller moves on."""
+    for obj in src.objects:
         try:
-            data = store.read(f) if store else Path(f).read_bytes()
+            if src.store_uri is None or src.store_uri.startswith("file://"):
+                path = Path(obj.key) if src.store_uri is None else Path(open_store(src.store_uri, settings).url(obj.key))
+                check_unchanged(obj, path)
+                yield obj.key, path
+                continue
+            path = Path(tmp) / "input" / obj.key.replace("/", "_")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            open_store(src.store_uri, settings).download_file(obj.key, path, obj.etag)
         except (OSError, NotFound) as exc:
-            raise DataError(f"{f} cannot be read: {exc}") from None
-        out.append((f, _read_bytes(f, data)))
-    return out
+            raise DataError(f"{obj.key} cannot be read: {exc}") from None
+        try:
+            yield obj.key, path
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _read_path(name: str, f: Any) -> pd.DataFrame:
+    try:
+        if name.lower().endswith((".parquet", ".pq")):
+            return pd.read_parquet(f)
+        return pd.read_csv(f, compression="gzip" if name.endswith(".gz") else None, low_memory=False)
+    except (ValueError, TypeError, NotImplementedError, OSError, EOFError, zlib.error) as exc:  # what pandas and pyarrow raise for a bad file (ArrowInvalid is a ValueError)
+        raise DataError(f"{name} cannot be read as {_format(name)}: {exc}") from None
 
 
 # --- column names of the logs every service writes (prefixed so no feature can clash) -------

@@ -33,15 +33,19 @@ def component(fn):
 
 @component
 def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
-                additions: list, store: str, model: str, run: str, job: str = "") -> str:
-    """Digest of the data behind the source and its added parts; never cached, so changed data is always seen."""
+                additions: list, store: str, model: str, run: str,
+                job: str = "") -> NamedTuple("Fingerprint", [("digest", str), ("located", str)]):
+    """The run's one resolution of the source and its added parts (metadata only: no data rows),
+    and its digest; never cached, so changed data is always seen. Ingest reads what it resolved."""
+    from collections import namedtuple
+
     from components import ingest, runtime
 
     s, run = runtime.settings(store, model), runtime.run_id(run, job)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model, additions)
-    digest = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
+    digest, located = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
     runtime.record_dataset(s, run, spec, digest)  # register copies it into the version's manifest
-    return digest
+    return namedtuple("Fingerprint", ["digest", "located"])(digest, located.to_json())
 
 
 @component
@@ -58,15 +62,18 @@ def champion(store: str, model: str, run: str, job: str = "") -> str:
 
 @component
 def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, additions: list,
-           store: str, model: str, fingerprint: str,
+           store: str, model: str, fingerprint: str, located: str,
            dataset: Output[Dataset]) -> NamedTuple("Ingested", [("schema", str), ("rows", int)]):
-    """Read and normalise the data (the source, then its added parts) into a Parquet dataset; returns the schema (JSON)."""
+    """Read and normalise the data the fingerprint step resolved (``located``: the source, then its
+    added parts) into a Parquet dataset; returns the schema (JSON)."""
     from components import ingest as stage
     from components import runtime
+    from components.sources import Located
 
     s = runtime.settings(store, model)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model, additions)
-    result = runtime.cached_step("ingest", lambda: stage.ingest(spec, s), s, fingerprint=fingerprint)
+    result = runtime.cached_step("ingest", lambda: stage.ingest(spec, s, Located.from_json(located)), s,
+                                 fingerprint=fingerprint)
     result.frame.to_parquet(dataset.path, index=False)
     dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
     from collections import namedtuple

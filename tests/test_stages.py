@@ -105,11 +105,11 @@ def test_fingerprint_follows_content(settings, tmp_path):
     frame = churn(500, seed=5)
     path = _csv(tmp_path, frame)
     spec = DatasetSpec(path, "churned")
-    first = ingest.fingerprint(spec, settings)
-    assert ingest.fingerprint(spec, settings) == first
+    first = ingest.fingerprint(spec, settings)[0]
+    assert ingest.fingerprint(spec, settings)[0] == first
     frame.loc[0, "age"] = 99
     frame.to_csv(path, index=False)
-    assert ingest.fingerprint(spec, settings) != first
+    assert ingest.fingerprint(spec, settings)[0] != first
 
 
 @pytest.mark.parametrize(
