@@ -27,6 +27,7 @@ from components.runtime import run_key
 from components.settings import Settings
 from components.sources import Located, locate
 from components.store import NotFound, open_store
+from pipelines import retention
 from pipelines.kfp_local import COMPAT_EXIT
 from pipelines.settings_routes import RUN_PARAMETERS
 
@@ -129,6 +130,7 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
         out = None if not quiet else log
         code = subprocess.call([sys.executable, "-m", "pipelines.kfp_local", str(root), arguments],
                                env=child_environment(settings, run, store_uri), stdout=out, stderr=out)
+    retention.prune(root, retention.budget_bytes(settings.pipeline_root_max_gib))  # uncached runs do not fill the disk
     if code == COMPAT_EXIT:  # the child's check failed: the same check here raises its CompatError
         compat.check_local_runner(settings.warm_tasks, settings.local_search_packing)
     if code != 0:
