@@ -40,9 +40,9 @@ class S3Traffic:
 
 
 class MeteredS3Server:
-    """moto's S3 server (the app ``ThreadedMotoServer`` runs) on loopback, every request counted."""
+    """moto's S3 server (the app ``ThreadedMotoServer`` runs) on loopback, every request counted (port 0: any free one)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.port = port
         self.traffic = S3Traffic()
         self._server: Any = None
@@ -74,6 +74,7 @@ class MeteredS3Server:
 
         self._server = make_server("127.0.0.1", self.port, self._app(DomainDispatcherApplication(create_backend_app)),
                                    threaded=True)
+        self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

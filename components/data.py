@@ -114,7 +114,12 @@ def _json_default(o: Any) -> Any:
 # --- locating and reading ----------------------------------------------------------------
 
 def read_source(src: Source, settings: Settings) -> pd.DataFrame:
-    """Read every file of a resolved source into one frame (each checked to be the object resolved)."""
+    """Read every file of a resolved source into one frame (each checked to be the object resolved).
+
+    Parquet sources are gathered as Arrow tables and converted once (``self_destruct``: each
+    column's Arrow buffers are freed as it is converted), never as frames concatenated into a copy."""
+    if all(f.lower().endswith((".parquet", ".pq")) for f in src.files):
+        return _read_parquet_files(src, settings)
     files = _read_files(src, settings)
     if len(files) == 1:
         return files[0][1]
@@ -171,9 +176,9 @@ def _opened(src: Source, obj: ObjectInfo, settings: Settings) -> Any:
 def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """Parse dates, make booleans 1.0/0.0 (named in ``attrs["boolean_columns"]``), keep strings as strings.
 
-    Never reorders rows.
+    Never reorders rows, and never changes ``frame``: the result is a shallow copy whose changed columns are new.
     """
-    frame = frame.copy()
+    frame = frame.copy(deep=False)
     frame.columns = [str(c).strip() for c in frame.columns]
     booleans = []
     for col in frame.columns:
@@ -416,6 +421,30 @@ def _read_files(src: Source, settings: Settings) -> list[tuple[str, pd.DataFrame
 
     with tempfile.TemporaryDirectory(prefix="flywheel-read-") as tmp:
         return [(name, _read_path(name, path)) for name, path in local_files(src, settings, tmp)]
+
+
+def _read_parquet_files(src: Source, settings: Settings) -> pd.DataFrame:
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables: list[pa.Table] = []
+    with tempfile.TemporaryDirectory(prefix="flywheel-read-") as tmp:
+        for name, path in local_files(src, settings, tmp):
+            try:
+                table = pq.read_table(path)
+            except (ValueError, TypeError, NotImplementedError, OSError, EOFError) as exc:  # ArrowInvalid is a ValueError
+                raise DataError(f"{name} cannot be read as Parquet: {exc}") from None
+            if tables and table.column_names != tables[0].column_names:
+                raise DataError(f"{name} has columns {table.column_names[:8]}…, unlike {src.files[0]}")
+            tables.append(table)  # in memory: the downloaded file is removed as the loop moves on
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(f"the files of {src.files[0].rsplit('/', 1)[0]} disagree on column types: {exc}") from None
+    del tables
+    return table.to_pandas(self_destruct=True, split_blocks=True)
 
 
 def local_files(src: Source, settings: Settings, tmp: str) -> Iterator[tuple[str, Path]]:

@@ -54,7 +54,9 @@ def ingest(spec: DatasetSpec, settings: Settings, located: Located | None = None
     frame, src = load(spec, settings, located)
     schema = infer_schema(frame, spec)
     keep = [*schema.feature_names, schema.target] + ([schema.timestamp] if schema.timestamp else [])
-    return Ingested(frame[keep], schema, src.fingerprint, src.files)
+    for col in [c for c in frame.columns if c not in keep]:
+        del frame[col]  # in place: no copy of the kept columns
+    return Ingested(frame[keep] if list(frame.columns) != keep else frame, schema, src.fingerprint, src.files)
 
 
 PREVIEW_ROWS = 10_000

@@ -74,7 +74,9 @@ def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model, additions)
     result = runtime.cached_step("ingest", lambda: stage.ingest(spec, s, Located.from_json(located)), s,
                                  fingerprint=fingerprint)
-    result.frame.to_parquet(dataset.path, index=False)
+    from components.store import write_parquet_file
+
+    write_parquet_file(result.frame, dataset.path)
     dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
     from collections import namedtuple
 
@@ -113,18 +115,15 @@ def validate(dataset: Input[Dataset], schema: str, store: str, model: str, champ
 def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed: int,
              train: Output[Dataset], holdout: Output[Dataset]):
     """Split (time-aware when a timestamp exists) into training and holdout rows."""
-    import pandas as pd
-
     from components import runtime
     from components import split as stage
     from components.data import Schema
 
     sch = Schema.from_json(schema)
-    tr, ho = runtime.cached_step("features", lambda: stage.split(pd.read_parquet(dataset.path), sch, holdout_fraction, seed),
+    tr, ho = runtime.cached_step("features", lambda: stage.split_file(dataset.path, sch, holdout_fraction, seed, train.path,
+                                                                      holdout.path),
                                  dataset=dataset.uri, holdout_fraction=holdout_fraction, seed=seed)
-    tr.to_parquet(train.path, index=False)
-    ho.to_parquet(holdout.path, index=False)
-    train.metadata["rows"], holdout.metadata["rows"] = len(tr), len(ho)
+    train.metadata["rows"], holdout.metadata["rows"] = tr, ho
     train.metadata["schema"] = schema  # self-describing: the search fan-out reads it from here
 
 

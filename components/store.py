@@ -465,6 +465,17 @@ def write_parquet(store: Store, key: str, frame: pd.DataFrame) -> None:
     store.write(key, buf.getvalue())
 
 
+def write_parquet_file(frame: pd.DataFrame, path: str | Path, rows: int = 262_144) -> None:
+    """Write a frame to a local Parquet file in slices of ``rows``: the Arrow copy held at any moment is one slice, not the table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(len(frame), 1), rows):
+            writer.write_table(pa.Table.from_pandas(frame.iloc[start:start + rows], schema=schema, preserve_index=False))
+
+
 def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pd.DataFrame:
     """Read one Parquet object."""
     import pandas as pd

@@ -18,14 +18,13 @@ from components.sources import resolve
 from components.store import Changed, open_store
 from components.synthetic import churn
 from pipelines.local import run_training
-from tests.conftest import free_port
 
 BUCKET = "rerun"
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = MeteredS3Server(free_port())
+    server = MeteredS3Server()
     server.start()
     with pytest.MonkeyPatch.context() as mp:
         for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -269,3 +269,21 @@ def test_a_model_package_round_trips_and_names_a_missing_file(tmp_path):
     (tmp_path / "True" / "reference.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="reference.parquet is missing"):
         ModelPackage.load(tmp_path / "True")
+
+
+@pytest.mark.parametrize("timestamp", ["event_time", None], ids=["time-ordered", "stratified"])
+def test_the_split_of_a_file_in_arrow_slices_is_the_split_of_the_frame(settings, tmp_path, timestamp, monkeypatch):
+    """The features task splits the ingested file by row positions, in slices (components/split.py):
+    the same rows, in the same order, as the frame's split."""
+    from components import split as splitting
+    from components.store import write_parquet_file
+
+    monkeypatch.setattr(splitting, "SLICE_ROWS", 97)  # many slices, one of them partial
+    ing = ingest.ingest(DatasetSpec(_csv(tmp_path, churn(1000, seed=8)), "churned", timestamp=timestamp), settings)
+    write_parquet_file(ing.frame, tmp_path / "dataset.parquet", rows=300)
+    rows = splitting.split_file(str(tmp_path / "dataset.parquet"), ing.schema, 0.25, 3, str(tmp_path / "tr.parquet"),
+                                str(tmp_path / "ho.parquet"))
+    tr, ho = split.split(pd.read_parquet(tmp_path / "dataset.parquet"), ing.schema, 0.25, 3)
+    assert rows == (len(tr), len(ho)) == (750, 250)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tr.parquet"), tr)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ho.parquet"), ho)
