@@ -163,6 +163,33 @@ def write_table(rows: int, path: Path, parts: int = 1) -> int:
     return total
 
 
+VALIDATE = r"""
+import json, sys, time
+import pyarrow.parquet as pq
+from components import validate
+from components.data import Schema
+schema = Schema.from_json(open(sys.argv[2]).read())
+t0 = time.perf_counter()
+table = pq.read_table(sys.argv[1], columns=[*schema.feature_names, schema.target])
+report = validate.validate(table, schema)
+print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "rows": report.rows}))
+"""
+
+
+def validate_seconds(root: Path) -> float | None:
+    """The validate step's stage (read its columns as Arrow, check them) on the newest run's ingested file, alone."""
+    datasets = sorted(root.glob("*/ingest/dataset"), key=lambda p: p.stat().st_mtime)
+    schemas = sorted(root.glob("*/ingest/executor_output.json"), key=lambda p: p.stat().st_mtime)
+    if not datasets or not schemas:
+        return None
+    schema = json.loads(schemas[-1].read_text())["parameterValues"]["schema"]
+    spec = root / "schema.json"
+    spec.write_text(schema if isinstance(schema, str) else json.dumps(schema))
+    out = subprocess.run([sys.executable, "-c", VALIDATE, str(datasets[-1]), str(spec)], cwd=ROOT, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
 # --- the rows ---------------------------------------------------------------------------------
 
 def train_at_sizes(work: Path) -> list[dict]:
@@ -176,7 +203,8 @@ def train_at_sizes(work: Path) -> list[dict]:
         data_bytes = write_table(n, data_dir)
         env = _env(folder, str(folder / "store"))
         first = train_once(str(data_dir), folder, env)
-        out.append({"row": "train", "rows": n, "data_bytes": data_bytes, **first})
+        out.append({"row": "train", "rows": n, "data_bytes": data_bytes, **first,
+                    "validate_seconds": validate_seconds(folder / "root")})
         if n == max(sizes()):
             with file_opens(data_dir) as opens:
                 again = train_once(str(data_dir), folder, env)
@@ -257,6 +285,10 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
             out.append((f"flywheel train, {f['rows']:,} rows: wall, CLI peak, largest task peak",
                         f"{f['seconds']} s, {f['cli_peak_mib']} MiB, {top[1]} MiB ({top[0]})",
                         "every process <= 4096 MiB at 10M"))
+            if f.get("validate_seconds") is not None:
+                out.append((f"  validate (its stage alone, on the run's ingested file), {f['rows']:,} rows",
+                            f"{f['validate_seconds']} s ({f['validate_seconds'] / f['seconds']:.1%} of the run)",
+                            "<= 20% of the run at 10M"))
             out.append((f"  each task's peak RSS (MiB), {f['rows']:,} rows",
                         ", ".join(f"{k} {v}" for k, v in sorted(f["task_peak_mib"].items())), ""))
         elif f["row"] == "rerun-local":

@@ -100,7 +100,8 @@ class Located:
         return self.source.files + tuple(f for part in self.additions for f in part.files)
 
     def to_json(self) -> str:
-        """The resolution as the fingerprint step hands it to ingest (no mtimes: a touched, unchanged file keeps the key)."""
+        """The resolution as the fingerprint step hands it to ingest (part of ingest's cache key: a local file's
+        mtime is in it, so a touched file is read again, as ``make`` would; its content hash keeps the fingerprint)."""
         return json.dumps({"source": self.source.to_dict(), "additions": [a.to_dict() for a in self.additions]},
                           sort_keys=True)
 
