@@ -35,7 +35,7 @@ S3_OBJECTS = 5
 
 
 def sizes() -> list[int]:
-    return [int(n) for n in os.environ.get("SCALE_ROWS", "200000,500000").split(",") if n]
+    return [int(n) for n in (os.environ.get("SCALE_ROWS") or "200000,500000").split(",") if n]
 
 
 # --- measuring a process tree -----------------------------------------------------------------
@@ -249,7 +249,7 @@ def retrain_data_step(work: Path) -> list[dict]:
     """The retrain's dataset step against the base size (benchmarks/retrain_data.py)."""
     from benchmarks import retrain_data
 
-    rows = [int(n) for n in os.environ.get("SCALE_RETRAIN_ROWS", "100000,1000000").split(",") if n]
+    rows = [int(n) for n in (os.environ.get("SCALE_RETRAIN_ROWS") or "100000,1000000").split(",") if n]
     return [{"row": "retrain-data", **retrain_data.measure(n)} for n in rows]
 
 
