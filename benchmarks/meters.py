@@ -70,10 +70,14 @@ class MeteredS3Server:
 
     def start(self) -> None:
         from moto.server import DomainDispatcherApplication, create_backend_app
-        from werkzeug.serving import make_server
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_request(self, *args: Any, **kwargs: Any) -> None:  # the counts are the record, not a line per request
+                pass
 
         self._server = make_server("127.0.0.1", self.port, self._app(DomainDispatcherApplication(create_backend_app)),
-                                   threaded=True)
+                                   threaded=True, request_handler=Quiet)
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
