@@ -97,14 +97,15 @@ def _counted(body: Iterable[bytes], path: str, traffic: S3Traffic) -> Iterator[b
 
 # --- local file opens, from the kernel (inotify) --------------------------------------------
 
-IN_ACCESS, IN_OPEN, IN_NONBLOCK = 0x1, 0x20, 0o4000
+IN_ACCESS, IN_OPEN, IN_ISDIR, IN_NONBLOCK = 0x1, 0x20, 0x40000000, 0o4000
 _EVENT = struct.Struct("iIII")
 
 
 @contextmanager
 def file_opens(path: str | Path) -> Iterator[Counter]:
     """Count the opens and reads of ``path`` (a file, or the files directly in a folder) by any process
-    while the block runs: {"open": n, "access": n}, filled in when the block ends. ``stat`` is not an open."""
+    while the block runs: {"open": n, "access": n}, filled in when the block ends. ``stat`` is not an open,
+    nor is listing the folder."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     fd = libc.inotify_init1(IN_NONBLOCK)
     if fd < 0:
@@ -122,8 +123,9 @@ def file_opens(path: str | Path) -> Iterator[Counter]:
             at = 0
             while at < len(data):
                 _, mask, _, size = _EVENT.unpack_from(data, at)
-                counts["open"] += bool(mask & IN_OPEN)
-                counts["access"] += bool(mask & IN_ACCESS)
+                if not mask & IN_ISDIR:  # a file, not the folder's own listing (opendir)
+                    counts["open"] += bool(mask & IN_OPEN)
+                    counts["access"] += bool(mask & IN_ACCESS)
                 at += _EVENT.size + size
     finally:
         os.close(fd)
