@@ -113,21 +113,23 @@ def _json_default(o: Any) -> Any:
 
 # --- locating and reading ----------------------------------------------------------------
 
-def read_source(src: Source, settings: Settings) -> pd.DataFrame:
+def read_source(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Read every file of a resolved source into one frame (each checked to be the object resolved).
 
-    Parquet sources are gathered as Arrow tables and converted once (``self_destruct``: each
-    column's Arrow buffers are freed as it is converted), never as frames concatenated into a copy."""
+    Columns named in ``leave_out`` (ids and excluded columns: never features) are not read; those the
+    files hold are named in ``attrs["left_out"]``. Parquet sources are gathered as Arrow tables and
+    converted once (``self_destruct``: each column's Arrow buffers are freed as it is converted),
+    never as frames concatenated into a copy."""
     if all(f.lower().endswith((".parquet", ".pq")) for f in src.files):
-        return _read_parquet_files(src, settings)
-    files = _read_files(src, settings)
-    if len(files) == 1:
-        return files[0][1]
+        return _read_parquet_files(src, settings, leave_out)
+    files = _read_files(src, settings, leave_out)
     first, cols = files[0][0], files[0][1].columns
     for f, fr in files[1:]:
         if list(fr.columns) != list(cols):
             raise DataError(f"{f} has columns {list(fr.columns)[:8]}…, unlike {first}")
-    return pd.concat([fr for _, fr in files], ignore_index=True)
+    frame = files[0][1] if len(files) == 1 else pd.concat([fr for _, fr in files], ignore_index=True)
+    frame.attrs["left_out"] = sorted(set().union(*(fr.attrs.get("left_out", ()) for _, fr in files)))
+    return frame
 
 
 SAMPLE_ROWS = 10_000
@@ -218,8 +220,9 @@ def is_boolean(s: pd.Series) -> bool:
     kinds = set(map(type, values.head(1000)))
     if kinds <= {bool, np.bool_}:
         return bool(values.map(lambda v: isinstance(v, (bool, np.bool_))).all())
-    if kinds == {str}:
-        return bool(values.str.strip().str.lower().isin(_BOOLEAN_TEXT).all())
+    if kinds == {str}:  # the first values decide most columns without a text copy of the whole column
+        return all(v.strip().lower() in _BOOLEAN_TEXT for v in values.head(1000)) and \
+            bool(values.str.strip().str.lower().isin(_BOOLEAN_TEXT).all())
     return False
 
 
@@ -279,7 +282,7 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
     if spec.target not in frame.columns:
         raise DataError(f"target column {spec.target!r} is not in the data (columns: {', '.join(map(str, frame.columns[:20]))})")
     for col in (*spec.exclude, *spec.id_columns):
-        if col not in frame.columns:
+        if col not in frame.columns and col not in frame.attrs.get("left_out", ()):  # left_out: present, not read
             raise DataError(f"column {col!r} given to leave out is not in the data")
     if spec.timestamp and spec.timestamp not in frame.columns:
         raise DataError(f"timestamp column {spec.timestamp!r} is not in the data")
@@ -350,7 +353,10 @@ def load(spec: DatasetSpec, settings: Settings, located: Located | None = None) 
             located = locate(spec, settings)
         except StoreError as exc:
             raise DataError(str(exc)) from None
-    frame = read_source(located.source, settings)
+    # ids and excluded columns are never features: not read (infer_schema records them from the spec),
+    # except the request id that tells production rows apart
+    frame = read_source(located.source, settings, frozenset((*spec.id_columns, *spec.exclude)) - {REQUEST_ID})
+    left_out = frame.attrs.get("left_out", [])
     added = [conform(part, frame, spec.target, name)
              for src in located.additions for name, part in _read_files(src, settings)]
     if added:
@@ -359,6 +365,7 @@ def load(spec: DatasetSpec, settings: Settings, located: Located | None = None) 
             held = frame[REQUEST_ID].dropna() if REQUEST_ID in frame else ()
             rows = rows[~rows[REQUEST_ID].isin(held) & ~rows[REQUEST_ID].duplicated()]
         frame = pd.concat([frame, rows], ignore_index=True)
+    frame.attrs["left_out"] = left_out
     return normalise(frame, spec), located
 
 
@@ -415,25 +422,28 @@ def _missing(base: pd.Series, index: pd.Index) -> pd.Series:
     return pd.Series(None, index=index, dtype=object)
 
 
-def _read_files(src: Source, settings: Settings) -> list[tuple[str, pd.DataFrame]]:
-    """Each file of ``src`` as a frame."""
+def _read_files(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> list[tuple[str, pd.DataFrame]]:
+    """Each file of ``src`` as a frame, without the columns of ``leave_out``."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="flywheel-read-") as tmp:
-        return [(name, _read_path(name, path)) for name, path in local_files(src, settings, tmp)]
+        return [(name, _read_path(name, path, leave_out)) for name, path in local_files(src, settings, tmp)]
 
 
-def _read_parquet_files(src: Source, settings: Settings) -> pd.DataFrame:
+def _read_parquet_files(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
     import tempfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tables: list[pa.Table] = []
+    left_out: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="flywheel-read-") as tmp:
         for name, path in local_files(src, settings, tmp):
             try:
-                table = pq.read_table(path)
+                names = pq.read_schema(path).names
+                table = pq.read_table(path, columns=[c for c in names if str(c).strip() not in leave_out])
+                left_out.update(c for c in names if str(c).strip() in leave_out)
             except (ValueError, TypeError, NotImplementedError, OSError, EOFError) as exc:  # ArrowInvalid is a ValueError
                 raise DataError(f"{name} cannot be read as Parquet: {exc}") from None
             if tables and table.column_names != tables[0].column_names:
@@ -444,7 +454,9 @@ def _read_parquet_files(src: Source, settings: Settings) -> pd.DataFrame:
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataError(f"the files of {src.files[0].rsplit('/', 1)[0]} disagree on column types: {exc}") from None
     del tables
-    return table.to_pandas(self_destruct=True, split_blocks=True)
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    frame.attrs["left_out"] = sorted(left_out)
+    return frame
 
 
 def local_files(src: Source, settings: Settings, tmp: str) -> Iterator[tuple[str, Path]]:
@@ -469,11 +481,24 @@ def local_files(src: Source, settings: Settings, tmp: str) -> Iterator[tuple[str
             path.unlink(missing_ok=True)
 
 
-def _read_path(name: str, f: Any) -> pd.DataFrame:
+def _read_path(name: str, f: Any, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
+    seen: list[str] = []
+
+    def keep(column: Any) -> bool:
+        if str(column).strip() in leave_out:
+            seen.append(str(column))
+            return False
+        return True
+
     try:
         if name.lower().endswith((".parquet", ".pq")):
-            return pd.read_parquet(f)
-        return pd.read_csv(f, compression="gzip" if name.endswith(".gz") else None, low_memory=False)
+            frame = pd.read_parquet(f)
+            frame = frame[[c for c in frame.columns if keep(c)]] if leave_out else frame
+        else:
+            frame = pd.read_csv(f, compression="gzip" if name.endswith(".gz") else None, low_memory=False,
+                                usecols=keep if leave_out else None)
+        frame.attrs["left_out"] = seen
+        return frame
     except (ValueError, TypeError, NotImplementedError, OSError, EOFError, zlib.error) as exc:  # what pandas and pyarrow raise for a bad file (ArrowInvalid is a ValueError)
         raise DataError(f"{name} cannot be read as {_format(name)}: {exc}") from None
 

@@ -287,3 +287,20 @@ def test_the_split_of_a_file_in_arrow_slices_is_the_split_of_the_frame(settings,
     assert rows == (len(tr), len(ho)) == (750, 250)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tr.parquet"), tr)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ho.parquet"), ho)
+
+
+@pytest.mark.parametrize("name", ["d.parquet", "d.csv"])
+def test_ids_and_excluded_columns_are_recorded_but_never_read(settings, tmp_path, name):
+    """Column projection: ids and excluded columns are no features, so ingest does not read them (components/data.py)."""
+    from components.data import load
+
+    frame = churn(300, seed=9)
+    path = tmp_path / name
+    frame.to_parquet(path) if name.endswith(".parquet") else frame.to_csv(path, index=False)
+    spec = DatasetSpec(str(path), "churned", id_columns=("customer_id",), exclude=("region",))
+    loaded, _ = load(spec, settings)
+    assert {"customer_id", "region"}.isdisjoint(loaded.columns) and loaded.attrs["left_out"] == ["customer_id", "region"]
+    ing = ingest.ingest(spec, settings)
+    assert "customer_id" in ing.schema.id_columns and ing.schema.excluded == ["region"]
+    with pytest.raises(DataError, match="column 'nope' given to leave out is not in the data"):
+        ingest.ingest(DatasetSpec(str(path), "churned", id_columns=("nope",)), settings)
