@@ -7,10 +7,10 @@ rates) is inferred at first ingest and written next to every model version.
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from components.settings import Settings
-from components.sources import DataError, DatasetSpec, Located, Source, Task, locate
-from components.store import NotFound, Store, StoreError, open_store
+from components.sources import DataError, DatasetSpec, Located, Source, Task, check_unchanged, locate
+from components.store import NotFound, ObjectInfo, StoreError, open_store
 
 Kind = Literal["numeric", "categorical", "datetime", "boolean"]
 MAX_CATEGORIES = 50
@@ -113,25 +113,64 @@ def _json_default(o: Any) -> Any:
 
 # --- locating and reading ----------------------------------------------------------------
 
-def _read_bytes(name: str, data: bytes) -> pd.DataFrame:
-    try:
-        if name.lower().endswith((".parquet", ".pq")):
-            return pd.read_parquet(io.BytesIO(data))
-        return pd.read_csv(io.BytesIO(data), compression="gzip" if name.endswith(".gz") else None, low_memory=False)
-    except (ValueError, TypeError, NotImplementedError, OSError, EOFError, zlib.error) as exc:  # what pandas and pyarrow raise for a bad file (ArrowInvalid is a ValueError)
-        raise DataError(f"{name} cannot be read as {'Parquet' if 'parquet' in name or name.endswith('.pq') else 'CSV'}: {exc}") from None
+def read_source(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Read every file of a resolved source into one frame (each checked to be the object resolved).
 
-
-def read_source(src: Source, settings: Settings) -> pd.DataFrame:
-    """Read every file of a resolved source into one frame."""
-    files = _read_files(src, settings)
-    if len(files) == 1:
-        return files[0][1]
+    Columns named in ``leave_out`` (ids and excluded columns: never features) are not read; those the
+    files hold are named in ``attrs["left_out"]``. Parquet sources are gathered as Arrow tables and
+    converted once (``self_destruct``: each column's Arrow buffers are freed as it is converted),
+    never as frames concatenated into a copy."""
+    if all(f.lower().endswith((".parquet", ".pq")) for f in src.files):
+        return _read_parquet_files(src, settings, leave_out)
+    files = _read_files(src, settings, leave_out)
     first, cols = files[0][0], files[0][1].columns
     for f, fr in files[1:]:
         if list(fr.columns) != list(cols):
             raise DataError(f"{f} has columns {list(fr.columns)[:8]}…, unlike {first}")
-    return pd.concat([fr for _, fr in files], ignore_index=True)
+    frame = files[0][1] if len(files) == 1 else pd.concat([fr for _, fr in files], ignore_index=True)
+    frame.attrs["left_out"] = sorted(set().union(*(fr.attrs.get("left_out", ()) for _, fr in files)))
+    return frame
+
+
+SAMPLE_ROWS = 10_000
+
+
+def sample(src: Source, settings: Settings, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
+    """The first ``rows`` rows of the source's first file, reading only what they need: a Parquet
+    file's footer and first row group(s) (ranged reads in S3), a CSV file's first lines."""
+    import pyarrow.parquet as pq
+
+    obj = src.objects[0]
+    try:
+        with _opened(src, obj, settings) as f:
+            if obj.key.lower().endswith((".parquet", ".pq")):
+                pf = pq.ParquetFile(f)
+                groups, held = [], 0
+                while held < rows and len(groups) < pf.metadata.num_row_groups:  # only the row groups the rows are in
+                    held += pf.metadata.row_group(len(groups)).num_rows
+                    groups.append(len(groups))
+                return pf.read_row_groups(groups).slice(0, rows).to_pandas() if groups else pf.schema_arrow.empty_table().to_pandas()
+            return pd.read_csv(f, nrows=rows, compression="gzip" if obj.key.endswith(".gz") else None, low_memory=False)
+    except (OSError, NotFound) as exc:
+        if isinstance(exc, StoreError) and not isinstance(exc, NotFound):
+            raise
+        raise DataError(f"{obj.key} cannot be read: {exc}") from None
+    except (ValueError, TypeError, NotImplementedError, EOFError, zlib.error) as exc:
+        raise DataError(f"{obj.key} cannot be read as {_format(obj.key)}: {exc}") from None
+
+
+def _format(name: str) -> str:
+    return "Parquet" if name.lower().endswith((".parquet", ".pq")) else "CSV"
+
+
+def _opened(src: Source, obj: ObjectInfo, settings: Settings) -> Any:
+    """A binary file of ``obj``: a local file checked against its resolved size and mtime, or a
+    store object whose every read carries its resolved ETag."""
+    if src.store_uri is None or src.store_uri.startswith("file://"):
+        path = Path(obj.key) if src.store_uri is None else Path(open_store(src.store_uri, settings).url(obj.key))
+        check_unchanged(obj, path)
+        return open(path, "rb")
+    return open_store(src.store_uri, settings).open_read(obj.key, obj.etag)
 
 
 # --- normalising ---------------------------------------------------------------------------
@@ -139,9 +178,9 @@ def read_source(src: Source, settings: Settings) -> pd.DataFrame:
 def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """Parse dates, make booleans 1.0/0.0 (named in ``attrs["boolean_columns"]``), keep strings as strings.
 
-    Never reorders rows.
+    Never reorders rows, and never changes ``frame``: the result is a shallow copy whose changed columns are new.
     """
-    frame = frame.copy()
+    frame = frame.copy(deep=False)
     frame.columns = [str(c).strip() for c in frame.columns]
     booleans = []
     for col in frame.columns:
@@ -181,8 +220,9 @@ def is_boolean(s: pd.Series) -> bool:
     kinds = set(map(type, values.head(1000)))
     if kinds <= {bool, np.bool_}:
         return bool(values.map(lambda v: isinstance(v, (bool, np.bool_))).all())
-    if kinds == {str}:
-        return bool(values.str.strip().str.lower().isin(_BOOLEAN_TEXT).all())
+    if kinds == {str}:  # the first values decide most columns without a text copy of the whole column
+        return all(v.strip().lower() in _BOOLEAN_TEXT for v in values.head(1000)) and \
+            bool(values.str.strip().str.lower().isin(_BOOLEAN_TEXT).all())
     return False
 
 
@@ -242,7 +282,7 @@ def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
     if spec.target not in frame.columns:
         raise DataError(f"target column {spec.target!r} is not in the data (columns: {', '.join(map(str, frame.columns[:20]))})")
     for col in (*spec.exclude, *spec.id_columns):
-        if col not in frame.columns:
+        if col not in frame.columns and col not in frame.attrs.get("left_out", ()):  # left_out: present, not read
             raise DataError(f"column {col!r} given to leave out is not in the data")
     if spec.timestamp and spec.timestamp not in frame.columns:
         raise DataError(f"timestamp column {spec.timestamp!r} is not in the data")
@@ -304,14 +344,19 @@ def _kind_of(s: pd.Series) -> str:
     return "numeric" if pd.api.types.is_numeric_dtype(s) else "categorical"
 
 
-def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Located]:
-    """Resolve, read and normalise a dataset (the body of the ingest stage): the source's files,
-    then the parts added to it, each conformed to the source's column types (``conform``)."""
-    try:
-        located = locate(spec, settings)
-    except StoreError as exc:
-        raise DataError(str(exc)) from None
-    frame = read_source(located.source, settings)
+def load(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> tuple[pd.DataFrame, Located]:
+    """Read and normalise a dataset (the body of the ingest stage): the source's files, then the
+    parts added to it, each conformed to the source's column types (``conform``). ``located``: the
+    run's one resolution (the fingerprint step's); resolved here only when not given."""
+    if located is None:
+        try:
+            located = locate(spec, settings)
+        except StoreError as exc:
+            raise DataError(str(exc)) from None
+    # ids and excluded columns are never features: not read (infer_schema records them from the spec),
+    # except the request id that tells production rows apart
+    frame = read_source(located.source, settings, frozenset((*spec.id_columns, *spec.exclude)) - {REQUEST_ID})
+    left_out = frame.attrs.get("left_out", [])
     added = [conform(part, frame, spec.target, name)
              for src in located.additions for name, part in _read_files(src, settings)]
     if added:
@@ -320,6 +365,7 @@ def load(spec: DatasetSpec, settings: Settings) -> tuple[pd.DataFrame, Located]:
             held = frame[REQUEST_ID].dropna() if REQUEST_ID in frame else ()
             rows = rows[~rows[REQUEST_ID].isin(held) & ~rows[REQUEST_ID].duplicated()]
         frame = pd.concat([frame, rows], ignore_index=True)
+    frame.attrs["left_out"] = left_out
     return normalise(frame, spec), located
 
 
@@ -376,16 +422,85 @@ def _missing(base: pd.Series, index: pd.Index) -> pd.Series:
     return pd.Series(None, index=index, dtype=object)
 
 
-def _read_files(src: Source, settings: Settings) -> list[tuple[str, pd.DataFrame]]:
-    store: Store | None = open_store(src.store_uri, settings) if src.store_uri else None
-    out = []
-    for f in src.files:
+def _read_files(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> list[tuple[str, pd.DataFrame]]:
+    """Each file of ``src`` as a frame, without the columns of ``leave_out``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="flywheel-read-") as tmp:
+        return [(name, _read_path(name, path, leave_out)) for name, path in local_files(src, settings, tmp)]
+
+
+def _read_parquet_files(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables: list[pa.Table] = []
+    left_out: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="flywheel-read-") as tmp:
+        for name, path in local_files(src, settings, tmp):
+            try:
+                names = pq.read_schema(path).names
+                table = pq.read_table(path, columns=[c for c in names if str(c).strip() not in leave_out])
+                left_out.update(c for c in names if str(c).strip() in leave_out)
+            except (ValueError, TypeError, NotImplementedError, OSError, EOFError) as exc:  # ArrowInvalid is a ValueError
+                raise DataError(f"{name} cannot be read as Parquet: {exc}") from None
+            if tables and table.column_names != tables[0].column_names:
+                raise DataError(f"{name} has columns {table.column_names[:8]}…, unlike {src.files[0]}")
+            tables.append(table)  # in memory: the downloaded file is removed as the loop moves on
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(f"the files of {src.files[0].rsplit('/', 1)[0]} disagree on column types: {exc}") from None
+    del tables
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    frame.attrs["left_out"] = sorted(left_out)
+    return frame
+
+
+def local_files(src: Source, settings: Settings, tmp: str) -> Iterator[tuple[str, Path]]:
+    """(name, local path) of each file of ``src``, one at a time: a local file in place (checked against
+    its resolved size and mtime), a store object downloaded into ``tmp`` with If-Match on its resolved
+    ETag (a changed object raises ``Changed``) and removed once the caller moves on."""
+    for obj in src.objects:
         try:
-            data = store.read(f) if store else Path(f).read_bytes()
+            if src.store_uri is None or src.store_uri.startswith("file://"):
+                path = Path(obj.key) if src.store_uri is None else Path(open_store(src.store_uri, settings).url(obj.key))
+                check_unchanged(obj, path)
+                yield obj.key, path
+                continue
+            path = Path(tmp) / "input" / obj.key.replace("/", "_")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            open_store(src.store_uri, settings).download_file(obj.key, path, obj.etag)
         except (OSError, NotFound) as exc:
-            raise DataError(f"{f} cannot be read: {exc}") from None
-        out.append((f, _read_bytes(f, data)))
-    return out
+            raise DataError(f"{obj.key} cannot be read: {exc}") from None
+        try:
+            yield obj.key, path
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _read_path(name: str, f: Any, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
+    seen: list[str] = []
+
+    def keep(column: Any) -> bool:
+        if str(column).strip() in leave_out:
+            seen.append(str(column))
+            return False
+        return True
+
+    try:
+        if name.lower().endswith((".parquet", ".pq")):
+            frame = pd.read_parquet(f)
+            frame = frame[[c for c in frame.columns if keep(c)]] if leave_out else frame
+        else:
+            frame = pd.read_csv(f, compression="gzip" if name.endswith(".gz") else None, low_memory=False,
+                                usecols=keep if leave_out else None)
+        frame.attrs["left_out"] = seen
+        return frame
+    except (ValueError, TypeError, NotImplementedError, OSError, EOFError, zlib.error) as exc:  # what pandas and pyarrow raise for a bad file (ArrowInvalid is a ValueError)
+        raise DataError(f"{name} cannot be read as {_format(name)}: {exc}") from None
 
 
 # --- column names of the logs every service writes (prefixed so no feature can clash) -------

@@ -7,10 +7,11 @@ which runs every time, reads no rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.settings import Settings
-from components.sources import DatasetSpec, Located, Source, locate, resolve
+from components.sources import DataError, DatasetSpec, Located, Source, locate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,12 +27,15 @@ class Ingested:
     files: tuple[str, ...]
 
 
-def fingerprint(spec: DatasetSpec, settings: Settings) -> str:
-    """A digest of the data behind ``spec.source`` and its added parts (bytes locally, ETags in S3) and of the spec.
+def fingerprint(spec: DatasetSpec, settings: Settings) -> tuple[str, Located]:
+    """A digest of the data behind ``spec.source`` and its added parts (from metadata: ETags in a store,
+    cached content hashes locally) and of the spec, with the resolution it came from.
 
-    Every cached step takes it as an input, so changed data can never be served from cache.
+    Every cached step takes the digest as an input, so changed data can never be served from cache;
+    ingest reads exactly the resolved objects.
     """
-    return fingerprint_of(locate(spec, settings), spec)
+    located = locate(spec, settings)
+    return fingerprint_of(located, spec), located
 
 
 def fingerprint_of(src: Source | Located, spec: DatasetSpec) -> str:
@@ -43,20 +47,66 @@ def fingerprint_of(src: Source | Located, spec: DatasetSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def ingest(spec: DatasetSpec, settings: Settings) -> Ingested:
-    """Read and normalise the dataset and infer its schema."""
+def ingest(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> Ingested:
+    """Read and normalise the dataset (the run's resolution ``located``, when given) and infer its schema."""
     from components.data import infer_schema, load
 
-    frame, src = load(spec, settings)
+    frame, src = load(spec, settings, located)
     schema = infer_schema(frame, spec)
     keep = [*schema.feature_names, schema.target] + ([schema.timestamp] if schema.timestamp else [])
-    return Ingested(frame[keep], schema, src.fingerprint, src.files)
+    for col in [c for c in frame.columns if c not in keep]:
+        del frame[col]  # in place: no copy of the kept columns
+    return Ingested(frame[keep] if list(frame.columns) != keep else frame, schema, src.fingerprint, src.files)
 
 
-def preview(spec: DatasetSpec, settings: Settings) -> tuple[Schema, str]:
-    """The schema of the first data file, and its name: the columns a run will use, shown before it starts."""
-    from components.data import infer_schema, normalise, read_source
+PREVIEW_ROWS = 10_000
 
-    src = resolve(spec.source, settings)
-    head = read_source(Source(src.files[:1], src.fingerprint, src.store_uri), settings)
-    return infer_schema(normalise(head, spec), spec), src.files[0]
+
+def preview(spec: DatasetSpec, located: Located, settings: Settings) -> tuple[Schema, str]:
+    """The columns a run will use, shown and checked before it starts: the schema of a bounded sample of
+    the first data file (``PREVIEW_ROWS`` rows), and that file's name.
+
+    One sentence (DataError) on a file without rows or a column named in ``spec`` that it lacks. The
+    result is kept per fingerprint beside the pipeline root, so an unchanged re-run reads no rows.
+    """
+    from components.data import REQUEST_ID, Schema, infer_schema, normalise, sample
+
+    src = located.source
+    first = src.files[0]
+    cached = _preview_cache(settings, fingerprint_of(located, spec))
+    try:
+        return Schema.from_json(cached.read_text()), first
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not seen before (or a broken entry): read the sample
+    head = sample(src.first(), settings, PREVIEW_ROWS)
+    if head.empty:
+        raise DataError(f"{first} has no rows")
+    columns = [str(c).strip() for c in head.columns]
+    if spec.target not in columns:
+        raise DataError(f"target column {spec.target!r} is not in {first} (columns: {', '.join(columns[:20])})")
+    # the request id comes with the added parts of production rows, not with the source
+    added = {REQUEST_ID} if spec.additions else set()
+    for col in (*spec.exclude, *spec.id_columns, *([spec.timestamp] if spec.timestamp else [])):
+        if col not in columns and col not in added:
+            raise DataError(f"column {col!r} is not in {first}")
+    schema = infer_schema(normalise(head, spec), spec)
+    del head
+    _write_atomic(cached, schema.to_json())
+    return schema, first
+
+
+def _preview_cache(settings: Settings, fingerprint: str) -> Path:
+    from components.sources import hash_cache_dir
+
+    return hash_cache_dir(settings).parent / "previews" / f"{fingerprint}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

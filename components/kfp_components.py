@@ -33,15 +33,19 @@ def component(fn):
 
 @component
 def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list,
-                additions: list, store: str, model: str, run: str, job: str = "") -> str:
-    """Digest of the data behind the source and its added parts; never cached, so changed data is always seen."""
+                additions: list, store: str, model: str, run: str,
+                job: str = "") -> NamedTuple("Fingerprint", [("digest", str), ("located", str)]):
+    """The run's one resolution of the source and its added parts (metadata only: no data rows),
+    and its digest; never cached, so changed data is always seen. Ingest reads what it resolved."""
+    from collections import namedtuple
+
     from components import ingest, runtime
 
     s, run = runtime.settings(store, model), runtime.run_id(run, job)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model, additions)
-    digest = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
+    digest, located = runtime.guarded(s, run, "fingerprint", lambda: ingest.fingerprint(spec, s))
     runtime.record_dataset(s, run, spec, digest)  # register copies it into the version's manifest
-    return digest
+    return namedtuple("Fingerprint", ["digest", "located"])(digest, located.to_json())
 
 
 @component
@@ -58,16 +62,21 @@ def champion(store: str, model: str, run: str, job: str = "") -> str:
 
 @component
 def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list, exclude: list, additions: list,
-           store: str, model: str, fingerprint: str,
+           store: str, model: str, fingerprint: str, located: str,
            dataset: Output[Dataset]) -> NamedTuple("Ingested", [("schema", str), ("rows", int)]):
-    """Read and normalise the data (the source, then its added parts) into a Parquet dataset; returns the schema (JSON)."""
+    """Read and normalise the data the fingerprint step resolved (``located``: the source, then its
+    added parts) into a Parquet dataset; returns the schema (JSON)."""
     from components import ingest as stage
     from components import runtime
+    from components.sources import Located
 
     s = runtime.settings(store, model)
     spec = runtime.spec(source, target, task, timestamp, id_columns, exclude, model, additions)
-    result = runtime.cached_step("ingest", lambda: stage.ingest(spec, s), s, fingerprint=fingerprint)
-    result.frame.to_parquet(dataset.path, index=False)
+    result = runtime.cached_step("ingest", lambda: stage.ingest(spec, s, Located.from_json(located)), s,
+                                 fingerprint=fingerprint)
+    from components.store import write_parquet_file
+
+    write_parquet_file(result.frame, dataset.path)
     dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
     from collections import namedtuple
 
@@ -80,7 +89,7 @@ def validate(dataset: Input[Dataset], schema: str, store: str, model: str, champ
     """The data-quality gate: fails the run naming the column; returns warnings (JSON)."""
     import json
 
-    import pandas as pd
+    import pyarrow.parquet as pq
 
     from components import runtime
     from components import validate as stage
@@ -93,7 +102,8 @@ def validate(dataset: Input[Dataset], schema: str, store: str, model: str, champ
 
     def check():
         champ = Registry(open_store(s.store, s), s.model).schema(champion) if champion else None
-        result = stage.validate(pd.read_parquet(dataset.path), sch, champ)
+        columns = [*sch.feature_names, sch.target]  # the columns it checks, as Arrow: no pandas copy
+        result = stage.validate(pq.read_table(dataset.path, columns=columns), sch, champ)
         with open(report.path, "w") as f:
             f.write(result.markdown())
         result.raise_for_errors()
@@ -106,18 +116,15 @@ def validate(dataset: Input[Dataset], schema: str, store: str, model: str, champ
 def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed: int,
              train: Output[Dataset], holdout: Output[Dataset]):
     """Split (time-aware when a timestamp exists) into training and holdout rows."""
-    import pandas as pd
-
     from components import runtime
     from components import split as stage
     from components.data import Schema
 
     sch = Schema.from_json(schema)
-    tr, ho = runtime.cached_step("features", lambda: stage.split(pd.read_parquet(dataset.path), sch, holdout_fraction, seed),
+    tr, ho = runtime.cached_step("features", lambda: stage.split_file(dataset.path, sch, holdout_fraction, seed, train.path,
+                                                                      holdout.path),
                                  dataset=dataset.uri, holdout_fraction=holdout_fraction, seed=seed)
-    tr.to_parquet(train.path, index=False)
-    ho.to_parquet(holdout.path, index=False)
-    train.metadata["rows"], holdout.metadata["rows"] = len(tr), len(ho)
+    train.metadata["rows"], holdout.metadata["rows"] = tr, ho
     train.metadata["schema"] = schema  # self-describing: the search fan-out reads it from here
 
 

@@ -150,10 +150,8 @@ def _chunks(data: str, settings: Any, schema: Schema, chunk_rows: int, tmp: str)
     """DataFrames of at most ``chunk_rows`` rows from every file behind ``data``, in order."""
     import pyarrow.parquet as pq
 
-    from components.store import open_store
-
     text_cols = {c.name: str for c in schema.features if c.kind in ("categorical", "datetime")}
-    for name, path in _files(data, settings, tmp, open_store):
+    for name, path in _files(data, settings, tmp):
         if name.lower().endswith((".parquet", ".pq")):
             pf = pq.ParquetFile(path)
             for batch in pf.iter_batches(batch_size=chunk_rows):
@@ -164,32 +162,12 @@ def _chunks(data: str, settings: Any, schema: Schema, chunk_rows: int, tmp: str)
                 yield from reader
 
 
-def _files(data: str, settings: Any, tmp: str, open_store: Any) -> Any:
-    """(name, local path) of each data file; objects in a store are downloaded one at a time."""
-    from pathlib import Path
+def _files(data: str, settings: Any, tmp: str) -> Any:
+    """(name, local path) of each data file behind ``data`` (components/sources.py resolves, data.py fetches)."""
+    from components.data import local_files
+    from components.sources import resolve
 
-    from components.sources import SUFFIXES
-
-    local = Path(data.removeprefix("file://")).expanduser()
-    if "://" not in data.removeprefix("file://") and local.exists():
-        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and p.name.lower().endswith(SUFFIXES))
-        if not files:
-            raise DataError(f"{data} holds no CSV or Parquet files")
-        for p in files:
-            yield p.name, str(p)
-        return
-    store, prefix = _store_and_key(data, settings, open_store)
-    keys = [k for k in store.list(prefix) if k.lower().endswith(SUFFIXES)]
-    if not keys:
-        raise DataError(f"data source {data} does not exist or holds no CSV or Parquet files")
-    for k in keys:
-        path = Path(tmp) / "input" / k.replace("/", "_")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store.download_file(k, path)
-        try:
-            yield k, str(path)
-        finally:
-            path.unlink(missing_ok=True)
+    yield from local_files(resolve(data.removeprefix("file://"), settings, content=False), settings, tmp)
 
 
 def _store_and_key(uri: str, settings: Any, open_store: Any) -> tuple[Any, str]:

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     model: str = Field("demo", description="Model name: the registry, predictions and monitoring key.")
     runner: Literal["local", "kfp"] = Field("local", description="Where pipelines run.")
     pipeline_root: str = Field(".flywheel/pipeline_root", description="KFP pipeline root (local dir for kfp.local).")
+    pipeline_root_max_gib: float = Field(20.0, ge=0, description="Embedded runner: after each run, the oldest runs' "
+                                         "artifacts in the pipeline root (and kfp.local's cache entries that point at "
+                                         "them) are removed until it holds at most this many GiB; the newest run is "
+                                         "always kept. 0: keep everything.")
     warm_tasks: bool = Field(True, description="Embedded runner: fork each kfp.local task from a task server that has "
                                                "kfp, pandas and scikit-learn imported (pipelines/task_server.py; relies on "
                                                "kfp.local and Python internals, checked at start-up); false: a new "

@@ -42,6 +42,24 @@ class NotFound(StoreError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+class Changed(StoreError):
+    """An object changed while a run read it (its ETag is not the one the run resolved)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing says about an object, read from metadata only (LIST; no GET).
+
+    ``etag``: the store's content tag (S3's ETag; "" in a local directory, whose files are
+    fingerprinted by their cached content hash, components/sources.py). ``mtime_ns``: local files only.
+    """
+
+    key: str
+    size: int
+    etag: str = ""
+    mtime_ns: int | None = None
+
+
 @dataclass(frozen=True)
 class Versioned:
     """An object's bytes with the token a conditional replace must present."""
@@ -62,10 +80,12 @@ class Store(Protocol):
     def replace(self, key: str, data: bytes, expected: str | None) -> bool: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
+    def stat(self, prefix: str) -> list[ObjectInfo]: ...
+    def open_read(self, key: str, etag: str = "") -> io.RawIOBase: ...
     def delete(self, key: str) -> None: ...
     def upload_file(self, path: str | Path, key: str) -> None: ...
     def move_file(self, path: str | Path, key: str) -> None: ...
-    def download_file(self, key: str, path: str | Path) -> None: ...
+    def download_file(self, key: str, path: str | Path, etag: str = "") -> None: ...
     def url(self, key: str) -> str: ...
 
 
@@ -176,6 +196,21 @@ class LocalStore:
                 out.append(p.relative_to(self.root).as_posix())
         return sorted(out)
 
+    def stat(self, prefix: str) -> list[ObjectInfo]:
+        """Key, size and mtime of every object under ``prefix`` (``os.stat``: no file is read)."""
+        out = []
+        for key in self.list(prefix):
+            st = self._path(key).stat()
+            out.append(ObjectInfo(key, st.st_size, "", st.st_mtime_ns))
+        return out
+
+    def open_read(self, key: str, etag: str = "") -> io.RawIOBase:
+        """The object as a seekable binary file (``etag`` is S3's check; a local file is checked by its caller)."""
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"{key} not found in store {self.uri}") from None
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
@@ -210,7 +245,7 @@ class LocalStore:
         self.upload_file(path, key)
         Path(path).unlink()
 
-    def download_file(self, key: str, path: str | Path) -> None:
+    def download_file(self, key: str, path: str | Path, etag: str = "") -> None:
         src = self._path(key)
         if not src.is_file():
             raise NotFound(f"{key} not found in store {self.uri}")
@@ -257,6 +292,10 @@ class S3Store:
             return fn(*args, **kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            expected = kwargs.get("IfMatch") or (kwargs.get("ExtraArgs") or {}).get("IfMatch")
+            if expected and what in ("read", "download") and code in ("PreconditionFailed", "412"):
+                raise Changed(f"object {self.url(key)} changed during the run (its ETag is no longer {expected}); "
+                              "nothing was trained on it: run again to train on its new content") from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"{key} not found in store {self.uri}") from None
             if code == "NoSuchBucket":
@@ -305,19 +344,30 @@ class S3Store:
         except NotFound:
             return False
 
-    def list(self, prefix: str) -> list[str]:
-        full = self._key(prefix) if prefix.strip("/") else self.prefix
+    def stat(self, prefix: str) -> list[ObjectInfo]:
+        """Key, size and ETag of every object under ``prefix``, from LIST alone (no object is fetched)."""
+        base = prefix.strip("/")
+        full = self._key(base) if base else self.prefix
         strip = f"{self.prefix}/" if self.prefix else ""
-        out: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         pages = self._call("list", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        out = []
         for page in pages:
             for obj in page.get("Contents", []):
-                k = obj["Key"]
-                rel = k[len(strip):] if k.startswith(strip) else k
-                if rel == prefix.strip("/") or rel.startswith(prefix.strip("/").rstrip("/") + "/") or not prefix.strip("/"):
-                    out.append(rel)
-        return sorted(out)
+                rel = obj["Key"][len(strip):] if obj["Key"].startswith(strip) else obj["Key"]
+                if not base or rel == base or rel.startswith(base + "/"):
+                    out.append(ObjectInfo(rel, int(obj["Size"]), obj["ETag"]))
+        return sorted(out, key=lambda o: o.key)
+
+    def list(self, prefix: str) -> list[str]:
+        return [o.key for o in self.stat(prefix)]
+
+    def open_read(self, key: str, etag: str = "") -> io.RawIOBase:
+        """The object as a seekable binary file that fetches only the byte ranges read (ranged GETs,
+        each with If-Match on ``etag`` when given: a changed object raises ``Changed``)."""
+        head = self._call("read", key, self.client.head_object, Bucket=self.bucket, Key=self._key(key),
+                          **({"IfMatch": etag} if etag else {}))
+        return _RangeReader(self, key, int(head["ContentLength"]), etag or head["ETag"])
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
@@ -335,8 +385,50 @@ class S3Store:
             self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body)
         Path(path).unlink()
 
-    def download_file(self, key: str, path: str | Path) -> None:
-        self._call("download", key, self.client.download_file, self.bucket, self._key(key), str(path), Config=self.transfer)
+    def download_file(self, key: str, path: str | Path, etag: str = "") -> None:
+        """Download to ``path``; with ``etag``, one streamed GET with If-Match (a changed object raises
+        ``Changed``; boto3's transfer manager takes no If-Match), else boto3's (multipart) transfer."""
+        if not etag:
+            self._call("download", key, self.client.download_file, self.bucket, self._key(key), str(path),
+                       Config=self.transfer)
+            return
+        resp = self._call("download", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
+        with open(path, "wb") as f:
+            for chunk in resp["Body"].iter_chunks(1 << 22):
+                f.write(chunk)
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only, seekable view of one S3 object that GETs only the ranges read (Parquet's footer
+    and first row group for a sample, not the whole object)."""
+
+    def __init__(self, store: S3Store, key: str, size: int, etag: str) -> None:
+        self.store, self.key, self.size, self.etag, self.pos = store, key, size, etag, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        n = min(len(buffer), self.size - self.pos)
+        if n <= 0:
+            return 0
+        s = self.store
+        resp = s._call("read", self.key, s.client.get_object, Bucket=s.bucket, Key=s._key(self.key),
+                       Range=f"bytes={self.pos}-{self.pos + n - 1}", IfMatch=self.etag)
+        data = resp["Body"].read()
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 def open_store(uri: str | None = None, settings: Settings | None = None) -> Store:
@@ -371,6 +463,17 @@ def write_parquet(store: Store, key: str, frame: pd.DataFrame) -> None:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     store.write(key, buf.getvalue())
+
+
+def write_parquet_file(frame: pd.DataFrame, path: str | Path, rows: int = 262_144) -> None:
+    """Write a frame to a local Parquet file in slices of ``rows``: the Arrow copy held at any moment is one slice, not the table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(len(frame), 1), rows):
+            writer.write_table(pa.Table.from_pandas(frame.iloc[start:start + rows], schema=schema, preserve_index=False))
 
 
 def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from components.data import DataError, Schema
 
@@ -45,36 +47,44 @@ NULL_JUMP = 0.25  # a missing rate this much above the champion's is a data brea
 
 
 def validate(
-    frame: pd.DataFrame,
+    data: pa.Table | pd.DataFrame,
     schema: Schema,
     champion_schema: Schema | None = None,
     max_null_rate: float = 0.2,
     min_rows: int = 30,
 ) -> ValidationReport:
-    """Check the data before any training; every message names the column."""
-    report = ValidationReport(rows=len(frame))
+    """Check the data before any training; every message names the column.
+
+    One columnar pass over Arrow arrays (pyarrow.compute: null counts, distinct counts, a group-by
+    for purity); a frame is taken as Arrow first. The rank correlation of the leak check looks at an
+    evenly spaced sample of ``LEAK_SAMPLE`` rows: a column that copies the target does so in any sample.
+    """
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    rows = table.num_rows
+    report = ValidationReport(rows=rows)
     err, warn = report.errors.append, report.warnings.append
-    if len(frame) == 0:
+    if rows == 0:
         err("the data has no rows")
         return report
-    if len(frame) < min_rows:
-        err(f"the data has only {len(frame)} rows; at least {min_rows} are needed to train and evaluate")
-    y = frame[schema.target]
-    if y.isna().all():
+    if rows < min_rows:
+        err(f"the data has only {rows} rows; at least {min_rows} are needed to train and evaluate")
+    target = table.column(schema.target)
+    y = _valid(target)
+    if len(y) == 0:
         err(f"target column {schema.target!r} is empty")
         return report
-    if y.isna().any():
-        warn(f"target column {schema.target!r} has {int(y.isna().sum())} missing values; those rows are dropped")
-    y = y.dropna()
+    if len(y) < rows:
+        warn(f"target column {schema.target!r} has {rows - len(y)} missing values; those rows are dropped")
     if schema.task == "classification":
-        counts = y.value_counts()
+        counts = sorted(((c["counts"], c["values"]) for c in pc.value_counts(y).to_pylist()), key=lambda vc: -vc[0])
+        total = sum(n for n, _ in counts)
         if len(counts) < 2:
-            err(f"target column {schema.target!r} has only one class ({counts.index[0]!r})")
-        elif counts.min() < 2:
-            err(f"target column {schema.target!r}: class {counts.idxmin()!r} has a single row")
-        elif counts.max() / counts.sum() > 0.95:
-            warn(f"target column {schema.target!r} is imbalanced: {counts.idxmax()!r} is {counts.max() / counts.sum():.0%} of rows")
-    elif y.nunique() < 2:
+            err(f"target column {schema.target!r} has only one class ({counts[0][1]!r})")
+        elif counts[-1][0] < 2:
+            err(f"target column {schema.target!r}: class {counts[-1][1]!r} has a single row")
+        elif counts[0][0] / total > 0.95:
+            warn(f"target column {schema.target!r} is imbalanced: {counts[0][1]!r} is {counts[0][0] / total:.0%} of rows")
+    elif pc.count_distinct(y).as_py() < 2:
         err(f"target column {schema.target!r} is constant")
     for d in schema.dropped:
         warn(f"column {d['name']!r} is dropped: {d['reason']}")
@@ -83,18 +93,20 @@ def validate(
         err("no feature columns are left after ids, excluded and uninformative columns are removed"
             + (f" ({left})" if left else ""))
     for col in schema.features:
-        s = frame[col.name]
-        null_rate = float(s.isna().mean())
-        if null_rate == 1.0 or s.nunique(dropna=True) < 1:
+        s = table.column(col.name)
+        values = _valid(s)
+        null_rate = 1 - len(values) / rows
+        distinct = pc.count_distinct(values).as_py() if len(values) else 0
+        if distinct < 1:
             warn(f"column {col.name!r} is entirely empty; the model ignores it")
             continue
         if col.missing_indicator:
             warn(f"column {col.name!r} is {null_rate:.0%} missing: kept, imputed, with a missing-indicator")
         elif null_rate > max_null_rate:
             warn(f"column {col.name!r} is {null_rate:.0%} missing: kept, imputed")
-        if s.nunique(dropna=True) == 1:
+        if distinct == 1:
             warn(f"column {col.name!r} is constant; the model drops it")
-        leak = _leak(s, frame[schema.target], schema.task)
+        leak = _leak(s, target, schema.task)
         if leak:
             err(f"column {col.name!r} leaks the target {schema.target!r}: {leak}")
     if champion_schema is not None:
@@ -104,6 +116,24 @@ def validate(
         if new:
             warn(f"new columns not seen by the champion: {', '.join(sorted(new))}")
     return report
+
+
+LEAK_SAMPLE = 200_000
+
+
+def _present(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where ``col`` holds a value: not null, and not NaN in a float column."""
+    if pa.types.is_floating(col.type):
+        return pc.and_(pc.is_valid(col), pc.invert(pc.is_nan(col)))
+    return pc.is_valid(col)
+
+
+def _valid(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return col.filter(_present(col)) if col.null_count or pa.types.is_floating(col.type) else col
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
 def schema_break(schema: Schema, champion: Schema) -> list[str]:
@@ -130,22 +160,30 @@ def schema_break(schema: Schema, champion: Schema) -> list[str]:
     return out
 
 
-def _leak(x: pd.Series, y: pd.Series, task: str) -> str | None:
+def _leak(x: pa.ChunkedArray, y: pa.ChunkedArray, task: str) -> str | None:
     """Detect a feature that is a copy or a deterministic function of the target."""
-    both = pd.DataFrame({"x": x, "y": y}).dropna()
-    if len(both) < 30 or both["x"].nunique() < 2:
+    both = pc.and_(_present(x), _present(y))
+    xs, ys = x.filter(both), y.filter(both)
+    if len(xs) < 30:
         return None
-    if both["x"].astype(str).equals(both["y"].astype(str)):
+    x_distinct, y_distinct = pc.count_distinct(xs).as_py(), pc.count_distinct(ys).as_py()
+    if x_distinct < 2:
+        return None
+    # a copy has as many distinct values as the target: only then compare them as text
+    if x_distinct == y_distinct and pc.all(pc.equal(pc.cast(xs, pa.string()), pc.cast(ys, pa.string()))).as_py():
         return "it is a copy of the target"
     # x determines y when each x value maps to one y value and x is not an id
-    if task == "classification" and both["x"].nunique() <= max(50, 0.2 * len(both)):
-        purity = both.groupby("x", observed=True)["y"].nunique()
-        if (purity == 1).all() and both["x"].nunique() <= both["y"].nunique() * 5:
+    if task == "classification" and x_distinct <= max(50, 0.2 * len(xs)):
+        purity = pa.table({"x": xs, "y": ys}).group_by("x").aggregate([("y", "count_distinct")])
+        if pc.all(pc.equal(purity.column("y_count_distinct"), 1)).as_py() and x_distinct <= y_distinct * 5:
             return "each of its values maps to exactly one class"
-    if pd.api.types.is_numeric_dtype(both["x"]) and pd.api.types.is_numeric_dtype(both["y"]):
-        xs, ys = both["x"].astype(float), both["y"].astype(float)
+    if _numeric(xs.type) and _numeric(ys.type):
+        step = max(1, len(xs) // LEAK_SAMPLE)
+        pick = np.arange(0, len(xs), step)
+        sx = pd.Series(xs.take(pick).to_numpy(zero_copy_only=False), dtype=float)
+        sy = pd.Series(ys.take(pick).to_numpy(zero_copy_only=False), dtype=float)
         with np.errstate(all="ignore"):
-            rho = xs.rank().corr(ys.rank())
+            rho = sx.rank().corr(sy.rank())
         if np.isfinite(rho) and abs(rho) > 0.999:
             return f"rank correlation {rho:.4f} with the target"
     return None

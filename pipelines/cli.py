@@ -59,13 +59,15 @@ def train(
     """Run the training pipeline on kfp.local and print the version and the promotion decision."""
     from components.data import DatasetSpec
     from components.ingest import preview
+    from components.sources import locate
     from pipelines.local import run_training
 
     if task not in (None, "classification", "regression"):
         raise typer.BadParameter("must be classification or regression", param_hint="--task")
     s = _settings(store=store, model=model)
     spec = DatasetSpec(data, target, task, timestamp, tuple(id_column or ()), tuple(exclude or ()), s.model)  # type: ignore[arg-type]
-    schema, first = preview(spec, s)
+    located = locate(spec, s)  # once per run: the preview, the preflight and the run's fingerprint share it
+    schema, first = preview(spec, located, s)
     console.print(columns_table(schema, first))
     for c in schema.features:
         if c.missing_indicator:
@@ -73,7 +75,7 @@ def train(
     for d in schema.dropped:
         err.print(f"[yellow]warning:[/yellow] column {d['name']!r} is dropped: {d['reason']}", highlight=False)
     with console.status(f"Training {s.model} on {data} (kfp.local)…"):
-        result = run_training(spec, s, quiet=not verbose)
+        result = run_training(spec, s, quiet=not verbose, located=located)
     verdict = "[green]promoted[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
     cached = " (served from cache: same data as before)" if result["cached"] else ""
     console.print(f"{s.model} [bold]{result['version']}[/bold] {verdict}{cached}: {result['reason']}")

@@ -20,13 +20,14 @@ from typing import Any
 
 from components import compat
 from components import status as steps
-from components.data import REQUEST_ID, DataError, DatasetSpec
-from components.ingest import fingerprint_of
+from components.data import DatasetSpec
+from components.ingest import fingerprint_of, preview
 from components.registry import Registry
 from components.runtime import run_key
 from components.settings import Settings
-from components.sources import locate
+from components.sources import Located, locate
 from components.store import NotFound, open_store
+from pipelines import retention
 from pipelines.kfp_local import COMPAT_EXIT
 from pipelines.settings_routes import RUN_PARAMETERS
 
@@ -56,25 +57,14 @@ def pipeline_arguments(spec: DatasetSpec, settings: Settings, run: str, store_ur
     }
 
 
-def preflight(spec: DatasetSpec, settings: Settings) -> str:
-    """Fail fast, with one sentence, on a bad store, a missing file or a wrong target name."""
+def preflight(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> str:
+    """Fail fast, with one sentence, on a bad store, a missing file or a wrong column name; returns the
+    fingerprint. ``located``: the caller's resolution of the source (resolved here when not given);
+    the checks read a bounded sample of the first file (``ingest.preview``), none on an unchanged re-run."""
     open_store(settings.store, settings)
-    located = locate(spec, settings)
-    src = located.source
-    from components.data import read_source
-
-    head = read_source(type(src)(src.files[:1], src.fingerprint, src.store_uri), settings)
-    if head.empty:
-        raise DataError(f"{src.files[0]} has no rows")
-    columns = [str(c).strip() for c in head.columns]
-    if spec.target not in columns:
-        raise DataError(f"target column {spec.target!r} is not in {src.files[0]} (columns: {', '.join(columns[:20])})")
-    # the request id comes with the added parts of production rows, not with the source
-    added = {REQUEST_ID} if spec.additions else set()
-    for col in (*spec.exclude, *spec.id_columns, *([spec.timestamp] if spec.timestamp else [])):
-        if col not in columns and col not in added:
-            raise DataError(f"column {col!r} is not in {src.files[0]}")
-    return fingerprint_of(located, spec)  # the files were hashed once, by locate()
+    located = located or locate(spec, settings)
+    preview(spec, located, settings)
+    return fingerprint_of(located, spec)
 
 
 def _local_source(spec: DatasetSpec) -> DatasetSpec:
@@ -101,7 +91,8 @@ def child_environment(settings: Settings, run: str, store_uri: str) -> dict[str,
     kfp.local's task processes inherit it, and each builds its settings from it, so a task
     sees exactly the caller's settings (and the run its status records belong to).
     """
-    return settings.model_copy(update={"store": store_uri, "run": run}).to_env(os.environ) | model_threads(
+    root = settings.pipeline_root if "://" in settings.pipeline_root else str(Path(settings.pipeline_root).expanduser().resolve())
+    return settings.model_copy(update={"store": store_uri, "run": run, "pipeline_root": root}).to_env(os.environ) | model_threads(
         compat.local_parallel_tasks(settings.local_search_packing))
 
 
@@ -121,7 +112,8 @@ def model_threads(parallel_tasks: int | None = compat.LOCAL_PARALLEL_TASKS) -> d
     return {name: os.environ.get(name, n) for name in MODEL_THREAD_ENV}
 
 
-def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = None, quiet: bool = True) -> dict[str, Any]:
+def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = None, quiet: bool = True,
+                 located: Located | None = None) -> dict[str, Any]:
     """Run the whole training pipeline locally; returns the version and the promotion decision.
 
     kfp.local runs in a child process (its console output goes to ``<pipeline_root>/logs/<run>.log``,
@@ -130,7 +122,7 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
     CompatError naming the library internal (and the setting that runs without it) that kfp.local's process found broken.
     """
     spec = _local_source(spec)
-    fp = preflight(spec, settings)
+    fp = preflight(spec, settings, located)
     store_uri = _store_uri(settings)
     run = run_name or new_run_name(settings.model)
     root = Path(settings.pipeline_root).expanduser().resolve()
@@ -143,6 +135,7 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
         out = None if not quiet else log
         code = subprocess.call([sys.executable, "-m", "pipelines.kfp_local", str(root), arguments],
                                env=child_environment(settings, run, store_uri), stdout=out, stderr=out)
+    retention.prune(root, retention.budget_bytes(settings.pipeline_root_max_gib))  # uncached runs do not fill the disk
     if code == COMPAT_EXIT:  # the child's check failed: the same check here raises its CompatError
         compat.check_local_runner(settings.warm_tasks, settings.local_search_packing)
     if code != 0:

@@ -50,6 +50,9 @@ ROUTES: dict[str, Route] = {
     "model": _cm("config.model"),
     "runner": _cm("config.runner"),
     "pipeline_root": _cm("config.kfp.pipelineRoot", "empty: <store>/pipeline_root"),
+    "pipeline_root_max_gib": Route("embedded", note="a cluster's pipeline root is in the store, where KFP's backend "
+                                   "reuses cached artifacts without checking them: expire it with the bucket's lifecycle "
+                                   "rule together with KFP's cache"),
     "warm_tasks": Route("embedded", note="it chooses how kfp.local starts its task processes"),
     "run": Route("embedded", note="the embedded runner names the run for its kfp.local process"),
     "local_search_packing": Route("embedded", note="it chooses how kfp.local packs the search into the tasks it runs at once"),

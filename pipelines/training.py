@@ -110,7 +110,8 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             champ.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
 
             # cached: every key includes the data fingerprint (and the champion where it matters)
-            ingested = on(c.ingest(**data, store=store, model=model, fingerprint=fp.output))
+            ingested = on(c.ingest(**data, store=store, model=model, fingerprint=fp.outputs["digest"],
+                                   located=fp.outputs["located"]))
             ingested.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
             ingested.set_cpu_request("1").set_memory_request("2G").set_memory_limit(TASK_MEMORY)
             schema = ingested.outputs["schema"]
@@ -134,7 +135,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             registered = on(c.register(
                 package=best.outputs["package"], schema=schema, evaluation=evaluation.outputs["Output"],
                 best=best.outputs["Output"],
-                fingerprint=fp.output, champion=champ.output, store=store, model_name=model, run=run,
+                fingerprint=fp.outputs["digest"], champion=champ.output, store=store, model_name=model, run=run,
                 promotion_margin=promotion_margin, min_accuracy=min_accuracy, min_r2=min_r2, job=job,
             ))
             # never cached: it writes the registry (and is idempotent for the same data and model)

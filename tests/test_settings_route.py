@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Every setting, each given a value other than its default (valid together, and for the chart).
 NON_DEFAULT: dict[str, Any] = {
     "store": "s3://other-bucket/flywheel", "model": "churn", "runner": "kfp",
-    "pipeline_root": "s3://other-bucket/pipeline_root", "warm_tasks": False, "run": "run-x",
+    "pipeline_root": "s3://other-bucket/pipeline_root", "pipeline_root_max_gib": 2.5, "warm_tasks": False, "run": "run-x",
     "local_search_packing": False, "serving_deadline_fix": False, "report_chi2_homogeneity": False,
     "log_append_wait_seconds": 3.5,
     "s3_endpoint_url": "http://minio.other.svc:9000", "s3_region": "eu-west-1", "s3_max_attempts": 3,

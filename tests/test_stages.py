@@ -105,11 +105,11 @@ def test_fingerprint_follows_content(settings, tmp_path):
     frame = churn(500, seed=5)
     path = _csv(tmp_path, frame)
     spec = DatasetSpec(path, "churned")
-    first = ingest.fingerprint(spec, settings)
-    assert ingest.fingerprint(spec, settings) == first
+    first = ingest.fingerprint(spec, settings)[0]
+    assert ingest.fingerprint(spec, settings)[0] == first
     frame.loc[0, "age"] = 99
     frame.to_csv(path, index=False)
-    assert ingest.fingerprint(spec, settings) != first
+    assert ingest.fingerprint(spec, settings)[0] != first
 
 
 @pytest.mark.parametrize(
@@ -269,3 +269,38 @@ def test_a_model_package_round_trips_and_names_a_missing_file(tmp_path):
     (tmp_path / "True" / "reference.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="reference.parquet is missing"):
         ModelPackage.load(tmp_path / "True")
+
+
+@pytest.mark.parametrize("timestamp", ["event_time", None], ids=["time-ordered", "stratified"])
+def test_the_split_of_a_file_in_arrow_slices_is_the_split_of_the_frame(settings, tmp_path, timestamp, monkeypatch):
+    """The features task splits the ingested file by row positions, in slices (components/split.py):
+    the same rows, in the same order, as the frame's split."""
+    from components import split as splitting
+    from components.store import write_parquet_file
+
+    monkeypatch.setattr(splitting, "SLICE_ROWS", 97)  # many slices, one of them partial
+    ing = ingest.ingest(DatasetSpec(_csv(tmp_path, churn(1000, seed=8)), "churned", timestamp=timestamp), settings)
+    write_parquet_file(ing.frame, tmp_path / "dataset.parquet", rows=300)
+    rows = splitting.split_file(str(tmp_path / "dataset.parquet"), ing.schema, 0.25, 3, str(tmp_path / "tr.parquet"),
+                                str(tmp_path / "ho.parquet"))
+    tr, ho = split.split(pd.read_parquet(tmp_path / "dataset.parquet"), ing.schema, 0.25, 3)
+    assert rows == (len(tr), len(ho)) == (750, 250)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tr.parquet"), tr)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ho.parquet"), ho)
+
+
+@pytest.mark.parametrize("name", ["d.parquet", "d.csv"])
+def test_ids_and_excluded_columns_are_recorded_but_never_read(settings, tmp_path, name):
+    """Column projection: ids and excluded columns are no features, so ingest does not read them (components/data.py)."""
+    from components.data import load
+
+    frame = churn(300, seed=9)
+    path = tmp_path / name
+    frame.to_parquet(path) if name.endswith(".parquet") else frame.to_csv(path, index=False)
+    spec = DatasetSpec(str(path), "churned", id_columns=("customer_id",), exclude=("region",))
+    loaded, _ = load(spec, settings)
+    assert {"customer_id", "region"}.isdisjoint(loaded.columns) and loaded.attrs["left_out"] == ["customer_id", "region"]
+    ing = ingest.ingest(spec, settings)
+    assert "customer_id" in ing.schema.id_columns and ing.schema.excluded == ["region"]
+    with pytest.raises(DataError, match="column 'nope' given to leave out is not in the data"):
+        ingest.ingest(DatasetSpec(str(path), "churned", id_columns=("nope",)), settings)
