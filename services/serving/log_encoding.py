@@ -22,10 +22,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.data import REQUEST_ID, TIME
+from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME, Schema
 
 log = logging.getLogger("flywheel.serving")
 STAMP = "%Y%m%dT%H%M%S%f"  # a part's name starts with the time of its oldest record
+# Arrow types of a feature as the serving validation hands it to the model, per kind
+KIND_TYPES = {"numeric": pa.float64(), "boolean": pa.float64(), "categorical": pa.string(), "datetime": pa.timestamp("ns")}
+# What ``encode_records`` is handed for a column's type: column name -> Arrow type
+Types = Mapping[str, pa.DataType]
+
+
+def log_types(schema: Schema) -> dict[str, pa.DataType]:
+    """The Arrow type of every logged column a model version's schema fixes.
+
+    The version's features (by kind), the id and timestamp columns sent through (as text) and
+    the log's own columns. A part's schema then follows the model, not the values of one
+    flush: a column that happens to be all null in an append is typed as the model says, not
+    as Arrow's ``null``, so it does not start a part of its own. A classifier's prediction
+    keeps its classes' type (never null, so never in doubt).
+    """
+    types: dict[str, pa.DataType] = {REQUEST_ID: pa.string(), TIME: pa.timestamp("ns", tz="UTC"), MODEL_VERSION: pa.string()}
+    types.update({c: pa.string() for c in (*schema.id_columns, *([schema.timestamp] if schema.timestamp else []))})
+    types.update({c.name: KIND_TYPES[c.kind] for c in schema.features})
+    if schema.task == "regression":
+        types[PREDICTION] = pa.float64()
+    return types
 
 
 # What ``append`` takes: a frame, or columns of equal length (numpy arrays, pandas or Arrow arrays, lists)
@@ -98,10 +119,10 @@ def rows_of(records: Records) -> int:
     return next(iter(lengths.values()), 0)
 
 
-def encode_records(records: Records, now: float) -> tuple[list[Batch], list[tuple[str, str, float]]]:
-    """Arrow batches of the records; a record that cannot be converted becomes a quarantined JSON line."""
+def encode_records(records: Records, now: float, types: Types | None = None) -> tuple[list[Batch], list[tuple[str, str, float]]]:
+    """Arrow batches of the records (columns in ``types`` in that type); a record that cannot be converted becomes a quarantined JSON line."""
     try:
-        return [Batch(day, batch, now) for day, batch in _batches(records)], []
+        return [Batch(day, batch, now) for day, batch in _batches(records, types)], []
     except Exception:  # noqa: BLE001 - some record does not convert: find which, keep the others
         pass
     if not isinstance(records, pd.DataFrame):  # the slow path works on a frame, built only here
@@ -110,7 +131,7 @@ def encode_records(records: Records, now: float) -> tuple[list[Batch], list[tupl
     for i in range(len(records)):
         row = records.iloc[i:i + 1]
         try:
-            batches += [Batch(day, batch, now) for day, batch in _batches(row)]
+            batches += [Batch(day, batch, now) for day, batch in _batches(row, types)]
         except Exception as exc:  # noqa: BLE001 - this record alone is quarantined
             line = json_line({str(k): v for k, v in row.iloc[0].to_dict().items()}, f"{type(exc).__name__}: {exc}")
             log.error("a record cannot be logged as Parquet (%s: %s); it is quarantined by itself: %s",
@@ -119,13 +140,13 @@ def encode_records(records: Records, now: float) -> tuple[list[Batch], list[tupl
     return batches, lines
 
 
-def _batches(records: Records) -> list[tuple[str, pa.RecordBatch]]:
+def _batches(records: Records, types: Types | None = None) -> list[tuple[str, pa.RecordBatch]]:
     # column by column: about twice as fast as from_pandas, which builds pandas metadata we never read
     columns = records.items() if not isinstance(records, pd.DataFrame) else ((c, records[c]) for c in records.columns)
     names, arrays = [], []
     for name, values in columns:
         names.append(str(name))
-        arrays.append(_arrow(values))
+        arrays.append(_typed(_arrow(values), types.get(str(name)) if types else None))
     batch = pa.RecordBatch.from_arrays(arrays, names=names)
     times = batch.column(TIME)
     if pa.types.is_timestamp(times.type):
@@ -150,6 +171,20 @@ def _arrow(values: Any) -> pa.Array:
         null = np.isnan(values)
         return pa.array(values, mask=null) if null.any() else pa.array(values)
     return pa.array(values, from_pandas=True)
+
+
+def _typed(array: pa.Array, want: pa.DataType | None) -> pa.Array:
+    """``array`` in the type the model's schema gives its column; as it is when it has none, or does not cast.
+
+    A value the type cannot hold is the model's input, already validated: it keeps the type
+    Arrow found (a part of its own, as before), rather than losing the record.
+    """
+    if want is None or array.type == want:
+        return array
+    try:
+        return array.cast(want)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return array
 
 
 def _pandas_column(values: Any) -> Any:

@@ -63,6 +63,7 @@ from services.serving.log_encoding import (
     Entry,
     Part,
     Records,
+    Types,
     Unencodable,
     encode_records,
     json_line,
@@ -172,21 +173,25 @@ class RecordLog:
         self.dropped = 0
 
     # --- request path -----------------------------------------------------------------------
-    def append(self, records: Records) -> None:
+    def append(self, records: Records, types: Types | None = None) -> None:
         """Queue records (they must carry the TIME column), waiting up to ``append_wait_seconds`` for room.
 
         ``records`` is a frame or a mapping of equal-length columns (no frame needs building).
         Raises ``LogFull`` when no room comes (their request must be refused: nothing is logged),
         ``ValueError`` for columns of unequal length. Never waits on the store.
         """
-        self.put(self.encode(records))
+        self.put(self.encode(records, types))
 
-    def encode(self, records: Records) -> Entry:
-        """Convert records to Arrow, on the request path (quarantining those that do not convert)."""
+    def encode(self, records: Records, types: Types | None = None) -> Entry:
+        """Convert records to Arrow, on the request path (quarantining those that do not convert).
+
+        ``types`` (``log_types`` of the model's schema) fixes the columns' Arrow types, so the
+        parts' schema follows the model, not the values that happen to be in one append.
+        """
         rows = rows_of(records)
         if not rows:
             return Entry([], [], 0)
-        batches, lines = encode_records(records, time.time())
+        batches, lines = encode_records(records, time.time(), types)
         return Entry(batches, lines, rows)
 
     def put(self, entry: Entry, wait: float | None = None) -> None:
