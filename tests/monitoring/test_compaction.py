@@ -211,3 +211,28 @@ def test_a_compaction_cut_short_at_any_store_call_names_its_hour_and_a_rerun_com
         assert without_files(counts(served)) == without_files(before)
         n += 1
     assert seen_faults >= 2 * HOURS, "an upload and a commit per hour were each cut short"
+
+
+def test_the_monitor_compacts_after_its_pass_and_late_rows_count_once(mon_settings: Settings) -> None:
+    """Passes over three hourly windows, compacting after each; a part of the first hour arrives after that
+    hour was compacted: the next pass counts it late, once, and then folds it into the hour's file."""
+    from services.monitoring.monitor import run_pass
+
+    settings = mon_settings.model_copy(update={"monitor_reports": "never"})
+    served = serve_version(open_store(settings.store, settings), "test")
+    rows = 100
+    total = write_parts(served, START, HOURS, PARTS, rows)
+    seen, late, compacted = [], [], []
+    for h in range(HOURS):
+        if h == 1:
+            total += write_parts(served, START, 1, 1, 7, seed=9)  # a spill re-sent after a restart
+        s = run_pass(settings, served.store, None, now=START + dt.timedelta(hours=h + 1, minutes=15))
+        assert s.status == "ok" and s.decision.done, s.message
+        seen.append(s.rows["in_window"])  # late rows included
+        late.append(s.rows["late"])
+        compacted.append(s.compaction["predictions"]["hours"])
+        assert not s.warnings, s.warnings
+    assert late == [0, 7, 0]
+    assert compacted == [1, 2, 1], "the hour just closed; the second pass also refolds the first hour with its late part"
+    assert sum(seen) == total == HOURS * PARTS * rows + 7, "every row counted once"
+    assert len(live_keys(served.store, "predictions/test")) == HOURS, "an object per hour after the last pass"
