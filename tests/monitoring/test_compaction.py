@@ -86,6 +86,15 @@ def test_counts_are_equal_before_and_after_compaction_and_a_pass_reads_an_object
     assert without_files(counts(logged)) == without_files(before)
 
 
+def test_the_loop_counts_each_logged_record_once_whether_compacted_or_not(logged: Served) -> None:
+    from pipelines.loop_store import count_logged
+
+    before = [count_logged(logged.store, "test", kind) for kind in ("predictions", "feedback")]
+    assert before[0] == HOURS * PARTS * ROWS and before[1] > 0
+    compact_all(logged.store, NOW)  # the parts are still there, within the grace
+    assert [count_logged(logged.store, "test", kind) for kind in ("predictions", "feedback")] == before
+
+
 def test_a_part_sent_again_after_its_deletion_is_not_counted_twice(logged: Served) -> None:
     part = live_keys(logged.store, "predictions/test")[0]
     data = logged.store.read(part)
