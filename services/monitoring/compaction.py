@@ -22,6 +22,12 @@ retired files are deleted ``grace`` after the commit that covered them, so a rea
 listed before the commit still finds them; orphans once they are that old. The manifest
 keeps the names it covers: a part re-sent after its deletion (a spill directory's lease
 that ran out mid-upload) is skipped, not counted twice.
+
+Why not a table format (Delta Lake, Iceberg): their writers commit each append to the table's
+log, so every flush of every worker would be a commit racing the others on one log (on S3
+with a lock service or conditional puts per commit), and a part the spill directory sends
+again would be appended twice where it is now written under the same key. Here the writers
+stay plain idempotent puts, and the one commit per closed hour is the only transaction.
 """
 
 from __future__ import annotations
