@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     retry_backoff_minutes: float = Field(5.0, ge=0, description="A failed retrain is retried after this, doubling per attempt.")
     retry_max_attempts: int = Field(4, ge=1, description="Attempts of one window's retrain before it is given up.")
     late_log_days: int = Field(7, ge=0, description="How far back a pass looks for prediction logs that arrived late.")
+    log_compaction: bool = Field(True, description=(
+        "After each pass the monitor folds the prediction and feedback log parts of every hour that ended "
+        "10 minutes ago into one file per hour, so a pass reads objects per hour, not per flush."))
+    log_compaction_grace_minutes: float = Field(60.0, ge=0, description=(
+        "Parts a compaction covered are deleted this long after it: a pass or retrain that listed them before "
+        "must finish reading within it."))
     sample_size: int = Field(50_000, ge=1000, description="Rows of the window handed to Evidently.")
     evidently_workspace: str = Field(".flywheel/evidently", description="Evidently UI workspace; empty: no snapshots.")
     monitor_reports: Literal["always", "drift", "never"] = Field(

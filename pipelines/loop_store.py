@@ -22,15 +22,10 @@ def wait_landed(store: Store, model: str, kind: str, expected: int, settings: Se
 
 
 def count_logged(store: Store, model: str, kind: str = "predictions") -> int:
-    import io
+    """Records of ``kind`` in the store, each once whether its hour was compacted or not."""
+    from services.monitoring.compaction import live_keys, open_parquet
 
-    import pyarrow.parquet as pq
-
-    total = 0
-    for key in store.list(f"{kind}/{model}/"):
-        if key.endswith(".parquet"):
-            total += pq.ParquetFile(io.BytesIO(store.read(key))).metadata.num_rows
-    return total
+    return sum(open_parquet(store, key).metadata.num_rows for key in live_keys(store, f"{kind}/{model}"))
 
 
 def versions_of(reg: Registry) -> list[dict[str, Any]]:

@@ -86,6 +86,8 @@ ROUTES: dict[str, Route] = {
     "retry_backoff_minutes": _cm("config.monitoring.retryBackoffMinutes"),
     "retry_max_attempts": _cm("config.monitoring.retryMaxAttempts"),
     "late_log_days": _cm("config.monitoring.lateLogDays"),
+    "log_compaction": _cm("config.monitoring.logCompaction"),
+    "log_compaction_grace_minutes": _cm("config.monitoring.logCompactionGraceMinutes"),
     "sample_size": _cm("config.monitoring.sampleSize"),
     "evidently_workspace": _cm(note="the workspace volume's path with evidentlyUI.enabled, else empty"),
     "monitor_reports": _cm("config.monitoring.reports"),

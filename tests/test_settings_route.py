@@ -43,7 +43,7 @@ NON_DEFAULT: dict[str, Any] = {
     "refit_memory_mb": 3000, "families": "xgboost,lightgbm",
     "window_minutes": 30, "min_rows": 700, "drift_share_threshold": 0.4, "quality_drop_threshold": 0.07,
     "cooldown_minutes": 30, "include_feedback": True, "retry_backoff_minutes": 2.5, "retry_max_attempts": 3,
-    "late_log_days": 3, "sample_size": 20000, "evidently_workspace": "/data/workspace", "monitor_reports": "drift",
+    "late_log_days": 3, "log_compaction": False, "log_compaction_grace_minutes": 30.0, "sample_size": 20000, "evidently_workspace": "/data/workspace", "monitor_reports": "drift",
     "pushgateway": "http://pushgateway.monitoring.svc:9091",
     "spill_dir": "/var/lib/flywheel/spill", "spill_max_mb": 1500.0, "spill_lease_seconds": 130.0,
     "log_flush_rows": 500, "log_flush_seconds": 1.5, "log_write_timeout_seconds": 6.0, "log_close_seconds": 20.0,

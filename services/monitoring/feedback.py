@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from components.data import LABEL, REQUEST_ID, TIME, DataError, Schema
 from components.status import sentence
 from components.store import NotFound, Store, StoreError
-from services.monitoring.scan import BATCH_ROWS, Window, _open, partition_keys, read_feedback
+from services.monitoring.compaction import open_parquet
+from services.monitoring.scan import BATCH_ROWS, Window, partition_keys, read_feedback
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def labelled_rows(store: Store, model: str, schema: Schema, until: dt.datetime, 
     parts = []
     for key in partition_keys(store, f"predictions/{model}", Window(since, until)):
         try:
-            pf = _open(store, key)
+            pf = open_parquet(store, key)
             if any(c not in pf.schema_arrow.names for c in typed.names):
                 continue  # logged by a version with other features: not this schema's training data
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=typed.names):
@@ -90,7 +91,7 @@ def added_ids(store: Store, parts: tuple[str, ...]) -> pa.Array:
     ids = []
     for key in parts:
         try:
-            ids.append(_open(store, key).read(columns=[REQUEST_ID]).column(REQUEST_ID).combine_chunks().cast(pa.string()))
+            ids.append(open_parquet(store, key).read(columns=[REQUEST_ID]).column(REQUEST_ID).combine_chunks().cast(pa.string()))
         except Exception as exc:  # noqa: BLE001 - missing, corrupt or foreign: the dataset cannot be known
             raise DataError(f"{key}, a part of the champion's data, cannot be read ({sentence(exc)})") from None
     return pa.concat_arrays(ids) if ids else pa.array([], pa.string())
@@ -128,7 +129,7 @@ def add_production_rows(store: Store, model: str, schema: Schema, timestamp: str
 def _aligned(store: Store, key: str, schema: pa.Schema) -> pa.Table:
     """A part's rows in ``schema``'s columns (a column it lacks is missing in its rows)."""
     try:
-        table = _open(store, key).read()
+        table = open_parquet(store, key).read()
         return pa.table({f.name: table.column(f.name).cast(f.type) if f.name in table.column_names
                          else pa.nulls(table.num_rows, f.type) for f in schema})
     except Exception as exc:  # noqa: BLE001

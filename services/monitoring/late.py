@@ -14,6 +14,7 @@ import datetime as dt
 import json
 
 from components.store import NotFound, Store
+from services.monitoring.compaction import live_keys
 
 SEEN = "monitoring/{model}/seen/date={day}.json"
 ATTEMPTS = 10
@@ -32,7 +33,7 @@ def late_keys(store: Store, model: str, start: dt.datetime | None, days: int) ->
     first = start.astimezone(dt.UTC).date() - dt.timedelta(days=days)
     day = first
     while day <= start.astimezone(dt.UTC).date():
-        keys = [k for k in store.list(f"predictions/{model}/date={day.isoformat()}/") if k.endswith(".parquet")]
+        keys = live_keys(store, f"predictions/{model}", [day.isoformat()])
         if keys:
             out |= set(keys) - _seen(store, model, day.isoformat())
         day += dt.timedelta(days=1)
@@ -65,3 +66,33 @@ def mark_seen(store: Store, model: str, keys: list[str]) -> None:
                 break
             if store.replace(index, json.dumps(sorted(have | new)).encode(), etag):
                 break
+
+
+class Settled:
+    """Which prediction log parts compaction may fold in, as the late index sees them.
+
+    A part no pass has read yet may still hold late rows: it stays apart (so the next pass
+    tells it apart) until a pass has read it, or its day is older than ``days`` (no pass
+    looks for late rows there). Before any pass has recorded what it saw, nothing is late
+    and every part may be folded in. The compacted files are recorded as seen before they
+    are committed: their rows were all seen as parts.
+    """
+
+    def __init__(self, store: Store, model: str, days: int, now: dt.datetime) -> None:
+        self.store, self.model = store, model
+        self.tracking = days > 0 and bool(store.list(f"monitoring/{model}/seen/"))
+        self.horizon = (now.astimezone(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
+        self._seen: dict[str, set[str]] = {}
+
+    def __call__(self, key: str) -> bool:
+        day = _day(key)
+        if not self.tracking or day is None or day < self.horizon:
+            return True
+        if day not in self._seen:
+            self._seen[day] = _seen(self.store, self.model, day)
+        return key in self._seen[day]
+
+    def mark(self, keys: list[str]) -> None:
+        """Record compacted files as seen (only where the index is kept: recording starts it)."""
+        if self.tracking:
+            mark_seen(self.store, self.model, keys)

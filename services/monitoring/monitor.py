@@ -50,6 +50,7 @@ from services.monitoring import late as late_mod
 from services.monitoring import metrics as monitor_metrics
 from services.monitoring import quality as quality_mod
 from services.monitoring import trigger as trig
+from services.monitoring.compaction import KINDS, compact
 from services.monitoring.decision import (
     RETRAIN_FAILED,
     Decision,
@@ -89,6 +90,7 @@ class Summary:
     alarm: dict[str, Any] | None = None  # drift without new labels: a human is told, no retrain runs
     outputs: dict[str, Any] = field(default_factory=dict)
     retrains: dict[str, Any] = field(default_factory=dict)
+    compaction: dict[str, Any] = field(default_factory=dict)  # per log: hours, parts and rows folded in
     metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     started_at: str = ""
@@ -175,7 +177,32 @@ def run_pass(settings: Settings, store: Store, trigger: trig.Trigger | None, now
         _reports(settings, store, evaluated, s)
         s.timings["reports_s"] = round(time.perf_counter() - t1, 3)
         _record(settings, store, s, t0, now)
+    if settings.log_compaction and s.status != "error":
+        t2 = time.perf_counter()
+        _compact(settings, store, now, s)
+        s.timings["compaction_s"] = round(time.perf_counter() - t2, 3)
+        _write_summary(store, s)
     return s
+
+
+def _compact(settings: Settings, store: Store, now: dt.datetime, s: Summary) -> None:
+    """Fold the log parts of each closed hour into one file (compaction.py), after the decision and reports.
+
+    Prediction parts no pass has read yet stay apart while late logs are looked for
+    (``late.Settled``). A failure is a warning naming the hour; the next pass completes it.
+    """
+    settled = late_mod.Settled(store, settings.model, settings.late_log_days, now)
+    for kind in KINDS:
+        predictions = kind == "predictions"
+        try:
+            done = compact(store, f"{kind}/{settings.model}", now.timestamp(), settings.log_compaction_grace_minutes * 60,
+                           compactable=settled if predictions else None, before_commit=settled.mark if predictions else None)
+        except StoreError as exc:  # the listing failed: nothing was started
+            s.warnings.append(f"the {kind} log of {settings.model} was not compacted: {exc}")
+            log.warning("%s", s.warnings[-1])
+            continue
+        s.compaction[kind] = done.to_dict()
+        s.warnings += done.errors
 
 
 @dataclass

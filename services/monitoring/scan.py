@@ -13,7 +13,6 @@ samples, whatever the window's size.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME, Schema
-from components.store import LocalStore, NotFound, Store
+from components.store import NotFound, Store
+from services.monitoring.compaction import live_keys, open_parquet
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +76,20 @@ class Scan:
 
 
 def partition_keys(store: Store, prefix: str, window: Window) -> list[str]:
-    """Parquet keys under ``prefix/date=YYYY-MM-DD/`` for the dates the window touches."""
+    """Parquet keys under ``prefix/date=YYYY-MM-DD/`` for the dates the window touches, compacted or not.
+
+    Each record is in exactly one of them: a compacted hour's file, not the parts it covers
+    (``compaction.live_keys``).
+    """
     if window.start is None:
-        keys = [k for k in store.list(f"{prefix}/") if "/date=" in k]
         last = window.end.date().isoformat()
-        return sorted(k for k in keys if k.endswith(".parquet") and k.split("/date=")[1][:10] <= last)
-    out: list[str] = []
+        return [k for k in live_keys(store, prefix) if k.split("/date=")[1][:10] <= last]
+    days = []
     day = window.start.astimezone(dt.UTC).date()
     while day <= window.end.astimezone(dt.UTC).date():
-        out += [k for k in store.list(f"{prefix}/date={day.isoformat()}/") if k.endswith(".parquet")]
+        days.append(day.isoformat())
         day += dt.timedelta(days=1)
-    return sorted(out)
-
-
-def _open(store: Store, key: str) -> pq.ParquetFile:
-    if isinstance(store, LocalStore):  # read in place: no copy of the object in memory
-        return pq.ParquetFile(store.url(key))
-    return pq.ParquetFile(io.BytesIO(store.read(key)))
+    return live_keys(store, prefix, days)
 
 
 def read_feedback(store: Store, model: str, since: dt.datetime | None, until: dt.datetime) -> tuple[pa.Table, list[dict[str, str]]]:
@@ -105,7 +101,7 @@ def read_feedback(store: Store, model: str, since: dt.datetime | None, until: dt
     tables, skipped = [], []
     for key in partition_keys(store, f"feedback/{model}", window):
         try:
-            t = _open(store, key).read(columns=[REQUEST_ID, TIME, LABEL])
+            t = open_parquet(store, key).read(columns=[REQUEST_ID, TIME, LABEL])
         except NotFound:
             continue
         except Exception as exc:  # noqa: BLE001 - a corrupt file is reported, never fatal
@@ -320,7 +316,7 @@ def scan_window(
     needed = [TIME, MODEL_VERSION, *features, PREDICTION] + ([REQUEST_ID] if with_feedback else [])
     for key in sorted(set(partition_keys(store, f"predictions/{model}", window)) | late):
         try:
-            pf = _open(store, key)
+            pf = open_parquet(store, key)
             present = set(pf.schema_arrow.names)
             missing = [c for c in needed if c not in present]
             if TIME in missing or MODEL_VERSION in missing:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from components.predict import records_of, score_frame
 from components.registry import Registry
 from components.store import NotFound
 from components.validation import Validator
+from services.serving.log_encoding import log_types
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32
@@ -107,6 +109,11 @@ class LoadedModel:
     @property
     def classes(self) -> list[Any] | None:
         return self.runtime.classes
+
+    @cached_property
+    def log_types(self) -> dict[str, Any]:
+        """The Arrow type of each column the prediction log records for this version (its schema's)."""
+        return log_types(self.schema)
 
     def predict(self, frame: pd.DataFrame) -> Prediction:
         return self.runtime.predict(frame)

@@ -40,46 +40,44 @@ Whoever sends a part counts it ``resent`` if its name says spilled, else ``flush
 the workers on one spill directory ``buffered = flushed + resent + quarantined + dropped`` and
 ``spilled = resent`` once the directory is empty and the buffers are written, whichever worker
 spilled a part and whichever sent it.
+
+Split by job: converting and encoding records is ``log_encoding``, the spill directory's files
+and leases ``spill``; this module is the log itself (room, threads, counting).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from components.data import REQUEST_ID, TIME
 from components.store import Store
+from services.serving import spill
+from services.serving.log_encoding import (
+    Batch,
+    Entry,
+    Part,
+    Records,
+    Types,
+    Unencodable,
+    encode_records,
+    json_line,
+    part_name,
+    parts_of,
+    rows_of,
+)
+from services.serving.spill import CLAIM, SPILLED, original_name, records_in, stamp_of, tree_bytes
 
 log = logging.getLogger("flywheel.serving")
 QUARANTINE = "quarantine"
 OUTCOMES = ("buffered", "flushed", "spilled", "resent", "quarantined", "dropped", "refused")
 HOLDER_STOP_SECONDS = 1.0  # the service waits this long for the model holder at shutdown
-_CLAIM = ".claim-"
-_TMP = ".tmp-"
-_SPILLED = ".spilled"  # the end of a spilled part's file name: whoever sends it counts it resent
-_EXTENSIONS = (".parquet", ".jsonl", f".parquet{_SPILLED}", f".jsonl{_SPILLED}")
-_STAMP = "%Y%m%dT%H%M%S%f"
 _ERROR_LOG_EVERY = 60.0
-_WRITE_BUFFER = 1 << 20  # bytes: a part is written to its spill file a MiB at a time
 
 
 class LogHooks(Protocol):
@@ -101,65 +99,6 @@ class NoHooks:
 
     def lag(self, seconds: float) -> None:
         pass
-
-
-# What ``append`` takes: a frame, or columns of equal length (numpy arrays, pandas or Arrow arrays, lists)
-Records = Union[pd.DataFrame, Mapping[str, Any]]
-
-
-@dataclass
-class _Batch:
-    day: str
-    batch: pa.RecordBatch
-    since: float  # wall time it was appended
-
-
-@dataclass
-class Entry:
-    """Records converted for the log (``RecordLog.encode``), not yet queued."""
-
-    batches: list[_Batch]
-    lines: list[tuple[str, str, float]]  # quarantined records: (day, JSON line, since)
-    rows: int  # every record, the quarantined ones included
-
-
-@dataclass
-class _Part:
-    """One file of the log: a Parquet part (a table, encoded as it is written) or quarantine lines."""
-
-    key: str
-    records: int
-    since: float  # wall time of its oldest record
-    day: str
-    table: pa.Table | None = None  # a Parquet part
-    text: bytes = b""  # a quarantine part: JSON lines
-    unwritten: bool = field(default=True, compare=False)  # its records count against the log's room
-
-    @property
-    def quarantine(self) -> bool:
-        return self.table is None
-
-    @property
-    def size(self) -> int:
-        """Bytes it takes on disk, estimated before it is written (a table's size in memory)."""
-        return len(self.text) if self.table is None else self.table.nbytes
-
-    def write(self, sink: pa.NativeFile) -> None:
-        """Write the part to ``sink``; raises ``Unencodable`` when Parquet cannot hold the table."""
-        if self.table is None:
-            sink.write(self.text)
-        else:
-            _write_parquet(self.table, sink)
-
-    def encoded(self) -> bytes:
-        """The part's file, in memory (for a store write when the spill directory refuses it)."""
-        out = pa.BufferOutputStream()
-        self.write(out)
-        return out.getvalue().to_pybytes()
-
-
-class Unencodable(Exception):
-    """Parquet cannot hold a part's table (a type it has no column for)."""
 
 
 class LogFull(Exception):
@@ -211,10 +150,10 @@ class RecordLog:
         self.append_wait_seconds = append_wait_seconds
         self.limit = unwritten_limit(flush_rows)
         self.hooks: LogHooks = hooks or NoHooks()
-        self._buffer: list[_Batch] = []
+        self._buffer: list[Batch] = []
         self._lines: list[tuple[str, str, float]] = []  # quarantined, not yet spooled: (day, JSON line, since)
         self._rows = 0
-        self._held: list[_Part] = []  # parts neither the spill directory nor the store took
+        self._held: list[Part] = []  # parts neither the spill directory nor the store took
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # signalled whenever records reach a file
         self._unwritten = 0  # records let in and not yet in a file (buffered, or being written)
@@ -234,21 +173,25 @@ class RecordLog:
         self.dropped = 0
 
     # --- request path -----------------------------------------------------------------------
-    def append(self, records: Records) -> None:
+    def append(self, records: Records, types: Types | None = None) -> None:
         """Queue records (they must carry the TIME column), waiting up to ``append_wait_seconds`` for room.
 
         ``records`` is a frame or a mapping of equal-length columns (no frame needs building).
         Raises ``LogFull`` when no room comes (their request must be refused: nothing is logged),
         ``ValueError`` for columns of unequal length. Never waits on the store.
         """
-        self.put(self.encode(records))
+        self.put(self.encode(records, types))
 
-    def encode(self, records: Records) -> Entry:
-        """Convert records to Arrow, on the request path (quarantining those that do not convert)."""
-        rows = _rows_of(records)
+    def encode(self, records: Records, types: Types | None = None) -> Entry:
+        """Convert records to Arrow, on the request path (quarantining those that do not convert).
+
+        ``types`` (``log_types`` of the model's schema) fixes the columns' Arrow types, so the
+        parts' schema follows the model, not the values that happen to be in one append.
+        """
+        rows = rows_of(records)
         if not rows:
             return Entry([], [], 0)
-        batches, lines = _encode(records, time.time())
+        batches, lines = encode_records(records, time.time(), types)
         return Entry(batches, lines, rows)
 
     def put(self, entry: Entry, wait: float | None = None) -> None:
@@ -311,7 +254,7 @@ class RecordLog:
             self._line.remove(me)
             self._room.notify_all()  # the next in line may fit as well
 
-    def _free(self, part: _Part) -> None:
+    def _free(self, part: Part) -> None:
         """A part's records are in a file, or held outside the bound: they no longer count against the room."""
         if part.unwritten:
             part.unwritten = False
@@ -339,15 +282,15 @@ class RecordLog:
     def start(self) -> None:
         """Start the spooler and the sender; parts already on disk were left by an earlier process: spilled."""
         for path in self.spilled_files():
-            if _CLAIM in path.name or path.name.endswith(_SPILLED):
+            if CLAIM in path.name or path.name.endswith(SPILLED):
                 continue
-            named = path.with_name(path.name + _SPILLED)
+            named = path.with_name(path.name + SPILLED)
             try:
                 os.rename(path, named)
             except FileNotFoundError:  # a worker beside us took it first
                 continue
             key = self._key_of(named)
-            self._count_spilled(key, _records_in(key, named))
+            self._count_spilled(key, records_in(key, named))
         for name, loop in (("spool", self._spool_loop), ("send", self._send_loop)):
             t = threading.Thread(target=loop, name=f"flywheel-{self.kind}-{name}", daemon=True)
             t.start()
@@ -384,7 +327,7 @@ class RecordLog:
             batches, self._buffer, self._rows = self._buffer, [], 0
             lines, self._lines = self._lines, []
             held, self._held = self._held, []
-        parts = held + _parts(self.prefix, batches, lines, self._quarantine_key)
+        parts = held + parts_of(self.prefix, batches, lines, self._quarantine_key)
         done = i = 0
         try:
             while i < len(parts):
@@ -409,42 +352,29 @@ class RecordLog:
                 self._free(part)
         return done
 
-    def _quarantined(self, part: _Part, exc: Unencodable) -> _Part:
+    def _quarantined(self, part: Part, exc: Unencodable) -> Part:
         assert part.table is not None
         error = str(exc)
         log.error("%d %s records cannot be logged as Parquet (%s); they are quarantined as JSON lines",
                   part.records, self.kind, error)
         self.quarantined += part.records
         self.hooks.outcome("quarantined", part.records)
-        text = "".join(f"{_json_line(r, error)}\n" for r in part.table.to_pylist())
-        return _Part(self._quarantine_key(part.day, part.since), part.records, part.since, part.day, text=text.encode(),
+        text = "".join(f"{json_line(r, error)}\n" for r in part.table.to_pylist())
+        return Part(self._quarantine_key(part.day, part.since), part.records, part.since, part.day, text=text.encode(),
                      unwritten=part.unwritten)
 
     def _may_write(self) -> bool:
         return self._deadline is None or time.monotonic() < self._deadline
 
-    def _write_spill(self, part: _Part, spilled: bool) -> bool:
-        path = self.root / (part.key + (_SPILLED if spilled else ""))
-        used = _tree_bytes(self.root)
+    def _write_spill(self, part: Part, spilled: bool) -> bool:
+        path = self.root / (part.key + (SPILLED if spilled else ""))
+        used = tree_bytes(self.root)
         if used + part.size > self.spill_max_bytes:
             self._spill_failed(f"it holds {used / 1e6:.1f} MB and may hold {self.spill_max_bytes / 1e6:.1f} MB "
                                "(setting spill_max_mb)")
             return False
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP}", dir=path.parent)
-            os.close(fd)
-            try:
-                # encoded straight into the file, a MiB at a time: a part built in memory first
-                # and written in one call took 17 to 100 ms for 100,000 rows (fresh pages for the
-                # copy, one 11 MB write), this 15 to 16 ms
-                with pa.OSFile(tmp, "wb") as raw, pa.BufferedOutputStream(raw, _WRITE_BUFFER) as f:
-                    part.write(f)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            spill.write_part(path, part)
         except OSError as exc:
             self._spill_failed(exc.strerror or str(exc))
             return False
@@ -463,13 +393,13 @@ class RecordLog:
                       "memory (%d now, at most %d: setting log_max_buffer_rows) while the store refuses them",
                       self.root, self.kind, reason, self.pending, self.max_buffer_rows)
 
-    def _send_direct(self, part: _Part) -> bool:
+    def _send_direct(self, part: Part) -> bool:
         if not self._store_call(self.store.write, part.key, part.encoded()):
             return False
         self._sent(part.key, part.records, resent=False)
         return True
 
-    def _hold(self, parts: list[_Part]) -> None:
+    def _hold(self, parts: list[Part]) -> None:
         with self._lock:
             self._held = parts + self._held
             over = sum(p.records for p in self._held) - self.max_buffer_rows
@@ -485,24 +415,7 @@ class RecordLog:
     # --- sending: spill directory -> store --------------------------------------------------------
     def spilled_files(self) -> list[Path]:
         """Spilled parts of this log that nobody holds a live claim on, oldest first."""
-        now = time.time()
-        out = []
-        for base in (self.root / self.prefix, self.root / QUARANTINE / self.prefix):
-            if not base.is_dir():
-                continue
-            for p in base.rglob("*"):
-                name = p.name
-                if not name.startswith("."):
-                    if name.endswith(_EXTENSIONS):
-                        out.append(p)
-                elif _CLAIM in name:
-                    if _claim_expiry(name) < now:  # its owner died or gave up: ours to send
-                        out.append(p)
-                elif _TMP in name:
-                    with contextlib.suppress(OSError):
-                        if p.stat().st_mtime < now - self.lease_seconds:  # a write cut short by a crash
-                            p.unlink()
-        return sorted(out, key=lambda p: _original_name(p.name))
+        return spill.spilled_files([self.root / self.prefix, self.root / QUARANTINE / self.prefix], self.lease_seconds)
 
     def send(self, deadline: float | None = None) -> int:
         """Send spilled parts to the store under their own keys until one fails; returns records sent.
@@ -514,15 +427,15 @@ class RecordLog:
             if not self._may_write() or (deadline is not None and time.monotonic() >= deadline):
                 break
             key = self._key_of(path)
-            spilled = _original_name(path.name).endswith(_SPILLED)
+            spilled = original_name(path.name).endswith(SPILLED)
             # an expired claim: its owner died or gave up, and the part waited on disk for it
-            adopted = _CLAIM in path.name and not spilled
+            adopted = CLAIM in path.name and not spilled
             claimed = self._claim_path(key, spilled or adopted)
             try:
                 os.rename(path, claimed)  # atomic: of all workers, one wins the claim
             except FileNotFoundError:
                 continue
-            records = _records_in(key, claimed)
+            records = records_in(key, claimed)
             if adopted:
                 self._count_spilled(key, records)
             if not self._store_call(self.store.move_file, claimed, key):  # refused: the part is still there
@@ -563,18 +476,13 @@ class RecordLog:
         return True
 
     def _claim_path(self, key: str, spilled: bool) -> Path:
-        path = self.root / (key + (_SPILLED if spilled else ""))
-        expiry = int(time.time() + self.lease_seconds) + 1
-        return path.with_name(f".{path.name}{_CLAIM}{uuid.uuid4().hex}-{expiry}")
+        return spill.claim_path(self.root, key, spilled, self.lease_seconds)
 
     def _release(self, claimed: Path, key: str) -> None:
-        """Give a claimed part back, named spilled: the store refused it."""
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(claimed, self.root / (key + _SPILLED))
+        spill.release(self.root, claimed, key)
 
     def _key_of(self, path: Path) -> str:
-        name = _original_name(path.name).removesuffix(_SPILLED)
-        return (path.parent / name).relative_to(self.root).as_posix()
+        return spill.key_of(self.root, path)
 
     # --- both --------------------------------------------------------------------------------------
     def flush(self, deadline: float | None = None) -> int:
@@ -589,7 +497,7 @@ class RecordLog:
             since += [min(p.since for p in self._held)] if self._held else []
         for base in (self.root / self.prefix, self.root / QUARANTINE / self.prefix):
             if base.is_dir():
-                since += [t for p in base.rglob("*") if (t := _stamp_of(_original_name(p.name))) is not None]
+                since += [t for p in base.rglob("*") if (t := stamp_of(original_name(p.name))) is not None]
         return max(0.0, time.time() - min(since)) if since else 0.0
 
     def close(self, seconds: float = 15.0) -> None:
@@ -623,222 +531,4 @@ class RecordLog:
         self.hooks.lag(self.lag_seconds())
 
     def _quarantine_key(self, day: str, since: float) -> str:
-        return f"{QUARANTINE}/{self.prefix}/date={day}/{_part_name(since, 'jsonl')}"
-
-
-# --- encoding --------------------------------------------------------------------------------------
-
-def _rows_of(records: Records) -> int:
-    """Records in an append; columns of unequal length are the caller's error, refused before anything is queued."""
-    if isinstance(records, pd.DataFrame):
-        return len(records)
-    lengths = {name: len(values) for name, values in records.items()}
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"columns of unequal length cannot be logged: {lengths}")
-    return next(iter(lengths.values()), 0)
-
-
-def _encode(records: Records, now: float) -> tuple[list[_Batch], list[tuple[str, str, float]]]:
-    """Arrow batches of the records; a record that cannot be converted becomes a quarantined JSON line."""
-    try:
-        return [_Batch(day, batch, now) for day, batch in _batches(records)], []
-    except Exception:  # noqa: BLE001 - some record does not convert: find which, keep the others
-        pass
-    if not isinstance(records, pd.DataFrame):  # the slow path works on a frame, built only here
-        records = pd.DataFrame({k: _pandas_column(v) for k, v in records.items()})
-    batches, lines = [], []
-    for i in range(len(records)):
-        row = records.iloc[i:i + 1]
-        try:
-            batches += [_Batch(day, batch, now) for day, batch in _batches(row)]
-        except Exception as exc:  # noqa: BLE001 - this record alone is quarantined
-            line = _json_line({str(k): v for k, v in row.iloc[0].to_dict().items()}, f"{type(exc).__name__}: {exc}")
-            log.error("a record cannot be logged as Parquet (%s: %s); it is quarantined by itself: %s",
-                      type(exc).__name__, exc, line[:300])
-            lines.append((_day_of(row), line, now))
-    return batches, lines
-
-
-def _batches(records: Records) -> list[tuple[str, pa.RecordBatch]]:
-    # column by column: about twice as fast as from_pandas, which builds pandas metadata we never read
-    columns = records.items() if not isinstance(records, pd.DataFrame) else ((c, records[c]) for c in records.columns)
-    names, arrays = [], []
-    for name, values in columns:
-        names.append(str(name))
-        arrays.append(_arrow(values))
-    batch = pa.RecordBatch.from_arrays(arrays, names=names)
-    times = batch.column(TIME)
-    if pa.types.is_timestamp(times.type):
-        span = pc.min_max(times)
-        first, last = span["min"].as_py(), span["max"].as_py()
-        if first is not None and _utc_day(first) == _utc_day(last):  # the usual case: one request, one time
-            return [(_utc_day(first), batch)]
-    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")  # a record without a time is today's
-    days = pd.to_datetime(pd.Series(_pandas_column(records[TIME])), utc=True).dt.strftime("%Y-%m-%d").fillna(today).to_numpy()
-    return [(day, batch.filter(pa.array(days == day))) for day in sorted(set(days))]
-
-
-def _arrow(values: Any) -> pa.Array:
-    """A column as Arrow, NaN and None as null (``from_pandas``).
-
-    A float numpy column is wrapped without a copy, its NaN found with numpy: Arrow's own
-    NaN scan cost 0.2 ms per 100k values, ten times numpy's, for each of a request's columns.
-    """
-    if isinstance(values, pa.Array):
-        return values
-    if isinstance(values, np.ndarray) and values.dtype.kind == "f" and values.ndim == 1:
-        null = np.isnan(values)
-        return pa.array(values, mask=null) if null.any() else pa.array(values)
-    return pa.array(values, from_pandas=True)
-
-
-def _pandas_column(values: Any) -> Any:
-    """A column as a pandas array or a plain sequence: no index to align on, Arrow arrays kept Arrow-backed."""
-    if isinstance(values, pa.Array):
-        return pd.arrays.ArrowExtensionArray(values)
-    if isinstance(values, pd.Series):
-        return values.array
-    return values
-
-
-def _utc_day(t: dt.datetime) -> str:
-    return (t.astimezone(dt.UTC) if t.tzinfo else t).strftime("%Y-%m-%d")
-
-
-def _day_of(row: pd.DataFrame) -> str:
-    try:
-        return pd.to_datetime(row[TIME], utc=True).iloc[0].strftime("%Y-%m-%d")
-    except Exception:  # noqa: BLE001 - a record with an odd time still gets a day
-        return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-
-
-def _json_line(record: dict[str, Any], error: str) -> str:
-    """A quarantined record: the record as JSON, with why it could not be logged as Parquet."""
-    return json.dumps({"error": error, "record": record}, default=_plain, allow_nan=True)
-
-
-def _plain(v: Any) -> Any:
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    if hasattr(v, "item"):
-        with contextlib.suppress(Exception):
-            return v.item()
-    return repr(v)
-
-
-def _parts(prefix: str, batches: list[_Batch], lines: list[tuple[str, str, float]],
-           quarantine_key: Any) -> list[_Part]:
-    """One Parquet part per (day, schema) and one quarantine part per day, oldest first."""
-    groups: dict[tuple[str, pa.Schema], list[_Batch]] = {}
-    for b in batches:
-        groups.setdefault((b.day, b.batch.schema), []).append(b)
-    parts = []
-    for (day, _), group in groups.items():
-        since = min(b.since for b in group)
-        table = pa.Table.from_batches([b.batch for b in group])
-        parts.append(_Part(f"{prefix}/date={day}/{_part_name(since, 'parquet')}", table.num_rows, since, day, table=table))
-    by_day: dict[str, list[tuple[str, float]]] = {}
-    for day, line, since in lines:
-        by_day.setdefault(day, []).append((line, since))
-    for day, items in by_day.items():
-        since = min(s for _, s in items)
-        parts.append(_Part(quarantine_key(day, since), len(items), since, day,
-                           text="".join(f"{line}\n" for line, _ in items).encode()))
-    return sorted(parts, key=lambda p: p.since)
-
-
-def _write_parquet(table: pa.Table, sink: pa.NativeFile) -> None:
-    """The table as one Parquet file into ``sink``; ``Unencodable`` if Parquet has no column for a type."""
-    # dictionary-encode text columns only: unique doubles (features, probabilities) gain nothing
-    # from a dictionary and it was half the cost of writing a large part; nor do request ids,
-    # one per record (the writer builds the dictionary, then falls back to plain)
-    text = [f.name for f in table.schema
-            if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != REQUEST_ID]
-    # min/max statistics for the columns the log adds (time, version, prediction: what queries
-    # filter on), not for each feature: they were a seventh of the cost of a part of doubles
-    stats = [name for name in table.column_names if name.startswith("_")]
-    try:
-        pq.write_table(table, sink, use_dictionary=text, compression=_codecs(table), write_statistics=stats)
-    except OSError:  # the sink's: the disk, not the records
-        raise
-    except Exception as exc:  # Parquet refuses the table: say so, as one kind of error
-        raise Unencodable(f"{type(exc).__name__}: {exc}") from exc
-
-
-_PROBE_BYTES = 64 << 10  # the sample of a column's values that decides its codec
-_WORTH_COMPRESSING = 0.9  # snappy must take at least 10% off the sample
-
-
-def _codecs(table: pa.Table) -> dict[str, str]:
-    """Per column: snappy where a sample of its values shrinks, none where it would not.
-
-    Measured values (a price, a count, a category) shrink two to five times; noise-like doubles
-    (continuous measurements, embeddings) do not shrink at all, and compressing them anyway was
-    a fifth of the cost of writing a part (100,000 rows of 13 such doubles: 19 ms, 16 with this).
-    """
-    return {name: "snappy" if _shrinks(column) else "none" for name, column in zip(table.column_names, table.columns)}
-
-
-def _shrinks(column: pa.ChunkedArray) -> bool:
-    chunk = next((c for c in column.chunks if len(c)), None)
-    values = chunk.buffers()[-1] if chunk is not None else None  # the values; for text, the characters
-    if values is None or values.size < 4096:  # too little to matter either way
-        return True
-    sample = values.slice(0, min(values.size, _PROBE_BYTES))
-    return pa.compress(sample, "snappy", asbytes=False).size <= _WORTH_COMPRESSING * sample.size
-
-
-# --- names -------------------------------------------------------------------------------------------
-
-def _part_name(since: float, ext: str) -> str:
-    stamp = dt.datetime.fromtimestamp(since, dt.UTC).strftime(_STAMP)
-    return f"{stamp}-{uuid.uuid4().hex[:12]}.{ext}"
-
-
-def _original_name(name: str) -> str:
-    if name.startswith(".") and _CLAIM in name:
-        return name[1:].rsplit(_CLAIM, 1)[0]
-    return name
-
-
-def _claim_expiry(name: str) -> float:
-    try:
-        return float(name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return 0.0  # a claim name we cannot read is treated as expired
-
-
-def _stamp_of(name: str) -> float | None:
-    if name.startswith("."):
-        return None
-    try:
-        return dt.datetime.strptime(name[:21], _STAMP).replace(tzinfo=dt.UTC).timestamp()
-    except ValueError:
-        return None
-
-
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    stack = [root]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for e in entries:
-            with contextlib.suppress(OSError):
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                else:
-                    total += e.stat(follow_symlinks=False).st_size
-    return total
-
-
-def _records_in(key: str, path: Path) -> int:
-    """Records in a spilled part: the lines of a quarantine file, the rows in a Parquet footer."""
-    try:
-        if key.endswith(".jsonl"):
-            return path.read_bytes().count(b"\n")
-        return pq.read_metadata(path).num_rows
-    except Exception:  # noqa: BLE001 - a part we cannot read is still sent; it counts as none
-        return 0
+        return f"{QUARANTINE}/{self.prefix}/date={day}/{part_name(since, 'jsonl')}"

@@ -327,7 +327,7 @@ class FlywheelServing:
         columns[PREDICTION] = pred.values
         if pred.proba is not None:
             columns[PROBA] = pred.proba.max(axis=1)
-        return ids, pred.values, pred.proba, self.predictions_log.encode(columns)
+        return ids, pred.values, pred.proba, self.predictions_log.encode(columns, model.log_types)
 
     async def _log_batch(self, entry: Entry | None) -> str | None:
         """Queue a /predict batch's log entry; None once queued, else why it was refused.

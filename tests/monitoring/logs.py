@@ -119,3 +119,32 @@ def race_passes(settings, store: Store, trigger, now: dt.datetime, passes: int, 
     for t in threads:
         t.join(join_seconds)
     return results
+
+
+def write_parts(served: Served, start: dt.datetime, hours: int, parts_per_hour: int, rows_per_part: int,
+                feedback_share: float = 0.0, seed: int = 0) -> int:
+    """Log predictions as the serving workers do: many small parts named as the log names them
+    (``<time of the oldest record>-<token>.parquet``), from ``start`` for ``hours``; feedback parts
+    for a share of them (the next hour's). Returns the prediction rows written."""
+    from services.serving.log_encoding import part_name
+
+    model, rng, total = served.registry.model, np.random.default_rng(seed), 0
+    for h in range(hours):
+        for p in range(parts_per_hour):
+            t0 = pd.Timestamp(start) + pd.Timedelta(hours=h) + pd.Timedelta(seconds=(p + 0.5) * 3600 / (parts_per_hour + 1))
+            frame = make_frame(rows_per_part, seed * 100_000 + h * 1000 + p)
+            logs = frame[FEATURES].copy()
+            logs.insert(0, REQUEST_ID, [uuid.uuid4().hex for _ in range(rows_per_part)])
+            logs.insert(1, TIME, t0 + pd.to_timedelta(np.arange(rows_per_part) * 0.01, unit="s"))
+            logs.insert(2, MODEL_VERSION, served.version)
+            logs[PREDICTION] = served.model.predict(frame[FEATURES])
+            day = t0.strftime("%Y-%m-%d")
+            write_parquet(served.store, f"predictions/{model}/date={day}/{part_name(t0.timestamp(), 'parquet')}", logs)
+            total += rows_per_part
+            pick = rng.random(rows_per_part) < feedback_share
+            if pick.any():
+                t1 = t0 + pd.Timedelta(hours=1)
+                fb = pd.DataFrame({REQUEST_ID: logs[REQUEST_ID][pick].to_numpy(), TIME: t1, LABEL: frame["y"][pick].to_numpy()})
+                write_parquet(served.store, f"feedback/{model}/date={t1.strftime('%Y-%m-%d')}/"
+                              f"{part_name(t1.timestamp(), 'parquet')}", fb)
+    return total

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data import TIME
+from components.data import TIME, Column, Schema
 from components.store import LocalStore
+from services.serving.log_encoding import log_types
 from services.serving.prediction_log import QUARANTINE, LogFull, RecordLog, sigkill_loss_bound
 
 ID = "_request_id"
@@ -204,6 +205,28 @@ def test_records_of_another_type_after_a_model_swap_are_all_kept(tmp_path: Path)
     log.flush()
     assert _logged(store) == _ids(range(20))
     assert len(store.list("predictions/m/")) == 2, "one part per schema"
+
+
+def test_a_part_takes_the_model_schema_not_the_values_of_one_flush(tmp_path: Path) -> None:
+    """Before: a column all null in an append was Arrow's null type, and its records a part of their own."""
+    schema = Schema("y", "regression", [Column("x", "numeric", "float64", 0.0), Column("zone", "categorical", "object", 0.5),
+                                        Column("day", "datetime", "datetime64[ns]", 0.5)], id_columns=["trip"])
+    store = LocalStore(tmp_path / "store")
+    log = _log(store, tmp_path / "spill")
+    types = log_types(schema)
+    log.append(_records(5, zone=[None] * 5, day=pd.NaT, trip=[None] * 5, _prediction=np.zeros(5)), types)
+    log.append(_records(5, 5, zone=list("abcde"), day=pd.Timestamp("2026-01-01"), trip=list("tuvwx"),
+                        _prediction=np.ones(5)), types)
+    log.flush()
+    log.append(_records(3, 10, zone=[None] * 3, day=pd.NaT, trip=[None] * 3, _prediction=np.zeros(3)), types)
+    log.flush()
+    keys = [k for k in store.list("predictions/m/") if k.endswith(".parquet")]
+    assert len(keys) == 2, "one part per flush, whatever is null in it"
+    schemas = [pq.read_schema(store.url(k)) for k in keys]
+    assert schemas[0] == schemas[1]
+    assert schemas[0].field("zone").type == pa.string() and schemas[0].field("trip").type == pa.string()
+    assert schemas[0].field("day").type == pa.timestamp("ns")
+    assert _logged(store) == _ids(range(13))
 
 
 def test_records_of_two_days_go_to_their_own_partitions(tmp_path: Path) -> None:
