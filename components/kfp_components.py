@@ -166,33 +166,31 @@ def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: 
 
 @component
 def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: list, seed: int,
+          store: str, model_name: str, train_workers: int,
           model: Output[Model], package: Output[Model]) -> str:
-    """Pick the best candidate, refit it on all training rows and package it (pickle, reference
-    sample, ONNX checked on the holdout) for register; returns the choice (JSON)."""
+    """Pick the best candidate, refit it on all training rows (an XGBoost one by ``train_workers``
+    workers) and package it (pickle, reference sample, ONNX checked on the holdout) for register;
+    returns the choice with how it was trained (JSON)."""
     import json
+    import uuid
 
-    import pandas as pd
-
-    from components import package as packaging
     from components import runtime
     from components import train as stage
     from components.data import Schema
 
     best = stage.best(results)
-    sch = Schema.from_json(schema)
+    s = runtime.settings(store, model_name, seed=seed, train_workers=train_workers)
+    job = f"flywheel-refit-{uuid.uuid4().hex[:10]}"  # a TrainJob name: RFC 1035, unique per attempt
 
-    def fit() -> packaging.ModelPackage:
-        tr = pd.read_parquet(train.path)
-        fitted = stage.refit(tr, sch, best["candidate"], seed)
-        return packaging.package(fitted, tr, pd.read_parquet(holdout.path), sch, seed)
-
-    made = runtime.cached_step("refit", fit, train=train.uri, holdout=holdout.uri, results=results)
+    made, training = runtime.cached_step("refit", lambda: stage.refit_and_package(
+        train.path, holdout.path, Schema.from_json(schema), best["candidate"], s, job), s,
+        train=train.uri, holdout=holdout.uri, results=results, train_workers=train_workers)
     with open(model.path, "wb") as f:
         f.write(made.model)
     made.save(package.path)
-    model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"]})
+    model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"], **training})
     package.metadata.update({"onnx": bool(made.onnx_report.get("passed"))})
-    return json.dumps(best)
+    return json.dumps({**best, "training": training})
 
 
 @component

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from components.data import Schema
+    from components.package import ModelPackage
+    from components.settings import Settings
 
 # The search space: model family x parameters; each entry is one fan-out task.
 CLASSIFIERS: list[dict[str, Any]] = [
@@ -178,3 +180,31 @@ def refit(train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], seed: 
 
     X, y = xy(train, schema)
     return make_model(schema, candidate, seed).fit(X, y)
+
+
+def refit_and_package(train_path: str, holdout_path: str, schema: Schema, candidate: dict[str, Any],
+                      settings: Settings, job: str) -> tuple[ModelPackage, dict[str, Any]]:
+    """The refit step: fit the chosen candidate on the training rows and package it; returns it and how it trained.
+
+    An XGBoost candidate with ``train_workers`` > 1 is trained by that many workers over XGBoost's
+    collective protocol (components/distributed_xgb.py: local processes, or a Kubeflow Trainer
+    TrainJob with ``runner: kfp``); every other refit runs in this process. The second value is
+    the version manifest's ``training`` record: the engine and the number of workers.
+    """
+    import pandas as pd
+
+    from components import distributed_xgb as dx
+    from components import package as packaging
+    from components.settings import process_environment
+
+    template = make_model(schema, candidate, settings.seed)
+    holdout = pd.read_parquet(holdout_path)
+    if settings.train_workers > 1 and dx.is_distributable(template):
+        model, outcome, sample = dx.distributed_refit(template, [train_path], schema, settings, job,
+                                                      process_environment())
+        made = packaging.package(model, sample, holdout, schema, settings.seed)
+        return made, {"engine": outcome.engine, "workers": len(outcome.workers),
+                      "peak_rss_kib": [w["peak_rss_kib"] for w in outcome.workers]}
+    train = pd.read_parquet(train_path)
+    model = refit(train, schema, candidate, settings.seed)
+    return packaging.package(model, train, holdout, schema, settings.seed), {"engine": dx.ENGINE_IN_PROCESS, "workers": 1}

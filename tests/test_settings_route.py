@@ -40,6 +40,7 @@ NON_DEFAULT: dict[str, Any] = {
     "kfp_namespace": "team-a", "kfp_token_path": "/tmp/kfp-token", "component_image": "registry.example/components:7",
     "parallelism": 3, "cv_folds": 4, "holdout_fraction": 0.25, "promotion_margin": 0.01, "min_accuracy": 0.75,
     "min_r2": 0.3, "max_train_rows": 50000, "seed": 7,
+    "train_workers": 3, "train_timeout_seconds": 900.0, "trainer_runtime": "xgboost-custom", "trainer_namespace": "ml",
     "window_minutes": 30, "min_rows": 700, "drift_share_threshold": 0.4, "quality_drop_threshold": 0.07,
     "cooldown_minutes": 30, "include_feedback": True, "retry_backoff_minutes": 2.5, "retry_max_attempts": 3,
     "late_log_days": 3, "sample_size": 20000, "evidently_workspace": "/data/workspace", "monitor_reports": "drift",
@@ -51,7 +52,7 @@ NON_DEFAULT: dict[str, Any] = {
     "deploy_timeout_seconds": 450.0, "serving_model_version": "v7",
 }
 # ConfigMap values the chart derives instead of taking a value (pipelines/settings_routes.py says how).
-CHART_DERIVED = {"serving_deployment": "flywheel-serving", "serving_namespace": NAMESPACE}
+CHART_DERIVED = {"serving_deployment": "flywheel-serving", "serving_namespace": NAMESPACE, "trainer_namespace": NAMESPACE}
 # Chart values that are no setting.
 NOT_SETTINGS = {"config.s3.existingSecret", "config.kfp.mode"}
 # Where the chart's default is deliberately not the settings' default: a cluster's choices.
