@@ -83,10 +83,11 @@ class Settings(BaseSettings):
         "pods of a Kubeflow Trainer TrainJob. 1: the refit runs in its own step, as for every other family."))
     train_timeout_seconds: float = Field(3600, gt=0, description="How long the refit waits for its distributed "
                                          "workers (local processes or the TrainJob) before failing the step.")
-    trainer_runtime: str = Field("xgboost-distributed", description="The Kubeflow Trainer ClusterTrainingRuntime a "
-                                 "distributed refit's TrainJob runs on (the Trainer's XGBoost runtime).")
-    trainer_namespace: str = Field("flywheel", description="Namespace the refit step creates its TrainJob in "
-                                   "(the release namespace: the chart's Role allows exactly that).")
+    trainer_runtime: str = Field("xgboost-distributed", description="The Kubeflow Trainer runtime a distributed "
+                                 "refit's TrainJob runs on, as Kind/name (a bare name: a ClusterTrainingRuntime, the "
+                                 "Trainer's own xgboost-distributed by default; the chart's TrainingRuntime/flywheel-xgboost).")
+    trainer_namespace: str = Field("kubeflow", description="Namespace the refit step creates its TrainJob in: where "
+                                   "the pipeline's steps run (the chart's Role allows exactly that there).")
 
     # Monitoring
     window_minutes: int | None = Field(None, ge=1, description="Window length; default: since the last pass.")

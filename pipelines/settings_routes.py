@@ -75,7 +75,7 @@ ROUTES: dict[str, Route] = {
     "train_workers": _cm("config.training.workers"),
     "train_timeout_seconds": _cm("config.training.timeoutSeconds"),
     "trainer_runtime": _cm("config.training.trainerRuntime"),
-    "trainer_namespace": _cm(note="the release namespace"),
+    "trainer_namespace": _cm(note="config.kfp.namespace: where the steps run and the chart's Role allows TrainJobs"),
     "window_minutes": _cm("config.monitoring.windowMinutes"),
     "min_rows": _cm("config.monitoring.minRows"),
     "drift_share_threshold": _cm("config.monitoring.driftShareThreshold"),

@@ -52,7 +52,7 @@ NON_DEFAULT: dict[str, Any] = {
     "deploy_timeout_seconds": 450.0, "serving_model_version": "v7",
 }
 # ConfigMap values the chart derives instead of taking a value (pipelines/settings_routes.py says how).
-CHART_DERIVED = {"serving_deployment": "flywheel-serving", "serving_namespace": NAMESPACE, "trainer_namespace": NAMESPACE}
+CHART_DERIVED = {"serving_deployment": "flywheel-serving", "serving_namespace": NAMESPACE, "trainer_namespace": NON_DEFAULT["kfp_namespace"]}
 # Chart values that are no setting.
 NOT_SETTINGS = {"config.s3.existingSecret", "config.kfp.mode"}
 # Where the chart's default is deliberately not the settings' default: a cluster's choices.
@@ -67,6 +67,7 @@ CLUSTER_DEFAULTS = {
     "include_feedback": "without labelled production rows a retrain has nothing new to read",
     "spill_max_mb": "below the spill volume's 2Gi limit",
     "serving_model_version": "empty: the deploy step chooses the version through the pod's annotation",
+    "trainer_runtime": "the chart's own TrainingRuntime, with the release's security context and resources",
 }
 
 
