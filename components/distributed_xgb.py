@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -141,6 +142,28 @@ def booster_params(estimator: Any, classes: list[Any] | None) -> tuple[dict[str,
     params.setdefault("tree_method", "hist")
     rounds = int(getattr(estimator, "n_estimators", None) or 100)
     return params, rounds, bool(getattr(estimator, "enable_categorical", False))
+
+
+# What one worker holds beside its share's bins: the interpreter with pandas, scikit-learn and
+# XGBoost imported, one batch and its preprocessed copy (measured on the churn table: ~400 MB).
+WORKER_BASE_MB = 400
+# Bytes a worker holds per row and feature: the 1-byte bin of the QuantileDMatrix (ELLPACK) plus,
+# per row, gradient, hessian, prediction and label in float32 (16 bytes, spread over the features).
+BIN_BYTES = 1
+ROW_BYTES = 16
+
+
+def workers_needed(rows: int, features: int, budget_mb: float, requested: int) -> int:
+    """Workers a refit needs so each one's share fits the task's memory budget (at least ``requested``).
+
+    Raises ValueError when the budget leaves no room beside a worker's own start-up memory.
+    """
+    room = budget_mb - WORKER_BASE_MB
+    if room <= 0:
+        raise ValueError(f"a refit_memory_mb budget of {budget_mb:g} MB leaves nothing for the training rows "
+                         f"beside a worker's own {WORKER_BASE_MB} MB")
+    share_mb = rows * (features * BIN_BYTES + ROW_BYTES) / 1_000_000
+    return max(requested, math.ceil(share_mb / room))
 
 
 def is_distributable(model: Pipeline) -> bool:

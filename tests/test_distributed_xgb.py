@@ -107,3 +107,76 @@ def test_job_round_trips_through_json(tmp_path: Path) -> None:
     job = dx.Job("file:///s", "training/m/j", [[dx.Piece("a", 0, 0, 5)]], ["x"], "y", [0, 1], {"eta": 0.1}, 10)
     assert dx.Job.from_json(job.to_json()) == job
     assert json.loads(job.to_json())["shares"][0][0] == {"file": "a", "row_group": 0, "start": 0, "stop": 5}
+
+
+# --- the refit step: train.refit_and_package, then register --------------------------------
+
+
+@pytest.fixture
+def xgboost_candidate(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """An XGBoost candidate. Stand-in until the xgboost family (branch gbt) is merged: make_model builds the
+    same pipeline the search would (the project's preprocessing, an XGBoost estimator)."""
+    from components import train
+
+    real = train.make_model
+    monkeypatch.setattr(train, "make_model", lambda schema, candidate, seed: (
+        _template(schema) if candidate["family"] == "xgboost" else real(schema, candidate, seed)))
+    return {"id": "9-xgboost", "family": "xgboost", "params": {}, "select": False}
+
+
+def _split(tmp_path: Path) -> tuple[str, str, pd.DataFrame, object]:
+    files, holdout, schema = _data(tmp_path)
+    path = tmp_path / "holdout.parquet"
+    holdout.to_parquet(path, index=False)
+    return files[0], str(path), holdout, schema
+
+
+def test_the_refit_step_trains_with_two_workers_and_the_manifest_says_so(tmp_path: Path, settings: Settings,
+                                                                        xgboost_candidate: dict) -> None:
+    from components import evaluate, register, train
+    from components.registry import Registry
+
+    train_path, holdout_path, holdout, schema = _split(tmp_path)
+    s = settings.model_copy(update={"train_workers": 2})
+    made, training = train.refit_and_package(train_path, holdout_path, schema, xgboost_candidate, s, "flywheel-refit-1")
+    assert training["engine"] == dx.ENGINE_LOCAL and training["workers"] == 2
+    model = __import__("joblib").load(__import__("io").BytesIO(made.model))
+    ev = evaluate.evaluate(model, None, holdout, schema)
+    best = {"candidate": xgboost_candidate, "metric": "balanced_accuracy", "score": 0.7, "std": 0.0, "rows": 3000,
+            "training": training}
+    reg = Registry(open_store(s.store, s), s.model)
+    decision = register.register(reg, made, schema, ev, best, "fp-1", "run-1", None, s)
+    manifest = reg.manifest(decision.version)
+    assert manifest["training"]["engine"] == "xgboost-collective-local"
+    assert manifest["training"]["workers"] == 2
+    # a family that is not XGBoost refits in the step whatever train_workers says
+    _, in_process = train.refit_and_package(train_path, holdout_path, schema, train.candidates("classification")[0],
+                                            s, "flywheel-refit-2")
+    assert in_process == {"engine": "in-process", "workers": 1}
+
+
+def test_a_refit_whose_workers_die_registers_nothing_and_leaves_no_job(tmp_path: Path, settings: Settings,
+                                                                       xgboost_candidate: dict,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from components import train
+
+    train_path, holdout_path, _, schema = _split(tmp_path)
+    s = settings.model_copy(update={"train_workers": 2})
+    # every worker gets parameters XGBoost refuses once training starts: the workers exit with an error
+    monkeypatch.setattr(dx, "booster_params", lambda est, classes: ({"objective": "binary:logistic", "max_depth": -1},
+                                                                     5, False))
+    with pytest.raises(dx.TrainingFailed, match=r"^distributed training worker rank [01] \(pid \d+\) of job "
+                                                r"training/test/flywheel-refit-x exited with code 1: .*max_depth"):
+        train.refit_and_package(train_path, holdout_path, schema, xgboost_candidate, s, "flywheel-refit-x")
+    store = open_store(s.store, s)
+    assert store.list("training") == [] and store.list("registry") == []
+
+
+def test_workers_needed_follows_the_budget() -> None:
+    # 30M rows x 12 features in 1-byte bins + 16 bytes a row: 840 MB, more than a 1 GB task holds beside the interpreter
+    assert dx.workers_needed(rows=30_000_000, features=12, budget_mb=1000, requested=1) == 2
+    assert dx.workers_needed(rows=20_000_000, features=12, budget_mb=1000, requested=1) == 1
+    assert dx.workers_needed(rows=1_000_000, features=12, budget_mb=8000, requested=1) == 1
+    assert dx.workers_needed(rows=1_000_000, features=12, budget_mb=8000, requested=4) == 4
+    with pytest.raises(ValueError, match="budget of 300 MB leaves nothing"):
+        dx.workers_needed(rows=10, features=1, budget_mb=300, requested=1)
