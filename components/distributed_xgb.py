@@ -2,9 +2,9 @@
 
 The same worker code runs everywhere; only who starts the workers and the tracker differs:
 
-* embedded: N local processes coordinated by XGBoost's own tracker (``run_local``);
-* cluster: the N pods of a Kubeflow Trainer ``TrainJob`` on its XGBoost runtime, which starts the
-  tracker and injects ``DMLC_*`` (components/trainjob.py);
+* embedded: N local processes (``run_local``);
+* cluster: the N pods of a Kubeflow Trainer ``TrainJob`` on its XGBoost runtime, which injects
+  ``DMLC_*`` (components/trainjob.py);
 * the container tier: N containers of the component image with ``DMLC_*`` set as the runtime sets them.
 
 The refit step (the coordinator, ``distributed_refit``) fits the model's preprocessing on a bounded
@@ -15,6 +15,9 @@ it batch by batch through the preprocessing into a ``QuantileDMatrix`` (the sket
 workers by the collective), trains, and rank 0 writes the booster to the store. The coordinator puts
 the booster behind the preprocessing: the model is an ordinary scikit-learn pipeline, packaged and
 served like any other. A worker that fails fails the refit with its rank named; nothing is registered.
+
+In every runtime rank 0 runs XGBoost's own tracker (``xgboost.tracker.RabitTracker``) where
+``DMLC_TRACKER_URI``/``DMLC_TRACKER_PORT`` point, as the Trainer's XGBoost runtime expects of it.
 """
 
 from __future__ import annotations
@@ -261,11 +264,32 @@ def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) 
                                enable_categorical=job.enable_categorical)
 
 
+def _tracker(collective: Mapping[str, Any], workers: int) -> Any:
+    """Rank 0's XGBoost tracker, listening where ``DMLC_TRACKER_URI``/``DMLC_TRACKER_PORT`` send the workers.
+
+    Kubeflow Trainer's XGBoost runtime points every node at rank 0 and leaves starting the tracker
+    to rank 0's code; the local engine and the container tier do the same, so one code path serves all.
+    ``sortby="task"`` makes each worker's collective rank its ``DMLC_TASK_ID``: the share it reads.
+    """
+    import ipaddress
+
+    from xgboost.tracker import RabitTracker
+
+    uri = str(collective["dmlc_tracker_uri"])
+    try:
+        bind = uri if ipaddress.ip_address(uri).is_loopback else "0.0.0.0"  # the other pods must reach it
+    except ValueError:  # a host name (a pod's DNS name): listen on the pod's addresses
+        bind = "0.0.0.0"
+    tracker = RabitTracker(n_workers=workers, host_ip=bind, port=int(collective["dmlc_tracker_port"]), sortby="task")
+    tracker.start()
+    return tracker
+
+
 def train_worker(job: Job, rank: int, collective: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """Train this worker's share under the collective; rank 0 writes the booster. Returns the worker's record.
+    """Train this worker's share under the collective; rank 0 runs the tracker and writes the booster.
 
     ``collective`` holds the ``dmlc_*`` arguments of ``xgboost.collective.CommunicatorContext``
-    (tracker address and port, task id, world size) as the runtime gave them.
+    (tracker address and port, task id) as the runtime gave them. Returns the worker's record.
     """
     import joblib
     import xgboost as xgb
@@ -275,13 +299,20 @@ def train_worker(job: Job, rank: int, collective: Mapping[str, Any], settings: S
     share = job.shares[rank]
     prep = joblib.load(io.BytesIO(store.read(job.key("prep.joblib"))))
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"flywheel-worker-{rank}-") as tmp, \
-            coll.CommunicatorContext(dmlc_communicator="rabit", **collective):
-        paths = _open_pieces(job, store, share, Path(tmp))
-        matrix = _matrix(job, share, paths, prep)
-        booster = xgb.train(job.params, matrix, num_boost_round=job.rounds)
-        if coll.get_rank() == 0:
-            store.write(job.key("model.ubj"), bytes(booster.save_raw("ubj")))
+    tracker = _tracker(collective, job.workers) if rank == 0 else None
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"flywheel-worker-{rank}-") as tmp, \
+                coll.CommunicatorContext(dmlc_communicator="rabit", **collective):
+            paths = _open_pieces(job, store, share, Path(tmp))
+            matrix = _matrix(job, share, paths, prep)
+            booster = xgb.train(job.params, matrix, num_boost_round=job.rounds)
+            if coll.get_rank() == 0:
+                store.write(job.key("model.ubj"), bytes(booster.save_raw("ubj")))
+        if tracker is not None:
+            tracker.wait_for()
+    finally:
+        if tracker is not None:
+            tracker.free()
     record = {"rank": rank, "rows": sum(p.stop - p.start for p in share), "peak_rss_kib": peak_rss_kib(),
               "seconds": round(time.perf_counter() - started, 3)}
     store.write(job.key(f"rank-{rank}.json"), json.dumps(record).encode())
@@ -325,8 +356,17 @@ def dmlc_env(rank: int, workers: int, tracker_uri: str, tracker_port: int) -> di
             "DMLC_NUM_WORKER": str(workers)}
 
 
+def free_port() -> int:
+    """A TCP port free on loopback right now (the tracker's; rank 0 binds it a moment later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Mapping[str, str]) -> Outcome:
-    """Run the job's workers as local processes under XGBoost's own tracker; raise TrainingFailed naming a failed one.
+    """Run the job's workers as local processes, rank 0 running XGBoost's tracker; raise TrainingFailed naming a failed one.
 
     A worker that exits with an error (or is killed) ends the others at once: the survivors would
     otherwise wait for it inside an allreduce until the tracker's timeout.
@@ -334,11 +374,7 @@ def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Ma
     import select
     import subprocess
 
-    from xgboost.tracker import RabitTracker
-
-    tracker = RabitTracker(n_workers=job.workers, host_ip="127.0.0.1", sortby="task", timeout=int(timeout_seconds))
-    tracker.start()
-    args = tracker.worker_args()
+    port = free_port()
     env = settings.to_env(base_env)  # the parent's environment (PATH, PYTHONPATH) with these settings
     procs: dict[int, subprocess.Popen[bytes]] = {}
     logs: dict[int, Any] = {}
@@ -348,7 +384,7 @@ def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Ma
             logs[rank] = tempfile.TemporaryFile()
             procs[rank] = subprocess.Popen(
                 worker_command(job), stdout=logs[rank], stderr=subprocess.STDOUT,
-                env={**env, **dmlc_env(rank, job.workers, str(args["dmlc_tracker_uri"]), int(args["dmlc_tracker_port"]))})
+                env={**env, **dmlc_env(rank, job.workers, "127.0.0.1", port)})
         fds = {os.pidfd_open(p.pid): rank for rank, p in procs.items()}
         deadline = time.monotonic() + timeout_seconds
         while fds and failure is None:
@@ -373,7 +409,6 @@ def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Ma
                 p.wait()
         for f in logs.values():
             f.close()
-        tracker.free()
     if failure:
         raise TrainingFailed(failure)
     return collect(job, open_store(job.store, settings), ENGINE_LOCAL)

@@ -4,9 +4,10 @@ The refit step creates one TrainJob (``trainer.kubeflow.org/v1alpha1``) through 
 API, waits for its ``Complete`` or ``Failed`` condition, and deletes it. The runtime (the chart's
 namespaced ``TrainingRuntime`` ``flywheel-xgboost``, a copy of the Trainer's ``xgboost-distributed``
 with the release's security context, ServiceAccount, ConfigMap and S3 Secret; or any runtime the
-``trainer_runtime`` setting names) has the XGBoost ML policy: the Trainer starts the tracker on
-rank 0's node and injects ``DMLC_TRACKER_URI``, ``DMLC_TRACKER_PORT``, ``DMLC_TASK_ID`` and
-``DMLC_NUM_WORKER`` into every node, which runs ``python -m components.distributed_xgb``.
+``trainer_runtime`` setting names) has the XGBoost ML policy: the Trainer injects
+``DMLC_TRACKER_URI`` (rank 0's node), ``DMLC_TRACKER_PORT``, ``DMLC_TASK_ID`` and
+``DMLC_NUM_WORKER`` into every node, which runs ``python -m components.distributed_xgb``; rank 0's
+worker starts XGBoost's tracker there, as the runtime expects of the training code.
 
 Why the ``kubernetes`` client and not the ``kubeflow`` SDK's TrainerClient: the deploy step already
 uses it (one client, one credential path: the pod's ServiceAccount), the object is a few fields,
