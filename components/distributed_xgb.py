@@ -79,6 +79,8 @@ class Job:
     params: dict[str, Any]
     rounds: int
     enable_categorical: bool = False
+    feature_types: list[str] | None = None  # XGBoost's 'q'/'c' per preprocessed column, when the estimator names them
+    class_weights: list[float] | None = None  # per class index: each row weighted by its class (balanced classes)
     batch_rows: int = BATCH_ROWS
     local_files: bool = False  # ``file`` values are paths this machine reads, not store keys
 
@@ -129,6 +131,23 @@ def plan_shares(row_groups: list[tuple[str, list[int]]], workers: int) -> list[l
                     shares[rank].append(Piece(file, rg, lo - offset, hi - offset))
             offset += size
     return shares
+
+
+def balanced_weights(files: list[str], target: str, classes: list[Any]) -> list[float]:
+    """Per class (in ``classes`` order): rows / (classes x rows of the class), counted over the target column alone.
+
+    The weights scikit-learn's ``class_weight="balanced"`` gives, over all workers' rows at once, so
+    a distributed refit weights its classes as the one-process refit of the same estimator does.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counts: dict[Any, int] = {}
+    for f in files:
+        for row in pc.value_counts(pq.read_table(f, columns=[target])[target].drop_null()).to_pylist():
+            counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    total = sum(counts.values())
+    return [total / (len(classes) * counts[c]) if counts.get(c) else 0.0 for c in classes]
 
 
 def booster_params(estimator: Any, classes: list[Any] | None) -> tuple[dict[str, Any], int, bool]:
@@ -241,6 +260,7 @@ def _batches(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any)
 
 def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) -> Any:
     """A QuantileDMatrix built batch by batch: the share is never held whole, only its compressed bins."""
+    import numpy as np
     import xgboost as xgb
 
     class Batches(xgb.DataIter):
@@ -257,7 +277,9 @@ def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) 
             batch = next(self._it, None)
             if batch is None:
                 return False
-            input_data(data=batch[0], label=batch[1])
+            X, y = batch
+            weight = None if job.class_weights is None else np.asarray(job.class_weights)[y.astype("int64")]
+            input_data(data=X, label=y, weight=weight, feature_types=job.feature_types)
             return True
 
     return xgb.QuantileDMatrix(Batches(), max_bin=int(job.params.get("max_bin", 256)),
@@ -462,8 +484,11 @@ def sample_parquet(files: list[str], columns: list[str], max_rows: int, seed: in
 
 
 def prepare(template: Pipeline, train_files: list[str], schema: Schema, settings: Settings, workers: int,
-            job_name: str, sample_rows: int) -> tuple[Job, Any, pd.DataFrame]:
+            job_name: str, sample_rows: int, balanced_classes: bool = False) -> tuple[Job, Any, pd.DataFrame]:
     """Fit the model's preprocessing on a sample and write the job to the store; returns (job, fitted prep, sample).
+
+    ``balanced_classes``: weight each row by its class to balance the classes over all workers' rows
+    (as an estimator fit with balanced sample weights in one process).
 
     The training files are local Parquet files (the refit step's input); on a cluster they are
     uploaded under the job's prefix so the pods can read them, and removed with the job.
@@ -493,26 +518,38 @@ def prepare(template: Pipeline, train_files: list[str], schema: Schema, settings
     row_groups = [(name, [pq.ParquetFile(f).metadata.row_group(g).num_rows
                           for g in range(pq.ParquetFile(f).metadata.num_row_groups)])
                   for name, f in zip(names, train_files, strict=True)]
-    params, rounds, categorical = booster_params(template.steps[-1][1], schema.classes)
+    estimator = template.steps[-1][1]
+    params, rounds, categorical = booster_params(estimator, schema.classes)
+    balanced = balanced_classes and schema.classes is not None
     job = Job(store=store.uri, prefix=prefix, shares=plan_shares(row_groups, workers), features=schema.feature_names,
               target=schema.target, classes=schema.classes, params=params, rounds=rounds,
-              enable_categorical=categorical, local_files=local)
+              enable_categorical=categorical, feature_types=getattr(estimator, "feature_types", None),
+              class_weights=balanced_weights(train_files, schema.target, schema.classes) if balanced else None,
+              local_files=local)
     store.write(job.key("job.json"), job.to_json().encode())
     return job, prep, sample
 
 
-def assemble(template: Pipeline, prep: Any, booster: bytes) -> Pipeline:
-    """The fitted model: the fitted preprocessing followed by the template's estimator holding the trained booster."""
+def assemble(template: Pipeline, prep: Any, booster: bytes, classes: list[Any] | None = None) -> Pipeline:
+    """The fitted model: the fitted preprocessing followed by the template's estimator holding the trained booster.
+
+    A classifier's ``labels_`` are the schema's classes, in the order the workers coded them
+    (an estimator that maps its predictions back to labels reads them; XGBoost's own ignores them).
+    """
+    import numpy as np
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
 
     estimator = clone(template.steps[-1][1])
     estimator.load_model(bytearray(booster))
+    if classes is not None:
+        estimator.labels_ = np.asarray(classes)
     return Pipeline([*prep.steps, (template.steps[-1][0], estimator)])
 
 
 def distributed_refit(template: Pipeline, train_files: list[str], schema: Schema, settings: Settings, job_name: str,
-                      base_env: Mapping[str, str] | None = None) -> tuple[Pipeline, Outcome, pd.DataFrame]:
+                      base_env: Mapping[str, str] | None = None,
+                      balanced_classes: bool = False) -> tuple[Pipeline, Outcome, pd.DataFrame]:
     """Refit ``template`` (an XGBoost pipeline) on the training files with ``settings.train_workers`` workers.
 
     Embedded runner: local processes under XGBoost's tracker; ``runner: kfp``: a Kubeflow Trainer
@@ -520,7 +557,7 @@ def distributed_refit(template: Pipeline, train_files: list[str], schema: Schema
     (the reference rows come from it). The job's objects are removed whether it succeeded or not.
     """
     job, prep, sample = prepare(template, train_files, schema, settings, settings.train_workers, job_name,
-                                settings.max_train_rows)
+                                settings.max_train_rows, balanced_classes)
     try:
         if settings.runner == "kfp":
             from components import trainjob
@@ -528,7 +565,7 @@ def distributed_refit(template: Pipeline, train_files: list[str], schema: Schema
             outcome = trainjob.run(job, settings)
         else:
             outcome = run_local(job, settings, settings.train_timeout_seconds, base_env or {})
-        return assemble(template, prep, outcome.booster), outcome, sample
+        return assemble(template, prep, outcome.booster, schema.classes), outcome, sample
     finally:
         remove_job(job, settings)
 

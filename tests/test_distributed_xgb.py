@@ -180,3 +180,28 @@ def test_workers_needed_follows_the_budget() -> None:
     assert dx.workers_needed(rows=1_000_000, features=12, budget_mb=8000, requested=4) == 4
     with pytest.raises(ValueError, match="budget of 300 MB leaves nothing"):
         dx.workers_needed(rows=10, features=1, budget_mb=300, requested=1)
+
+
+def test_balanced_weights_are_scikit_learns_over_every_file(tmp_path: Path) -> None:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array(["no"] * 70 + ["yes"] * 20 + ["maybe"] * 10)
+    for i, part in enumerate((y[:40], y[40:])):
+        pd.DataFrame({"t": part}).to_parquet(tmp_path / f"{i}.parquet", index=False)
+    classes = ["maybe", "no", "yes"]
+    weights = dx.balanced_weights([str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")], "t", classes)
+    np.testing.assert_allclose(weights, compute_class_weight("balanced", classes=np.array(classes), y=y))
+
+
+def test_balanced_classes_reach_every_worker_and_the_labels_the_model(tmp_path: Path, settings: Settings) -> None:
+    files, holdout, schema = _data(tmp_path, rows=3000)
+    train = pd.read_parquet(files[0])
+    rare = train[(train["churned"] == 0) | (np.arange(len(train)) % 6 == 0)]  # churners made rare: about 1 in 8
+    rare.to_parquet(files[0], index=False, row_group_size=500)
+    s = settings.model_copy(update={"train_workers": 2})
+    plain, _, _ = dx.distributed_refit(_template(schema), files, schema, s, "job-plain")
+    balanced, _, _ = dx.distributed_refit(_template(schema), files, schema, s, "job-balanced", balanced_classes=True)
+    X = holdout[schema.feature_names]
+    # weighting the rarer class up raises its predicted share
+    assert balanced.predict_proba(X)[:, 1].mean() > plain.predict_proba(X)[:, 1].mean() + 0.15
+    assert list(balanced.steps[-1][1].labels_) == schema.classes
