@@ -174,34 +174,32 @@ def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: 
 
 @component
 def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: list, seed: int,
-          model: Output[Model], package: Output[Model], memory_mb: int = 8000) -> str:
-    """Pick the best candidate, refit it on all training rows within ``memory_mb`` (components/refit.py)
-    and package it (pickle, reference sample, ONNX checked on the holdout) for register; returns the choice (JSON)."""
+          store: str, model_name: str, train_workers: int, memory_mb: int,
+          model: Output[Model], package: Output[Model]) -> str:
+    """Pick the best candidate, refit it on all training rows (within ``memory_mb``; an XGBoost one
+    by ``train_workers`` workers: components/refit.py) and package it (pickle, reference sample,
+    ONNX checked on the holdout) for register; returns the choice with how it was trained (JSON)."""
     import json
+    import uuid
 
-    import pandas as pd
-
-    from components import package as packaging
     from components import refit as stage
     from components import runtime
     from components import train as search
     from components.data import Schema
 
     best = search.best(results)
-    sch = Schema.from_json(schema)
+    s = runtime.settings(store, model_name, seed=seed, train_workers=train_workers, refit_memory_mb=memory_mb)
+    job = f"flywheel-refit-{uuid.uuid4().hex[:10]}"  # a TrainJob name: RFC 1035, unique per attempt
 
-    def fit() -> tuple[packaging.ModelPackage, dict]:
-        fitted, rows, chosen = stage.refit(train.path, sch, best["candidate"], seed, memory_mb)
-        return packaging.package(fitted, rows, pd.read_parquet(holdout.path), sch, seed), chosen.describe()
-
-    made, chosen = runtime.cached_step("refit", fit, train=train.uri, holdout=holdout.uri, results=results,
-                                       memory_mb=memory_mb)
+    made, training = runtime.cached_step("refit", lambda: stage.refit_and_package(
+        train.path, holdout.path, Schema.from_json(schema), best["candidate"], s, job), s,
+        train=train.uri, holdout=holdout.uri, results=results, train_workers=train_workers, memory_mb=memory_mb)
     with open(model.path, "wb") as f:
         f.write(made.model)
     made.save(package.path)
-    model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"], "refit": chosen})
+    model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"], **training})
     package.metadata.update({"onnx": bool(made.onnx_report.get("passed"))})
-    return json.dumps(best)
+    return json.dumps({**best, "training": training})
 
 
 @component

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from components.data import Schema
+    from components.package import ModelPackage
+    from components.settings import Settings
 
 MB = 1_000_000
 NUMBER_BYTES = 8  # a float64 in pandas and in the model matrix
@@ -302,3 +304,34 @@ def lightgbm_sequence(path: str, schema: Schema, candidate: dict[str, Any], seed
 
 # The families whose refit streams from Parquet when it would not fit in memory.
 STREAMED = {"xgboost": xgboost_external, "lightgbm": lightgbm_sequence}
+
+
+def refit_and_package(train_path: str, holdout_path: str, schema: Schema, candidate: dict[str, Any],
+                      settings: Settings, job: str) -> tuple[ModelPackage, dict[str, Any]]:
+    """The refit step: fit the chosen candidate on the training rows and package it; returns it and how it trained.
+
+    An XGBoost candidate with ``train_workers`` > 1 is trained by that many workers over XGBoost's
+    collective protocol (components/distributed_xgb.py: local processes, or a Kubeflow Trainer
+    TrainJob with ``runner: kfp``); every other refit runs in this process within the
+    ``refit_memory_mb`` budget (``refit`` above: in memory, streamed, or refused in one sentence).
+    The second value is the version manifest's ``training`` record: the engine, the number of
+    workers and, in process, the memory plan followed.
+    """
+    import pandas as pd
+
+    from components import distributed_xgb as dx
+    from components import package as packaging
+    from components.settings import process_environment
+    from components.train import make_model
+
+    holdout = pd.read_parquet(holdout_path)
+    template = make_model(schema, candidate, settings.seed)
+    if settings.train_workers > 1 and dx.is_distributable(template):
+        model, outcome, sample = dx.distributed_refit(template, [train_path], schema, settings, job,
+                                                      process_environment())
+        made = packaging.package(model, sample, holdout, schema, settings.seed)
+        return made, {"engine": outcome.engine, "workers": len(outcome.workers),
+                      "peak_rss_kib": [w["peak_rss_kib"] for w in outcome.workers]}
+    model, rows, chosen = refit(train_path, schema, candidate, settings.seed, settings.refit_memory_mb)
+    made = packaging.package(model, rows, holdout, schema, settings.seed)
+    return made, {"engine": dx.ENGINE_IN_PROCESS, "workers": 1, "refit": chosen.describe()}

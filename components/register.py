@@ -100,6 +100,8 @@ def register(
     }
     registry.write_version(version, files, {
         "fingerprint": fingerprint, "run_id": run_id, "candidate": best["candidate"], "dataset": dataset,
+        # how the refit trained: engine and workers (components/refit.py refit_and_package)
+        "training": best.get("training", {"engine": "in-process", "workers": 1}),
         "primary_metric": evaluation["primary_metric"],
         "score": evaluation["challenger"][evaluation["primary_metric"]],
     })

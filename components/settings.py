@@ -91,6 +91,17 @@ class Settings(BaseSettings):
         "trains from Parquet batches (external memory, lightgbm.Sequence); any other family that would is refused "
         "before training. Default: the training task's memory limit."))
     seed: int = 42
+    train_workers: int = Field(1, ge=1, le=256, description=(
+        "Workers the refit of an XGBoost model is trained by (XGBoost's collective protocol, each worker reading "
+        "its share of the training rows): embedded, local processes under XGBoost's tracker; on a cluster, the "
+        "pods of a Kubeflow Trainer TrainJob. 1: the refit runs in its own step, as for every other family."))
+    train_timeout_seconds: float = Field(3600, gt=0, description="How long the refit waits for its distributed "
+                                         "workers (local processes or the TrainJob) before failing the step.")
+    trainer_runtime: str = Field("xgboost-distributed", description="The Kubeflow Trainer runtime a distributed "
+                                 "refit's TrainJob runs on, as Kind/name (a bare name: a ClusterTrainingRuntime, the "
+                                 "Trainer's own xgboost-distributed by default; the chart's TrainingRuntime/flywheel-xgboost).")
+    trainer_namespace: str = Field("kubeflow", description="Namespace the refit step creates its TrainJob in: where "
+                                   "the pipeline's steps run (the chart's Role allows exactly that there).")
 
     # Monitoring
     window_minutes: int | None = Field(None, ge=1, description="Window length; default: since the last pass.")
@@ -242,6 +253,38 @@ def _reading(env: Mapping[str, str]) -> Iterator[None]:
 def _environment() -> Mapping[str, str]:
     env = _ENV.get()
     return os.environ if env is None else env
+
+
+def process_environment() -> Mapping[str, str]:
+    """This process's environment: the base a child process's ``to_env(base)`` starts from."""
+    return _environment()
+
+
+# The variables Kubeflow Trainer's XGBoost runtime injects into every node (and run_local into every worker).
+DMLC_VARIABLES = ("DMLC_TRACKER_URI", "DMLC_TRACKER_PORT", "DMLC_TASK_ID", "DMLC_NUM_WORKER")
+
+
+def collective_env() -> tuple[int, int, dict[str, Any]]:
+    """This worker's rank, the number of workers, and the ``xgboost.collective.CommunicatorContext`` arguments, from the ``DMLC_*`` variables.
+
+    Raises ConfigError naming the variable that is missing or not a number.
+    """
+    env = _environment()
+    missing = [name for name in DMLC_VARIABLES if not env.get(name)]
+    if missing:
+        raise ConfigError(f"{missing[0]} is not set: a distributed training worker is started by its runtime, "
+                          f"which sets {', '.join(DMLC_VARIABLES)}")
+    values: dict[str, int] = {}
+    for name in DMLC_VARIABLES[1:]:
+        try:
+            values[name] = int(env[name])
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {env[name]!r}") from None
+    rank, workers = values["DMLC_TASK_ID"], values["DMLC_NUM_WORKER"]
+    if not 0 <= rank < workers:
+        raise ConfigError(f"DMLC_TASK_ID {rank} is not a rank of DMLC_NUM_WORKER {workers} workers")
+    return rank, workers, {"dmlc_tracker_uri": env["DMLC_TRACKER_URI"], "dmlc_tracker_port": values["DMLC_TRACKER_PORT"],
+                           "dmlc_task_id": str(rank)}
 
 
 def _variable(field: str, env: Mapping[str, str]) -> str | None:

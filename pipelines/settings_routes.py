@@ -77,6 +77,10 @@ ROUTES: dict[str, Route] = {
     "families": _cm("config.training.families"),
     "refit_memory_mb": _cm("config.training.refitMemoryMB"),
     "seed": _cm("config.training.seed"),
+    "train_workers": _cm("config.training.workers"),
+    "train_timeout_seconds": _cm("config.training.timeoutSeconds"),
+    "trainer_runtime": _cm("config.training.trainerRuntime"),
+    "trainer_namespace": _cm(note="config.kfp.namespace: where the steps run and the chart's Role allows TrainJobs"),
     "window_minutes": _cm("config.monitoring.windowMinutes"),
     "min_rows": _cm("config.monitoring.minRows"),
     "drift_share_threshold": _cm("config.monitoring.driftShareThreshold"),
@@ -117,13 +121,14 @@ ROUTES: dict[str, Route] = {
 
 # Settings a pipeline run takes as parameters (pipelines/local.py: pipeline_arguments).
 RUN_PARAMETERS = ("holdout_fraction", "cv_folds", "seed", "max_train_rows", "families", "refit_memory_mb",
-                  "promotion_margin", "min_accuracy", "min_r2")
+                  "promotion_margin", "min_accuracy", "min_r2", "train_workers")
 # Settings compiled into the pipeline package.
 COMPILED = ("parallelism",)
 # Settings the steps act on that only the ConfigMap gives them: a value set where a cluster
 # run is started does not reach its steps.
 STEP_SETTINGS_FROM_CONFIG_MAP = ("s3_region", "s3_max_attempts", "s3_connect_timeout_seconds", "s3_read_timeout_seconds",
-                                 "serving_deployment", "serving_namespace", "deploy_timeout_seconds")
+                                 "serving_deployment", "serving_namespace", "deploy_timeout_seconds",
+                                 "train_timeout_seconds", "trainer_runtime", "trainer_namespace")
 
 
 def configmap_variables() -> tuple[str, ...]:

@@ -96,6 +96,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         promotion_margin: float = DEFAULT.promotion_margin,
         min_accuracy: float = DEFAULT.min_accuracy,
         min_r2: float = DEFAULT.min_r2,
+        train_workers: int = DEFAULT.train_workers,
         search_tasks: int = 0,  # 0: one search task per model family; n: packed into n (the embedded runner's 2)
     ) -> None:
         data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude,
@@ -126,8 +127,8 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
                                    max_rows=max_train_rows))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit(TASK_MEMORY)
             best = on(c.refit(train=split.outputs["train"], holdout=split.outputs["holdout"], schema=schema,
-                              results=dsl.Collected(trial.outputs["Output"]), seed=seed,
-                              memory_mb=refit_memory_mb))
+                              results=dsl.Collected(trial.outputs["Output"]), seed=seed, store=store, model_name=model,
+                              train_workers=train_workers, memory_mb=refit_memory_mb))
             best.set_cpu_request("1").set_memory_request("2G").set_memory_limit(TASK_MEMORY)
 
             evaluation = on(c.evaluate(model=best.outputs["model"], holdout=split.outputs["holdout"], schema=schema,

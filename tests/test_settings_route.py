@@ -41,6 +41,7 @@ NON_DEFAULT: dict[str, Any] = {
     "parallelism": 3, "cv_folds": 4, "holdout_fraction": 0.25, "promotion_margin": 0.01, "min_accuracy": 0.75,
     "min_r2": 0.3, "max_train_rows": 50000, "seed": 7,
     "refit_memory_mb": 3000, "families": "xgboost,lightgbm",
+    "train_workers": 3, "train_timeout_seconds": 900.0, "trainer_runtime": "xgboost-custom", "trainer_namespace": "ml",
     "window_minutes": 30, "min_rows": 700, "drift_share_threshold": 0.4, "quality_drop_threshold": 0.07,
     "cooldown_minutes": 30, "include_feedback": True, "retry_backoff_minutes": 2.5, "retry_max_attempts": 3,
     "late_log_days": 3, "log_compaction": False, "log_compaction_grace_minutes": 30.0, "sample_size": 20000, "evidently_workspace": "/data/workspace", "monitor_reports": "drift",
@@ -52,7 +53,7 @@ NON_DEFAULT: dict[str, Any] = {
     "deploy_timeout_seconds": 450.0, "serving_model_version": "v7",
 }
 # ConfigMap values the chart derives instead of taking a value (pipelines/settings_routes.py says how).
-CHART_DERIVED = {"serving_deployment": "flywheel-serving", "serving_namespace": NAMESPACE}
+CHART_DERIVED = {"serving_deployment": "flywheel-serving", "serving_namespace": NAMESPACE, "trainer_namespace": NON_DEFAULT["kfp_namespace"]}
 # Chart values that are no setting.
 NOT_SETTINGS = {"config.s3.existingSecret", "config.kfp.mode"}
 # Where the chart's default is deliberately not the settings' default: a cluster's choices.
@@ -67,6 +68,7 @@ CLUSTER_DEFAULTS = {
     "include_feedback": "without labelled production rows a retrain has nothing new to read",
     "spill_max_mb": "below the spill volume's 2Gi limit",
     "serving_model_version": "empty: the deploy step chooses the version through the pod's annotation",
+    "trainer_runtime": "the chart's own TrainingRuntime, with the release's security context and resources",
 }
 
 

@@ -16,7 +16,10 @@ API contract fake. Then:
 * SIGTERM under traffic, with the chart's preStop hook and grace period, loses no
   prediction record;
 * a serving container whose store is unreachable exits at once with one sentence naming it;
-* `podman kube play` accepts the rendered Deployment as a whole pod spec and runs it.
+* `podman kube play` accepts the rendered Deployment as a whole pod spec and runs it;
+* two worker containers of the component image, started as the chart's TrainingRuntime node with
+  the ``DMLC_*`` variables Kubeflow Trainer's XGBoost runtime injects, train over the network the
+  same model two local worker processes train from the same job.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Cluster:
     images: dict[str, str]
     s3_url: str = ""
     kfp_url: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
     docs: list[dict] = field(default_factory=list)
     configmaps: dict[str, dict] = field(default_factory=dict)
     secrets: dict[str, dict] = field(default_factory=dict)
@@ -150,6 +154,7 @@ def cluster(netns: str, tag: str, images: dict[str, str], tmp_path_factory: pyte
                            "kfp": {"host": c.kfp_url},
                            "monitoring": {"minRows": 200, "cooldownMinutes": 0, "driftShareThreshold": 0.3}},
             }
+            c.values = values
             c.docs = manifests(helm_render(values))
             # A pod's configMapRef resolves in its own namespace (the chart may render copies elsewhere).
             c.configmaps = {d["metadata"]["name"]: d for d in c.docs
@@ -388,3 +393,54 @@ def test_podman_kube_play_runs_the_rendered_deployment(cluster: Cluster, tmp_pat
     finally:
         podman("kube", "down", str(path), check=False)
         podman("secret", "rm", "flywheel-s3", check=False)
+
+
+# As Kubeflow Trainer's XGBoost runtime sets them: rank 0's node by its DNS name (<job>-node-0-0.<job>), a fixed port.
+TRACKER_PORT = 9999
+
+
+def test_distributed_refit_worker_containers_train_the_model_local_workers_train(cluster: Cluster, tmp_path: Path):
+    import dataclasses
+
+    import numpy as np
+    import xgboost as xgb
+
+    from components import distributed_xgb as dx
+    from components.data import DatasetSpec, infer_schema, normalise
+    from components.features import build
+    from components.settings import process_environment
+
+    runtime = find(manifests(helm_render({**cluster.values, "trainJob": {"enabled": True}})), "TrainingRuntime",
+                   "flywheel-xgboost", "kubeflow")
+    template = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    node = ContainerSpec.from_pod(template["spec"], "node", cluster.configmaps, cluster.secrets, template.get("metadata"))
+    assert node.image == cluster.images["components"] and node.read_only_root and node.drop_all
+
+    spec = DatasetSpec(DATASET, "target", task="classification")
+    frame = normalise(wine_frame(), spec)
+    schema = infer_schema(frame, spec)
+    path = tmp_path / "train.parquet"
+    frame.to_parquet(path, index=False)
+    model = build(schema, xgb.XGBClassifier(n_estimators=20, max_depth=3, learning_rate=0.3, n_jobs=1), False, 0)
+    settings = cluster.settings.model_copy(update={"train_workers": 2})
+    jobs = {how: dx.prepare(model, [str(path)], schema, settings, 2, f"ct-{how}-{uuid.uuid4().hex[:6]}", 1000)
+            for how in ("containers", "local")}
+
+    job, prep, _ = jobs["containers"]
+    host = f"{cluster.prefix}-refit-node-0-0.{cluster.prefix}-refit"
+    workers: list[Container] = []
+    for rank in range(2):
+        env = {**node.env, **dx.dmlc_env(rank, 2, host, TRACKER_PORT)}
+        extra = ["--hostname", host] if rank == 0 else ["--add-host", f"{host}:{workers[0].ip}"]
+        workers.append(cluster.start(dataclasses.replace(node, args=[job.store, job.prefix], env=env, extra=extra),
+                                     f"refit-{rank}"))
+    codes = [w.wait(timeout=300) for w in workers]
+    assert codes == [0, 0], "\n".join(w.logs() for w in workers)
+    in_containers = dx.collect(job, cluster.store(), dx.ENGINE_TRAINJOB)
+    assert [w["rows"] for w in in_containers.workers] == [89, 89]
+
+    local_job, local_prep, _ = jobs["local"]
+    local = dx.run_local(local_job, settings, 300, process_environment())
+    X = frame[schema.feature_names]
+    np.testing.assert_allclose(dx.assemble(model, prep, in_containers.booster).predict_proba(X),
+                               dx.assemble(model, local_prep, local.booster).predict_proba(X), atol=1e-6)

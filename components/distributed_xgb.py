@@ -1,0 +1,581 @@
+"""Scale-out refit: one XGBoost model trained by N workers over XGBoost's collective (Rabit) protocol.
+
+The same worker code runs everywhere; only who starts the workers and the tracker differs:
+
+* embedded: N local processes (``run_local``);
+* cluster: the N pods of a Kubeflow Trainer ``TrainJob`` on its XGBoost runtime, which injects
+  ``DMLC_*`` (components/trainjob.py);
+* the container tier: N containers of the component image with ``DMLC_*`` set as the runtime sets them.
+
+The refit step (the coordinator, ``distributed_refit``) fits the model's preprocessing on a bounded
+sample of the training rows, writes a job (the plan of every worker's share, the fitted
+preprocessing, the booster's parameters) to the store under ``training/<model>/<job>/``, starts the
+workers and waits. Each worker reads only its own share of the training Parquet row groups, streams
+it batch by batch through the preprocessing into a ``QuantileDMatrix`` (the sketch is merged across
+workers by the collective), trains, and rank 0 writes the booster to the store. The coordinator puts
+the booster behind the preprocessing: the model is an ordinary scikit-learn pipeline, packaged and
+served like any other. A worker that fails fails the refit with its rank named; nothing is registered.
+
+In every runtime rank 0 runs XGBoost's own tracker (``xgboost.tracker.RabitTracker``) where
+``DMLC_TRACKER_URI``/``DMLC_TRACKER_PORT`` point, as the Trainer's XGBoost runtime expects of it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components.settings import Settings
+from components.store import Store, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+    from components.data import Schema
+
+JOB_PREFIX = "training"
+# Rows a worker turns into one batch of the QuantileDMatrix: its memory beyond the compressed
+# matrix is about one batch (pandas + the preprocessed float64 array).
+BATCH_ROWS = 65_536
+ENGINE_LOCAL = "xgboost-collective-local"
+ENGINE_TRAINJOB = "xgboost-collective-trainjob"
+ENGINE_IN_PROCESS = "in-process"
+
+
+class TrainingFailed(RuntimeError):
+    """The distributed refit did not produce a model; the message names the worker or the job."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``[start, stop)`` of one row group of one training file."""
+
+    file: str
+    row_group: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs, stored as ``<prefix>/job.json`` next to the fitted preprocessing."""
+
+    store: str
+    prefix: str  # training/<model>/<job>: job.json, prep.joblib, model.ubj, rank-<r>.json
+    shares: list[list[Piece]]
+    features: list[str]
+    target: str
+    classes: list[Any] | None
+    params: dict[str, Any]
+    rounds: int
+    enable_categorical: bool = False
+    feature_types: list[str] | None = None  # XGBoost's 'q'/'c' per preprocessed column, when the estimator names them
+    class_weights: list[float] | None = None  # per class index: each row weighted by its class (balanced classes)
+    batch_rows: int = BATCH_ROWS
+    local_files: bool = False  # ``file`` values are paths this machine reads, not store keys
+
+    @property
+    def workers(self) -> int:
+        return len(self.shares)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Job:
+        raw = json.loads(text)
+        raw["shares"] = [[Piece(**p) for p in share] for share in raw["shares"]]
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the workers did: the booster (rank 0's bytes) and each worker's rows and peak memory."""
+
+    booster: bytes
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    engine: str = ENGINE_LOCAL
+
+
+def plan_shares(row_groups: list[tuple[str, list[int]]], workers: int) -> list[list[Piece]]:
+    """Split the rows of the files' row groups (in order) into ``workers`` contiguous shares of about equal size.
+
+    Each share is a list of row-group slices, so a worker reads only the row groups it owns
+    (two neighbours may share one row group at a boundary). Raises ValueError when there are
+    fewer rows than workers: every worker must hold at least one row for the collective sketch.
+    """
+    total = sum(sum(sizes) for _, sizes in row_groups)
+    if workers < 1 or total < workers:
+        raise ValueError(f"{total} training rows cannot be shared among {workers} workers")
+    bounds = [total * r // workers for r in range(workers + 1)]
+    shares: list[list[Piece]] = [[] for _ in range(workers)]
+    offset = 0
+    for file, sizes in row_groups:
+        for rg, size in enumerate(sizes):
+            for rank in range(workers):
+                lo, hi = max(bounds[rank], offset), min(bounds[rank + 1], offset + size)
+                if lo < hi:
+                    shares[rank].append(Piece(file, rg, lo - offset, hi - offset))
+            offset += size
+    return shares
+
+
+def balanced_weights(files: list[str], target: str, classes: list[Any]) -> list[float]:
+    """Per class (in ``classes`` order): rows / (classes x rows of the class), counted over the target column alone.
+
+    The weights scikit-learn's ``class_weight="balanced"`` gives, over all workers' rows at once, so
+    a distributed refit weights its classes as the one-process refit of the same estimator does.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counts: dict[Any, int] = {}
+    for f in files:
+        for row in pc.value_counts(pq.read_table(f, columns=[target])[target].drop_null()).to_pylist():
+            counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    total = sum(counts.values())
+    return [total / (len(classes) * counts[c]) if counts.get(c) else 0.0 for c in classes]
+
+
+def booster_params(estimator: Any, classes: list[Any] | None) -> tuple[dict[str, Any], int, bool]:
+    """The booster parameters, boosting rounds and categorical flag of an XGBoost scikit-learn estimator.
+
+    Taken from the estimator the search chose (its ``get_xgb_params``), so the distributed refit
+    trains exactly the candidate that was scored; the objective follows the number of classes.
+    """
+    params = {k: v for k, v in estimator.get_xgb_params().items() if v is not None}
+    if classes is not None and len(classes) > 2:
+        params.update(objective="multi:softprob", num_class=len(classes))
+    elif classes is not None:
+        params["objective"] = "binary:logistic"
+    params.setdefault("tree_method", "hist")
+    rounds = int(getattr(estimator, "n_estimators", None) or 100)
+    return params, rounds, bool(getattr(estimator, "enable_categorical", False))
+
+
+# What one worker holds beside its share's bins: the interpreter with pandas, scikit-learn and
+# XGBoost imported, one batch and its preprocessed copy (measured on the churn table: ~400 MB).
+WORKER_BASE_MB = 400
+# Bytes a worker holds per row and feature: the 1-byte bin of the QuantileDMatrix (ELLPACK) plus,
+# per row, gradient, hessian, prediction and label in float32 (16 bytes, spread over the features).
+BIN_BYTES = 1
+ROW_BYTES = 16
+
+
+def workers_needed(rows: int, features: int, budget_mb: float, requested: int) -> int:
+    """Workers a refit needs so each one's share fits the task's memory budget (at least ``requested``).
+
+    Raises ValueError when the budget leaves no room beside a worker's own start-up memory.
+    """
+    room = budget_mb - WORKER_BASE_MB
+    if room <= 0:
+        raise ValueError(f"a refit_memory_mb budget of {budget_mb:g} MB leaves nothing for the training rows "
+                         f"beside a worker's own {WORKER_BASE_MB} MB")
+    share_mb = rows * (features * BIN_BYTES + ROW_BYTES) / 1_000_000
+    return max(requested, math.ceil(share_mb / room))
+
+
+def is_distributable(model: Pipeline) -> bool:
+    """Whether a model's final step is an XGBoost scikit-learn estimator (the one family trained distributed)."""
+    try:
+        from xgboost import XGBModel
+    except ImportError:  # pragma: no cover - xgboost is a dependency
+        return False
+    return isinstance(model.steps[-1][1], XGBModel)
+
+
+# --- the worker -------------------------------------------------------------------------
+
+
+def peak_rss_kib(pid: int | str = "self") -> int:
+    """A process's peak resident memory (VmHWM of /proc/<pid>/status), in KiB; 0 where /proc has none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _labels(y: pd.Series, classes: list[Any] | None) -> Any:
+    import numpy as np
+
+    if classes is None:
+        return y.to_numpy(dtype="float64")
+    index = {c: i for i, c in enumerate(classes)}
+    # schema classes are JSON-normalised (ints stay ints, strings stay strings)
+    codes = [index.get(v.item() if isinstance(v, np.generic) else v, -1) for v in y.tolist()]
+    if -1 in codes:
+        raise ValueError(f"target {y.name!r} holds a value outside the schema's classes {classes}")
+    return np.asarray(codes, dtype="float32")
+
+
+def _open_pieces(job: Job, store: Store, share: list[Piece], workdir: Path) -> dict[str, Path]:
+    """Local paths of the files this share reads (store objects downloaded once, to disk, not memory)."""
+    paths: dict[str, Path] = {}
+    for piece in share:
+        if piece.file in paths:
+            continue
+        if job.local_files:
+            paths[piece.file] = Path(piece.file)
+        else:
+            local = workdir / f"{len(paths)}.parquet"
+            store.download_file(piece.file, local)
+            paths[piece.file] = local
+    return paths
+
+
+def _batches(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) -> Iterator[tuple[Any, Any]]:
+    """The share as (preprocessed features, labels) batches of at most ``job.batch_rows`` rows."""
+    import pyarrow.parquet as pq
+
+    columns = [*job.features, job.target]
+    for piece in share:
+        pf = pq.ParquetFile(paths[piece.file])
+        seen = 0
+        for batch in pf.iter_batches(batch_size=job.batch_rows, row_groups=[piece.row_group], columns=columns):
+            lo, hi = max(piece.start - seen, 0), min(piece.stop - seen, batch.num_rows)
+            seen += batch.num_rows
+            if lo >= hi:
+                continue
+            frame = batch.slice(lo, hi - lo).to_pandas()
+            yield prep.transform(frame[job.features]), _labels(frame[job.target], job.classes)
+            if seen >= piece.stop:
+                break
+
+
+def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) -> Any:
+    """A QuantileDMatrix built batch by batch: the share is never held whole, only its compressed bins."""
+    import numpy as np
+    import xgboost as xgb
+
+    class Batches(xgb.DataIter):
+        def __init__(self) -> None:
+            self._it: Iterator[tuple[Any, Any]] | None = None
+            super().__init__()
+
+        def reset(self) -> None:
+            self._it = None
+
+        def next(self, input_data: Any) -> bool:
+            if self._it is None:
+                self._it = _batches(job, share, paths, prep)
+            batch = next(self._it, None)
+            if batch is None:
+                return False
+            X, y = batch
+            weight = None if job.class_weights is None else np.asarray(job.class_weights)[y.astype("int64")]
+            input_data(data=X, label=y, weight=weight, feature_types=job.feature_types)
+            return True
+
+    return xgb.QuantileDMatrix(Batches(), max_bin=int(job.params.get("max_bin", 256)),
+                               enable_categorical=job.enable_categorical)
+
+
+def _tracker(collective: Mapping[str, Any], workers: int) -> Any:
+    """Rank 0's XGBoost tracker, listening where ``DMLC_TRACKER_URI``/``DMLC_TRACKER_PORT`` send the workers.
+
+    Kubeflow Trainer's XGBoost runtime points every node at rank 0 and leaves starting the tracker
+    to rank 0's code; the local engine and the container tier do the same, so one code path serves all.
+    ``sortby="task"`` makes each worker's collective rank its ``DMLC_TASK_ID``: the share it reads.
+    """
+    import ipaddress
+
+    from xgboost.tracker import RabitTracker
+
+    uri = str(collective["dmlc_tracker_uri"])
+    try:
+        bind = uri if ipaddress.ip_address(uri).is_loopback else "0.0.0.0"  # the other pods must reach it
+    except ValueError:  # a host name (a pod's DNS name): listen on the pod's addresses
+        bind = "0.0.0.0"
+    tracker = RabitTracker(n_workers=workers, host_ip=bind, port=int(collective["dmlc_tracker_port"]), sortby="task")
+    tracker.start()
+    return tracker
+
+
+def train_worker(job: Job, rank: int, collective: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """Train this worker's share under the collective; rank 0 runs the tracker and writes the booster.
+
+    ``collective`` holds the ``dmlc_*`` arguments of ``xgboost.collective.CommunicatorContext``
+    (tracker address and port, task id) as the runtime gave them. Returns the worker's record.
+    """
+    import joblib
+    import xgboost as xgb
+    from xgboost import collective as coll
+
+    store = open_store(job.store, settings)
+    share = job.shares[rank]
+    prep = joblib.load(io.BytesIO(store.read(job.key("prep.joblib"))))
+    started = time.perf_counter()
+    tracker = _tracker(collective, job.workers) if rank == 0 else None
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"flywheel-worker-{rank}-") as tmp, \
+                coll.CommunicatorContext(dmlc_communicator="rabit", **collective):
+            paths = _open_pieces(job, store, share, Path(tmp))
+            matrix = _matrix(job, share, paths, prep)
+            booster = xgb.train(job.params, matrix, num_boost_round=job.rounds)
+            if coll.get_rank() == 0:
+                store.write(job.key("model.ubj"), bytes(booster.save_raw("ubj")))
+        if tracker is not None:
+            tracker.wait_for()
+    finally:
+        if tracker is not None:
+            tracker.free()
+    record = {"rank": rank, "rows": sum(p.stop - p.start for p in share), "peak_rss_kib": peak_rss_kib(),
+              "seconds": round(time.perf_counter() - started, 3)}
+    store.write(job.key(f"rank-{rank}.json"), json.dumps(record).encode())
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point: ``python -m components.distributed_xgb <store> <job prefix>``, rank and tracker from DMLC_*."""
+    from components.settings import ConfigError, collective_env, load_settings
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m components.distributed_xgb <store URI> <job prefix>", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings(store=args[0])
+        rank, workers, collective = collective_env()
+    except ConfigError as exc:
+        print(f"flywheel worker: {exc}", file=sys.stderr)
+        return 2
+    job = Job.from_json(open_store(args[0], settings).read(f"{args[1]}/job.json"))
+    if workers != job.workers:
+        print(f"flywheel worker: DMLC_NUM_WORKER is {workers} but job {args[1]} has "
+              f"{job.workers} shares", file=sys.stderr)
+        return 2
+    train_worker(job, rank, collective, settings)
+    return 0
+
+
+# --- the embedded engine: N local processes and XGBoost's tracker -----------------------------
+
+
+def worker_command(job: Job) -> list[str]:
+    """The command every worker runs (a local process, a container, a TrainJob pod)."""
+    return [sys.executable, "-m", "components.distributed_xgb", job.store, job.prefix]
+
+
+def dmlc_env(rank: int, workers: int, tracker_uri: str, tracker_port: int) -> dict[str, str]:
+    """The ``DMLC_*`` variables a worker is started with, named as the Trainer's XGBoost runtime injects them."""
+    return {"DMLC_TRACKER_URI": tracker_uri, "DMLC_TRACKER_PORT": str(tracker_port), "DMLC_TASK_ID": str(rank),
+            "DMLC_NUM_WORKER": str(workers)}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the tracker's; rank 0 binds it a moment later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Mapping[str, str]) -> Outcome:
+    """Run the job's workers as local processes, rank 0 running XGBoost's tracker; raise TrainingFailed naming a failed one.
+
+    A worker that exits with an error (or is killed) ends the others at once: the survivors would
+    otherwise wait for it inside an allreduce until the tracker's timeout.
+    """
+    import select
+    import subprocess
+
+    port = free_port()
+    env = settings.to_env(base_env)  # the parent's environment (PATH, PYTHONPATH) with these settings
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    logs: dict[int, Any] = {}
+    failure: str | None = None
+    try:
+        for rank in range(job.workers):
+            logs[rank] = tempfile.TemporaryFile()
+            procs[rank] = subprocess.Popen(
+                worker_command(job), stdout=logs[rank], stderr=subprocess.STDOUT,
+                env={**env, **dmlc_env(rank, job.workers, "127.0.0.1", port)})
+        fds = {os.pidfd_open(p.pid): rank for rank, p in procs.items()}
+        deadline = time.monotonic() + timeout_seconds
+        while fds and failure is None:
+            left = deadline - time.monotonic()
+            ready = select.select(list(fds), [], [], max(left, 0))[0] if left > 0 else []
+            if not ready:
+                failure = f"distributed training job {job.prefix} did not finish within {timeout_seconds:g} s"
+                break
+            for fd in ready:
+                rank = fds.pop(fd)
+                os.close(fd)
+                code = procs[rank].wait()
+                if code != 0:
+                    failure = (f"distributed training worker rank {rank} (pid {procs[rank].pid}) of job {job.prefix} "
+                               f"{_exit(code)}: {_tail(logs[rank])}")
+        for fd in fds:
+            os.close(fd)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in logs.values():
+            f.close()
+    if failure:
+        raise TrainingFailed(failure)
+    return collect(job, open_store(job.store, settings), ENGINE_LOCAL)
+
+
+def _exit(code: int) -> str:
+    return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+
+
+def _tail(log: Any, limit: int = 400) -> str:
+    log.seek(0)
+    lines = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
+    return (lines[-1] if lines else "no output")[-limit:]
+
+
+def collect(job: Job, store: Store, engine: str) -> Outcome:
+    """The booster rank 0 wrote and every worker's record; TrainingFailed naming what is missing."""
+    from components.store import NotFound
+
+    try:
+        booster = store.read(job.key("model.ubj"))
+    except NotFound:
+        raise TrainingFailed(f"distributed training job {job.prefix} ended without rank 0's model") from None
+    workers = []
+    for rank in range(job.workers):
+        try:
+            workers.append(json.loads(store.read(job.key(f"rank-{rank}.json"))))
+        except NotFound:
+            raise TrainingFailed(f"distributed training worker rank {rank} of job {job.prefix} left no record") from None
+    return Outcome(booster, workers, engine)
+
+
+# --- the coordinator: the refit step ----------------------------------------------------------
+
+
+def sample_parquet(files: list[str], columns: list[str], max_rows: int, seed: int) -> pd.DataFrame:
+    """At most ``max_rows`` rows drawn evenly from every batch of the files: memory bounded by the sample."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    rng = np.random.default_rng(seed)
+    fraction = min(1.0, max_rows / max(total, 1))
+    parts = []
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            frame = batch.to_pandas()
+            parts.append(frame if fraction >= 1 else frame[rng.random(len(frame)) < fraction])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def prepare(template: Pipeline, train_files: list[str], schema: Schema, settings: Settings, workers: int,
+            job_name: str, sample_rows: int, balanced_classes: bool = False) -> tuple[Job, Any, pd.DataFrame]:
+    """Fit the model's preprocessing on a sample and write the job to the store; returns (job, fitted prep, sample).
+
+    ``balanced_classes``: weight each row by its class to balance the classes over all workers' rows
+    (as an estimator fit with balanced sample weights in one process).
+
+    The training files are local Parquet files (the refit step's input); on a cluster they are
+    uploaded under the job's prefix so the pods can read them, and removed with the job.
+    """
+    import joblib
+    import pyarrow.parquet as pq
+    from sklearn.base import clone
+
+    from components.features import xy
+
+    store = open_store(settings.store, settings)
+    prefix = f"{JOB_PREFIX}/{settings.model}/{job_name}"
+    sample = sample_parquet(train_files, [*schema.feature_names, schema.target], sample_rows, settings.seed)
+    prep = clone(template[:-1])
+    prep.fit(*xy(sample, schema))
+    buf = io.BytesIO()
+    joblib.dump(prep, buf)
+    store.write(f"{prefix}/prep.joblib", buf.getvalue())
+    local = settings.runner == "local" and store.uri.startswith("file://")
+    names: list[str] = []
+    for i, f in enumerate(train_files):
+        if local:
+            names.append(str(Path(f).resolve()))
+        else:
+            names.append(f"{prefix}/train-{i}.parquet")
+            store.upload_file(f, names[-1])
+    row_groups = [(name, [pq.ParquetFile(f).metadata.row_group(g).num_rows
+                          for g in range(pq.ParquetFile(f).metadata.num_row_groups)])
+                  for name, f in zip(names, train_files, strict=True)]
+    estimator = template.steps[-1][1]
+    params, rounds, categorical = booster_params(estimator, schema.classes)
+    balanced = balanced_classes and schema.classes is not None
+    job = Job(store=store.uri, prefix=prefix, shares=plan_shares(row_groups, workers), features=schema.feature_names,
+              target=schema.target, classes=schema.classes, params=params, rounds=rounds,
+              enable_categorical=categorical, feature_types=getattr(estimator, "feature_types", None),
+              class_weights=balanced_weights(train_files, schema.target, schema.classes) if balanced else None,
+              local_files=local)
+    store.write(job.key("job.json"), job.to_json().encode())
+    return job, prep, sample
+
+
+def assemble(template: Pipeline, prep: Any, booster: bytes, classes: list[Any] | None = None) -> Pipeline:
+    """The fitted model: the fitted preprocessing followed by the template's estimator holding the trained booster.
+
+    A classifier's ``labels_`` are the schema's classes, in the order the workers coded them
+    (an estimator that maps its predictions back to labels reads them; XGBoost's own ignores them).
+    """
+    import numpy as np
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    estimator = clone(template.steps[-1][1])
+    estimator.load_model(bytearray(booster))
+    if classes is not None:
+        estimator.labels_ = np.asarray(classes)
+    return Pipeline([*prep.steps, (template.steps[-1][0], estimator)])
+
+
+def distributed_refit(template: Pipeline, train_files: list[str], schema: Schema, settings: Settings, job_name: str,
+                      base_env: Mapping[str, str] | None = None,
+                      balanced_classes: bool = False) -> tuple[Pipeline, Outcome, pd.DataFrame]:
+    """Refit ``template`` (an XGBoost pipeline) on the training files with ``settings.train_workers`` workers.
+
+    Embedded runner: local processes under XGBoost's tracker; ``runner: kfp``: a Kubeflow Trainer
+    TrainJob. Returns the fitted pipeline, what the workers did, and the preprocessing's sample
+    (the reference rows come from it). The job's objects are removed whether it succeeded or not.
+    """
+    job, prep, sample = prepare(template, train_files, schema, settings, settings.train_workers, job_name,
+                                settings.max_train_rows, balanced_classes)
+    try:
+        if settings.runner == "kfp":
+            from components import trainjob
+
+            outcome = trainjob.run(job, settings)
+        else:
+            outcome = run_local(job, settings, settings.train_timeout_seconds, base_env or {})
+        return assemble(template, prep, outcome.booster, schema.classes), outcome, sample
+    finally:
+        remove_job(job, settings)
+
+
+def remove_job(job: Job, settings: Settings) -> None:
+    """Delete the job's objects (its inputs, the booster, the records): the version keeps what it needs."""
+    store = open_store(job.store, settings)
+    for key in store.list(job.prefix):
+        store.delete(key)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""The scale-out refit: XGBoost's collective protocol over real local worker processes and XGBoost's tracker.
+
+Given small churn data written as Parquet with several row groups, when the refit runs with two
+workers, then the workers each read their own share, the model equals in quality the one-process
+refit, and a worker that dies fails the refit with one sentence naming its rank; nothing is left
+in the store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from components import distributed_xgb as dx
+from components.data import DatasetSpec, infer_schema, normalise
+from components.features import build, xy
+from components.settings import ConfigError, Settings
+from components.store import open_store
+from components.synthetic import churn
+
+SPEC = DatasetSpec("churn", "churned", task="classification", timestamp="event_time", id_columns=("customer_id",))
+
+
+def _data(tmp_path: Path, rows: int = 3000) -> tuple[list[str], pd.DataFrame, object]:
+    frame = normalise(churn(rows + 600, seed=3), SPEC)
+    schema = infer_schema(frame, SPEC)
+    train, holdout = frame.iloc[:rows], frame.iloc[rows:]
+    path = tmp_path / "train.parquet"
+    train.to_parquet(path, index=False, row_group_size=700)  # 5 row groups: shares cut through one
+    return [str(path)], holdout, schema
+
+
+def _template(schema: object) -> object:
+    return build(schema, xgb.XGBClassifier(n_estimators=30, max_depth=4, learning_rate=0.2, n_jobs=1), False, 0)
+
+
+def test_plan_shares_cover_every_row_once() -> None:
+    shares = dx.plan_shares([("a", [700, 700, 700]), ("b", [500])], 3)
+    assert [sum(p.stop - p.start for p in s) for s in shares] == [866, 867, 867]
+    covered = sorted((p.file, p.row_group, r) for s in shares for p in s for r in range(p.start, p.stop))
+    assert covered == sorted(("a", g, r) for g in range(3) for r in range(700)) + [("b", 0, r) for r in range(500)]
+    with pytest.raises(ValueError, match="2 training rows cannot be shared among 3 workers"):
+        dx.plan_shares([("a", [2])], 3)
+
+
+def test_two_workers_train_one_model_as_good_as_one_process(tmp_path: Path, settings: Settings) -> None:
+    files, holdout, schema = _data(tmp_path)
+    template = _template(schema)
+    scores, records = {}, {}
+    for workers in (1, 2):
+        s = settings.model_copy(update={"train_workers": workers})
+        model, outcome, _ = dx.distributed_refit(template, files, schema, s, f"job-{workers}")
+        X, y = xy(holdout, schema)
+        scores[workers] = float(np.mean(model.predict(X) == y.to_numpy()))
+        records[workers] = outcome.workers
+    assert [r["rows"] for r in records[2]] == [1500, 1500]  # each worker read its own half
+    assert all(r["peak_rss_kib"] > 0 for r in records[2])
+    assert scores[1] > 0.6
+    assert abs(scores[2] - scores[1]) <= 0.02
+    assert open_store(settings.store, settings).list("training") == []  # the job's objects are gone
+
+
+def test_a_worker_that_dies_fails_the_refit_naming_its_rank(tmp_path: Path, settings: Settings) -> None:
+    files, _, schema = _data(tmp_path, rows=1200)
+    s = settings.model_copy(update={"train_workers": 2})
+    job, _, _ = dx.prepare(_template(schema), files, schema, s, 2, "job-dies", 1000)
+    store = open_store(s.store, s)
+    # rank 1's share names a file that does not exist: the worker fails while the other waits in the collective
+    broken = [job.shares[0], [dx.Piece(str(tmp_path / "gone.parquet"), 0, 0, 600)]]
+    job = dx.Job(**{**job.__dict__, "shares": broken})
+    store.write(job.key("job.json"), job.to_json().encode())
+    with pytest.raises(dx.TrainingFailed, match=r"^distributed training worker rank 1 \(pid \d+\) of job "
+                                                r"training/test/job-dies exited with code 1: .*gone\.parquet"):
+        dx.run_local(job, s, 120, _env())
+    assert not store.exists(job.key("model.ubj"))  # nothing half-trained
+
+
+def _env() -> dict[str, str]:
+    from components.settings import process_environment
+
+    return dict(process_environment())
+
+
+def test_worker_refuses_missing_dmlc_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.settings import collective_env
+
+    for name in ("DMLC_TRACKER_URI", "DMLC_TRACKER_PORT", "DMLC_TASK_ID", "DMLC_NUM_WORKER"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="DMLC_TRACKER_URI is not set"):
+        collective_env()
+    monkeypatch.setenv("DMLC_TRACKER_URI", "10.0.0.1")
+    monkeypatch.setenv("DMLC_TRACKER_PORT", "9999")
+    monkeypatch.setenv("DMLC_TASK_ID", "2")
+    monkeypatch.setenv("DMLC_NUM_WORKER", "2")
+    with pytest.raises(ConfigError, match="DMLC_TASK_ID 2 is not a rank of DMLC_NUM_WORKER 2 workers"):
+        collective_env()
+    monkeypatch.setenv("DMLC_TASK_ID", "1")
+    assert collective_env() == (1, 2, {"dmlc_tracker_uri": "10.0.0.1", "dmlc_tracker_port": 9999, "dmlc_task_id": "1"})
+
+
+def test_job_round_trips_through_json(tmp_path: Path) -> None:
+    job = dx.Job("file:///s", "training/m/j", [[dx.Piece("a", 0, 0, 5)]], ["x"], "y", [0, 1], {"eta": 0.1}, 10)
+    assert dx.Job.from_json(job.to_json()) == job
+    assert json.loads(job.to_json())["shares"][0][0] == {"file": "a", "row_group": 0, "start": 0, "stop": 5}
+
+
+# --- the refit step: refit.refit_and_package, then register --------------------------------
+
+
+@pytest.fixture
+def xgboost_candidate(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """An XGBoost candidate. Stand-in until the xgboost family (branch gbt) is merged: make_model builds the
+    same pipeline the search would (the project's preprocessing, an XGBoost estimator)."""
+    from components import refit, train
+
+    real = train.make_model
+    monkeypatch.setattr(train, "make_model", lambda schema, candidate, seed: (
+        _template(schema) if candidate["family"] == "xgboost" else real(schema, candidate, seed)))
+    return {"id": "9-xgboost", "family": "xgboost", "params": {}, "select": False}
+
+
+def _split(tmp_path: Path) -> tuple[str, str, pd.DataFrame, object]:
+    files, holdout, schema = _data(tmp_path)
+    path = tmp_path / "holdout.parquet"
+    holdout.to_parquet(path, index=False)
+    return files[0], str(path), holdout, schema
+
+
+def test_the_refit_step_trains_with_two_workers_and_the_manifest_says_so(tmp_path: Path, settings: Settings,
+                                                                        xgboost_candidate: dict) -> None:
+    from components import evaluate, refit, register, train
+    from components.registry import Registry
+
+    train_path, holdout_path, holdout, schema = _split(tmp_path)
+    s = settings.model_copy(update={"train_workers": 2})
+    made, training = refit.refit_and_package(train_path, holdout_path, schema, xgboost_candidate, s, "flywheel-refit-1")
+    assert training["engine"] == dx.ENGINE_LOCAL and training["workers"] == 2
+    model = __import__("joblib").load(__import__("io").BytesIO(made.model))
+    ev = evaluate.evaluate(model, None, holdout, schema)
+    best = {"candidate": xgboost_candidate, "metric": "balanced_accuracy", "score": 0.7, "std": 0.0, "rows": 3000,
+            "training": training}
+    reg = Registry(open_store(s.store, s), s.model)
+    decision = register.register(reg, made, schema, ev, best, "fp-1", "run-1", None, s)
+    manifest = reg.manifest(decision.version)
+    assert manifest["training"]["engine"] == "xgboost-collective-local"
+    assert manifest["training"]["workers"] == 2
+    # a family that is not XGBoost refits in the step whatever train_workers says
+    _, in_process = refit.refit_and_package(train_path, holdout_path, schema, train.candidates("classification")[0],
+                                            s, "flywheel-refit-2")
+    assert (in_process["engine"], in_process["workers"], in_process["refit"]["mode"]) == ("in-process", 1, "in-memory")
+
+
+def test_a_refit_whose_workers_die_registers_nothing_and_leaves_no_job(tmp_path: Path, settings: Settings,
+                                                                       xgboost_candidate: dict,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from components import train
+
+    train_path, holdout_path, _, schema = _split(tmp_path)
+    s = settings.model_copy(update={"train_workers": 2})
+    # every worker gets parameters XGBoost refuses once training starts: the workers exit with an error
+    monkeypatch.setattr(dx, "booster_params", lambda est, classes: ({"objective": "binary:logistic", "max_depth": -1},
+                                                                     5, False))
+    with pytest.raises(dx.TrainingFailed, match=r"^distributed training worker rank [01] \(pid \d+\) of job "
+                                                r"training/test/flywheel-refit-x exited with code 1: .*max_depth"):
+        refit.refit_and_package(train_path, holdout_path, schema, xgboost_candidate, s, "flywheel-refit-x")
+    store = open_store(s.store, s)
+    assert store.list("training") == [] and store.list("registry") == []
+
+
+def test_workers_needed_follows_the_budget() -> None:
+    # 30M rows x 12 features in 1-byte bins + 16 bytes a row: 840 MB, more than a 1 GB task holds beside the interpreter
+    assert dx.workers_needed(rows=30_000_000, features=12, budget_mb=1000, requested=1) == 2
+    assert dx.workers_needed(rows=20_000_000, features=12, budget_mb=1000, requested=1) == 1
+    assert dx.workers_needed(rows=1_000_000, features=12, budget_mb=8000, requested=1) == 1
+    assert dx.workers_needed(rows=1_000_000, features=12, budget_mb=8000, requested=4) == 4
+    with pytest.raises(ValueError, match="budget of 300 MB leaves nothing"):
+        dx.workers_needed(rows=10, features=1, budget_mb=300, requested=1)
+
+
+def test_balanced_weights_are_scikit_learns_over_every_file(tmp_path: Path) -> None:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array(["no"] * 70 + ["yes"] * 20 + ["maybe"] * 10)
+    for i, part in enumerate((y[:40], y[40:])):
+        pd.DataFrame({"t": part}).to_parquet(tmp_path / f"{i}.parquet", index=False)
+    classes = ["maybe", "no", "yes"]
+    weights = dx.balanced_weights([str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")], "t", classes)
+    np.testing.assert_allclose(weights, compute_class_weight("balanced", classes=np.array(classes), y=y))
+
+
+def test_balanced_classes_reach_every_worker_and_the_labels_the_model(tmp_path: Path, settings: Settings) -> None:
+    files, holdout, schema = _data(tmp_path, rows=3000)
+    train = pd.read_parquet(files[0])
+    rare = train[(train["churned"] == 0) | (np.arange(len(train)) % 6 == 0)]  # churners made rare: about 1 in 8
+    rare.to_parquet(files[0], index=False, row_group_size=500)
+    s = settings.model_copy(update={"train_workers": 2})
+    plain, _, _ = dx.distributed_refit(_template(schema), files, schema, s, "job-plain")
+    balanced, _, _ = dx.distributed_refit(_template(schema), files, schema, s, "job-balanced", balanced_classes=True)
+    X = holdout[schema.feature_names]
+    # weighting the rarer class up raises its predicted share
+    assert balanced.predict_proba(X)[:, 1].mean() > plain.predict_proba(X)[:, 1].mean() + 0.15
+    assert list(balanced.steps[-1][1].labels_) == schema.classes
