@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from components.data import Schema
-    from components.package import ModelPackage
-    from components.settings import Settings
 
 @dataclass(frozen=True)
 class Family:

@@ -17,6 +17,7 @@ import pytest
 import xgboost as xgb
 
 from components import distributed_xgb as dx
+from components import refit
 from components.data import DatasetSpec, infer_schema, normalise
 from components.features import build, xy
 from components.settings import ConfigError, Settings
@@ -113,15 +114,11 @@ def test_job_round_trips_through_json(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def xgboost_candidate(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """An XGBoost candidate. Stand-in until the xgboost family (branch gbt) is merged: make_model builds the
-    same pipeline the search would (the project's preprocessing, an XGBoost estimator)."""
-    from components import refit, train
+def xgboost_candidate() -> dict:
+    """The search's XGBoost candidate (components/train.py), as the refit step receives it."""
+    from components import train
 
-    real = train.make_model
-    monkeypatch.setattr(train, "make_model", lambda schema, candidate, seed: (
-        _template(schema) if candidate["family"] == "xgboost" else real(schema, candidate, seed)))
-    return {"id": "9-xgboost", "family": "xgboost", "params": {}, "select": False}
+    return next(c for c in train.candidates("classification") if c["family"] == "xgboost")
 
 
 def _split(tmp_path: Path) -> tuple[str, str, pd.DataFrame, object]:
@@ -158,7 +155,6 @@ def test_the_refit_step_trains_with_two_workers_and_the_manifest_says_so(tmp_pat
 def test_a_refit_whose_workers_die_registers_nothing_and_leaves_no_job(tmp_path: Path, settings: Settings,
                                                                        xgboost_candidate: dict,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from components import train
 
     train_path, holdout_path, _, schema = _split(tmp_path)
     s = settings.model_copy(update={"train_workers": 2})
