@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     min_r2: float = Field(0.1, le=1, description="Absolute gate for regressors (R2).")
     max_train_rows: int = Field(200_000, ge=1000, description="Rows used for the hyper-parameter search (sampled).")
     seed: int = 42
+    trials: int | None = Field(None, description="The search's budget in trials, shared among the model families "
+                               "(components/tune.py); unset: each family's default points only (the fast first model).")
+    time_budget_minutes: float | None = Field(None, description="The search's budget in wall time: each search task "
+                                              "starts no new trial after this many minutes; unset: no time limit.")
+    search_space: str | None = Field(None, description="A YAML file of the hyper-parameter search space, replacing "
+                                     "the project's components/search_space.yaml whole; unset: the project's.")
 
     # Monitoring
     window_minutes: int | None = Field(None, ge=1, description="Window length; default: since the last pass.")
@@ -162,6 +168,14 @@ class Settings(BaseSettings):
             raise ValueError(f"spill_lease_seconds ({self.spill_lease_seconds}) must be longer than one log write "
                              f"(2 x log_write_timeout_seconds = {2 * self.log_write_timeout_seconds})")
         return self
+
+    @field_validator("trials", "time_budget_minutes")
+    @classmethod
+    def _budget_buys_a_model(cls, v: float | None) -> float | None:
+        # zero would train nothing; unset is the default search (each family's default points)
+        if v is not None and v <= 0:
+            raise ValueError(f"a search budget of {v} trains no model: unset it for the default search or give more than 0")
+        return v
 
     @field_validator("store")
     @classmethod

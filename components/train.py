@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,29 +20,37 @@ if TYPE_CHECKING:
 
     from components.data import Schema
 
-# The search space: model family x parameters; each entry is one fan-out task.
-CLASSIFIERS: list[dict[str, Any]] = [
-    {"family": "logistic", "params": {"C": 1.0}, "select": False},
-    {"family": "logistic", "params": {"C": 0.1}, "select": True},
-    {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
-]
-REGRESSORS: list[dict[str, Any]] = [
-    {"family": "linear", "params": {"alpha": 1.0}, "select": False},
-    {"family": "linear", "params": {"alpha": 10.0}, "select": True},
-    {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
-]
-_INT_PARAMS = {"n_estimators", "min_samples_leaf", "max_leaf_nodes", "max_depth"}
+# The families registry: each model family and the tasks it has an estimator for (``estimator``).
+# The search space (components/search_space.yaml) is checked against it.
+FAMILY_TASKS: dict[str, tuple[str, ...]] = {
+    "logistic": ("classification",),
+    "linear": ("regression",),
+    "random_forest": ("classification", "regression"),
+    "hist_gradient_boosting": ("classification", "regression"),
+}
+_INT_PARAMS = {"n_estimators", "min_samples_leaf", "max_leaf_nodes", "max_depth", "max_iter"}
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
 
 
-def candidates(task: str) -> list[dict[str, Any]]:
-    """The candidates for a task, each with a stable id."""
-    space = CLASSIFIERS if task == "classification" else REGRESSORS
-    return [{**c, "id": f"{i}-{c['family']}"} for i, c in enumerate(space)]
+def family_tasks(family: str) -> tuple[str, ...]:
+    """The tasks a model family can train (empty: this build has no such family)."""
+    return FAMILY_TASKS.get(family, ())
+
+
+def known_families() -> list[str]:
+    """Every model family of this build."""
+    return list(FAMILY_TASKS)
+
+
+def candidates(task: str, space: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The default points of the search space for a task, each a candidate with a stable id (``<n>-<family>``)."""
+    from components import search_space
+
+    chosen = search_space.for_task(space or search_space.default(), task, user=space is not None)
+    points = [(family, point) for family, body in chosen.items() for point in body["defaults"]]
+    return [{"id": f"{i}-{family}", "family": family, "select": bool(point.get(search_space.SELECT, False)),
+             "params": {k: v for k, v in point.items() if k != search_space.SELECT}}
+            for i, (family, point) in enumerate(points)]
 
 
 # Relative cost of cross-validating one candidate of a family (measured on the churn table): the
@@ -49,27 +58,41 @@ def candidates(task: str) -> list[dict[str, Any]]:
 FAMILY_COST = {"logistic": 1, "linear": 1, "random_forest": 4, "hist_gradient_boosting": 4}
 
 
-def families(task: str, tasks: int = 0) -> list[dict[str, Any]]:
-    """The search space grouped by model family, in order: one fan-out task per family.
+def families(task: str, tasks: int = 0, space: dict[str, Any] | None = None,
+             budget: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The search grouped by model family, in order: one fan-out task per family.
 
-    With ``tasks`` > 0 and fewer than the families, the families are packed into that many
-    tasks of about equal cost, the costliest first. kfp.local runs two tasks at once: a third
-    would wait for a free slot and pay an interpreter's start-up again after it.
+    Each group carries its families' spaces (``spaces``), its default candidates and the search
+    budget (``budget``: components/tune.py). With ``tasks`` > 0 and fewer than the families, the
+    families are packed into that many tasks of about equal cost, the costliest first. kfp.local
+    runs two tasks at once: a third would wait for a free slot and pay an interpreter's start-up
+    again after it.
     """
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for c in candidates(task):
-        groups.setdefault(c["family"], []).append(c)
+    from components import search_space
+
+    chosen = search_space.for_task(space or search_space.default(), task, user=space is not None)
+    groups: dict[str, list[dict[str, Any]]] = {family: [] for family in chosen}
+    for c in candidates(task, space):
+        groups[c["family"]].append(c)
+
+    def group(members: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+        return {"family": "+".join(names), "candidates": members, "spaces": {f: chosen[f] for f in names},
+                "budget": budget or {}}
+
     if not 0 < tasks < len(groups):
-        return [{"family": family, "candidates": members} for family, members in groups.items()]
+        return [group(members, [family]) for family, members in groups.items()]
 
-    def cost(members: list[dict[str, Any]]) -> int:
-        return sum(FAMILY_COST.get(c["family"], 4) for c in members)
+    def cost(names: list[str]) -> int:
+        # a family searched beyond its defaults costs its trials; with only defaults, its defaults
+        n = lambda f: max(len(groups[f]), 1)  # noqa: E731
+        return sum(FAMILY_COST.get(f, 4) * n(f) for f in names)
 
-    bins: list[list[dict[str, Any]]] = [[] for _ in range(tasks)]
-    for members in sorted(groups.values(), key=cost, reverse=True):  # largest first, into the lightest task
-        min(bins, key=cost).extend(members)
-    packed = sorted((sorted(b, key=lambda c: int(c["id"].split("-")[0])) for b in bins if b), key=cost, reverse=True)
-    return [{"family": "+".join(dict.fromkeys(c["family"] for c in b)), "candidates": b} for b in packed]
+    bins: list[list[str]] = [[] for _ in range(tasks)]
+    for family in sorted(groups, key=lambda f: cost([f]), reverse=True):  # largest first, into the lightest task
+        min(bins, key=cost).append(family)
+    order = list(groups)
+    packed = sorted((sorted(b, key=order.index) for b in bins if b), key=cost, reverse=True)
+    return [group([c for f in names for c in groups[f]], names) for names in packed]
 
 
 def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
@@ -125,21 +148,30 @@ def sample_rows(train: pd.DataFrame, schema: Schema, max_rows: int, seed: int) -
 
 
 def score_candidate(
-    train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], folds: int, seed: int, max_rows: int
+    train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], folds: int, seed: int, max_rows: int,
+    after_fold: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Cross-validated primary metric of one candidate on the training rows."""
+    """Cross-validated primary metric of one candidate on the training rows.
+
+    The folds run one after another (as ``cross_val_score`` runs them, with the same scores);
+    ``after_fold(k, mean of the first k folds)`` is called after each, and may raise to stop
+    the candidate there (pruning, components/tune.py).
+    """
     import numpy as np
-    from sklearn.model_selection import cross_val_score
+    from sklearn.base import clone
+    from sklearn.metrics import get_scorer
 
     from components.features import xy
 
     rows = sample_rows(train, schema, max_rows, seed)
     X, y = xy(rows, schema)
     start = time.perf_counter()
-    scores = cross_val_score(
-        make_model(schema, candidate, seed), X, y, cv=_cv(schema, len(rows), folds, seed),
-        scoring=PRIMARY[schema.task], error_score="raise",
-    )
+    model, scorer, scores = make_model(schema, candidate, seed), get_scorer(PRIMARY[schema.task]), []
+    for fit_rows, test_rows in _cv(schema, len(rows), folds, seed).split(X, y):
+        fitted = clone(model).fit(X.iloc[fit_rows], y.iloc[fit_rows])
+        scores.append(float(scorer(fitted, X.iloc[test_rows], y.iloc[test_rows])))
+        if after_fold:
+            after_fold(len(scores), float(np.mean(scores)))
     return {
         "candidate": candidate,
         "metric": PRIMARY[schema.task],
@@ -151,25 +183,33 @@ def score_candidate(
     }
 
 
-def score_family(
-    train: pd.DataFrame, schema: Schema, family: dict[str, Any], folds: int, seed: int, max_rows: int
-) -> list[dict[str, Any]]:
-    """Cross-validated scores of every candidate of one family (one fan-out task)."""
-    return [score_candidate(train, schema, c, folds, seed, max_rows) for c in family["candidates"]]
+def _rank(candidate_id: str) -> int:
+    """Order of a candidate among ties: the defaults (``<n>-<family>``) in order, then sampled trials."""
+    head, _, tail = candidate_id.partition("-")
+    return int(head) if head.isdigit() else 10**6 + int(tail.rsplit("-", 1)[-1] if tail else 0)
 
 
-def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
-    """The highest cross-validated score (ties: the simpler, earlier candidate).
-
-    ``results`` holds candidate results, or lists of them (one per family task), or their JSON.
-    """
+def trials_of(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> list[dict[str, Any]]:
+    """Every trial record in ``results``: records, lists of them (one per family task), or their JSON."""
     parsed: list[dict[str, Any]] = []
     for r in results:
         r = json.loads(r) if isinstance(r, str) else r
         parsed.extend(r if isinstance(r, list) else [r])
-    if not parsed:
-        raise ValueError("no candidate was scored")
-    return max(parsed, key=lambda r: (round(r["score"], 6), -int(r["candidate"]["id"].split("-")[0])))
+    return parsed
+
+
+def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
+    """The highest cross-validated score among the trials scored on every fold (ties: the simpler, earlier candidate).
+
+    ``results`` holds candidate results, or lists of them (one per family task), or their JSON;
+    pruned and failed trials (``state``) are never chosen.
+    """
+    parsed = trials_of(results)
+    complete = [r for r in parsed if r.get("state", "complete") == "complete"]
+    if not complete:
+        failed = [f"{r['candidate']['id']}: {r['error']}" for r in parsed if r.get("state") == "failed"][:3]
+        raise ValueError("no candidate was scored" + (f" (every trial failed; first: {'; '.join(failed)})" if failed else ""))
+    return max(complete, key=lambda r: (round(r["score"], 6), -_rank(r["candidate"]["id"])))
 
 
 def refit(train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:

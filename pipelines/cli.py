@@ -54,6 +54,12 @@ def train(
     exclude: Annotated[Optional[list[str]], typer.Option(help="Column(s) to leave out.")] = None,
     model: ModelOpt = None,
     store: StoreOpt = None,
+    trials: Annotated[Optional[int], typer.Option(help="Search budget in trials, shared among the model families "
+                                                       "(default: each family's default points, the fast first model).")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="Search budget in minutes: a search task starts no new "
+                                                              "trial after this (default: no limit).")] = None,
+    search_space: Annotated[Optional[str], typer.Option(help="YAML file of the search space, replacing the project's "
+                                                             "(components/search_space.yaml is the example).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show kfp.local's task logs.")] = False,
 ) -> None:
     """Run the training pipeline on kfp.local and print the version and the promotion decision."""
@@ -63,7 +69,7 @@ def train(
 
     if task not in (None, "classification", "regression"):
         raise typer.BadParameter("must be classification or regression", param_hint="--task")
-    s = _settings(store=store, model=model)
+    s = _settings(store=store, model=model, trials=trials, time_budget_minutes=time_budget, search_space=search_space)
     spec = DatasetSpec(data, target, task, timestamp, tuple(id_column or ()), tuple(exclude or ()), s.model)  # type: ignore[arg-type]
     schema, first = preview(spec, s)
     console.print(columns_table(schema, first))

@@ -2,7 +2,7 @@
 
     fingerprint ─┐          champion ─┐
                  ▼                    ▼
-               ingest ─► validate ─► features ─► train × family (ParallelFor) ─► refit
+               ingest ─► validate ─► features ─► search-space ─► train × family (ParallelFor) ─► refit
                                                                              ▼
                                             deploy ◄─ [promoted] ◄─ register ◄─ evaluate
     (record_run: exit handler, always runs)
@@ -94,6 +94,9 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         min_accuracy: float = DEFAULT.min_accuracy,
         min_r2: float = DEFAULT.min_r2,
         search_tasks: int = 0,  # 0: one search task per model family; n: packed into n (the embedded runner's 2)
+        trials: int = 0,  # the search budget in trials; 0: each family's default points (the trials setting unset)
+        time_budget_minutes: float = 0.0,  # minutes per search task; 0: no limit
+        search_space: dict = {},  # the search space file's content; empty: the project's
     ) -> None:
         data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude,
                     additions=additions)
@@ -116,10 +119,12 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
                                     champion=champ.output))
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
-            space = on(c.search_space(schema=schema, tasks=search_tasks))
+            space = on(c.search_space(schema=schema, tasks=search_tasks, space=search_space, trials=trials,
+                                      minutes=time_budget_minutes, champion=champ.output))
             with dsl.ParallelFor(space.output, parallelism=parallelism, name="search") as family:
+                # one study per family, rounds inside the task: components/tune.py says why
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
-                                   max_rows=max_train_rows))
+                                   max_rows=max_train_rows, store=store, model=model))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit("8G")
             best = on(c.refit(train=split.outputs["train"], holdout=split.outputs["holdout"], schema=schema,
                               results=dsl.Collected(trial.outputs["Output"]), seed=seed))
