@@ -45,15 +45,27 @@ def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns:
 
 
 @component
-def champion(store: str, model: str, run: str, job: str = "") -> str:
-    """The champion version right now ('' for none); never cached."""
+def champion(store: str, model: str, run: str, fingerprint: str,
+             job: str = "") -> NamedTuple("Champion", [("version", str), ("warm_start", str)]):
+    """The champion version right now ('' for none), and the one the search warm-starts from: the
+    champion when it was trained on other data than ``fingerprint``'s, else '' (a re-run on the
+    same data keeps the search's cache key, so it is served from the cache). Never cached."""
+    from collections import namedtuple
+
     from components import runtime
     from components.registry import Registry
     from components.store import open_store
 
     s, run = runtime.settings(store, model), runtime.run_id(run, job)
-    current = runtime.guarded(s, run, "champion", lambda: Registry(open_store(s.store, s), s.model).champion())
-    return current.version if current else ""
+
+    def look() -> tuple[str, str]:
+        reg = Registry(open_store(s.store, s), s.model)
+        current = reg.champion()
+        if current is None:
+            return "", ""
+        return current.version, "" if reg.manifest(current.version).get("fingerprint") == fingerprint else current.version
+
+    return namedtuple("Champion", ["version", "warm_start"])(*runtime.guarded(s, run, "champion", look))
 
 
 @component

@@ -35,6 +35,9 @@ def _where(source: str, family: str, param: str | None = None) -> str:
 def _check_param(source: str, family: str, name: str, spec: Any) -> dict[str, Any]:
     """One parameter's spec, normalised: {"fixed": v} | {"choices": [...]} | {"low", "high", "log", "int"}."""
     where = _where(source, family, name)
+    if spec is None or (isinstance(spec, dict) and isinstance(spec.get("choices"), list) and None in spec["choices"]):
+        # KFP's parameters cannot carry a null (the space rides in the run's parameters and the fan-out's items)
+        raise SearchSpaceError(f"{where}: null is not a value a run can carry; leave the parameter out for the estimator's default")
     if not isinstance(spec, dict):
         return {"fixed": spec}
     if set(spec) == {"choices"}:

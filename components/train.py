@@ -96,6 +96,7 @@ def families(task: str, tasks: int = 0, space: dict[str, Any] | None = None,
 
 
 def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
+    """The scikit-learn estimator of a model family for a task (the families registry: FAMILY_TASKS)."""
     from sklearn.ensemble import (
         HistGradientBoostingClassifier,
         HistGradientBoostingRegressor,
@@ -104,22 +105,23 @@ def estimator(task: str, family: str, params: dict[str, Any], seed: int) -> Any:
     )
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    # parameters may come back from JSON as floats (KFP); integers stay integers
+    # parameters may come back from JSON as floats (KFP); integers stay integers. The search space's
+    # parameters override the family's own choices below (class weights, max_features), never collide.
     params = {k: int(v) if isinstance(v, float) and v.is_integer() and k in _INT_PARAMS else v for k, v in params.items()}
     if task == "classification":
         if family == "logistic":
-            return LogisticRegression(max_iter=1000, class_weight="balanced", **params)
+            return LogisticRegression(**{"max_iter": 1000, "class_weight": "balanced", **params})
         if family == "random_forest":
-            return RandomForestClassifier(random_state=seed, n_jobs=1, class_weight="balanced", max_features="sqrt", **params)
+            return RandomForestClassifier(**{"random_state": seed, "n_jobs": 1, "class_weight": "balanced", "max_features": "sqrt", **params})
         if family == "hist_gradient_boosting":
-            return HistGradientBoostingClassifier(random_state=seed, class_weight="balanced", **params)
+            return HistGradientBoostingClassifier(**{"random_state": seed, "class_weight": "balanced", **params})
     else:
         if family == "linear":
             return Ridge(**params)
         if family == "random_forest":
-            return RandomForestRegressor(random_state=seed, n_jobs=1, max_features=0.5, **params)
+            return RandomForestRegressor(**{"random_state": seed, "n_jobs": 1, "max_features": 0.5, **params})
         if family == "hist_gradient_boosting":
-            return HistGradientBoostingRegressor(random_state=seed, **params)
+            return HistGradientBoostingRegressor(**{"random_state": seed, **params})
     raise ValueError(f"unknown model family {family!r} for {task}")
 
 

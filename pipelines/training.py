@@ -1,7 +1,7 @@
 """The training pipeline: one DAG from raw data to a promoted, deployed champion.
 
-    fingerprint ─┐          champion ─┐
-                 ▼                    ▼
+    fingerprint ─► champion ─┐ (and the search's warm start)
+                 ▼           ▼
                ingest ─► validate ─► features ─► search-space ─► train × family (ParallelFor) ─► refit
                                                                              ▼
                                             deploy ◄─ [promoted] ◄─ register ◄─ evaluate
@@ -106,7 +106,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             # never cached: they look at the world as it is now
             fp = on(c.fingerprint(**data, store=store, model=model, run=run, job=job).set_caching_options(False))
             fp.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
-            champ = on(c.champion(store=store, model=model, run=run, job=job).set_caching_options(False))
+            champ = on(c.champion(store=store, model=model, run=run, fingerprint=fp.output, job=job).set_caching_options(False))
             champ.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
 
             # cached: every key includes the data fingerprint (and the champion where it matters)
@@ -116,11 +116,11 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             schema = ingested.outputs["schema"]
 
             checked = on(c.validate(dataset=ingested.outputs["dataset"], schema=schema, store=store, model=model,
-                                    champion=champ.output))
+                                    champion=champ.outputs["version"]))
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
             space = on(c.search_space(schema=schema, tasks=search_tasks, space=search_space, trials=trials,
-                                      minutes=time_budget_minutes, champion=champ.output))
+                                      minutes=time_budget_minutes, champion=champ.outputs["warm_start"]))
             with dsl.ParallelFor(space.output, parallelism=parallelism, name="search") as family:
                 # one study per family, rounds inside the task: components/tune.py says why
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
@@ -131,11 +131,11 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             best.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
 
             evaluation = on(c.evaluate(model=best.outputs["model"], holdout=split.outputs["holdout"], schema=schema,
-                                       store=store, model_name=model, champion=champ.output))
+                                       store=store, model_name=model, champion=champ.outputs["version"]))
             registered = on(c.register(
                 package=best.outputs["package"], schema=schema, evaluation=evaluation.outputs["Output"],
                 best=best.outputs["Output"],
-                fingerprint=fp.output, champion=champ.output, store=store, model_name=model, run=run,
+                fingerprint=fp.output, champion=champ.outputs["version"], store=store, model_name=model, run=run,
                 promotion_margin=promotion_margin, min_accuracy=min_accuracy, min_r2=min_r2, job=job,
             ))
             # never cached: it writes the registry (and is idempotent for the same data and model)
