@@ -77,9 +77,9 @@ class Settings(BaseSettings):
     min_r2: float = Field(0.1, le=1, description="Absolute gate for regressors (R2).")
     max_train_rows: int = Field(200_000, ge=1000, description="Rows used for the hyper-parameter search (sampled).")
     seed: int = 42
-    trials: int | None = Field(None, description="The search's budget in trials, shared among the model families "
+    trials: int | None = Field(None, ge=1, description="The search's budget in trials, shared among the model families "
                                "(components/tune.py); unset: each family's default points only (the fast first model).")
-    time_budget_minutes: float | None = Field(None, description="The search's budget in wall time: each search task "
+    time_budget_minutes: float | None = Field(None, gt=0, description="The search's budget in wall time: each search task "
                                               "starts no new trial after this many minutes; unset: no time limit.")
     search_space: str | None = Field(None, description="A YAML file of the hyper-parameter search space, replacing "
                                      "the project's components/search_space.yaml whole; unset: the project's.")
@@ -169,11 +169,15 @@ class Settings(BaseSettings):
                              f"(2 x log_write_timeout_seconds = {2 * self.log_write_timeout_seconds})")
         return self
 
-    @field_validator("trials", "time_budget_minutes")
+    @field_validator("trials", "time_budget_minutes", mode="before")
     @classmethod
-    def _budget_buys_a_model(cls, v: float | None) -> float | None:
-        # zero would train nothing; unset is the default search (each family's default points)
-        if v is not None and v <= 0:
+    def _budget_buys_a_model(cls, v: Any) -> Any:
+        # before the bounds: a zero budget gets the sentence that says what to do instead
+        try:
+            zero = v is not None and float(v) <= 0
+        except (TypeError, ValueError):
+            return v  # not a number: the type check names it
+        if zero:
             raise ValueError(f"a search budget of {v} trains no model: unset it for the default search or give more than 0")
         return v
 
