@@ -184,7 +184,7 @@ def search_family(
             steps[k] = mean
             if trial is not None:  # fixed points are scored on every fold: they are the baseline
                 trial.report(mean, k)
-                if trial.should_prune():
+                if k < folds and trial.should_prune():  # a trial through its last fold is complete
                     raise _Pruned
 
         start = time.perf_counter()
@@ -246,9 +246,15 @@ def counts(records: list[dict[str, Any]]) -> dict[str, int]:
     return {state: sum(r.get("state", "complete") == state for r in records) for state in ("complete", "pruned", "failed")}
 
 
-def _params_text(row: dict[str, Any]) -> str:
+def params_text(row: dict[str, Any]) -> str:
+    """A leaderboard row's parameters in one line (floats to 4 places)."""
     params = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row["params"].items()}
     return ", ".join(f"{k}={v}" for k, v in params.items()) + (", select" if row["select"] else "")
+
+
+def cells(row: dict[str, Any]) -> tuple[str, str]:
+    """A leaderboard row's score and state as printed (a failed trial's state carries its error)."""
+    return (f"{row['score']:.4f}" if row["score"] is not None else "-"), row["state"] + (f": {row['error']}" if row.get("error") else "")
 
 
 def leaderboard_markdown(records: list[dict[str, Any]], top: int = LEADERBOARD_ROWS) -> str:
@@ -257,9 +263,8 @@ def leaderboard_markdown(records: list[dict[str, Any]], top: int = LEADERBOARD_R
     lines = [f"{len(records)} trials: {n['complete']} complete, {n['pruned']} pruned (stopped early), {n['failed']} failed.", "",
              "| rank | trial | family | parameters | CV score | folds | seconds | state |", "|---|---|---|---|---|---|---|---|"]
     for rank, row in enumerate(leaderboard(records, top), start=1):
-        score = f"{row['score']:.4f}" if row["score"] is not None else "-"
-        state = row["state"] + (f": {row['error']}" if row.get("error") else "")
-        lines.append(f"| {rank} | {row['id']} | {row['family']} | {_params_text(row)} | {score} | {row['folds']} | "
+        score, state = cells(row)
+        lines.append(f"| {rank} | {row['id']} | {row['family']} | {params_text(row)} | {score} | {row['folds']} | "
                      f"{row['seconds']} | {state} |")
     return "\n".join(lines) + "\n"
 

@@ -467,10 +467,28 @@ def models_list(model: ModelOpt = None, store: StoreOpt = None) -> None:
 
 @models.command("show")
 def models_show(version: str, model: ModelOpt = None, store: StoreOpt = None) -> None:
-    """A version's manifest, metrics and decision."""
+    """A version's manifest, metrics and decision, then its search's leaderboard (best trial first)."""
     reg = _registry(store, model)
-    console.print_json(json.dumps({"manifest": reg.manifest(version), "metrics": reg.metrics(version),
+    metrics = reg.metrics(version)
+    console.print_json(json.dumps({"manifest": reg.manifest(version), "metrics": metrics,
                                    "decision": reg.decision(version)}, default=str))
+    if metrics.get("search"):
+        console.print(leaderboard_table(metrics["search"], f"Search of {reg.model} {version}"))
+
+
+def leaderboard_table(search: dict, title: str) -> Table:
+    """A version's search as `flywheel models show` prints it: the best trial, the counts, the leaderboard."""
+    from components.tune import cells, params_text
+
+    n = search["trials"]
+    table = Table(title=f"{title}: best trial {search['best']}; {n['complete']} complete, {n['pruned']} pruned, "
+                        f"{n['failed']} failed", title_justify="left")
+    for col in ("rank", "trial", "family", "parameters", "CV score", "folds", "seconds", "state"):
+        table.add_column(col)
+    for rank, row in enumerate(search["leaderboard"], start=1):
+        score, state = cells(row)
+        table.add_row(str(rank), row["id"], row["family"], params_text(row), score, str(row["folds"]), str(row["seconds"]), state)
+    return table
 
 
 @models.command("promote")
