@@ -186,9 +186,12 @@ def score_candidate(
 
 
 def _rank(candidate_id: str) -> int:
-    """Order of a candidate among ties: the defaults (``<n>-<family>``) in order, then sampled trials."""
+    """Order of a candidate among ties: the defaults (``<n>-<family>``) in order, then the champion's point
+    (``<family>-champion``), then sampled trials (``<family>-<trial number>``) in order."""
     head, _, tail = candidate_id.partition("-")
-    return int(head) if head.isdigit() else 10**6 + int(tail.rsplit("-", 1)[-1] if tail else 0)
+    if head.isdigit():
+        return int(head)
+    return 10**6 + (int(tail) if tail.isdigit() else -1)
 
 
 def trials_of(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> list[dict[str, Any]]:

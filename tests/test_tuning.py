@@ -118,6 +118,16 @@ def test_the_fold_loop_scores_as_cross_val_score_does(cancer):
     assert train.score_candidate(frame, schema, candidate, 3, 0, 10_000)["score"] == pytest.approx(want, abs=1e-12)
 
 
+def test_among_equal_scores_the_best_is_a_default_then_the_champions_point_then_the_earliest_trial():
+    def result(cid: str) -> dict:
+        return {"candidate": {"id": cid}, "score": 0.8, "state": "complete"}
+
+    assert train.best([result("linear-3"), result("linear-champion"), result("2-linear")])["candidate"]["id"] == "2-linear"
+    assert train.best([result("linear-3"), result("linear-champion")])["candidate"]["id"] == "linear-champion"
+    assert train.best([result("linear-12"), result("linear-3")])["candidate"]["id"] == "linear-3"
+    assert train.best([result("linear-3"), {**result("1-linear"), "state": "pruned", "score": 0.9}])["candidate"]["id"] == "linear-3"
+
+
 # --- the study --------------------------------------------------------------------------------
 
 def test_fold_halving_stops_a_trial_below_the_best_half_at_a_rung():
