@@ -141,20 +141,9 @@ def search_family(
     records from before; ``warm`` the champion's records (any family: this one's are used);
     ``deadline`` a ``time.monotonic()`` after which no new trial starts (the first always runs).
     """
-    from optuna.trial import TrialState
-
     params = space["params"]
-    dists = search_space.distributions(params)
-    study = _study(seed)
     records = [r for r in history or [] if r["candidate"]["family"] == family]
-    for r in records:
-        if (frozen := _frozen(r, params, dists)) is not None:
-            study.add_trial(frozen)
     champion = [r for r in warm or [] if r["candidate"]["family"] == family and r.get("state", "complete") == "complete"]
-    for r in champion:
-        if (frozen := _frozen(r, params, dists)) is not None:
-            study.add_trial(frozen)
-
     queue = [dict(c) for c in defaults]  # fixed points first: the defaults, then the champion's best
     if champion:
         top = max(champion, key=lambda r: r["score"])
@@ -166,6 +155,17 @@ def search_family(
     queue = [c for c in queue if c["id"] not in done]
     # the champion's point comes on top of the budget: a warm start never has fewer trials than a cold one
     limit = budget.trials_for(len(defaults)) + any(c.get("origin") == "warm" for c in queue)
+
+    # a search of the fixed points alone (no budget set) never asks the sampler: no study, no Optuna import
+    study, dists = None, {}
+    if limit > len(records) + len(queue):
+        from optuna.trial import TrialState
+
+        dists = search_space.distributions(params)
+        study = _study(seed)
+        for r in records + champion:  # this task's trials before (a resumed run), then the champion's
+            if (frozen := _frozen(r, params, dists)) is not None:
+                study.add_trial(frozen)
 
     while len(records) < limit and not (records and deadline is not None and time.monotonic() >= deadline):
         fixed = queue.pop(0) if queue else None
@@ -199,7 +199,7 @@ def search_family(
         if trial is not None:
             state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(record["state"], TrialState.FAIL)
             study.tell(trial, record["score"] if state == TrialState.COMPLETE else None, state=state)
-        elif (frozen := _frozen(record, params, dists)) is not None:
+        elif study is not None and (frozen := _frozen(record, params, dists)) is not None:
             study.add_trial(frozen)
         records.append(record)
         if save:

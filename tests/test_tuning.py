@@ -151,6 +151,17 @@ def test_no_budget_scores_exactly_the_defaults_on_every_fold(diabetes):
     assert records[0]["score"] == train.score_candidate(frame, schema, group["candidates"][0], 3, 0, 10_000)["score"]
 
 
+def test_a_search_of_the_defaults_alone_never_imports_optuna(tmp_path):
+    # time to first model: a search task with no budget set pays no sampler's import
+    code = ("import sys, json; from sklearn.datasets import load_diabetes; from components import train, tune; "
+            "from components.data import DatasetSpec, infer_schema; f = load_diabetes(as_frame=True).frame; "
+            "s = infer_schema(f, DatasetSpec(source='d', target='target', task='regression')); "
+            "r = tune.search(f, s, train.families('regression')[0], 2, 0, 10000); "
+            "print(json.dumps([len(r), 'optuna' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [2, False]
+
+
 def test_a_budget_buys_sampled_trials_pruned_over_folds_and_the_best_is_complete(diabetes):
     frame, schema = diabetes
     space = {"linear": search_space.default()["linear"]}
