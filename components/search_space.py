@@ -22,6 +22,7 @@ DEFAULT_FILE = Path(__file__).with_name("search_space.yaml")
 # Flywheel's own switch (a feature selection before the model), not an estimator parameter.
 SELECT = "select"
 _RANGE_KEYS = {"low", "high", "log", "int"}
+TASKS = ("classification", "regression")
 
 
 class SearchSpaceError(ConfigError):
@@ -71,7 +72,7 @@ def contains(spec: dict[str, Any], value: Any) -> bool:
 
 
 def parse(data: Any, source: str = "(given)") -> dict[str, dict[str, Any]]:
-    """The search space from a file's data: ``{family: {"defaults": [points], "params": {name: spec}}}``.
+    """The search space from a file's data: ``{family: {"defaults": {task: [points]}, "params": {name: spec}}}``.
 
     Raises SearchSpaceError naming the file, family and parameter.
     """
@@ -85,17 +86,26 @@ def parse(data: Any, source: str = "(given)") -> dict[str, dict[str, Any]]:
         if not isinstance(body["params"], dict):
             raise SearchSpaceError(f"{_where(source, family)}: 'params' must map parameter names to ranges")
         params = {str(name): _check_param(source, family, str(name), spec) for name, spec in body["params"].items()}
-        defaults = body.get("defaults") or []
-        if not isinstance(defaults, list) or not all(isinstance(d, dict) for d in defaults):
-            raise SearchSpaceError(f"{_where(source, family)}: 'defaults' must be a list of parameter mappings")
-        for point in defaults:
-            for name, value in point.items():
-                if name not in params:
-                    raise SearchSpaceError(f"{_where(source, family, name)}: a default names a parameter that "
-                                           f"'params' does not (it has {', '.join(params)})")
-                if not contains(params[name], value):
-                    raise SearchSpaceError(f"{_where(source, family, name)}: the default {value!r} is outside its range")
-        space[str(family)] = {"defaults": [dict(d) for d in defaults], "params": params}
+        given = body.get("defaults") or []
+        # one list for every task, or one per task (a classifier's and a regressor's defaults differ)
+        per_task = given if isinstance(given, dict) else {task: given for task in TASKS}
+        if set(per_task) - set(TASKS):
+            raise SearchSpaceError(f"{_where(source, family)}: 'defaults' per task are keyed by {' or '.join(TASKS)}, "
+                                   f"got {sorted(per_task)}")
+        defaults = {}
+        for task in TASKS:
+            points = per_task.get(task) or []
+            if not isinstance(points, list) or not all(isinstance(d, dict) for d in points):
+                raise SearchSpaceError(f"{_where(source, family)}: 'defaults' must be a list of parameter mappings")
+            for point in points:
+                for name, value in point.items():
+                    if name not in params:
+                        raise SearchSpaceError(f"{_where(source, family, name)}: a default names a parameter that "
+                                               f"'params' does not (it has {', '.join(params)})")
+                    if not contains(params[name], value):
+                        raise SearchSpaceError(f"{_where(source, family, name)}: the default {value!r} is outside its range")
+            defaults[task] = [dict(d) for d in points]
+        space[str(family)] = {"defaults": defaults, "params": params}
     return space
 
 
@@ -162,14 +172,14 @@ def check_families(space: dict[str, dict[str, Any]], source: str = "(given)") ->
 
     Raises SearchSpaceError naming the family and the parameter, with the names it takes.
     """
-    from components.train import estimator, family_tasks
+    from components.train import family_tasks, parameter_names
 
     for family, body in space.items():
         tasks = family_tasks(family)
         if not tasks:
             raise _not_a_family(family, source)
         for task in tasks:
-            accepted = set(estimator(task, family, {}, 0).get_params(deep=False)) | {SELECT}
+            accepted = parameter_names(family, task) | {SELECT}
             for name in body["params"]:
                 if name not in accepted:
                     raise SearchSpaceError(f"{_where(source, family, name)}: not a parameter of its {task} estimator "

@@ -42,12 +42,17 @@ def known_families() -> list[str]:
     return list(FAMILY_TASKS)
 
 
+def parameter_names(family: str, task: str) -> set[str]:
+    """The parameters a family's estimator for ``task`` takes (scikit-learn's ``get_params``): what a search space may name."""
+    return set(estimator(task, family, {}, 0).get_params(deep=False))
+
+
 def candidates(task: str, space: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The default points of the search space for a task, each a candidate with a stable id (``<n>-<family>``)."""
     from components import search_space
 
     chosen = search_space.for_task(space or search_space.default(), task, user=space is not None)
-    points = [(family, point) for family, body in chosen.items() for point in body["defaults"]]
+    points = [(family, point) for family, body in chosen.items() for point in body["defaults"][task]]
     return [{"id": f"{i}-{family}", "family": family, "select": bool(point.get(search_space.SELECT, False)),
              "params": {k: v for k, v in point.items() if k != search_space.SELECT}}
             for i, (family, point) in enumerate(points)]

@@ -47,6 +47,9 @@ def test_the_projects_space_has_every_family_and_its_defaults_are_the_search_bef
     space = search_space.default()
     assert set(space) == {"logistic", "linear", "random_forest", "hist_gradient_boosting", "xgboost", "lightgbm"}
     assert space["logistic"]["params"]["C"] == {"low": 1e-3, "high": 100.0, "log": True, "int": False}
+    # defaults per task where a classifier's and a regressor's differ (issue 25.3's boosted families)
+    assert [d["defaults"]["regression"][0]["n_estimators"] for d in (space["xgboost"], space["lightgbm"])] == [300, 300]
+    assert space["random_forest"]["defaults"]["classification"] == space["random_forest"]["defaults"]["regression"]
     # the defaults are the five fixed candidates the search had before it was tuned, in the same order
     assert [(c["id"], c["params"], c["select"]) for c in train.candidates("classification")] == [
         ("0-logistic", {"C": 1.0}, False), ("1-logistic", {"C": 0.1}, True),
@@ -70,6 +73,8 @@ def test_the_projects_space_has_every_family_and_its_defaults_are_the_search_bef
     ({"logistic": {"params": {"C": {"low": 0.1, "high": 1.0}}, "defaults": [{"tol": 1}]}},
      "parameter 'tol': a default names a parameter that 'params' does not"),
     ({"random_forest": {"params": {"max_depth": {"choices": [None, 8]}}}}, "parameter 'max_depth': null is not a value"),
+    ({"logistic": {"params": {"C": 1.0}, "defaults": {"classifier": [{"C": 1.0}]}}},
+     "family 'logistic': 'defaults' per task are keyed by classification or regression, got ['classifier']"),
     ({"logistic": {"ranges": {}}}, "family 'logistic': give 'params' (and optionally 'defaults'), got ['ranges']"),
     (["logistic"], "must map model family names to their spaces"),
 ])
