@@ -114,6 +114,13 @@ def test_the_budget_in_trials_is_shared_among_the_families_and_unset_is_the_defa
     assert tune.Budget(minutes=1.0).trials_for(defaults=2) == tune.MAX_TRIALS_PER_FAMILY  # time alone ends it
 
 
+def test_a_time_budget_stops_new_trials_once_spent_but_the_first_always_runs(diabetes):
+    frame, schema = diabetes
+    group = train.families("regression", budget={"minutes": 1e-5, "families": 3})[0]  # 0.6 ms: spent by the first trial
+    records = tune.search(frame, schema, group, 2, 0, 10_000)
+    assert [(r["candidate"]["id"], r["state"]) for r in records] == [("0-linear", "complete")]
+
+
 def test_the_fold_loop_scores_as_cross_val_score_does(cancer):
     frame, schema = cancer
     candidate = train.candidates("classification")[1]
