@@ -3,7 +3,7 @@
 Each figure is a ratio against a baseline measured in the same run, since this machine is
 shared and absolute times drift. Each section is a module of this package with
 ``main(out_json) -> figures`` and, optionally, ``rows(figures) -> [(figure, value, target)]``.
-BENCH_ONLY=pipeline,serving,columnar,monitoring,loop,faults,scale picks a subset; the scale section's
+BENCH_ONLY=pipeline,tuning,serving,columnar,monitoring,loop,faults,scale picks a subset; the scale section's
 sizes are SCALE_ROWS (default 200000,500000; the issue's 1000000,5000000,10000000) and SCALE_RETRAIN_ROWS. The faults get a table of
 their own (records served, stored, duplicated, and the outcome per fault).
 """
@@ -38,7 +38,7 @@ def main() -> dict:
 
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     results: dict[str, dict] = {}
-    for name in ("pipeline", "serving", "columnar", "monitoring", "loop", "faults", "scale"):
+    for name in ("pipeline", "tuning", "serving", "columnar", "monitoring", "loop", "faults", "scale"):
         if only and name not in only:
             continue
         module = __import__(f"benchmarks.{name}", fromlist=["main"])

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from components import evaluate, ingest, register, split, train, validate
+from components import evaluate, ingest, register, split, train, tune, validate
 from components.data import DatasetSpec
 from components.package import package
 from components.registry import Registry
@@ -99,7 +99,7 @@ def direct_child(source: str, store: str, root: str) -> None:
     tr, ho = split.split(ing.frame, ing.schema, settings.holdout_fraction, settings.seed)
     space = train.families(ing.schema.task, LOCAL_PARALLEL_TASKS)
     results = Parallel(n_jobs=LOCAL_PARALLEL_TASKS)(
-        delayed(train.score_family)(tr, ing.schema, f, settings.cv_folds, settings.seed, settings.max_train_rows)
+        delayed(tune.search)(tr, ing.schema, f, settings.cv_folds, settings.seed, settings.max_train_rows)
         for f in space)
     best = train.best(results)
     model = train.refit(tr, ing.schema, best["candidate"], settings.seed)

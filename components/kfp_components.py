@@ -49,15 +49,27 @@ def fingerprint(source: str, target: str, task: str, timestamp: str, id_columns:
 
 
 @component
-def champion(store: str, model: str, run: str, job: str = "") -> str:
-    """The champion version right now ('' for none); never cached."""
+def champion(store: str, model: str, run: str, fingerprint: str,
+             job: str = "") -> NamedTuple("Champion", [("version", str), ("warm_start", str)]):
+    """The champion version right now ('' for none), and the one the search warm-starts from: the
+    champion when it was trained on other data than ``fingerprint``'s, else '' (a re-run on the
+    same data keeps the search's cache key, so it is served from the cache). Never cached."""
+    from collections import namedtuple
+
     from components import runtime
     from components.registry import Registry
     from components.store import open_store
 
     s, run = runtime.settings(store, model), runtime.run_id(run, job)
-    current = runtime.guarded(s, run, "champion", lambda: Registry(open_store(s.store, s), s.model).champion())
-    return current.version if current else ""
+
+    def look() -> tuple[str, str]:
+        reg = Registry(open_store(s.store, s), s.model)
+        current = reg.champion()
+        if current is None:
+            return "", ""
+        return current.version, "" if reg.manifest(current.version).get("fingerprint") == fingerprint else current.version
+
+    return namedtuple("Champion", ["version", "warm_start"])(*runtime.guarded(s, run, "champion", look))
 
 
 @component
@@ -129,44 +141,70 @@ def features(dataset: Input[Dataset], schema: str, holdout_fraction: float, seed
 
 
 @component
-def search_space(schema: str, tasks: int = 0, families: str = "") -> list:
-    """The model families of the task, each with its candidates: one fan-out task each
-    (``tasks`` > 0: packed into at most that many tasks, as many as the runner runs at once;
-    ``families``: only these, comma-separated)."""
+def search_space(schema: str, tasks: int = 0, space: dict = {}, trials: int = 0, minutes: float = 0.0,
+                 champion: str = "", families: str = "") -> list:
+    """The model families of the task, each with its space, default candidates, the budget and the champion
+    (a warm start): one fan-out task each (``tasks`` > 0: packed into at most that many tasks, as many as
+    the runner runs at once). ``space`` is the run's search space (empty: the project's),
+    ``trials``/``minutes`` its budget (0: unset), ``families`` only these (comma-separated; empty: all).
+    The champion rides in the items because kfp.local (2.17) hands a ParallelFor body the loop item in
+    place of any other task's output."""
     import json
 
     from components import runtime
+    from components import search_space as spaces
     from components import train as stage
 
     fields = schema if isinstance(schema, dict) else json.loads(schema)  # kfp.local may hand it decoded
-    return runtime.cached_step("search-space", lambda: stage.families(fields["task"], tasks, families),
-                              schema=schema, tasks=tasks, families=families)
+
+    def plan() -> list:
+        chosen = spaces.parse(space, "(the run's search_space parameter)") if space else None
+        keep = set(stage.chosen_families(families))
+        n = len([f for f in spaces.for_task(chosen or spaces.default(), fields["task"], user=chosen is not None)
+                 if not keep or f in keep])
+        groups = stage.families(fields["task"], tasks, chosen, {"trials": trials, "minutes": minutes, "families": n},
+                                families)
+        return [{**g, "champion": champion} for g in groups]
+
+    return runtime.cached_step("search-space", plan, schema=schema, tasks=tasks, space=space, trials=trials, minutes=minutes,
+                               champion=champion, families=families)
 
 
 @component
-def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: int,
+def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: int, store: str, model: str,
           metrics: Output[Metrics]) -> str:
-    """Cross-validate every candidate of one model family (one fan-out task); returns the results (JSON).
+    """Tune one search task's model families (Optuna, components/tune.py); returns the trial records (JSON).
 
-    The schema comes from the training set's metadata: kfp.local (2.17) replaces every
-    upstream task output passed into a ParallelFor body with the loop item.
+    The study is kept in the store as data (``studies/<model>/<task key>.json``, rewritten after
+    every trial): a re-run of the same task resumes it. The item's ``champion`` ('' for none)
+    warm-starts the study from the champion version's recorded trials. The schema comes from the training set's
+    metadata: kfp.local (2.17) replaces every upstream task output passed into a ParallelFor body
+    with the loop item.
     """
     import json
 
     import pandas as pd
 
-    from components import runtime
+    from components import runtime, tune
     from components import train as stage
     from components.data import Schema
     from components.status import cache_key
+    from components.store import open_store
 
+    s = runtime.settings(store, model)
     schema = Schema.from_json(train.metadata["schema"])
     inputs = dict(train=train.uri, family=family, folds=folds, seed=seed, max_rows=max_rows)
-    results = runtime.cached_step(f"train-{cache_key(**inputs)}", lambda: stage.score_family(
-        pd.read_parquet(train.path), schema, family, folds, seed, max_rows), **inputs)
+    key = cache_key(**inputs)
+    st = open_store(s.store, s)
+    results = runtime.cached_step(f"train-{key}", lambda: tune.search(
+        pd.read_parquet(train.path), schema, family, folds, seed, max_rows,
+        history=tune.recorded(st, tune.study_key(model, key)), warm=tune.champion_trials(st, model, family.get("champion", "")),
+        save=lambda records: tune.record(st, tune.study_key(model, key), records)), s, **inputs)
     top = stage.best(results)
     metrics.log_metric(top["metric"], top["score"])
     metrics.log_metric("cv_std", top["std"])
+    for state, n in tune.counts(results).items():
+        metrics.log_metric(f"trials_{state}", n)
     with open(metrics.path, "w") as f:  # KFP keeps metrics in metadata; the file lets caches verify the output
         json.dump(metrics.metadata, f)
     return json.dumps(results)
@@ -175,30 +213,49 @@ def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: 
 @component
 def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: list, seed: int,
           store: str, model_name: str, train_workers: int, memory_mb: int,
-          model: Output[Model], package: Output[Model]) -> str:
-    """Pick the best candidate, refit it on all training rows (within ``memory_mb``; an XGBoost one
-    by ``train_workers`` workers: components/refit.py) and package it (pickle, reference sample,
-    ONNX checked on the holdout) for register; returns the choice with how it was trained (JSON)."""
+          model: Output[Model], package: Output[Model], search: Output[Metrics], leaderboard: Output[Markdown]) -> str:
+    """Pick the best trial, refit it on all training rows (within ``memory_mb``; an XGBoost one by
+    ``train_workers`` workers: components/refit.py) and package it (pickle, reference sample, ONNX
+    checked on the holdout, the search's trials) for register; returns the choice with how it was
+    trained (JSON). For the KFP UI: ``search`` holds the best trial's score, the trial counts and
+    the leaderboard's scores (``<rank> <trial id>``); ``leaderboard`` the trials, best first, with
+    their parameters."""
+    import dataclasses
     import json
     import uuid
 
     from components import refit as stage
-    from components import runtime
-    from components import train as search
+    from components import runtime, tune
+    from components import train as searched
     from components.data import Schema
 
-    best = search.best(results)
+    trials = searched.trials_of(results)
+    best = searched.best(trials)
     s = runtime.settings(store, model_name, seed=seed, train_workers=train_workers, refit_memory_mb=memory_mb)
     job = f"flywheel-refit-{uuid.uuid4().hex[:10]}"  # a TrainJob name: RFC 1035, unique per attempt
 
-    made, training = runtime.cached_step("refit", lambda: stage.refit_and_package(
-        train.path, holdout.path, Schema.from_json(schema), best["candidate"], s, job), s,
-        train=train.uri, holdout=holdout.uri, results=results, train_workers=train_workers, memory_mb=memory_mb)
+    def fit() -> tuple:
+        made, training = stage.refit_and_package(train.path, holdout.path, Schema.from_json(schema),
+                                                 best["candidate"], s, job)
+        return dataclasses.replace(made, trials=json.dumps(trials).encode()), training
+
+    made, training = runtime.cached_step("refit", fit, s, train=train.uri, holdout=holdout.uri, results=results,
+                                         train_workers=train_workers, memory_mb=memory_mb)
     with open(model.path, "wb") as f:
         f.write(made.model)
     made.save(package.path)
     model.metadata.update({"family": best["candidate"]["family"], "cv_score": best["score"], **training})
     package.metadata.update({"onnx": bool(made.onnx_report.get("passed"))})
+    search.log_metric(f"best {best['metric']}", best["score"])
+    for state, n in tune.counts(trials).items():
+        search.log_metric(f"trials {state}", n)
+    for rank, row in enumerate(tune.leaderboard(trials, top=tune.LEADERBOARD_ROWS), start=1):
+        if row["score"] is not None:
+            search.log_metric(f"{rank:02d} {row['id']} ({row['state']})", row["score"])
+    with open(search.path, "w") as f:  # metadata-only artifact: a file lets caches verify it
+        json.dump(search.metadata, f)
+    with open(leaderboard.path, "w") as f:
+        f.write(tune.leaderboard_markdown(trials))
     return json.dumps({**best, "training": training})
 
 

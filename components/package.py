@@ -7,7 +7,8 @@ bytes as they are: it never unpickles a model, so it needs no scikit-learn, and 
 that registers nothing new reads none of them.
 
 On disk (a KFP artifact folder) a package is the files a version keeps under the same names:
-``model.joblib``, ``reference.parquet``, ``onnx.json`` and ``model.onnx`` when it converted.
+``model.joblib``, ``reference.parquet``, ``onnx.json``, ``model.onnx`` when it converted, and
+``trials.json`` (the search's trials) when the search recorded them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # register reads packages without scikit-learn: the model-sid
     from components.data import Schema
 
 REFERENCE_ROWS = 20_000
+TRIALS = "trials.json"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ModelPackage:
     reference: bytes  # reference.parquet
     onnx_report: dict[str, Any]
     onnx: bytes | None = None  # model.onnx, when the export converted
+    trials: bytes | None = None  # trials.json: the search's trial records (components/tune.py), a retrain's warm start
 
     def files(self) -> dict[str, bytes]:
         """The version's files that come from the model, named as the registry stores them."""
@@ -43,6 +46,8 @@ class ModelPackage:
                  "onnx.json": json.dumps(self.onnx_report, indent=2, default=str).encode()}
         if self.onnx is not None:
             files["model.onnx"] = self.onnx
+        if self.trials is not None:
+            files[TRIALS] = self.trials
         return files
 
     def save(self, folder: str | Path) -> None:
@@ -57,9 +62,9 @@ class ModelPackage:
         folder = Path(folder)
         try:
             report = json.loads((folder / "onnx.json").read_bytes())
-            onnx = folder / "model.onnx"
+            onnx, trials = folder / "model.onnx", folder / TRIALS
             return cls((folder / "model.joblib").read_bytes(), (folder / "reference.parquet").read_bytes(), report,
-                       onnx.read_bytes() if onnx.exists() else None)
+                       onnx.read_bytes() if onnx.exists() else None, trials.read_bytes() if trials.exists() else None)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"model package {folder} is incomplete: {exc.filename} is missing") from None
 

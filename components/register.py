@@ -10,6 +10,7 @@ from components.data import Schema
 from components.package import ModelPackage
 from components.registry import PromotionConflict, Registry, utcnow
 from components.settings import Settings
+from components.tune import LEADERBOARD_ROWS, counts, leaderboard, leaderboard_markdown
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ def gate(evaluation: dict[str, Any], champion_version: str | None, settings: Set
 
 
 def model_card(version: str, model_name: str, schema: Schema, evaluation: dict[str, Any], best: dict[str, Any],
-               fingerprint: str, run_id: str, decision: str) -> str:
+               fingerprint: str, run_id: str, decision: str, trials: list[dict[str, Any]] | None = None) -> str:
     m = evaluation["challenger"]
+    search = f"\n## Search (best trial: {best['candidate']['id']})\n\n{leaderboard_markdown(trials)}" if trials else ""
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, float))
     return f"""# {model_name} {version}
 
@@ -59,10 +61,16 @@ def model_card(version: str, model_name: str, schema: Schema, evaluation: dict[s
 |---|---|
 {metrics}
 
+{search}
 ## Columns
 
 {schema.column_markdown()}
 """
+
+
+def search_summary(trials: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json says of the search: the best trial, the trial counts and the leaderboard's first rows."""
+    return {"best": best["candidate"]["id"], "trials": counts(trials), "leaderboard": leaderboard(trials, top=LEADERBOARD_ROWS)}
 
 
 def register(
@@ -90,13 +98,15 @@ def register(
                             m.get("score", float("nan")), champ.version if champ else None, None)
     version = registry.claim_version()
     promoted, reason = gate(evaluation, champion_version, settings)
+    trials = json.loads(package.trials) if package.trials else None
     metrics = {"task": schema.task, "primary_metric": evaluation["primary_metric"], "holdout": evaluation["challenger"],
-               "cv": {k: best[k] for k in ("metric", "score", "std", "rows")}}
+               "cv": {k: best[k] for k in ("metric", "score", "std", "rows")},
+               **({"search": search_summary(trials, best)} if trials else {})}
     files = {
         **package.files(),
         "schema.json": schema.to_json().encode(),
         "metrics.json": json.dumps(metrics, indent=2).encode(),
-        "card.md": model_card(version, registry.model, schema, evaluation, best, fingerprint, run_id, reason).encode(),
+        "card.md": model_card(version, registry.model, schema, evaluation, best, fingerprint, run_id, reason, trials).encode(),
     }
     registry.write_version(version, files, {
         "fingerprint": fingerprint, "run_id": run_id, "candidate": best["candidate"], "dataset": dataset,

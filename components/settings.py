@@ -102,6 +102,12 @@ class Settings(BaseSettings):
                                  "Trainer's own xgboost-distributed by default; the chart's TrainingRuntime/flywheel-xgboost).")
     trainer_namespace: str = Field("kubeflow", description="Namespace the refit step creates its TrainJob in: where "
                                    "the pipeline's steps run (the chart's Role allows exactly that there).")
+    trials: int | None = Field(None, ge=1, description="The search's budget in trials, shared among the model families "
+                               "(components/tune.py); unset: each family's default points only (the fast first model).")
+    time_budget_minutes: float | None = Field(None, gt=0, description="The search's budget in wall time: each search task "
+                                              "starts no new trial after this many minutes; unset: no time limit.")
+    search_space: str | None = Field(None, description="A YAML file of the hyper-parameter search space, replacing "
+                                     "the project's components/search_space.yaml whole; unset: the project's.")
 
     # Monitoring
     window_minutes: int | None = Field(None, ge=1, description="Window length; default: since the last pass.")
@@ -200,6 +206,18 @@ class Settings(BaseSettings):
         from components.train import chosen_families
 
         return ",".join(chosen_families(v)) or None if v is not None else None
+
+    @field_validator("trials", "time_budget_minutes", mode="before")
+    @classmethod
+    def _budget_buys_a_model(cls, v: Any) -> Any:
+        # before the bounds: a zero budget gets the sentence that says what to do instead
+        try:
+            zero = v is not None and float(v) <= 0
+        except (TypeError, ValueError):
+            return v  # not a number: the type check names it
+        if zero:
+            raise ValueError(f"a search budget of {v} trains no model: unset it for the default search or give more than 0")
+        return v
 
     @field_validator("store")
     @classmethod

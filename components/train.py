@@ -99,34 +99,39 @@ TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("hist_gradient_boosting", "classification"): {"class_weight": "balanced"},
 }
 
-# The search space: model family x parameters; each entry is one candidate.
-CLASSIFIERS: list[dict[str, Any]] = [
-    {"family": "logistic", "params": {"C": 1.0}, "select": False},
-    {"family": "logistic", "params": {"C": 0.1}, "select": True},
-    {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
-    {"family": "xgboost", "params": {"n_estimators": 200, "learning_rate": 0.1, "max_depth": 6}, "select": False},
-    {"family": "lightgbm", "params": {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 31}, "select": False},
-]
-REGRESSORS: list[dict[str, Any]] = [
-    {"family": "linear", "params": {"alpha": 1.0}, "select": False},
-    {"family": "linear", "params": {"alpha": 10.0}, "select": True},
-    {"family": "random_forest", "params": {"n_estimators": 150, "min_samples_leaf": 2}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False},
-    {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.05, "max_leaf_nodes": 63}, "select": True},
-    {"family": "xgboost", "params": {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 6}, "select": False},
-    {"family": "lightgbm", "params": {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 31}, "select": False},
-]
 _INT_PARAMS = {"n_estimators", "min_samples_leaf", "max_leaf_nodes", "max_depth", "num_leaves", "min_child_samples",
                "max_bin", "max_cat_to_onehot"}
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
 
 
-def candidates(task: str) -> list[dict[str, Any]]:
-    """The candidates for a task, each with a stable id."""
-    space = CLASSIFIERS if task == "classification" else REGRESSORS
-    return [{**c, "id": f"{i}-{c['family']}"} for i, c in enumerate(space)]
+def family_tasks(family: str) -> tuple[str, ...]:
+    """The tasks a model family can train (empty: this build has no such family)."""
+    found = FAMILIES.get(family)
+    return found.tasks if found else ()
+
+
+def known_families() -> list[str]:
+    """Every model family of this build."""
+    return list(FAMILIES)
+
+
+def parameter_names(family: str, task: str) -> set[str]:
+    """The parameters a family's estimator for ``task`` takes (scikit-learn's ``get_params``): what a search space may name."""
+    from components.data import Schema
+
+    no_columns = Schema(target="", task=task, features=[], classes=[0, 1] if task == "classification" else None)  # type: ignore[arg-type]
+    return set(estimator(task, family, {}, 0, no_columns).get_params(deep=False))
+
+
+def candidates(task: str, space: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The default points of the search space for a task, each a candidate with a stable id (``<n>-<family>``)."""
+    from components import search_space
+
+    chosen = search_space.for_task(space or search_space.default(), task, user=space is not None)
+    points = [(family, point) for family, body in chosen.items() for point in body["defaults"][task]]
+    return [{"id": f"{i}-{family}", "family": family, "select": bool(point.get(search_space.SELECT, False)),
+             "params": {k: v for k, v in point.items() if k != search_space.SELECT}}
+            for i, (family, point) in enumerate(points)]
 
 
 def get_family(name: str, task: str) -> Family:
@@ -148,34 +153,48 @@ def chosen_families(text: str) -> list[str]:
     return names
 
 
-def families(task: str, tasks: int = 0, only: str = "") -> list[dict[str, Any]]:
-    """The search space grouped by model family, in order: one fan-out task per family.
+def families(task: str, tasks: int = 0, space: dict[str, Any] | None = None,
+             budget: dict[str, Any] | None = None, only: str = "") -> list[dict[str, Any]]:
+    """The search grouped by model family, in order: one fan-out task per family.
 
-    ``only`` (the ``families`` setting) keeps the candidates of those families; a ValueError
-    says so when none of them does ``task``. With ``tasks`` > 0 and fewer than the families,
-    the families are packed into that many tasks of about equal cost, the costliest first.
-    kfp.local runs two tasks at once: a third would wait for a free slot and pay an
-    interpreter's start-up again after it.
+    Each group carries its families' spaces (``spaces``), its default candidates and the search
+    budget (``budget``: components/tune.py). ``only`` (the ``families`` setting) keeps those
+    families; a ValueError says so when none of them does ``task``. With ``tasks`` > 0 and fewer than the families, the
+    families are packed into that many tasks of about equal cost, the costliest first. kfp.local
+    runs two tasks at once: a third would wait for a free slot and pay an interpreter's start-up
+    again after it.
     """
+    from components import search_space
+
     keep = set(chosen_families(only))
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for c in candidates(task):
-        if not keep or c["family"] in keep:
-            groups.setdefault(c["family"], []).append(c)
-    if not groups:
+    chosen = search_space.for_task(space or search_space.default(), task, user=space is not None)
+    chosen = {f: body for f, body in chosen.items() if not keep or f in keep}
+    if not chosen:
         raise ValueError(f"setting 'families' ({only}) names no model family that does {task}: "
                          f"{', '.join(f.name for f in FAMILIES.values() if task in f.tasks)} do")
+    groups: dict[str, list[dict[str, Any]]] = {family: [] for family in chosen}
+    for c in candidates(task, space):
+        if c["family"] in groups:
+            groups[c["family"]].append(c)
+
+    def group(members: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+        return {"family": "+".join(names), "candidates": members, "spaces": {f: chosen[f] for f in names},
+                "budget": budget or {}}
+
     if not 0 < tasks < len(groups):
-        return [{"family": family, "candidates": members} for family, members in groups.items()]
+        return [group(members, [family]) for family, members in groups.items()]
 
-    def cost(members: list[dict[str, Any]]) -> int:
-        return sum(FAMILIES[c["family"]].cost for c in members)
+    def cost(names: list[str]) -> int:
+        # a family searched beyond its defaults costs its trials; with only defaults, its defaults
+        n = lambda f: max(len(groups[f]), 1)  # noqa: E731
+        return sum(FAMILIES[f].cost * n(f) for f in names)
 
-    bins: list[list[dict[str, Any]]] = [[] for _ in range(tasks)]
-    for members in sorted(groups.values(), key=cost, reverse=True):  # largest first, into the lightest task
-        min(bins, key=cost).extend(members)
-    packed = sorted((sorted(b, key=lambda c: int(c["id"].split("-")[0])) for b in bins if b), key=cost, reverse=True)
-    return [{"family": "+".join(dict.fromkeys(c["family"] for c in b)), "candidates": b} for b in packed]
+    bins: list[list[str]] = [[] for _ in range(tasks)]
+    for family in sorted(groups, key=lambda f: cost([f]), reverse=True):  # largest first, into the lightest task
+        min(bins, key=cost).append(family)
+    order = list(groups)
+    packed = sorted((sorted(b, key=order.index) for b in bins if b), key=cost, reverse=True)
+    return [group([c for f in names for c in groups[f]], names) for names in packed]
 
 
 def family_params(task: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -218,21 +237,30 @@ def sample_rows(train: pd.DataFrame, schema: Schema, max_rows: int, seed: int) -
 
 
 def score_candidate(
-    train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], folds: int, seed: int, max_rows: int
+    train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], folds: int, seed: int, max_rows: int,
+    after_fold: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Cross-validated primary metric of one candidate on the training rows."""
+    """Cross-validated primary metric of one candidate on the training rows.
+
+    The folds run one after another (as ``cross_val_score`` runs them, with the same scores);
+    ``after_fold(k, mean of the first k folds)`` is called after each, and may raise to stop
+    the candidate there (pruning, components/tune.py).
+    """
     import numpy as np
-    from sklearn.model_selection import cross_val_score
+    from sklearn.base import clone
+    from sklearn.metrics import get_scorer
 
     from components.features import xy
 
     rows = sample_rows(train, schema, max_rows, seed)
     X, y = xy(rows, schema)
     start = time.perf_counter()
-    scores = cross_val_score(
-        make_model(schema, candidate, seed), X, y, cv=_cv(schema, len(rows), folds, seed),
-        scoring=PRIMARY[schema.task], error_score="raise",
-    )
+    model, scorer, scores = make_model(schema, candidate, seed), get_scorer(PRIMARY[schema.task]), []
+    for fit_rows, test_rows in _cv(schema, len(rows), folds, seed).split(X, y):
+        fitted = clone(model).fit(X.iloc[fit_rows], y.iloc[fit_rows])
+        scores.append(float(scorer(fitted, X.iloc[test_rows], y.iloc[test_rows])))
+        if after_fold:
+            after_fold(len(scores), float(np.mean(scores)))
     return {
         "candidate": candidate,
         "metric": PRIMARY[schema.task],
@@ -244,25 +272,36 @@ def score_candidate(
     }
 
 
-def score_family(
-    train: pd.DataFrame, schema: Schema, family: dict[str, Any], folds: int, seed: int, max_rows: int
-) -> list[dict[str, Any]]:
-    """Cross-validated scores of every candidate of one family (one fan-out task)."""
-    return [score_candidate(train, schema, c, folds, seed, max_rows) for c in family["candidates"]]
+def _rank(candidate_id: str) -> int:
+    """Order of a candidate among ties: the defaults (``<n>-<family>``) in order, then the champion's point
+    (``<family>-champion``), then sampled trials (``<family>-<trial number>``) in order."""
+    head, _, tail = candidate_id.partition("-")
+    if head.isdigit():
+        return int(head)
+    return 10**6 + (int(tail) if tail.isdigit() else -1)
 
 
-def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
-    """The highest cross-validated score (ties: the simpler, earlier candidate).
-
-    ``results`` holds candidate results, or lists of them (one per family task), or their JSON.
-    """
+def trials_of(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> list[dict[str, Any]]:
+    """Every trial record in ``results``: records, lists of them (one per family task), or their JSON."""
     parsed: list[dict[str, Any]] = []
     for r in results:
         r = json.loads(r) if isinstance(r, str) else r
         parsed.extend(r if isinstance(r, list) else [r])
-    if not parsed:
-        raise ValueError("no candidate was scored")
-    return max(parsed, key=lambda r: (round(r["score"], 6), -int(r["candidate"]["id"].split("-")[0])))
+    return parsed
+
+
+def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
+    """The highest cross-validated score among the trials scored on every fold (ties: the simpler, earlier candidate).
+
+    ``results`` holds candidate results, or lists of them (one per family task), or their JSON;
+    pruned and failed trials (``state``) are never chosen.
+    """
+    parsed = trials_of(results)
+    complete = [r for r in parsed if r.get("state", "complete") == "complete"]
+    if not complete:
+        failed = [f"{r['candidate']['id']}: {r['error']}" for r in parsed if r.get("state") == "failed"][:3]
+        raise ValueError("no candidate was scored" + (f" (every trial failed; first: {'; '.join(failed)})" if failed else ""))
+    return max(complete, key=lambda r: (round(r["score"], 6), -_rank(r["candidate"]["id"])))
 
 
 def refit(train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:

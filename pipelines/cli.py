@@ -54,6 +54,12 @@ def train(
     exclude: Annotated[Optional[list[str]], typer.Option(help="Column(s) to leave out.")] = None,
     model: ModelOpt = None,
     store: StoreOpt = None,
+    trials: Annotated[Optional[int], typer.Option(help="Search budget in trials, shared among the model families "
+                                                       "(default: each family's default points, the fast first model).")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="Search budget in minutes: a search task starts no new "
+                                                              "trial after this (default: no limit).")] = None,
+    search_space: Annotated[Optional[str], typer.Option(help="YAML file of the search space, replacing the project's "
+                                                             "(components/search_space.yaml is the example).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show kfp.local's task logs.")] = False,
 ) -> None:
     """Run the training pipeline on kfp.local and print the version and the promotion decision."""
@@ -64,7 +70,7 @@ def train(
 
     if task not in (None, "classification", "regression"):
         raise typer.BadParameter("must be classification or regression", param_hint="--task")
-    s = _settings(store=store, model=model)
+    s = _settings(store=store, model=model, trials=trials, time_budget_minutes=time_budget, search_space=search_space)
     spec = DatasetSpec(data, target, task, timestamp, tuple(id_column or ()), tuple(exclude or ()), s.model)  # type: ignore[arg-type]
     located = locate(spec, s)  # once per run: the preview, the preflight and the run's fingerprint share it
     schema, first = preview(spec, located, s)
@@ -463,10 +469,28 @@ def models_list(model: ModelOpt = None, store: StoreOpt = None) -> None:
 
 @models.command("show")
 def models_show(version: str, model: ModelOpt = None, store: StoreOpt = None) -> None:
-    """A version's manifest, metrics and decision."""
+    """A version's manifest, metrics and decision, then its search's leaderboard (best trial first)."""
     reg = _registry(store, model)
-    console.print_json(json.dumps({"manifest": reg.manifest(version), "metrics": reg.metrics(version),
+    metrics = reg.metrics(version)
+    console.print_json(json.dumps({"manifest": reg.manifest(version), "metrics": metrics,
                                    "decision": reg.decision(version)}, default=str))
+    if metrics.get("search"):
+        console.print(leaderboard_table(metrics["search"], f"Search of {reg.model} {version}"))
+
+
+def leaderboard_table(search: dict, title: str) -> Table:
+    """A version's search as `flywheel models show` prints it: the best trial, the counts, the leaderboard."""
+    from components.tune import cells, params_text
+
+    n = search["trials"]
+    table = Table(title=f"{title}: best trial {search['best']}; {n['complete']} complete, {n['pruned']} pruned, "
+                        f"{n['failed']} failed", title_justify="left")
+    for col in ("rank", "trial", "family", "parameters", "CV score", "folds", "seconds", "state"):
+        table.add_column(col)
+    for rank, row in enumerate(search["leaderboard"], start=1):
+        score, state = cells(row)
+        table.add_row(str(rank), row["id"], row["family"], params_text(row), score, str(row["folds"]), str(row["seconds"]), state)
+    return table
 
 
 @models.command("promote")

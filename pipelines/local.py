@@ -51,10 +51,31 @@ def pipeline_arguments(spec: DatasetSpec, settings: Settings, run: str, store_ur
     return {
         "source": spec.source, "target": spec.target, "task": spec.task or "", "timestamp": spec.timestamp or "",
         "id_columns": list(spec.id_columns), "exclude": list(spec.exclude), "run": run, "store": store_uri,
-        "model": settings.model, **{name: _parameter(getattr(settings, name)) for name in RUN_PARAMETERS},
+        "model": settings.model,
+        **{name: _parameter(getattr(settings, name)) for name in RUN_PARAMETERS if name not in SEARCH_PARAMETERS},
         # only when there are parts: a package compiled before the parameter existed still takes every other run
         **({"additions": list(spec.additions)} if spec.additions else {}),
+        **search_arguments(settings),
     }
+
+
+# The search budget and space: run parameters given only when set (unset: the pipeline's defaults, 0 and {}).
+SEARCH_PARAMETERS = ("trials", "time_budget_minutes", "search_space")
+
+
+def search_arguments(settings: Settings) -> dict[str, Any]:
+    """The search's run parameters: the budget, and the search space file's content (checked here, so a
+    bad file fails before a run starts, naming the file, family and parameter)."""
+    from components import search_space
+
+    args: dict[str, Any] = {}
+    if settings.trials is not None:
+        args["trials"] = settings.trials
+    if settings.time_budget_minutes is not None:
+        args["time_budget_minutes"] = settings.time_budget_minutes
+    if settings.search_space:
+        args["search_space"] = search_space.load_data(settings.search_space)
+    return args
 
 
 def preflight(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> str:

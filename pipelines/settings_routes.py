@@ -81,6 +81,9 @@ ROUTES: dict[str, Route] = {
     "train_timeout_seconds": _cm("config.training.timeoutSeconds"),
     "trainer_runtime": _cm("config.training.trainerRuntime"),
     "trainer_namespace": _cm(note="config.kfp.namespace: where the steps run and the chart's Role allows TrainJobs"),
+    "trials": _cm("config.training.trials", "null: each family's default points only"),
+    "time_budget_minutes": _cm("config.training.timeBudgetMinutes", "null: no time limit"),
+    "search_space": _cm("config.training.searchSpace", "a YAML file in the monitor's pod; empty: the project's space"),
     "window_minutes": _cm("config.monitoring.windowMinutes"),
     "min_rows": _cm("config.monitoring.minRows"),
     "drift_share_threshold": _cm("config.monitoring.driftShareThreshold"),
@@ -121,7 +124,8 @@ ROUTES: dict[str, Route] = {
 
 # Settings a pipeline run takes as parameters (pipelines/local.py: pipeline_arguments).
 RUN_PARAMETERS = ("holdout_fraction", "cv_folds", "seed", "max_train_rows", "families", "refit_memory_mb",
-                  "promotion_margin", "min_accuracy", "min_r2", "train_workers")
+                  "promotion_margin", "min_accuracy", "min_r2", "train_workers", "trials", "time_budget_minutes",
+                  "search_space")
 # Settings compiled into the pipeline package.
 COMPILED = ("parallelism",)
 # Settings the steps act on that only the ConfigMap gives them: a value set where a cluster

@@ -1,8 +1,8 @@
 """The training pipeline: one DAG from raw data to a promoted, deployed champion.
 
-    fingerprint ─┐          champion ─┐
-                 ▼                    ▼
-               ingest ─► validate ─► features ─► train × family (ParallelFor) ─► refit
+    fingerprint ─► champion ─┐ (and the search's warm start)
+                 ▼           ▼
+               ingest ─► validate ─► features ─► search-space ─► train × family (ParallelFor) ─► refit
                                                                              ▼
                                             deploy ◄─ [promoted] ◄─ register ◄─ evaluate
     (record_run: exit handler, always runs)
@@ -98,6 +98,9 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
         min_r2: float = DEFAULT.min_r2,
         train_workers: int = DEFAULT.train_workers,
         search_tasks: int = 0,  # 0: one search task per model family; n: packed into n (the embedded runner's 2)
+        trials: int = 0,  # the search budget in trials; 0: each family's default points (the trials setting unset)
+        time_budget_minutes: float = 0.0,  # minutes per search task; 0: no limit
+        search_space: dict = {},  # the search space file's content; empty: the project's
     ) -> None:
         data = dict(source=source, target=target, task=task, timestamp=timestamp, id_columns=id_columns, exclude=exclude,
                     additions=additions)
@@ -107,7 +110,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             # never cached: they look at the world as it is now
             fp = on(c.fingerprint(**data, store=store, model=model, run=run, job=job).set_caching_options(False))
             fp.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
-            champ = on(c.champion(store=store, model=model, run=run, job=job).set_caching_options(False))
+            champ = on(c.champion(store=store, model=model, run=run, fingerprint=fp.outputs["digest"], job=job).set_caching_options(False))
             champ.set_retry(num_retries=IO_RETRIES, backoff_duration="5s")
 
             # cached: every key includes the data fingerprint (and the champion where it matters)
@@ -118,13 +121,15 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             schema = ingested.outputs["schema"]
 
             checked = on(c.validate(dataset=ingested.outputs["dataset"], schema=schema, store=store, model=model,
-                                    champion=champ.output))
+                                    champion=champ.outputs["version"]))
             split = on(c.features(dataset=ingested.outputs["dataset"], schema=schema,
                                   holdout_fraction=holdout_fraction, seed=seed).after(checked))
-            space = on(c.search_space(schema=schema, tasks=search_tasks, families=families))
+            space = on(c.search_space(schema=schema, tasks=search_tasks, space=search_space, trials=trials,
+                                      minutes=time_budget_minutes, champion=champ.outputs["warm_start"], families=families))
             with dsl.ParallelFor(space.output, parallelism=parallelism, name="search") as family:
+                # one study per family, rounds inside the task: components/tune.py says why
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
-                                   max_rows=max_train_rows))
+                                   max_rows=max_train_rows, store=store, model=model))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit(TASK_MEMORY)
             best = on(c.refit(train=split.outputs["train"], holdout=split.outputs["holdout"], schema=schema,
                               results=dsl.Collected(trial.outputs["Output"]), seed=seed, store=store, model_name=model,
@@ -132,11 +137,11 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             best.set_cpu_request("1").set_memory_request("2G").set_memory_limit(TASK_MEMORY)
 
             evaluation = on(c.evaluate(model=best.outputs["model"], holdout=split.outputs["holdout"], schema=schema,
-                                       store=store, model_name=model, champion=champ.output))
+                                       store=store, model_name=model, champion=champ.outputs["version"]))
             registered = on(c.register(
                 package=best.outputs["package"], schema=schema, evaluation=evaluation.outputs["Output"],
                 best=best.outputs["Output"],
-                fingerprint=fp.outputs["digest"], champion=champ.output, store=store, model_name=model, run=run,
+                fingerprint=fp.outputs["digest"], champion=champ.outputs["version"], store=store, model_name=model, run=run,
                 promotion_margin=promotion_margin, min_accuracy=min_accuracy, min_r2=min_r2, job=job,
             ))
             # never cached: it writes the registry (and is idempotent for the same data and model)

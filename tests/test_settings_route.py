@@ -42,6 +42,7 @@ NON_DEFAULT: dict[str, Any] = {
     "min_r2": 0.3, "max_train_rows": 50000, "seed": 7,
     "refit_memory_mb": 3000, "families": "xgboost,lightgbm",
     "train_workers": 3, "train_timeout_seconds": 900.0, "trainer_runtime": "xgboost-custom", "trainer_namespace": "ml",
+    "trials": 40, "time_budget_minutes": 12.5, "search_space": "/etc/flywheel/search_space.yaml",
     "window_minutes": 30, "min_rows": 700, "drift_share_threshold": 0.4, "quality_drop_threshold": 0.07,
     "cooldown_minutes": 30, "include_feedback": True, "retry_backoff_minutes": 2.5, "retry_max_attempts": 3,
     "late_log_days": 3, "log_compaction": False, "log_compaction_grace_minutes": 30.0, "sample_size": 20000, "evidently_workspace": "/data/workspace", "monitor_reports": "drift",
