@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -440,10 +441,15 @@ def _exit(code: int) -> str:
     return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
 
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
+
+
 def _tail(log: Any, limit: int = 400) -> str:
+    """The worker's error: its last ``SomeError: …`` line (XGBoost's native errors end with a stack trace), else its last line."""
     log.seek(0)
-    lines = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
-    return (lines[-1] if lines else "no output")[-limit:]
+    lines = [ln.strip() for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
+    raised = [ln for ln in lines if _RAISED.match(ln)]
+    return (raised[-1] if raised else lines[-1] if lines else "no output")[:limit]
 
 
 def collect(job: Job, store: Store, engine: str) -> Outcome:

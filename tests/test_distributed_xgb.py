@@ -201,3 +201,13 @@ def test_balanced_classes_reach_every_worker_and_the_labels_the_model(tmp_path: 
     # weighting the rarer class up raises its predicted share
     assert balanced.predict_proba(X)[:, 1].mean() > plain.predict_proba(X)[:, 1].mean() + 0.15
     assert list(balanced.steps[-1][1].labels_) == schema.classes
+
+
+def test_a_workers_failure_is_named_by_its_error_not_the_native_stack_trace_after_it() -> None:
+    import tempfile
+
+    with tempfile.TemporaryFile() as log:  # what a worker prints when XGBoost's C++ core refuses a parameter
+        log.write(b"Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                  b"xgboost.core.XGBoostError: [20:30:00] param.h: Check failed: max_depth >= 0\n"
+                  b"Stack trace:\n  [bt] (0) /lib/libxgboost.so(+0x1)\n  [bt] (8) /lib/_ctypes.so(+0xbd9e) [0x7f]\n")
+        assert dx._tail(log) == "xgboost.core.XGBoostError: [20:30:00] param.h: Check failed: max_depth >= 0"
