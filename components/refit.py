@@ -311,7 +311,7 @@ def refit_and_package(train_path: str, holdout_path: str, schema: Schema, candid
     """The refit step: fit the chosen candidate on the training rows and package it; returns it and how it trained.
 
     An XGBoost candidate with ``train_workers`` > 1 is trained by that many workers over XGBoost's
-    collective protocol (components/distributed_xgb.py: local processes, or a Kubeflow Trainer
+    collective protocol (with 1, one over its budget streams from Parquet batches in this task instead) (components/distributed_xgb.py: local processes, or a Kubeflow Trainer
     TrainJob with ``runner: kfp``); every other refit runs in this process within the
     ``refit_memory_mb`` budget (``refit`` above: in memory, streamed, or refused in one sentence).
     The second value is the version manifest's ``training`` record: the engine, the number of
@@ -327,8 +327,11 @@ def refit_and_package(train_path: str, holdout_path: str, schema: Schema, candid
     holdout = pd.read_parquet(holdout_path)
     template = make_model(schema, candidate, settings.seed)
     if settings.train_workers > 1 and dx.is_distributable(template):
-        model, outcome, sample = dx.distributed_refit(template, [train_path], schema, settings, job,
-                                                      process_environment())
+        from components.gbt import FlywheelXGBClassifier
+
+        # the family's classifier balances classes by weights: counted over every training file, not per worker
+        model, outcome, sample = dx.distributed_refit(template, [train_path], schema, settings, job, process_environment(),
+                                                      balanced_classes=isinstance(template[-1], FlywheelXGBClassifier))
         made = packaging.package(model, sample, holdout, schema, settings.seed)
         return made, {"engine": outcome.engine, "workers": len(outcome.workers),
                       "peak_rss_kib": [w["peak_rss_kib"] for w in outcome.workers]}

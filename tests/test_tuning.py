@@ -50,19 +50,21 @@ def test_the_projects_space_has_every_family_and_its_defaults_are_the_search_bef
     # defaults per task where a classifier's and a regressor's differ (issue 25.3's boosted families)
     assert [d["defaults"]["regression"][0]["n_estimators"] for d in (space["xgboost"], space["lightgbm"])] == [300, 300]
     assert space["random_forest"]["defaults"]["classification"] == space["random_forest"]["defaults"]["regression"]
-    # the defaults are the five fixed candidates the search had before it was tuned, in the same order
+    # the defaults are the fixed candidates the search had before it was tuned, in the same order
     assert [(c["id"], c["params"], c["select"]) for c in train.candidates("classification")] == [
         ("0-logistic", {"C": 1.0}, False), ("1-logistic", {"C": 0.1}, True),
         ("2-random_forest", {"n_estimators": 150, "min_samples_leaf": 2}, False),
         ("3-hist_gradient_boosting", {"learning_rate": 0.1, "max_leaf_nodes": 31}, False),
-        ("4-hist_gradient_boosting", {"learning_rate": 0.05, "max_leaf_nodes": 63}, True)]
+        ("4-hist_gradient_boosting", {"learning_rate": 0.05, "max_leaf_nodes": 63}, True),
+        ("5-xgboost", {"n_estimators": 200, "learning_rate": 0.1, "max_depth": 6}, False),
+        ("6-lightgbm", {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 31}, False)]
     # every family of this build, in every task it trains, takes every parameter its space names
     search_space.check_families({f: b for f, b in space.items() if train.family_tasks(f)}, "default")
 
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"random_forrest": {"params": {"n_estimators": {"low": 10, "high": 100, "int": True}}}},
-     "'random_forrest' is not a model family of this build (known: logistic, linear, random_forest, hist_gradient_boosting)"),
+     "'random_forrest' is not a model family of this build (known: logistic, linear, random_forest, hist_gradient_boosting, xgboost, lightgbm)"),
     ({"random_forest": {"params": {"n_estimator": {"low": 10, "high": 100, "int": True}}}},
      "family 'random_forest', parameter 'n_estimator': not a parameter of its classification estimator"),
     ({"logistic": {"params": {"C": {"low": 10, "high": 1}}}}, "family 'logistic', parameter 'C': low (10) must be below high (1)"),
