@@ -113,7 +113,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from components.registry import Registry
 from components.store import LocalStore
-from services.serving.model import load_version
+from components.model_runtime import load_version
 
 CONFIG = json.loads(Path(__file__).with_suffix(".json").read_text())
 registry = Registry(LocalStore(CONFIG["store"]), CONFIG["model"])

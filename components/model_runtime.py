@@ -1,11 +1,17 @@
-"""The served model: a registry version loaded, smoke-tested, and swapped in atomically.
+"""The model runtime: a registry version loaded as scikit-learn or ONNX, and the one rule for
+whether it can serve.
 
 ``load_version`` builds a ``LoadedModel`` (validator from the schema, scikit-learn or ONNX
 runtime) and refuses it unless a smoke prediction on the version's reference rows succeeds
-and agrees with the predictions recorded at registration. ``ModelHolder`` keeps the one in
-service: pinned to a version, or following the champion pointer, where a new champion is
-loaded in a background thread and replaces the old one in a single reference assignment,
-so a request sees either the old model or the new one, never a half-loaded state.
+and agrees with the predictions recorded at registration. The server loads every version
+through it (services/serving/holder.py), and the deploy step asks ``serving_problem``, which
+is the same call: a version the deploy step accepts is one the server serves, and the other
+way round.
+
+The rule is the server's: the runtime it would serve (ONNX first when preferred, scikit-learn
+when ONNX is missing or fails), with a tolerance that ONNX's float32 arithmetic meets: at
+least 95% of class labels as registered, regression values within 1e-3 of the registered
+ones' spread. An exact comparison would refuse ONNX exports that serve correctly.
 """
 
 from __future__ import annotations
@@ -13,9 +19,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +27,12 @@ import pandas as pd
 
 from components.data import PREDICTION, Schema
 from components.onnx_export import onnx_feed
-from components.predict import records_of, score_frame
 from components.registry import Registry
 from components.store import NotFound
 from components.validation import Validator
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32
-CHAMPION = "champion"
 
 
 class ModelRefused(RuntimeError):
@@ -44,6 +45,28 @@ class Prediction:
 
     values: np.ndarray  # class labels or regression values
     proba: np.ndarray | None  # rows x classes, classifiers only
+
+
+def score_frame(model: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (and class probabilities) of a scikit-learn pipeline; preprocessing runs once."""
+    steps = getattr(model, "steps", None)
+    x = model[:-1].transform(frame) if steps and len(steps) > 1 else frame
+    est = steps[-1][1] if steps else model
+    if task == "classification" and hasattr(est, "predict_proba") and hasattr(est, "classes_"):
+        # the label is the most probable class: one pass over the estimator instead of two
+        proba = est.predict_proba(x)
+        return np.asarray(est.classes_)[proba.argmax(axis=1)], proba
+    return np.asarray(est.predict(x)), None
+
+
+def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a frame as JSON-like records (missing as None, dates as ISO strings)."""
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_datetime64_any_dtype(out[col]):
+            out[col] = out[col].map(lambda t: None if pd.isna(t) else t.isoformat())
+    out = out.astype(object).where(out.notna(), None)
+    return out.to_dict("records")
 
 
 class SklearnRuntime:
@@ -110,6 +133,20 @@ class LoadedModel:
 
     def predict(self, frame: pd.DataFrame) -> Prediction:
         return self.runtime.predict(frame)
+
+
+def prefers_onnx(settings: Any) -> bool:
+    """Whether the server tries a version's ONNX export first (the ``serving_runtime`` setting)."""
+    return settings.serving_runtime != "sklearn"
+
+
+def serving_problem(registry: Registry, version: str, prefer_onnx: bool = True) -> str | None:
+    """Why ``version`` cannot serve, or None when it can: the server's own ``load_version``, nothing else."""
+    try:
+        load_version(registry, version, prefer_onnx)
+    except ModelRefused as exc:
+        return str(exc)
+    return None
 
 
 def load_version(registry: Registry, version: str, prefer_onnx: bool = True, strict_fields: bool = False) -> LoadedModel:
@@ -185,7 +222,7 @@ def _onnx_runtime(registry: Registry, version: str, schema: Schema,
 def smoke_records(schema: Schema, reference: pd.DataFrame | None) -> list[dict[str, Any]]:
     """A few JSON-like records to try a model on: reference rows, else one synthetic row."""
     if reference is not None and set(schema.feature_names) <= set(reference.columns) and len(reference):
-        return frame_to_records(reference[schema.feature_names].head(SMOKE_ROWS))
+        return records_of(reference[schema.feature_names].head(SMOKE_ROWS))
     row: dict[str, Any] = {}
     for c in schema.features:
         if c.kind == "categorical":
@@ -196,8 +233,6 @@ def smoke_records(schema: Schema, reference: pd.DataFrame | None) -> list[dict[s
             row[c.name] = float(((c.min or 0.0) + (c.max or 0.0)) / 2)
     return [row]
 
-
-frame_to_records = records_of
 
 
 def smoke_test(model: LoadedModel, reference: pd.DataFrame | None) -> None:
@@ -235,81 +270,3 @@ def _agrees(model: LoadedModel, got: np.ndarray, expected: np.ndarray) -> None:
         agree = float(np.mean([str(a) == str(b) for a, b in zip(got, expected, strict=True)]))
         if agree < 0.95:
             raise ModelRefused(f"smoke predictions agree with the registered ones on only {agree:.0%} of rows")
-
-
-Listener = Callable[[str, str, str, str], None]  # (event, version, runtime, reason)
-
-
-class ModelHolder:
-    """The model in service, pinned or following the champion, swapped without downtime."""
-
-    def __init__(self, registry: Registry, version: str = CHAMPION, poll_seconds: float = 2.0,
-                 prefer_onnx: bool = True, listener: Listener | None = None, strict_fields: bool = False) -> None:
-        self.registry = registry
-        self.follow = version == CHAMPION
-        self.pinned = None if self.follow else version
-        self.poll_seconds = poll_seconds
-        self.prefer_onnx = prefer_onnx
-        self.strict_fields = strict_fields
-        self.listener = listener or (lambda *a: None)
-        self.current: LoadedModel | None = None
-        self._refused: dict[str, float] = {}  # version -> when; retried after a while
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.current is not None
-
-    def start(self) -> None:
-        """Load in the background (probes answer meanwhile) and keep following the champion."""
-        self._thread = threading.Thread(target=self._run, name="flywheel-model-holder", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-
-    def wanted(self) -> str | None:
-        """The version that should serve now."""
-        if not self.follow:
-            return self.pinned
-        champ = self.registry.champion()
-        return champ.version if champ else None
-
-    def refresh(self) -> bool:
-        """One step: load and swap in the wanted version if it differs; True when swapped."""
-        try:
-            wanted = self.wanted()
-        except Exception as exc:  # noqa: BLE001 - the holder thread outlives any failure to read the pointer (the store, a bad file): logged, read again at the next poll
-            log.warning("cannot read the champion pointer of %s: %s", self.registry.model, exc)
-            return False
-        if wanted is None or (self.current is not None and self.current.version == wanted):
-            return False
-        refused_at = self._refused.get(wanted)
-        if refused_at is not None and time.monotonic() - refused_at < 60:
-            return False
-        try:
-            loaded = load_version(self.registry, wanted, self.prefer_onnx, self.strict_fields)
-        except ModelRefused as exc:
-            self._refused[wanted] = time.monotonic()
-            serving = self.current.version if self.current else "nothing"
-            log.error("refused version %s of %s, still serving %s: %s", wanted, self.registry.model, serving, exc)
-            self.listener("refused", wanted, "", str(exc))
-            return False
-        previous = self.current
-        self.current = loaded  # the swap: one reference assignment
-        self._refused.pop(wanted, None)
-        log.info("serving version %s of %s with %s (was %s)%s", loaded.version, self.registry.model,
-                 loaded.runtime_name, previous.version if previous else "nothing",
-                 f"; {loaded.fallback_reason}" if loaded.fallback_reason else "")
-        self.listener("swapped", loaded.version, loaded.runtime_name, previous.version if previous else "")
-        return True
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.refresh()
-            if self.ready and not self.follow:
-                return
-            self._stop.wait(self.poll_seconds)

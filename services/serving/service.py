@@ -31,15 +31,17 @@ from bentoml.validators import ContentType
 from pydantic import AfterValidator, Field, ValidationError
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
+from components.deploy import FOLLOW_CHAMPION
 from components.formats import CONTENT_TYPE, Format, read_frame, write_columns
+from components.model_runtime import LoadedModel, prefers_onnx
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
 from components.validation import Checked, InvalidInput, Problem
 from services.serving import startup
 from services.serving.gate import NOT_READY, Refusal, ServingGate
+from services.serving.holder import ModelHolder
 from services.serving.metrics import HttpMiddleware, metrics
-from services.serving.model import CHAMPION, LoadedModel, ModelHolder
 from services.serving.prediction_log import HOLDER_STOP_SECONDS, OUTCOMES, Entry, LogFull, NoHooks, RecordLog
 
 log = logging.getLogger("flywheel.serving")
@@ -129,9 +131,9 @@ class FlywheelServing:
     def _start(self) -> None:
         global _service
         settings = load_settings()
-        version = settings.serving_model_version or CHAMPION
+        version = settings.serving_model_version or FOLLOW_CHAMPION
         poll = settings.serving_poll_seconds
-        prefer_onnx = settings.serving_runtime != "sklearn"
+        prefer_onnx = prefers_onnx(settings)
         log_predictions = settings.prediction_log  # off: benchmarks only
         self.settings = settings
         self.model_name = settings.model

@@ -39,10 +39,10 @@ import pytest
 import yaml
 
 from components.data import REQUEST_ID
+from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
-from services.serving.model import frame_to_records
 from tests.containers.pods import Container, ContainerSpec, podman, wait_ready
 from tests.k8s.k8s_support import find, helm_render, manifests
 from tests.serving.models import LOGISTIC, add_version, wine_frame
@@ -63,7 +63,7 @@ def records(n: int, shift: float = 1.0, start: int = 0) -> list[dict[str, Any]]:
     rows = frame.iloc[[(start + i) % len(frame) for i in range(n)]].copy()
     numeric = rows.select_dtypes("number").columns
     rows[numeric] = rows[numeric] * shift
-    return frame_to_records(rows)
+    return records_of(rows)
 
 
 @dataclass

@@ -33,17 +33,17 @@ import pandas as pd
 
 from components.data import REQUEST_ID
 from components.formats import ARROW
+from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import Settings
 from components.store import LocalStore
-from services.serving.model import frame_to_records
 from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound, unwritten_limit
 from tests.faults.odd_model import TRIGGER, add_odd_version
 from tests.serving.conftest import Server, free_port, serving_settings
 from tests.serving.models import LOGISTIC, add_version, diabetes_frame, wine_frame
 
-WINE_RECORDS = frame_to_records(wine_frame().drop(columns=["target"]))
-DIABETES_RECORDS = frame_to_records(diabetes_frame().drop(columns=["target"]))
+WINE_RECORDS = records_of(wine_frame().drop(columns=["target"]))
+DIABETES_RECORDS = records_of(diabetes_frame().drop(columns=["target"]))
 OUTAGE_SECONDS = 30.0
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

@@ -31,10 +31,10 @@ from kfp import dsl, local
 
 from components import kfp_components as c
 from components import status as steps
+from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import LocalStore, open_store
-from services.serving.model import frame_to_records
 from tests.faults.harness import FaultResult, fault
 from tests.serving.conftest import Server, serving_settings
 from tests.serving.models import LOGISTIC, add_version, unscorable_model, wine_frame
@@ -169,7 +169,7 @@ def rollout_failure(work: Path) -> FaultResult:
         add_version(registry, wine_frame(), "target", LOGISTIC, promote=False, seed=1)  # v2
     registry.store.write(registry.key("v2", "model.joblib"), b"not a pickle")  # the fault
     settings = serving_settings(store_root, "wine", work)
-    record = frame_to_records(wine_frame().drop(columns=["target"]).head(1))[0]
+    record = records_of(wine_frame().drop(columns=["target"]).head(1))[0]
     answered: list[str] = []
     stop = threading.Event()
     server = Server(settings, work / "server.log").start()

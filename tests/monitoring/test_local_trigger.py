@@ -58,7 +58,7 @@ def test_a_csv_with_text_date_times_retrains_on_logged_predictions_and_feedback(
     first = run_training(DatasetSpec("datasets/trips/trips.csv", "fare", timestamp="pickup", name="test"), settings)
     reg = Registry(store, "test")
     v1 = first["version"]
-    from services.serving.model import load_version
+    from components.model_runtime import load_version
 
     champion = load_version(reg, v1)
     served = trips(600, seed=2, start="2026-03-01", days=7, other_region=True)

@@ -102,7 +102,7 @@ def test_with_the_fix_switched_off_the_service_serves_with_bentomls_own_timeout(
     """FLYWHEEL_SERVING_DEADLINE_FIX=false, what an upgraded BentoML would be run with: a real server answers."""
     import httpx
 
-    from components.predict import records_of
+    from components.model_runtime import records_of
     from tests.serving.conftest import serving_settings
     from tests.serving.models import wine_frame
 

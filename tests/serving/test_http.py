@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 
 from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
+from components.model_runtime import records_of
 from components.registry import Registry
 from components.store import LocalStore
-from services.serving.model import frame_to_records
 from tests.serving.conftest import Server, serving_settings
 from tests.serving.models import diabetes_frame, wine_frame
 
@@ -29,7 +29,7 @@ WINE_FEATURES = [c for c in wine_frame().columns if c != "target"]
 
 
 def wine_records(n: int, start: int = 0) -> list[dict]:
-    return frame_to_records(wine_frame()[WINE_FEATURES].iloc[start:start + n])
+    return records_of(wine_frame()[WINE_FEATURES].iloc[start:start + n])
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -81,7 +81,7 @@ def test_classifier_predicts_one_record(wine: Server, serving_store: Path) -> No
 
 def test_classifier_predicts_many_records_like_the_registered_model(wine: Server, serving_store: Path) -> None:
     frame = wine_frame()[WINE_FEATURES]
-    r = httpx.post(f"{wine.url}/predict_many", json={"records": frame_to_records(frame)}, timeout=30)
+    r = httpx.post(f"{wine.url}/predict_many", json={"records": records_of(frame)}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     model = Registry(LocalStore(serving_store), "wine").load_model("v1")
@@ -272,11 +272,11 @@ def test_feedback_is_written_and_checked(wine: Server, serving_store: Path) -> N
 
 def test_regressor_serves_through_onnx(diabetes: Server, serving_store: Path) -> None:
     frame = diabetes_frame().drop(columns=["target"])
-    one = httpx.post(f"{diabetes.url}/predict", json={"records": frame_to_records(frame.head(1))})
+    one = httpx.post(f"{diabetes.url}/predict", json={"records": records_of(frame.head(1))})
     assert one.status_code == 200, one.text
     [answer] = one.json()
     assert answer["runtime"] == "onnx" and "probabilities" not in answer
-    many = httpx.post(f"{diabetes.url}/predict_many", json={"records": frame_to_records(frame)}, timeout=30).json()
+    many = httpx.post(f"{diabetes.url}/predict_many", json={"records": records_of(frame)}, timeout=30).json()
     expected = Registry(LocalStore(serving_store), "diabetes").load_model("v1").predict(frame)
     np.testing.assert_allclose(many["predictions"], expected, rtol=1e-4, atol=1e-3)
     assert math.isclose(answer["prediction"], expected[0], rel_tol=1e-4)
@@ -286,7 +286,7 @@ def test_regressor_serves_through_onnx(diabetes: Server, serving_store: Path) ->
 
 
 def test_regressor_refuses_a_string(diabetes: Server) -> None:
-    rec = frame_to_records(diabetes_frame().drop(columns=["target"]).head(1))[0]
+    rec = records_of(diabetes_frame().drop(columns=["target"]).head(1))[0]
     r = httpx.post(f"{diabetes.url}/predict", json={"records": [{**rec, "bmi": "0.3"}]})
     assert r.status_code == 400 and "bmi" in r.text
 

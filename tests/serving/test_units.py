@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 
 from components.data import DatasetSpec, infer_schema
+from components.model_runtime import load_version
 from components.onnx_export import export_onnx
 from components.registry import Registry
 from components.store import LocalStore, StoreError
 from components.validation import InvalidInput, Validator
-from services.serving.model import ModelHolder, load_version
+from services.serving.holder import ModelHolder
 from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
 
 
