@@ -13,8 +13,8 @@ outcome from the store. Its retrains take the production path, as `flywheel moni
 with their feedback labels (pipelines/triggers.py), never the generator's frames.
 
 This file is the story; its parts live beside it: loop_guards.py (one run at a time, the
-port, the store, the reset), loop_server.py (the serving process), loop_traffic.py (the
-clients) and loop_store.py (what is read back from the store).
+port, the store, the reset), loop_traffic.py (the clients) and loop_store.py (what is read
+back from the store); the serving process is services/serving/launch.py's ServerProcess.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from components.settings import Settings
 from components.store import Store, open_store, write_parquet
 from components.synthetic import churn
 from pipelines.local import run_training
-from pipelines.loop_guards import LoopError, check_reset, check_store_writable, free_port, reset_demo, single_run
-from pipelines.loop_server import Server
+from pipelines.loop_guards import LoopError, check_reset, check_store_writable, reset_demo, serving_port, single_run
 from pipelines.loop_store import count_logged, versions_of, wait_landed
 from pipelines.loop_traffic import Traffic, wait_for_version
 from pipelines.triggers import LocalTrigger, champion_spec
+from services.serving import launch
 
-__all__ = ["LoopError", "LoopResult", "LoopSize", "Period", "check_store_writable", "free_port", "run_loop", "single_run"]
+__all__ = ["LoopError", "LoopResult", "LoopSize", "Period", "check_store_writable", "run_loop", "serving_port", "single_run"]
 
 TARGET, TIMESTAMP = "churned", "event_time"
 HISTORY = "datasets/{model}/history/"
@@ -107,7 +107,7 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
     model = settings.model
     reg = Registry(store, model)
     with single_run(settings):
-        port = free_port(port)
+        port = serving_port(port)
         if fresh:
             reset_demo(store, settings, force_reset)
         logged_before = count_logged(store, model)
@@ -126,9 +126,15 @@ def run_loop(settings: Settings, say: Say, port: int | None = None, fresh: bool 
             say(f"[1-2/6] continuing from the store: champion {reg.champion().version}")
         log_dir = Path(settings.spill_dir).expanduser().resolve().parent
         say(f"[3/6] starting the service on http://127.0.0.1:{port} (log: {log_dir / 'serving.log'})")
-        server = Server(settings, port, log_dir / "serving.log")
+        # one worker: /readyz answers from one worker only, and the loop's traffic starts on it
+        server = launch.start(settings, port, workers=1, log_path=log_dir / "serving.log")
         try:
-            server.wait_ready()
+            # each connection may land on another worker, which answers /readyz for itself only:
+            # twelve fresh connections in a row must find it ready
+            try:
+                server.wait_ready("/readyz", 180, in_a_row=12, interval=0.5)
+            except launch.ServerNotReady as exc:
+                raise LoopError(f"the serving process did not start: {exc}") from None
             traffic = Traffic(server.url, size.records_per_request, size.concurrency, (TARGET, TIMESTAMP, "customer_id"))
             day = pd.Timestamp("2026-03-01")
             for i, period in enumerate(size.periods):

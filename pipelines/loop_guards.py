@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,14 +45,14 @@ def single_run(settings: Settings) -> Iterator[None]:
         handle.close()
 
 
-def free_port(port: int | None) -> int:
-    """``port`` if it is free, else a clear error; 0/None picks a free loopback port."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port or 0))
-        except OSError:
-            raise LoopError(f"port {port} is already in use; pass another with --port") from None
-        return s.getsockname()[1]
+def serving_port(port: int | None) -> int:
+    """The loop's serving port: ``port`` if it is free, else a LoopError saying so; 0/None picks a free one."""
+    from services.serving.launch import PortInUse, free_port
+
+    try:
+        return free_port(port)
+    except PortInUse as exc:
+        raise LoopError(f"{exc}; pass another with --port") from None
 
 
 def check_reset(settings: Settings, store: Store, force: bool = False) -> None:

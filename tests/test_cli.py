@@ -7,7 +7,7 @@ import pytest
 from components.settings import load_settings
 from components.store import StoreError
 from pipelines.cli import _trained_on
-from tests.conftest import free_port
+from services.serving.launch import free_port
 
 
 def test_without_a_champion_a_monitor_has_nothing_to_retrain_on(tmp_path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
-from pipelines.loop import LoopError, LoopSize, Period, check_store_writable, free_port, run_loop, single_run
+from pipelines.loop import LoopError, LoopSize, Period, check_store_writable, run_loop, serving_port, single_run
 
 # the module's loop (two trainings, traffic, passes) is one fixture: its setup gets the whole budget
 pytestmark = pytest.mark.timeout(1500)
@@ -120,7 +120,7 @@ def test_port_in_use_is_one_sentence():
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(LoopError, match=f"port {port} is already in use"):
-            free_port(port)
+            serving_port(port)
 
 
 def test_two_runs_at_once_are_refused(tmp_path):

@@ -37,9 +37,10 @@ from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import Settings
 from components.store import LocalStore
+from services.serving.launch import free_port
 from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound, unwritten_limit
 from tests.faults.odd_model import TRIGGER, add_odd_version
-from tests.serving.conftest import Server, free_port, serving_settings
+from tests.serving.conftest import Server, serving_settings
 from tests.serving.models import LOGISTIC, add_version, diabetes_frame, wine_frame
 
 WINE_RECORDS = records_of(wine_frame().drop(columns=["target"]))
@@ -319,9 +320,9 @@ def _server(settings: Settings, work: Path, name: str, env: dict[str, str] | Non
     server = Server(settings, work / f"{name}.log", extra_env={"FLYWHEEL_SERVING_WORKERS": str(workers), **(env or {})})
     server.start()
     # /readyz answers from whichever worker takes the connection: wait until every worker has its model
-    if not wait_for(lambda: server.log().count("serving version ") >= workers, timeout=120):
+    if not wait_for(lambda: server.log_text().count("serving version ") >= workers, timeout=120):
         server.stop()
-        raise RuntimeError(f"not every one of {workers} workers loaded its model: {server.log()[-3000:]}")
+        raise RuntimeError(f"not every one of {workers} workers loaded its model: {server.log_text()[-3000:]}")
     return server
 
 
@@ -393,7 +394,7 @@ def sigterm(work: Path) -> FaultResult:
         server.stop()
     stored = stored_ids(predictions(lambda p: local_objects(store, p), "wine"))
     result = count("SIGTERM during traffic", traffic.ids, stored)
-    result.ok = result.ok and code == 0 and before == 0 and "logs flushed" in server.log()
+    result.ok = result.ok and code == 0 and before == 0 and "logs flushed" in server.log_text()
     result.outcome = f"exit {code}; {before} stored before the signal, every served record after"
     result.details = {"exit_code": code, "stored_before_signal": before}
     return result
@@ -573,7 +574,7 @@ def spill_full(work: Path, size_kib: int = 256) -> FaultResult:
                 with Traffic(server.url, concurrency=4) as traffic:
                     wait_for(lambda: len(traffic.served) > 50)
                     s3.stop()
-                    said = wait_for(lambda: "cannot take predictions records" in server.log(), timeout=60)
+                    said = wait_for(lambda: "cannot take predictions records" in server.log_text(), timeout=60)
                     errors = metric(server.url, "flywheel_prediction_log_spill_errors_total")
                     ready = httpx.get(f"{server.url}/readyz", timeout=10).status_code
                     before = len(traffic.served)
@@ -591,7 +592,7 @@ def spill_full(work: Path, size_kib: int = 256) -> FaultResult:
     finally:
         if mounted:
             subprocess.run(["umount", str(spill)], check=False)
-    line = next((ln for ln in server.log().splitlines() if "cannot take predictions records" in ln), "")
+    line = next((ln for ln in server.log_text().splitlines() if "cannot take predictions records" in ln), "")
     failed = sum(n for status, n in traffic.statuses.items() if status != 200) + len(traffic.errors)
     result = count("spill directory full, store down", served, stored)
     result.ok = result.ok and said and errors > 0 and ready == 200 and still_serving and failed == 0 and drained

@@ -19,7 +19,7 @@ from pathlib import Path
 from components.settings import Settings
 from components.store import open_store
 from services.monitoring.monitor import EXIT_RETRAIN_FAILED
-from tests.conftest import free_port
+from services.serving.launch import free_port
 from tests.monitoring.logs import make_frame, serve_version, write_logs
 
 FLYWHEEL = Path(sys.executable).parent / "flywheel"  # the console script the monitor image runs

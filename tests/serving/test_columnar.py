@@ -213,7 +213,7 @@ def test_not_ready_is_a_quiet_503_and_strict_mode_refuses_unused_fields(tmp_path
             r = httpx.post(f"{server.url}/predict", json={"records": [{"basket": 1.0}]})
             assert r.status_code == 503 and "retry" in r.json()["error"] and r.headers["retry-after"] == "1"
         assert httpx.post(f"{server.url}/predict_many", json={"records": [{}]}).status_code == 503
-        assert "Traceback" not in server.log() and "[ERROR]" not in server.log()
+        assert "Traceback" not in server.log_text() and "[ERROR]" not in server.log_text()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             add_version(Registry(LocalStore(tmp_path / "store"), "strict"), shop_frame(), "returned", LOGISTIC, spec=SPEC)

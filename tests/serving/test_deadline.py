@@ -110,4 +110,4 @@ def test_with_the_fix_switched_off_the_service_serves_with_bentomls_own_timeout(
     records = records_of(wine_frame().drop(columns="target").head(1))
     answer = httpx.post(f"{server.url}/predict", json={"records": records}, timeout=30)
     assert answer.status_code == 200 and len(answer.json()) == 1 and "prediction" in answer.json()[0]
-    assert "serving_deadline_fix is false: BentoML's own timeout middleware" in server.log()
+    assert "serving_deadline_fix is false: BentoML's own timeout middleware" in server.log_text()

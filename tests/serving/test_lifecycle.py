@@ -36,7 +36,7 @@ def test_promotion_during_traffic_swaps_with_zero_failures(tmp_path: Path, start
             good = {n: registry.read(v2, n) for n in ("schema.json", "metrics.json", "reference.parquet")}
             registry.write_version(v3, {**good, "model.joblib": b"not a pickle"}, {})
             registry.promote(v3, "broken on purpose")
-            assert wait_for(lambda: "refused version v3" in server.log(), timeout=15)
+            assert wait_for(lambda: "refused version v3" in server.log_text(), timeout=15)
             time.sleep(1.0)
     assert traffic.statuses[200] > 50
     assert set(traffic.statuses) == {200}, traffic.statuses

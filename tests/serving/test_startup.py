@@ -19,8 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from services.serving.launch import wait_until_ok
-from tests.serving.conftest import READY_TIMEOUT, free_port
+from services.serving.launch import free_port, wait_until_ok
+from tests.serving.conftest import READY_TIMEOUT
 
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
 # Well inside the chart's startup probe (24 x 5 s): the issue saw the server stay up until it.
