@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import psutil  # a dependency of bentoml
 
+from components.settings import MODEL_THREAD_ENV
 from services.serving.launch import ServerProcess, free_port
 
 SHAPES = ("linear", "trees")
@@ -264,7 +265,7 @@ def matched_env(settings: Any) -> dict[str, str]:
     from services.serving import launch
 
     _, env = launch.serve_command(settings)
-    return {name: env[name] for name in (*launch.MODEL_THREAD_ENV, MALLOC_PAD)}
+    return {name: env[name] for name in (*MODEL_THREAD_ENV, MALLOC_PAD)}
 
 
 def start_uvicorn(tmp: Path, name: str, source: str, workers: int, env: dict[str, str],
@@ -325,7 +326,6 @@ def serving_processes(pid: int, port: int) -> list[psutil.Process]:
 
 def side_settings(srv: ServerProcess, runtime: str | None = None) -> dict[str, Any]:
     """Worker count, and the thread caps and heap pad of every worker, as its processes show them."""
-    from services.serving.launch import MODEL_THREAD_ENV
 
     workers = serving_processes(srv.proc.pid, srv.port)
     envs = [w.environ() for w in workers]
@@ -344,7 +344,6 @@ def runtime_of(name: str, srv: ServerProcess, probe: str) -> str:
 
 def compact_env(env: dict[str, str | None]) -> dict[str, str]:
     """The thread caps (one value when the three agree) and the heap pad in MiB, for a settings line."""
-    from services.serving.launch import MODEL_THREAD_ENV
 
     pad = env.get(MALLOC_PAD) or "unset"
     return {"threads": "/".join(dict.fromkeys(str(env.get(v)) for v in MODEL_THREAD_ENV)),

@@ -198,6 +198,10 @@ def env_name(field: str) -> str:
 
 
 CONFIG_VARIABLE = "FLYWHEEL_CONFIG"
+# The compute-thread caps (OpenMP, OpenBLAS, MKL) a child process is given: the embedded runner's
+# tasks (pipelines/local.py) and the service's workers (services/serving/launch.py). Not settings:
+# the libraries read them themselves when they start.
+MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _VARIABLES = frozenset({CONFIG_VARIABLE, *(name for field in Settings.model_fields for name in env_names(field))})
 # The environment the settings sources read: os.environ, or the mapping Settings.from_env was given.
 _ENV: ContextVar[Mapping[str, str] | None] = ContextVar("flywheel_settings_env", default=None)

@@ -24,7 +24,7 @@ from components.data import REQUEST_ID, DataError, DatasetSpec
 from components.ingest import fingerprint_of
 from components.registry import Registry
 from components.runtime import run_key
-from components.settings import Settings
+from components.settings import MODEL_THREAD_ENV, Settings
 from components.sources import locate
 from components.store import NotFound, open_store
 from pipelines.kfp_local import COMPAT_EXIT
@@ -98,9 +98,6 @@ def child_environment(settings: Settings, run: str, store_uri: str) -> dict[str,
     """
     return settings.model_copy(update={"store": store_uri, "run": run}).to_env(os.environ) | model_threads(
         compat.local_parallel_tasks(settings.local_search_packing))
-
-
-MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def model_threads(parallel_tasks: int | None = compat.LOCAL_PARALLEL_TASKS) -> dict[str, str]:

@@ -22,15 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.settings import Settings
+from components.settings import MODEL_THREAD_ENV, Settings
 from services.serving import startup
 
 SERVICE = "services.serving.worker:FlywheelServing"  # the worker entry point: the service, BentoML prepared for it
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# One compute thread per worker: the workers already use every CPU of the limit, and
-# OpenMP's per-call thread hand-off costs more than a small batch's whole prediction.
-MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # glibc keeps this much free memory at the top of each worker's heap (and, being set, stops
 # adjusting its mmap threshold). Without it, a large body's chunks and the joined body came
 # from fresh pages on every request (page faults in bytes.join, seen with perf): a bare
@@ -110,6 +107,8 @@ def serve_command(settings: Settings, port: int = 3000, version: str | None = No
         settings = settings.model_copy(update={"serving_model_version": version})
     env = settings.to_env(os.environ)
     env.setdefault("BENTOML_HOME", str(Path(settings.spill_dir).expanduser().resolve().parent / "bentoml"))
+    # one compute thread per worker: the workers already use every CPU of the limit, and
+    # OpenMP's per-call thread hand-off costs more than a small batch's whole prediction
     for name in MODEL_THREAD_ENV:
         env.setdefault(name, "1")
     env.setdefault("MALLOC_TOP_PAD_", str(MALLOC_TOP_PAD))
