@@ -107,7 +107,7 @@ def make_model(schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline
     return build(schema, est, candidate.get("select", False), seed)
 
 
-def _cv(schema: Schema, n: int, folds: int, seed: int) -> Any:
+def _cv(schema: Schema, folds: int, seed: int) -> Any:
     from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 
     if schema.timestamp:
@@ -137,7 +137,7 @@ def score_candidate(
     X, y = xy(rows, schema)
     start = time.perf_counter()
     scores = cross_val_score(
-        make_model(schema, candidate, seed), X, y, cv=_cv(schema, len(rows), folds, seed),
+        make_model(schema, candidate, seed), X, y, cv=_cv(schema, folds, seed),
         scoring=PRIMARY[schema.task], error_score="raise",
     )
     return {
