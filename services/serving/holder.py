@@ -37,11 +37,16 @@ class ModelHolder:
         self.current: LoadedModel | None = None
         self._refused: dict[str, float] = {}  # version -> when; retried after a while
         self._stop = threading.Event()
+        self._loaded = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def ready(self) -> bool:
         return self.current is not None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until a model is in service (True) or ``timeout`` seconds pass (False)."""
+        return self._loaded.wait(timeout)
 
     def start(self) -> None:
         """Load in the background (probes answer meanwhile) and keep following the champion."""
@@ -82,6 +87,7 @@ class ModelHolder:
             return False
         previous = self.current
         self.current = loaded  # the swap: one reference assignment
+        self._loaded.set()
         self._refused.pop(wanted, None)
         log.info("serving version %s of %s with %s (was %s)%s", loaded.version, self.registry.model,
                  loaded.runtime_name, previous.version if previous else "nothing",
