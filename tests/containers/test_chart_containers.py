@@ -328,7 +328,10 @@ def test_sigterm_under_traffic_with_the_charts_grace_period_loses_no_prediction(
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 60
+    while len(served) < 40:  # the SIGTERM lands under traffic: wait until it flows
+        assert time.monotonic() < deadline, f"no traffic answered within 60 s: {failures[:5]}"
+        time.sleep(0.05)
     before = len(served)
     code, seconds = c.stop()
     stop.set()

@@ -578,10 +578,10 @@ def spill_full(work: Path, size_kib: int = 256) -> FaultResult:
                     errors = metric(server.url, "flywheel_prediction_log_spill_errors_total")
                     ready = httpx.get(f"{server.url}/readyz", timeout=10).status_code
                     before = len(traffic.served)
-                    time.sleep(1.0)
-                    still_serving = len(traffic.served) > before
+                    still_serving = wait_for(lambda: len(traffic.served) > before + 10, timeout=30)
                     s3.start()
-                    time.sleep(1.0)
+                    back = len(traffic.served)
+                    wait_for(lambda: len(traffic.served) > back + 10, timeout=30)  # traffic after the store is back
                 served = traffic.ids
                 drained = wait_for(lambda: len(set(stored_ids(predictions(s3.objects, "wine")))) >= len(set(served)),
                                    timeout=60)

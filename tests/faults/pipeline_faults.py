@@ -35,7 +35,7 @@ from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import LocalStore, open_store
-from tests.faults.harness import FaultResult, fault
+from tests.faults.harness import FaultResult, fault, metric, wait_for
 from tests.serving.conftest import Server, serving_settings
 from tests.serving.models import LOGISTIC, add_version, unscorable_model, wine_frame
 
@@ -190,7 +190,11 @@ def rollout_failure(work: Path) -> FaultResult:
         registry.promote("v2", "passed the gate")  # what the register step does before deploy runs
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"), raise_on_error=False)
         rollout_pipeline(version="v2", store=str(store_root), model="wine", run="rollout-1")
-        time.sleep(3 * settings.serving_poll_seconds)  # time for the server to follow the pointer
+        # the server followed the pointer to v2 while the run took its seconds, and refused it;
+        # then requests answered after the rollback show what it serves now
+        refused = wait_for(lambda: metric(server.url, "flywheel_model_swaps_total", outcome="refused") >= 1, timeout=60)
+        after_run = len(answered)
+        wait_for(lambda: len(answered) >= after_run + 20, timeout=60, every=0.05)
         stop.set()
         sender.join(30)
     finally:
@@ -201,7 +205,7 @@ def rollout_failure(work: Path) -> FaultResult:
     after = registry.champion().version
     versions = sorted(set(answered))
     ok = (status["state"] == "FAILED" and deploy is not None and deploy.outcome == "failed" and after == before
-          and versions == [before])
+          and versions == [before] and refused and len(answered) >= after_run + 20)
     return FaultResult("rollout_failure", f"run {status['state']} at {(status.get('error') or {}).get('step')}; "
                        f"champion {before} -> v2 -> {after}; {len(answered)} requests answered by "
                        f"{', '.join(versions)}", ok,

@@ -170,10 +170,9 @@ def test_evidently_workspace_is_never_an_empty_dir():
     assert find(docs, "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_EVIDENTLY_WORKSPACE"] == ""
     docs = manifests(helm_render({"evidentlyUI": {"enabled": True, "persistence": {"existingClaim": "reports"}}}))
     assert not kinds(docs, "PersistentVolumeClaim")
-    for _, spec in pod_specs(docs):
-        for v in spec["volumes"]:
-            if v["name"] in ("workspace", "evidently-workspace"):
-                assert v == {"name": v["name"], "persistentVolumeClaim": {"claimName": "reports"}}
+    workspaces = [v for _, spec in pod_specs(docs) for v in spec["volumes"] if v["name"] in ("workspace", "evidently-workspace")]
+    assert len(workspaces) == 2, workspaces  # the monitor's and the UI's
+    assert all(v == {"name": v["name"], "persistentVolumeClaim": {"claimName": "reports"}} for v in workspaces), workspaces
 
 
 def test_pushgateway_is_optional_and_the_monitor_pushes_to_it():

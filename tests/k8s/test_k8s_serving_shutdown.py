@@ -53,8 +53,8 @@ def test_spill_limit_stays_below_the_volume_that_would_evict_the_pod(builds, bui
     pod, c = _serving(builds[build])
     settings = _settings_of(c)
     spill = next(v for v in pod["volumes"] if v["name"] == "spill")
-    if "emptyDir" in spill:
-        assert settings.spill_max_mb * 1e6 < _bytes(spill["emptyDir"]["sizeLimit"])
+    assert set(spill) == {"name", "emptyDir"}, f"{build}: the spill directory is {spill}"
+    assert settings.spill_max_mb * 1e6 < _bytes(spill["emptyDir"]["sizeLimit"])
 
 
 def test_chart_refuses_a_grace_period_shorter_than_the_close_path():

@@ -5,7 +5,6 @@ SIGTERM, SIGKILL, a store outage and the other faults are in test_faults.py.
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 
 from components.registry import Registry
 from components.store import LocalStore
-from tests.faults.harness import Traffic, wait_for
+from tests.faults.harness import Traffic, metric, wait_for
 from tests.serving.conftest import serving_settings
 from tests.serving.models import LOGISTIC, add_version, wine_frame
 
@@ -28,7 +27,7 @@ def test_promotion_during_traffic_swaps_with_zero_failures(tmp_path: Path, start
         add_version(registry, wine_frame(), "target", LOGISTIC)
         server = start_server(serving_settings(tmp_path / "store", "swap", tmp_path))
         with Traffic(server.url) as traffic:
-            time.sleep(1.5)
+            assert wait_for(lambda: len(traffic.served) >= 20), "v1 answers before the promotion"
             v2 = add_version(registry, wine_frame(), "target", HGB)  # promoted
             assert wait_for(lambda: traffic.served and traffic.served[-1]["model_version"] == v2)
             # a broken version promoted next is refused; v2 keeps answering
@@ -36,8 +35,9 @@ def test_promotion_during_traffic_swaps_with_zero_failures(tmp_path: Path, start
             good = {n: registry.read(v2, n) for n in ("schema.json", "metrics.json", "reference.parquet")}
             registry.write_version(v3, {**good, "model.joblib": b"not a pickle"}, {})
             registry.promote(v3, "broken on purpose")
-            assert wait_for(lambda: "refused version v3" in server.log_text(), timeout=15)
-            time.sleep(1.0)
+            assert wait_for(lambda: metric(server.url, "flywheel_model_swaps_total", outcome="refused") >= 1, timeout=15)
+            refused_at = len(traffic.served)
+            assert wait_for(lambda: len(traffic.served) >= refused_at + 20), "v2 answers after the refusal"
     assert traffic.statuses[200] > 50
     assert set(traffic.statuses) == {200}, traffic.statuses
     assert traffic.errors == []
