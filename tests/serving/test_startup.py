@@ -110,3 +110,30 @@ def test_a_server_that_started_runs_until_sigterm_and_exits_0(tmp_path: Path, se
     assert proc.returncode == 0, err[-2000:]
     assert "cannot start" not in err
     assert _server_processes(tmp_path) == []
+
+
+# A server whose worker sits in a session of its own (as circus starts BentoML's) and which exits
+# on SIGTERM without stopping it: the worker's pid is printed first, then the server serves HTTP.
+ORPHANING_SERVER = """
+import http.server, os, signal, subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+print(worker.pid, flush=True)
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def test_stopping_a_server_leaves_none_of_its_workers_running(tmp_path: Path) -> None:
+    from services.serving.launch import ServerProcess
+
+    port = free_port()
+    server = ServerProcess([sys.executable, "-c", ORPHANING_SERVER, str(port)], dict(os.environ), port,
+                           tmp_path / "server.log", cwd=tmp_path).start()
+    server.wait_ready("/", 30)
+    worker = psutil.Process(int(server.log_text().split()[0]))
+
+    server.stop(timeout=10)
+
+    assert server.proc.returncode == 0, "the server itself exited on SIGTERM"
+    worker.wait(timeout=10)  # raises psutil.TimeoutExpired while the worker lives on
+    assert not worker.is_running()
