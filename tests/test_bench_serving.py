@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def _wrk_against_echo(tmp_path: Path, bodies_text: str, seconds: int) -> dict:
     bodies.write_text(bodies_text)
     srv = serving_sides.start_uvicorn(tmp_path, "echo_app", ECHO_APP, 1, {})
     try:
-        srv.wait_ready("/", b'{"records": []}')
+        srv.wait_ready("/", probe=b'{"records": []}')
         return serving.wrk(srv.url + "/", bodies, script, 1, seconds)
     finally:
         srv.stop()
@@ -122,7 +123,7 @@ def test_c1_runs_are_taken_in_turns_and_each_server_shows_its_median_run(monkeyp
         return {"p50_ms": next(p50s) if seconds == 10 else 99.0, "rps": 1.0}
 
     monkeypatch.setattr(serving, "wrk", fake_wrk)
-    servers = {"service": serving.Running(None, "http://svc", None), "fastapi": serving.Running(None, "http://fa", None)}
+    servers = {"service": SimpleNamespace(url="http://svc"), "fastapi": SimpleNamespace(url="http://fa")}
     out = serving._measure_c1_interleaved(servers, Path("b"), Path("s"), 10, 2, 3)
     assert [u for u, s in calls if s == 2] == ["http://svc/predict", "http://fa/predict"]  # one warm-up each, first
     assert [u for u, s in calls if s == 10] == ["http://svc/predict", "http://fa/predict"] * 3  # in turns
