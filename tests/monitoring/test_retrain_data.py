@@ -161,22 +161,23 @@ def test_a_part_without_the_target_fails_ingest_naming_it(settings: Settings, wo
 STAMPS = pd.Series(pd.to_datetime(["2026-03-01 10:00:00", None, "2026-03-02 11:30:15"]))
 
 
-@pytest.mark.parametrize(("base", "added", "expected"), [
+@pytest.mark.parametrize(("base", "added", "expected", "kind"), [
     # text date-times in the source, timestamps (naive UTC, or UTC) in the log: ISO text, parsed alike
     (pd.Series(["2026-01-05 08:00:00"] * 3, dtype=object), STAMPS,
-     ["2026-03-01T10:00:00", None, "2026-03-02T11:30:15"]),
+     ["2026-03-01T10:00:00", None, "2026-03-02T11:30:15"], "datetime"),
     (pd.Series(["2026-01-05"] * 3, dtype=object), STAMPS.dt.tz_localize("UTC"),
-     ["2026-03-01T10:00:00", None, "2026-03-02T11:30:15"]),
+     ["2026-03-01T10:00:00", None, "2026-03-02T11:30:15"], "datetime"),
     # timestamps in the source, text in the part
-    (STAMPS, pd.Series(["2026-03-01T10:00:00Z", None, "junk"]), [pd.Timestamp("2026-03-01 10:00"), pd.NaT, pd.NaT]),
+    (STAMPS, pd.Series(["2026-03-01T10:00:00Z", None, "junk"]), [pd.Timestamp("2026-03-01 10:00"), pd.NaT, pd.NaT],
+     "datetime"),
     # true/false text in the source, the log's 1.0/0.0
-    (pd.Series(["true", "false", "TRUE"], dtype=object), pd.Series([1.0, np.nan, 0.0]), ["true", None, "false"]),
-    (pd.Series([True, False, True]), pd.Series([1.0, np.nan, 0.0]), [True, None, False]),
+    (pd.Series(["true", "false", "TRUE"], dtype=object), pd.Series([1.0, np.nan, 0.0]), ["true", None, "false"], "boolean"),
+    (pd.Series([True, False, True]), pd.Series([1.0, np.nan, 0.0]), [True, None, False], "boolean"),
     # categories as text, whole numbers logged as numbers
-    (pd.Series(["1", "2", "x"], dtype=object), pd.Series([3.0, np.nan, 4.5]), ["3", None, "4.5"]),
-    (pd.Series([1, 2, 3]), pd.Series([2.0, np.nan, 4.0]), [2.0, np.nan, 4.0]),
+    (pd.Series(["1", "2", "x"], dtype=object), pd.Series([3.0, np.nan, 4.5]), ["3", None, "4.5"], "other"),
+    (pd.Series([1, 2, 3]), pd.Series([2.0, np.nan, 4.0]), [2.0, np.nan, 4.0], "other"),
 ])
-def test_added_rows_take_the_source_column_types(base: pd.Series, added: pd.Series, expected: list) -> None:
+def test_added_rows_take_the_source_column_types(base: pd.Series, added: pd.Series, expected: list, kind: str) -> None:
     like = pd.DataFrame({"c": base, "y": [0, 1, 0], "only_in_base": ["a", "b", "c"], "number": [1, 2, 3],
                          "stamp": STAMPS})
     part = pd.DataFrame({REQUEST_ID: ["r1", "r2", "r3"], "c": added, "y": [1, 0, 1], "only_in_part": [1, 2, 3]})
@@ -190,10 +191,9 @@ def test_added_rows_take_the_source_column_types(base: pd.Series, added: pd.Seri
     combined = normalise(pd.concat([like, out], ignore_index=True), DatasetSpec("m", "y"))
     # a column the part lacks keeps its kind
     assert combined["number"].dtype == "float64" and pd.api.types.is_datetime64_any_dtype(combined["stamp"])
-    if pd.api.types.is_datetime64_any_dtype(base) or base.astype(str).str.startswith("2026").all():
-        assert pd.api.types.is_datetime64_any_dtype(combined["c"])  # one column of one type
-    if base.astype(str).str.lower().isin(["true", "false"]).all():
-        assert combined.attrs["boolean_columns"] == ["c"]
+    # one column of one type: date-times stay date-times, true/false stays a boolean column
+    assert pd.api.types.is_datetime64_any_dtype(combined["c"]) is (kind == "datetime")
+    assert (combined.attrs.get("boolean_columns") == ["c"]) is (kind == "boolean")
 
 
 def test_a_source_that_holds_production_rows_already_gets_each_once(settings: Settings, world) -> None:
