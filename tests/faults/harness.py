@@ -140,7 +140,15 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, every: float = 0.3) 
 
 def metric(url: str, name: str, **labels: str) -> float:
     """The value of one sample on the server's /metrics (summed over workers by BentoML); 0 if absent."""
-    return sum(v for got, v in _samples(url, name) if all(got.get(k) == w for k, w in labels.items()))
+    return metric_in(httpx.get(f"{url}/metrics", timeout=10).text, name, **labels)
+
+
+def metric_in(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels``, in a scrape's text; 0 if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def log_outcomes(url: str) -> Counter[str]:

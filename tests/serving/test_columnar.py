@@ -28,9 +28,9 @@ from components.formats import ARROW, PARQUET
 from components.registry import Registry
 from components.store import LocalStore
 from components.validation import Validator
+from tests.faults.harness import metric_in
 from tests.serving.conftest import Server, serving_settings
 from tests.serving.models import LOGISTIC, add_version, shop_frame
-from tests.serving.test_http import metric
 
 SPEC = DatasetSpec("memory", "returned", timestamp="ordered_at")
 FORMATS = ["json", "arrow", "parquet"]
@@ -115,7 +115,7 @@ def test_nulls_booleans_unknown_categories_and_unused_fields_are_served(shop: An
                                   ("flywheel_null_values_total", "feature", "channel", 1),
                                   ("flywheel_unknown_categories_total", "feature", "channel", 1),
                                   ("flywheel_ignored_fields_total", "field", "note", 5)]:
-        assert metric(after, name, **{label: value}) == metric(before, name, **{label: value}) + n, name
+        assert metric_in(after, name, **{label: value}) == metric_in(before, name, **{label: value}) + n, name
 
 
 BAD_RECORDS = {

@@ -22,6 +22,7 @@ from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
 from components.model_runtime import records_of
 from components.registry import Registry
 from components.store import LocalStore
+from tests.faults.harness import metric_in
 from tests.serving.conftest import Server, serving_settings
 from tests.serving.models import diabetes_frame, wine_frame
 
@@ -30,21 +31,6 @@ WINE_FEATURES = [c for c in wine_frame().columns if c != "target"]
 
 def wine_records(n: int, start: int = 0) -> list[dict]:
     return records_of(wine_frame()[WINE_FEATURES].iloc[start:start + n])
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of a metric whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        m = re.match(rf"{re.escape(name)}(\{{(.*)\}})? (\S+)$", line)
-        if not m:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +90,8 @@ def test_concurrent_single_requests_are_batched(wine: Server) -> None:
     before = httpx.get(f"{wine.url}/metrics").text
     assert asyncio.run(burst()) == [200] * 64
     after = httpx.get(f"{wine.url}/metrics").text
-    calls = metric(after, "flywheel_batch_size_count") - metric(before, "flywheel_batch_size_count")
-    rows = metric(after, "flywheel_batch_size_sum") - metric(before, "flywheel_batch_size_sum")
+    calls = metric_in(after, "flywheel_batch_size_count") - metric_in(before, "flywheel_batch_size_count")
+    rows = metric_in(after, "flywheel_batch_size_sum") - metric_in(before, "flywheel_batch_size_sum")
     assert rows == 64
     assert calls < 64, "64 concurrent requests should share model calls"
 
@@ -155,10 +141,10 @@ def test_inf_is_refused(wine: Server, literal: str, field: str) -> None:
 @pytest.mark.parametrize("field", ["magnesium", "ash"])  # with and without missing values in training
 def test_nan_is_a_null(wine: Server, field: str) -> None:
     text = json.dumps({"records": [with_(**{field: 0.5})]}).replace("0.5", "NaN")
-    before = metric(httpx.get(f"{wine.url}/metrics").text, "flywheel_null_values_total", feature=field)
+    before = metric_in(httpx.get(f"{wine.url}/metrics").text, "flywheel_null_values_total", feature=field)
     r = httpx.post(f"{wine.url}/predict", content=text, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 200, r.text
-    assert metric(httpx.get(f"{wine.url}/metrics").text, "flywheel_null_values_total", feature=field) == before + 1
+    assert metric_in(httpx.get(f"{wine.url}/metrics").text, "flywheel_null_values_total", feature=field) == before + 1
 
 
 def test_a_bad_record_is_refused_in_its_slot_and_the_others_are_served(wine: Server) -> None:
@@ -172,12 +158,12 @@ def test_a_bad_record_is_refused_in_its_slot_and_the_others_are_served(wine: Ser
     assert "prediction" not in bad and "JSON object" in not_object["error"]
     assert tolerated["prediction"] and tolerated["ignored_fields"] == ["colour"]
     after = httpx.get(f"{wine.url}/metrics").text
-    assert metric(after, "flywheel_rejected_records_total", field="malic_acid") == \
-        metric(before, "flywheel_rejected_records_total", field="malic_acid") + 1
-    assert metric(after, "flywheel_ignored_fields_total", field="colour") == \
-        metric(before, "flywheel_ignored_fields_total", field="colour") + 1
-    assert metric(after, "flywheel_null_values_total", feature="ash") == \
-        metric(before, "flywheel_null_values_total", feature="ash") + 1
+    assert metric_in(after, "flywheel_rejected_records_total", field="malic_acid") == \
+        metric_in(before, "flywheel_rejected_records_total", field="malic_acid") + 1
+    assert metric_in(after, "flywheel_ignored_fields_total", field="colour") == \
+        metric_in(before, "flywheel_ignored_fields_total", field="colour") + 1
+    assert metric_in(after, "flywheel_null_values_total", feature="ash") == \
+        metric_in(before, "flywheel_null_values_total", feature="ash") + 1
 
 
 def test_malformed_json_is_a_400(wine: Server) -> None:
@@ -197,10 +183,10 @@ def test_too_many_records_is_a_4xx(wine: Server) -> None:
 
 
 def test_unknown_category_is_served_and_counted(wine: Server) -> None:
-    before = metric(httpx.get(f"{wine.url}/metrics").text, "flywheel_unknown_categories_total", feature="region")
+    before = metric_in(httpx.get(f"{wine.url}/metrics").text, "flywheel_unknown_categories_total", feature="region")
     r = httpx.post(f"{wine.url}/predict", json={"records": [with_(region="atlantis")]})
     assert r.status_code == 200, r.text
-    after = metric(httpx.get(f"{wine.url}/metrics").text, "flywheel_unknown_categories_total", feature="region")
+    after = metric_in(httpx.get(f"{wine.url}/metrics").text, "flywheel_unknown_categories_total", feature="region")
     assert after == before + 1
 
 
@@ -217,15 +203,15 @@ def test_probes_and_metrics(wine: Server) -> None:
     httpx.post(f"{wine.url}/predict", json={"records": wine_records(3)})
     httpx.post(f"{wine.url}/predict", json={"records": [with_(alcohol="x")]})
     text = httpx.get(f"{wine.url}/metrics").text
-    assert metric(text, "flywheel_model_info", version="v1", runtime="sklearn") == 1
-    assert metric(text, "flywheel_requests_total", api="predict", status="200") >= 1
-    assert metric(text, "flywheel_requests_total", api="predict", status="400") >= 1
-    assert metric(text, "flywheel_request_duration_seconds_count", api="predict", status="200") >= 1
+    assert metric_in(text, "flywheel_model_info", version="v1", runtime="sklearn") == 1
+    assert metric_in(text, "flywheel_requests_total", api="predict", status="200") >= 1
+    assert metric_in(text, "flywheel_requests_total", api="predict", status="400") >= 1
+    assert metric_in(text, "flywheel_request_duration_seconds_count", api="predict", status="200") >= 1
     # `endpoint` is the Prometheus Operator's own target label: none of ours may carry it
     assert not re.search(r'^flywheel_\w+\{[^}]*\bendpoint="', text, re.M)
-    assert metric(text, "flywheel_batch_size_count") >= 1
-    assert sum(metric(text, "flywheel_predictions_total", **{"class": c}) for c in ("class_0", "class_1", "class_2")) >= 3
-    assert metric(text, "flywheel_model_swaps_total", outcome="swapped") == 1
+    assert metric_in(text, "flywheel_batch_size_count") >= 1
+    assert sum(metric_in(text, "flywheel_predictions_total", **{"class": c}) for c in ("class_0", "class_1", "class_2")) >= 3
+    assert metric_in(text, "flywheel_model_swaps_total", outcome="swapped") == 1
     assert re.search(r'^flywheel_model_swaps_total\{outcome="refused"\} 0\.0$', text, re.M)  # a zero before any refusal
 
 
@@ -281,8 +267,8 @@ def test_regressor_serves_through_onnx(diabetes: Server, serving_store: Path) ->
     np.testing.assert_allclose(many["predictions"], expected, rtol=1e-4, atol=1e-3)
     assert math.isclose(answer["prediction"], expected[0], rel_tol=1e-4)
     text = httpx.get(f"{diabetes.url}/metrics").text
-    assert metric(text, "flywheel_model_info", version="v1", runtime="onnx") == 1
-    assert metric(text, "flywheel_predictions_total", **{"class": "value"}) >= len(frame) + 1
+    assert metric_in(text, "flywheel_model_info", version="v1", runtime="onnx") == 1
+    assert metric_in(text, "flywheel_predictions_total", **{"class": "value"}) >= len(frame) + 1
 
 
 def test_regressor_refuses_a_string(diabetes: Server) -> None:
@@ -301,7 +287,7 @@ def test_feedback_outcomes_are_counted(wine: Server) -> None:
     assert unknown.status_code == 404 and "order-1234" in unknown.text and "32" in unknown.text
     after = httpx.get(f"{wine.url}/metrics").text
     for outcome in ("accepted", "rejected", "unknown_request"):
-        got = metric(after, "flywheel_feedback_total", outcome=outcome) - metric(before, "flywheel_feedback_total", outcome=outcome)
+        got = metric_in(after, "flywheel_feedback_total", outcome=outcome) - metric_in(before, "flywheel_feedback_total", outcome=outcome)
         assert got == 1, f"{outcome}: {got}"
     assert "flywheel_prediction_log_lag_seconds" in after
-    assert metric(after, "flywheel_prediction_log_records_total", outcome="buffered") >= 1
+    assert metric_in(after, "flywheel_prediction_log_records_total", outcome="buffered") >= 1
