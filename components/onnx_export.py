@@ -270,10 +270,13 @@ def _register_converters() -> None:
     global _registered
     if _registered:
         return
+    try:
+        from components.features import DropUninformative
+    except ImportError:  # the step may be renamed; conversion then reports it as unsupported
+        _registered = True
+        return
     from skl2onnx import update_registered_converter
     from skl2onnx.algebra.onnx_ops import OnnxCompress, OnnxIdentity
-
-    from components.features import DropUninformative
 
     def shape(operator: Any) -> None:
         n = operator.inputs[0].get_first_dimension()
