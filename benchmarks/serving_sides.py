@@ -18,7 +18,7 @@ psutil), not from these constants.
 
 ``python -m benchmarks.serving_sides SHAPE [WORKERS]`` trains the shape's model, starts every side
 exactly as ``make bench`` does, prints one JSON line (each side's pid, port and url) once all are
-ready, and stops them when its stdin closes: tests/test_bench_matched.py reads the processes of that
+ready, and stops them when its stdin closes: benchmarks/tests/test_matched.py reads the processes of that
 run (benchmarks and tests do not import each other).
 """
 

@@ -1,7 +1,7 @@
 """Fault injection on the real parts: `bentoml serve`, an S3-protocol server (moto) on loopback, real signals.
 
 One fault is one function ``(workdir) -> FaultResult`` registered with ``@fault``.
-The tests (tests/serving/test_faults.py) run them and assert on what was kept; ``make bench``
+The tests (tests/e2e/serving/test_faults.py) run them and assert on what was kept; ``make bench``
 runs every registered fault and prints the "faults" table (benchmarks/faults.py). A new
 fault (a pipeline one too) is one more decorated function: served/stored may stay None
 where no records are involved.
@@ -39,9 +39,9 @@ from components.settings import Settings
 from components.store import LocalStore
 from services.serving.launch import free_port
 from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound, unwritten_limit
-from tests.faults.odd_model import TRIGGER, add_odd_version
-from tests.serving.conftest import Server, serving_settings
-from tests.serving.models import LOGISTIC, add_version, diabetes_frame, wine_frame
+from testkit.models import LOGISTIC, add_version, diabetes_frame, wine_frame
+from testkit.odd_model import TRIGGER, add_odd_version
+from testkit.server import Server, serving_settings
 
 WINE_RECORDS = records_of(wine_frame().drop(columns=["target"]))
 DIABETES_RECORDS = records_of(diabetes_frame().drop(columns=["target"]))

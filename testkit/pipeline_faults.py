@@ -1,6 +1,6 @@
 """Pipeline and monitor faults for the faults table: real kfp.local, a real store, a real server.
 
-Each fault is registered with the harness's ``@fault`` (tests/faults/harness.py), so `make
+Each fault is registered with the harness's ``@fault`` (testkit/faults.py), so `make
 bench` prints it next to the serving faults, and the tests call the same functions:
 
 * ``monitor_race``: two monitoring passes race on one drifted window; exactly one trigger.
@@ -35,9 +35,9 @@ from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import LocalStore, open_store
-from tests.faults.harness import FaultResult, fault, metric, wait_for
-from tests.serving.conftest import Server, serving_settings
-from tests.serving.models import LOGISTIC, add_version, unscorable_model, wine_frame
+from testkit.faults import FaultResult, fault, metric, wait_for
+from testkit.models import LOGISTIC, add_version, unscorable_model, wine_frame
+from testkit.server import Server, serving_settings
 
 
 class CountingTrigger:
@@ -71,7 +71,7 @@ class CountingTrigger:
 
 
 def _drifted_world(work: Path) -> tuple[Any, Any]:
-    from tests.monitoring.logs import NOW, make_frame, serve_version, write_logs
+    from testkit.logs import NOW, make_frame, serve_version, write_logs
 
     settings = load_settings(store=str(work / "store"), model="test", window_minutes=60, min_rows=1000,
                              cooldown_minutes=0, sample_size=20_000, retry_backoff_minutes=10,
@@ -85,7 +85,7 @@ def _drifted_world(work: Path) -> tuple[Any, Any]:
 def monitor_race(work: Path) -> FaultResult:
     """Two monitoring passes race on the same drifted window."""
     from services.monitoring.trigger import records
-    from tests.monitoring.logs import NOW, race_passes
+    from testkit.logs import NOW, race_passes
 
     settings, served = _drifted_world(work)
     trigger = CountingTrigger()
@@ -102,7 +102,7 @@ def trigger_failure(work: Path) -> FaultResult:
     """The trigger fails once; a pass before the backoff waits, passes after it retry exactly once."""
     from services.monitoring.monitor import EXIT_RETRAIN_FAILED, run_pass
     from services.monitoring.trigger import records
-    from tests.monitoring.logs import NOW, race_passes
+    from testkit.logs import NOW, race_passes
 
     settings, served = _drifted_world(work)
     trigger = CountingTrigger(failures=1)
@@ -125,7 +125,7 @@ def champion_unusable(work: Path) -> FaultResult:
     """Train v1, then damage it (unloadable, then unscorable) and train on new data: each run fails, v1 stays."""
     from components.data import DatasetSpec
     from components.synthetic import churn
-    from pipelines.local import PipelineFailed, run_training
+    from pipelines.local.runner import PipelineFailed, run_training
 
     settings = load_settings(store=str(work / "store"), pipeline_root=str(work / "kfp"), model="churn", cv_folds=2)
     churn(1500, seed=11).to_csv(work / "first.csv", index=False)

@@ -1,19 +1,12 @@
-"""Fixtures for the serving tests: model versions in a store, and a real `bentoml serve`."""
+"""A real `bentoml serve` of the Flywheel service for the tests and the benchmarks, and its settings."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from components.registry import Registry
 from components.settings import Settings, load_settings
-from components.store import LocalStore
 from services.serving import launch
-from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
 
 READY_TIMEOUT = 120
 
@@ -46,45 +39,7 @@ class Server(launch.ServerProcess):
         return self
 
 
-@pytest.fixture(scope="session")
-def serving_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One store with a promoted classifier ('wine') and regressor ('diabetes')."""
-    root = tmp_path_factory.mktemp("serving") / "store"
-    store = LocalStore(root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        add_version(Registry(store, "wine"), wine_frame(), "target", LOGISTIC)
-        add_version(Registry(store, "diabetes"), diabetes_frame(), "target", LINEAR)
-    return root
-
-
 def serving_settings(store: Path | str, model: str, tmp: Path, **extra: Any) -> Settings:
     return load_settings(store=str(store), model=model, spill_dir=str(tmp / "spill"),
                          log_flush_rows=extra.pop("log_flush_rows", 200),
                          log_flush_seconds=extra.pop("log_flush_seconds", 0.5), **extra)
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    """Start servers during a test; every one is stopped when the test ends."""
-    servers: list[Server] = []
-
-    def start(settings: Settings, version: str | None = None, **env: str) -> Server:
-        server = Server(settings, tmp_path / f"server-{len(servers)}.log", version, env)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def module_server(tmp_path_factory: pytest.TempPathFactory, serving_store: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
-    """A server for the model named by the module's MODEL, shared by its tests."""
-    tmp = tmp_path_factory.mktemp(f"srv-{request.module.MODEL}")
-    server = Server(serving_settings(serving_store, request.module.MODEL, tmp), tmp / "server.log")
-    try:
-        yield server.start()
-    finally:
-        server.stop()

@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2  # asked of every side; the assertions compare what the processes show
 THREAD_CAPS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TOP_PAD_")
 
+# its tier (tests/conftest.py gives the tests under tests/ theirs by folder)
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict]]:

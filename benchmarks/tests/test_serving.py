@@ -29,6 +29,9 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": answer})
 '''
 
+# its tier (tests/conftest.py gives the tests under tests/ theirs by folder)
+pytestmark = pytest.mark.integration
+
 
 def _wrk_against_echo(tmp_path: Path, bodies_text: str, seconds: int) -> dict:
     """wrk with the bench's Lua script, one connection, posting ``bodies_text`` to the echo app."""

@@ -7,12 +7,12 @@ through the environment (the only channel kfp.local's task processes inherit) an
 the outcome from the step records in the store, never from this process's output.
 
 Each task is forked from a task server that has kfp, pandas and scikit-learn imported
-(``pipelines/task_server.py``) rather than started as a new interpreter; the setting
+(``pipelines/local/task_server.py``) rather than started as a new interpreter; the setting
 ``warm_tasks`` (``FLYWHEEL_WARM_TASKS=false``) turns that off. What that and the search's
 packing rely on in kfp.local and Python is checked first (components/compat.py): a failed check
 ends this process with ``COMPAT_EXIT``, and the caller repeats the check to say which one.
 
-    python -m pipelines.kfp_local <pipeline_root> <arguments as JSON>
+    python -m pipelines.local.kfp_local <pipeline_root> <arguments as JSON>
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ COMPAT_EXIT = 78  # sysexits' EX_CONFIG: a library internal failed its check (co
 def main(argv: list[str]) -> int:
     from components import compat
     from components.settings import load_settings
-    from pipelines.task_server import warm_tasks
+    from pipelines.local.task_server import warm_tasks
 
     root, arguments = argv[0], json.loads(argv[1])
     settings = load_settings()  # the caller's settings, from the environment it gave this process

@@ -1,6 +1,6 @@
 """Run the training pipeline on the embedded default: KFP's own local runner (kfp.local).
 
-The run happens in a child process (``pipelines/kfp_local.py``): kfp.local's console
+The run happens in a child process (``pipelines/local/kfp_local.py``): kfp.local's console
 output and logger changes stay there, so this is safe to call from any thread. How the
 run went is read from the store: ``runs/<model>/<run>/status.json`` (written by the exit
 handler) and the step records ``runs/<model>/<run>/steps/<step>.json`` (components/status.py).
@@ -27,7 +27,7 @@ from components.runtime import run_key
 from components.settings import MODEL_THREAD_ENV, Settings
 from components.sources import locate
 from components.store import NotFound, open_store
-from pipelines.kfp_local import COMPAT_EXIT
+from pipelines.local.kfp_local import COMPAT_EXIT
 from pipelines.settings_routes import RUN_PARAMETERS
 
 
@@ -133,7 +133,7 @@ def run_training(spec: DatasetSpec, settings: Settings, run_name: str | None = N
     arguments = json.dumps(pipeline_arguments(spec, settings, run, store_uri) | {"search_tasks": tasks})
     with open(log_path, "wb") as log:
         out = None if not quiet else log
-        code = subprocess.call([sys.executable, "-m", "pipelines.kfp_local", str(root), arguments],
+        code = subprocess.call([sys.executable, "-m", "pipelines.local.kfp_local", str(root), arguments],
                                env=child_environment(settings, run, store_uri), stdout=out, stderr=out)
     if code == COMPAT_EXIT:  # the child's check failed: the same check here raises its CompatError
         compat.check_local_runner(settings.warm_tasks, settings.local_search_packing)

@@ -4,7 +4,7 @@ kfp.local runs ``python -m kfp.dsl.executor_main ...`` for every task, with ``py
 by ``sys.executable``. The embedded runner points that at a one-line script that runs this
 file with the real interpreter and ``-IS`` (no site, nothing but the standard library), so
 each task starts here, in a few milliseconds, and hands its argument list, environment,
-working folder and standard streams to the task server (``pipelines/task_server.py``). The
+working folder and standard streams to the task server (``pipelines/local/task_server.py``). The
 server forks the task from an interpreter that has already imported kfp, pandas and
 scikit-learn, and reports its exit status, which this process exits with. A signal sent
 here is passed on to the task; if this process dies, the task is killed.

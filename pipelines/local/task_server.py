@@ -3,7 +3,7 @@
 kfp.local starts every task as a new interpreter, and each one imports kfp, pandas and
 scikit-learn again: 0.2 s for the smallest step here, 1.3 s for one that fits a model, more
 than the work itself on a small table. This server imports them once. kfp.local's
-``python`` is the launcher (``pipelines/task_launcher.py``): it sends the task's argument
+``python`` is the launcher (``pipelines/local/task_launcher.py``): it sends the task's argument
 list, environment, working folder and standard streams here; the server forks, the child
 (a supervisor) forks the task, tells the launcher the task's pid, passes signals on, and
 reports its exit status. The task itself is what kfp.local asked for
@@ -26,7 +26,7 @@ fork: with more than one, the task is handed back and the launcher runs it in a 
 interpreter (said once on stderr). What this uses of Python and Linux is checked when the
 server is asked for (components/compat.py).
 
-    python -m pipelines.task_server <socket path> [module to preload ...]   (warm_tasks() passes PRELOAD)
+    python -m pipelines.local.task_server <socket path> [module to preload ...]   (warm_tasks() passes PRELOAD)
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.compat import check_task_server, run_atexit_handlers
-from pipelines.task_launcher import PYTHON_ENV, SERVER_ENV
+from pipelines.local.task_launcher import PYTHON_ENV, SERVER_ENV
 
 # In the order the training pipeline's steps need them (champion, ingest ... refit, evaluate, deploy),
 # with what pandas and scikit-learn import only on first use (reading Parquet, fitting on a DataFrame).
@@ -292,7 +292,7 @@ def warm_tasks(preload: Sequence[str] = PRELOAD) -> Iterator[str]:
     script = Path(__file__).with_name("task_launcher.py")
     launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(str(script))} "$@"\n')
     launcher.chmod(0o755)
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.task_server", str(path), *preload],
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.local.task_server", str(path), *preload],
                               stdin=subprocess.DEVNULL, env=single_threaded(dict(os.environ)))
     saved = {name: os.environ.get(name) for name in (SERVER_ENV, PYTHON_ENV)}
     os.environ[SERVER_ENV], os.environ[PYTHON_ENV] = str(path), sys.executable

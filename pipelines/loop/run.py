@@ -32,10 +32,10 @@ from components.registry import Registry
 from components.settings import Settings
 from components.store import Store, open_store, write_parquet
 from components.synthetic import churn
-from pipelines.local import run_training
-from pipelines.loop_guards import LoopError, check_reset, check_store_writable, reset_demo, serving_port, single_run
-from pipelines.loop_store import count_logged, versions_of, wait_landed
-from pipelines.loop_traffic import Traffic, wait_for_version
+from pipelines.local.runner import run_training
+from pipelines.loop.guards import LoopError, check_reset, check_store_writable, reset_demo, serving_port, single_run
+from pipelines.loop.store import count_logged, versions_of, wait_landed
+from pipelines.loop.traffic import Traffic, wait_for_version
 from pipelines.triggers import LocalTrigger, champion_spec
 from services.serving import launch
 

@@ -8,7 +8,7 @@ from typing import Any
 from components.registry import Registry
 from components.settings import Settings
 from components.store import Store
-from pipelines.loop_guards import LoopError
+from pipelines.loop.guards import LoopError
 
 
 def wait_landed(store: Store, model: str, kind: str, expected: int, settings: Settings, timeout: float = 60) -> None:

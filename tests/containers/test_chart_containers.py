@@ -43,12 +43,12 @@ from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
+from testkit.models import LOGISTIC, add_version, wine_frame
 from tests.containers.pods import Container, ContainerSpec, podman, wait_ready
-from tests.k8s.k8s_support import find, helm_render, manifests
-from tests.serving.models import LOGISTIC, add_version, wine_frame
+from tests.integration.k8s.k8s_support import find, helm_render, manifests
 
 REPO = Path(__file__).resolve().parents[2]
-NAMESPACE = "flywheel"  # tests/k8s/k8s_support.py renders the release there
+NAMESPACE = "flywheel"  # tests/integration/k8s/k8s_support.py renders the release there
 MODEL = "wine"
 BUCKET = "flywheel"
 STORE = f"s3://{BUCKET}/store"

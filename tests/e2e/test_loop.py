@@ -19,7 +19,7 @@ import pytest
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
-from pipelines.loop import LoopError, LoopSize, Period, check_store_writable, run_loop, serving_port, single_run
+from pipelines.loop.run import LoopError, LoopSize, Period, check_store_writable, run_loop, serving_port, single_run
 
 # the module's loop (two trainings, traffic, passes) is one fixture: its setup gets the whole budget
 pytestmark = pytest.mark.timeout(1500)

@@ -16,8 +16,8 @@ from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
 from components.synthetic import churn
-from pipelines.local import PipelineFailed, run_training
-from tests.serving.models import unscorable_model
+from pipelines.local.runner import PipelineFailed, run_training
+from testkit.models import unscorable_model
 
 
 @pytest.fixture(scope="module")

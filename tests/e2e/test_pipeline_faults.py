@@ -1,6 +1,6 @@
-"""The pipeline and monitor faults (tests/faults/pipeline_faults.py, shared with `make bench`): what was kept.
+"""The pipeline and monitor faults (testkit/pipeline_faults.py, shared with `make bench`): what was kept.
 
-The champion faults run the training pipeline three times; tests/test_pipeline.py proves the
+The champion faults run the training pipeline three times; tests/e2e/test_pipeline.py proves the
 same on its shared world, so only the table runs ``champion_unusable``.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.faults import pipeline_faults as faults
+import testkit.pipeline_faults as faults
 
 
 def test_a_failed_rollout_fails_the_run_and_the_service_keeps_the_previous_version(tmp_path: Path) -> None:

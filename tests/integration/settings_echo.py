@@ -1,6 +1,6 @@
-"""A one-step pipeline whose step writes the settings it sees (tests/test_settings_route.py runs it on kfp.local).
+"""A one-step pipeline whose step writes the settings it sees (tests/integration/test_settings_route.py runs it on kfp.local).
 
-    python -m tests.settings_echo <pipeline_root> <output.json>
+    python -m tests.integration.settings_echo <pipeline_root> <output.json>
 
 It runs in the environment the caller gives it, as the embedded runner's kfp.local process does.
 """

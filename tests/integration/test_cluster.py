@@ -13,7 +13,7 @@ from components.data import DatasetSpec
 from components.settings import ConfigError, load_settings
 from pipelines.cluster import kfp_cron, schedule, submit
 from pipelines.kfp_client import KFPError
-from tests.kfp_api.fake_kfp import FakeKFP
+from tests.integration.kfp_api.fake_kfp import FakeKFP
 
 SPEC = DatasetSpec("s3://flywheel/datasets/demo/", "churned", timestamp="event_time", name="demo")
 

@@ -169,7 +169,7 @@ def test_a_kfp_local_running_more_iterations_at_once_fails_with_one_sentence(mon
 
 
 def test_without_search_packing_the_search_is_one_task_per_family_with_no_thread_limit(tmp_path, monkeypatch) -> None:
-    from pipelines.local import child_environment, model_threads
+    from pipelines.local.runner import child_environment, model_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     packed = load_settings(store=str(tmp_path))
@@ -183,7 +183,7 @@ def test_without_search_packing_the_search_is_one_task_per_family_with_no_thread
 
 def test_a_failed_check_in_kfp_locals_process_is_the_callers_one_sentence(tmp_path, monkeypatch) -> None:
     """kfp.local's process checks first and exits COMPAT_EXIT; the caller repeats the check to say which."""
-    from pipelines.local import run_training
+    from pipelines.local.runner import run_training
 
     data = tmp_path / "data.csv"
     data.write_text("x,y\n1,0\n2,1\n")

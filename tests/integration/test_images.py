@@ -22,7 +22,7 @@ from pipelines import cluster, image_tag
 from pipelines.cli import app
 from pipelines.triggers import KFPTrigger, make_trigger
 from services.monitoring.trigger import RetrainRequest, TriggerError
-from tests.kfp_api.fake_kfp import FakeKFP
+from tests.integration.kfp_api.fake_kfp import FakeKFP
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST = RetrainRequest("test", "20260310T110000Z", "v1", {"start": "2026-03-10T11:00:00+00:00",

@@ -15,8 +15,8 @@ import pytest
 
 from components.settings import Settings, load_settings
 from components.store import Store, open_store
-from pipelines.loop import LoopError, run_loop
-from pipelines.loop_guards import reset_demo
+from pipelines.loop.guards import reset_demo
+from pipelines.loop.run import LoopError, run_loop
 
 KEYS = ("registry/{m}/champion.json", "predictions/{m}/date=2026-03-01/a.parquet", "triggers/{m}/k.json",
         "runs/{m}/r/status.json")

@@ -24,7 +24,7 @@ import yaml
 
 from components.settings import ConfigError, Settings, env_name, load_settings, settings_schema
 from pipelines.settings_routes import ROUTES, check_cluster_compile, configmap_variables
-from tests.k8s.k8s_support import CHART, KUSTOMIZATIONS, NAMESPACE, find, helm_render, kustomize, manifests
+from tests.integration.k8s.k8s_support import CHART, KUSTOMIZATIONS, NAMESPACE, find, helm_render, kustomize, manifests
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,12 +149,12 @@ def test_a_bad_value_is_refused_naming_the_setting():
 # --- the embedded runner: a kfp.local step sees every setting -----------------------------------
 
 def test_a_kfp_local_step_sees_every_setting(tmp_path):
-    from pipelines.local import child_environment
+    from pipelines.local.runner import child_environment
 
     s = every_setting()
     store = str(tmp_path / "store")
     out = tmp_path / "seen.json"
-    proc = subprocess.run([sys.executable, "-m", "tests.settings_echo", str(tmp_path / "root"), str(out)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "tests.integration.settings_echo", str(tmp_path / "root"), str(out)], cwd=REPO,
                           env=child_environment(s, "run-7", store), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(out.read_text())
@@ -334,10 +334,10 @@ def test_the_charts_promotion_floor_guards_the_monitors_retrain_on_the_cluster(s
     from components.registry import Registry
     from components.store import open_store
     from components.synthetic import churn
-    from pipelines.task_server import warm_tasks
+    from pipelines.local.task_server import warm_tasks
     from pipelines.triggers import KFPTrigger
     from services.monitoring.trigger import RetrainRequest
-    from tests.kfp_api.fake_kfp import FakeKFP
+    from tests.integration.kfp_api.fake_kfp import FakeKFP
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_ENDPOINT_URL": s3_endpoint, "AWS_DEFAULT_REGION": "us-east-1"}.items():

@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipelines.task_launcher import SERVER_ENV
-from pipelines.task_server import PRELOAD, single_threaded, warm_tasks
+from pipelines.local.task_launcher import SERVER_ENV
+from pipelines.local.task_server import PRELOAD, single_threaded, warm_tasks
 
 # Not imported by a new interpreter (nor by the launcher): present in a task only if the server preloaded it.
 MARKER = "xml.dom.minidom"
@@ -146,7 +146,7 @@ def _server(launcher_env: dict[str, str]) -> psutil.Process:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for child in psutil.Process().children():
-            if "pipelines.task_server" in child.cmdline() and path in child.cmdline():
+            if "pipelines.local.task_server" in child.cmdline() and path in child.cmdline():
                 return child
         time.sleep(0.05)
     raise AssertionError(f"no task server for {path}")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from components import train
-from pipelines.local import model_threads
+from pipelines.local.runner import model_threads
 
 
 def _imports_after(statement: str) -> set[str]:

@@ -23,11 +23,11 @@ from components.registry import Registry
 from components.runtime import spec_of
 from components.settings import Settings
 from components.store import open_store, read_parquet, write_parquet
-from pipelines.local import run_training
+from pipelines.local.runner import run_training
 from pipelines.triggers import LocalTrigger
 from services.monitoring.monitor import run_pass
-from tests.monitoring.logs import NOW, Served, make_frame, write_logs
-from tests.monitoring.production import log_served, retrain_request, trips
+from testkit.logs import NOW, Served, make_frame, write_logs
+from testkit.production import log_served, retrain_request, trips
 
 
 def test_local_trigger_trains_a_new_version_on_data_plus_feedback(mon_settings: Settings, served: Served) -> None:

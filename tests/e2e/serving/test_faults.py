@@ -1,6 +1,6 @@
 """The serving fault suite: each fault injected into the real server, store and signals; what was kept.
 
-The faults themselves live in tests/faults/harness.py, shared with `make bench`'s faults table.
+The faults themselves live in testkit/faults.py, shared with `make bench`'s faults table.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import harness
+import testkit.faults as harness
 
 pytestmark = pytest.mark.slow
 

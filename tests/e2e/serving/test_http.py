@@ -22,9 +22,9 @@ from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
 from components.model_runtime import records_of
 from components.registry import Registry
 from components.store import LocalStore
-from tests.faults.harness import metric_in
-from tests.serving.conftest import Server, serving_settings
-from tests.serving.models import diabetes_frame, wine_frame
+from testkit.faults import metric_in
+from testkit.models import diabetes_frame, wine_frame
+from testkit.server import Server, serving_settings
 
 WINE_FEATURES = [c for c in wine_frame().columns if c != "target"]
 

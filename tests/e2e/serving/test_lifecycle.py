@@ -12,9 +12,9 @@ import httpx
 
 from components.registry import Registry
 from components.store import LocalStore
-from tests.faults.harness import Traffic, metric, wait_for
-from tests.serving.conftest import serving_settings
-from tests.serving.models import LOGISTIC, add_version, wine_frame
+from testkit.faults import Traffic, metric, wait_for
+from testkit.models import LOGISTIC, add_version, wine_frame
+from testkit.server import serving_settings
 
 HGB = {"family": "hist_gradient_boosting", "params": {"learning_rate": 0.1, "max_leaf_nodes": 31}, "select": False}
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests/k8s: every build and render is produced once per session."""
+"""Fixtures for tests/integration/k8s: every build and render is produced once per session."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ def test_crd_objects_are_off_by_default_and_well_formed_in_production(helm_defau
         "FlywheelServingHighLatencyP99", "FlywheelServingNoTraffic", "FlywheelDataDrift", "FlywheelRetrainFailed",
         "FlywheelMonitorJobFailed", "FlywheelMonitorStale",
     }
-    for r in alerts.values():  # the expressions themselves are checked by promtool in tests/observability
+    for r in alerts.values():  # the expressions themselves are checked by promtool in tests/integration/observability
         assert r["labels"]["severity"] in {"critical", "warning", "info"}
         assert r["annotations"]["summary"]
     # Prometheus templating survives Helm templating.

@@ -21,7 +21,7 @@ from pipelines.cluster import schedule, submit
 from pipelines.kfp_client import KFPError
 from pipelines.triggers import KFPTrigger
 from services.monitoring.trigger import RetrainRequest, TriggerError
-from tests.kfp_api.fake_kfp import FakeKFP
+from tests.integration.kfp_api.fake_kfp import FakeKFP
 
 SPEC = DatasetSpec("s3://flywheel/datasets/demo/", "churned", name="demo")
 REQUEST = RetrainRequest("demo", "20260310T110000Z", "v1", {"start": "2026-03-10T11:00:00+00:00",

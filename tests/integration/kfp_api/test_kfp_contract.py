@@ -19,7 +19,7 @@ from components.settings import Settings
 from pipelines import kfp_client
 from pipelines.triggers import KFPTrigger
 from services.monitoring.trigger import RetrainRequest, TriggerError, claim, records, refresh
-from tests.kfp_api.fake_kfp import FakeKFP
+from tests.integration.kfp_api.fake_kfp import FakeKFP
 
 PACKAGE = b"# PIPELINE DEFINITION\npipelineInfo:\n  name: flywheel-training\n"
 REQUEST = RetrainRequest("test", "20260310T110000Z", "v1", {"start": "2026-03-10T11:00:00+00:00",
@@ -191,7 +191,7 @@ def test_recurring_run_is_created_once(kfp_api: FakeKFP, kfp_settings: Settings,
 
 def _drifted_store(settings: Settings):
     from components.store import open_store
-    from tests.monitoring.logs import NOW, make_frame, serve_version, write_logs
+    from testkit.logs import NOW, make_frame, serve_version, write_logs
 
     store = open_store(settings.store, settings)
     served = serve_version(store, settings.model)
@@ -249,7 +249,7 @@ def test_a_retrain_with_feedback_hands_the_run_the_source_and_its_parts(kfp_api:
 
     from components.store import open_store, read_parquet
     from pipelines.compile import compile_pipeline
-    from tests.monitoring.logs import NOW, make_frame, serve_version, write_logs
+    from testkit.logs import NOW, make_frame, serve_version, write_logs
 
     store = open_store(kfp_settings.store, kfp_settings)
     served = serve_version(store, kfp_settings.model)  # the source is not even there: the step never reads it

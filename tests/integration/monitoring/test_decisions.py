@@ -17,7 +17,7 @@ from services.monitoring import monitor
 from services.monitoring.decision import Outcome
 from services.monitoring.monitor import run_pass
 from services.monitoring.trigger import RetrainRequest, records
-from tests.monitoring.logs import NOW, Served, make_frame, race_passes, write_logs
+from testkit.logs import NOW, Served, make_frame, race_passes, write_logs
 
 WINDOW_START = NOW.replace(minute=0) - dt.timedelta(hours=1)
 

@@ -20,7 +20,7 @@ from components.settings import Settings
 from components.store import open_store
 from services.monitoring.monitor import EXIT_RETRAIN_FAILED
 from services.serving.launch import free_port
-from tests.monitoring.logs import make_frame, serve_version, write_logs
+from testkit.logs import make_frame, serve_version, write_logs
 
 FLYWHEEL = Path(sys.executable).parent / "flywheel"  # the console script the monitor image runs
 

@@ -20,7 +20,7 @@ from services.monitoring import monitor
 from services.monitoring.decision import Outcome
 from services.monitoring.monitor import run_pass
 from services.monitoring.trigger import RetrainRequest, records
-from tests.monitoring.logs import FEATURES, NOW, Served, make_frame, race_passes, serve_version, write_logs
+from testkit.logs import FEATURES, NOW, Served, make_frame, race_passes, serve_version, write_logs
 
 WINDOW_START = NOW.replace(minute=0) - dt.timedelta(hours=1)  # the window a pass at NOW evaluates
 

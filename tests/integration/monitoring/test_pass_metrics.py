@@ -15,8 +15,8 @@ from components.settings import Settings
 from services.monitoring import metrics as monitor_metrics
 from services.monitoring.decision import Outcome
 from services.monitoring.monitor import run_pass, table
-from tests.monitoring.logs import NOW, Served, make_frame, write_logs
-from tests.monitoring.test_pass import WINDOW_START, RecordingTrigger
+from testkit.logs import NOW, Served, make_frame, write_logs
+from tests.integration.monitoring.test_pass import WINDOW_START, RecordingTrigger
 
 
 def _summary(served: Served, s) -> dict:

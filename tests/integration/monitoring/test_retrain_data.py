@@ -28,7 +28,7 @@ from components.split import split
 from components.store import Store, open_store, read_parquet, write_parquet
 from pipelines.triggers import retrain_spec
 from services.monitoring import feedback
-from tests.monitoring.production import TEXT, log_served, register_champion, retrain_request, trips
+from testkit.production import TEXT, log_served, register_champion, retrain_request, trips
 
 BASE = "datasets/trips/trips.csv"
 BASE_ROWS = 1200

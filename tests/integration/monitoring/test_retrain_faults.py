@@ -19,9 +19,9 @@ from components.registry import Registry
 from components.settings import Settings
 from components.store import Store, open_store
 from pipelines.triggers import KFPTrigger, LocalTrigger
-from tests.kfp_api.fake_kfp import FakeKFP
-from tests.monitoring.production import log_served, register_champion, retrain_request, trips
-from tests.monitoring.test_retrain_data import BASE
+from testkit.production import log_served, register_champion, retrain_request, trips
+from tests.integration.kfp_api.fake_kfp import FakeKFP
+from tests.integration.monitoring.test_retrain_data import BASE
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_a_pass_records_the_failed_retrain_and_does_not_raise(mon_settings: Sett
     from components.data import DatasetSpec
     from components.store import write_parquet
     from services.monitoring.monitor import run_pass
-    from tests.monitoring.logs import NOW, make_frame, write_logs
+    from testkit.logs import NOW, make_frame, write_logs
 
     write_parquet(served.store, "datasets/test/train.parquet", make_frame(2000, seed=41))
     write_logs(served, make_frame(3000, seed=42, shift=0.5), NOW.replace(minute=0) - dt.timedelta(hours=1), 60,

@@ -1,6 +1,6 @@
 """What the observability tests read from the chart: alerting rules, dashboard queries, metric names.
 
-The rules come from the PrometheusRule rendered by the real Helm engine (as tests/k8s does);
+The rules come from the PrometheusRule rendered by the real Helm engine (as tests/integration/k8s does);
 the dashboard queries from the dashboard JSON the chart ships, with Grafana's variables
 replaced by values so that Prometheus's own parser (promtool) can read them.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.k8s.k8s_support import CHART, HELM_VALUE_SETS, find, helm_render, manifests, values_file
+from tests.integration.k8s.k8s_support import CHART, HELM_VALUE_SETS, find, helm_render, manifests, values_file
 
 # Series the chart reads from kube-state-metrics, not from Flywheel: they are checked for
 # parsing, not against the live service or the Pushgateway.
@@ -38,7 +38,7 @@ def binary(name: str, package: str) -> str:
 
 def rule_groups(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The rule groups of the PrometheusRule rendered with the production values (plus ``values``)."""
-    from tests.k8s.k8s_support import merge
+    from tests.integration.k8s.k8s_support import merge
 
     base = values_file(HELM_VALUE_SETS["helm-production"])
     docs = manifests(helm_render(merge(base, values or {})))

@@ -30,8 +30,10 @@ from components.registry import Registry
 from components.store import LocalStore
 from services.monitoring import metrics as monitor_metrics
 from services.monitoring.monitor import run_pass
-from tests.observability.live import Pushgateway, sample_names, samples, series_key
-from tests.observability.promql import (
+from testkit.models import LOGISTIC, add_version, wine_frame
+from testkit.server import Server, serving_settings
+from tests.integration.observability.live import Pushgateway, sample_names, samples, series_key
+from tests.integration.observability.promql import (
     KUBE_STATE_METRICS,
     alerts,
     binary,
@@ -39,8 +41,6 @@ from tests.observability.promql import (
     metric_names,
     rule_groups,
 )
-from tests.serving.conftest import Server, serving_settings
-from tests.serving.models import LOGISTIC, add_version, wine_frame
 
 MODEL = "wine"
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")

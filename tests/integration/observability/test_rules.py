@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.observability.promql import (
+from tests.integration.observability.promql import (
     alerts,
     binary,
     check_rules,

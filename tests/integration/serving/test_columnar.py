@@ -28,9 +28,9 @@ from components.formats import ARROW, PARQUET
 from components.registry import Registry
 from components.store import LocalStore
 from components.validation import Validator
-from tests.faults.harness import metric_in
-from tests.serving.conftest import Server, serving_settings
-from tests.serving.models import LOGISTIC, add_version, shop_frame
+from testkit.faults import metric_in
+from testkit.models import LOGISTIC, add_version, shop_frame
+from testkit.server import Server, serving_settings
 
 SPEC = DatasetSpec("memory", "returned", timestamp="ordered_at")
 FORMATS = ["json", "arrow", "parquet"]

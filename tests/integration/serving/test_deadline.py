@@ -1,6 +1,6 @@
 """The request deadline that stands in for BentoML's TimeoutMiddleware (services/serving/deadline.py).
 
-That BentoML builds it, and the switch that leaves BentoML's own: tests/test_compat.py and tests/test_import_effects.py.
+That BentoML builds it, and the switch that leaves BentoML's own: tests/integration/test_compat.py and tests/integration/test_import_effects.py.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def test_with_the_fix_switched_off_the_service_serves_with_bentomls_own_timeout(
     import httpx
 
     from components.model_runtime import records_of
-    from tests.serving.conftest import serving_settings
-    from tests.serving.models import wine_frame
+    from testkit.models import wine_frame
+    from testkit.server import serving_settings
 
     server = start_server(serving_settings(serving_store, "wine", tmp_path), FLYWHEEL_SERVING_DEADLINE_FIX="false")
     records = records_of(wine_frame().drop(columns="target").head(1))

@@ -19,7 +19,7 @@ from components.deploy import DeployError, Rollout, RolloutFailed, deploy
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import LocalStore
-from tests.serving.models import two_regressor_versions
+from testkit.models import two_regressor_versions
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_the_deploy_step_and_the_server_give_one_verdict(tmp_path: Path, task, r
     import warnings
 
     from components.model_runtime import ModelRefused, load_version
-    from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
+    from testkit.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
 
     settings = load_settings(store=str(tmp_path / "store"), model="m", spill_dir=str(tmp_path / "spill"))
     registry = Registry(LocalStore(tmp_path / "store"), "m")

@@ -14,7 +14,7 @@ from components.predict import predict_batch
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import LocalStore
-from tests.serving.models import wine_frame
+from testkit.models import wine_frame
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_flywheel_predict_scores_booleans_nulls_and_extra_columns(tmp_path: Path
     import warnings
 
     from components.data import DatasetSpec
-    from tests.serving.models import LOGISTIC, add_version, shop_frame
+    from testkit.models import LOGISTIC, add_version, shop_frame
 
     store = tmp_path / "store"
     with warnings.catch_warnings():

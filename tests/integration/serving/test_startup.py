@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from services.serving.launch import free_port, wait_until_ok
-from tests.serving.conftest import READY_TIMEOUT
+from testkit.server import READY_TIMEOUT
 
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
 # Well inside the chart's startup probe (24 x 5 s): the issue saw the server stay up until it.

@@ -15,8 +15,8 @@ from components.data import REQUEST_ID
 from components.model_runtime import records_of
 from components.registry import Registry
 from components.store import LocalStore
-from tests.serving.conftest import serving_settings
-from tests.serving.models import LOGISTIC, add_version, wine_frame
+from testkit.models import LOGISTIC, add_version, wine_frame
+from testkit.server import serving_settings
 
 
 @pytest.fixture

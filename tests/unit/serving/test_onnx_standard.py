@@ -17,7 +17,7 @@ from components.data import DatasetSpec, infer_schema
 from components.onnx_export import export_onnx, onnx_feed, standard_ops
 from components.split import split
 from components.train import make_model
-from tests.serving.models import LINEAR
+from testkit.models import LINEAR
 
 
 def _frame(n: int = 600, seed: int = 0) -> pd.DataFrame:

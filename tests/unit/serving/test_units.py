@@ -18,7 +18,7 @@ from components.registry import Registry
 from components.store import LocalStore, StoreError
 from components.validation import InvalidInput, Validator
 from services.serving.holder import ModelHolder
-from tests.serving.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
+from testkit.models import LINEAR, LOGISTIC, add_version, diabetes_frame, wine_frame
 
 
 @pytest.fixture(scope="module")
