@@ -266,10 +266,10 @@ def test_flywheel_monitor_checks_evidently_at_start_up(tmp_path) -> None:
             "from pipelines.cli import main; sys.argv = ['flywheel', 'monitor']; main()")
     env = {"PATH": "", "FLYWHEEL_STORE": str(tmp_path / "store"), "FLYWHEEL_EVIDENTLY_WORKSPACE": ""}
     broken = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[2])
     assert broken.returncode == 1, broken.stderr[-2000:]
     assert "error: Evidently" in broken.stderr and "set FLYWHEEL_REPORT_CHI2_HOMOGENEITY=false" in broken.stderr
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**env, "FLYWHEEL_REPORT_CHI2_HOMOGENEITY": "false"}, cwd=Path(__file__).resolve().parents[1])
+                         env={**env, "FLYWHEEL_REPORT_CHI2_HOMOGENEITY": "false"}, cwd=Path(__file__).resolve().parents[2])
     assert off.returncode == 0 and "Evidently" not in off.stderr, off.stderr[-2000:]
     assert "model demo has no champion yet" in off.stdout  # the pass ran (and says there is nothing to monitor)

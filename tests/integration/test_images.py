@@ -24,7 +24,7 @@ from pipelines.triggers import KFPTrigger, make_trigger
 from services.monitoring.trigger import RetrainRequest, TriggerError
 from tests.integration.kfp_api.fake_kfp import FakeKFP
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REQUEST = RetrainRequest("test", "20260310T110000Z", "v1", {"start": "2026-03-10T11:00:00+00:00",
                          "end": "2026-03-10T12:00:00+00:00", "key": "w"}, "drift", "test-retrain-20260310t110000z")
 SPEC = DatasetSpec(source="datasets/test/data.parquet", target="y", name="test")

@@ -26,7 +26,7 @@ from components.settings import ConfigError, Settings, env_name, load_settings, 
 from pipelines.settings_routes import ROUTES, check_cluster_compile, configmap_variables
 from tests.integration.k8s.k8s_support import CHART, KUSTOMIZATIONS, NAMESPACE, find, helm_render, kustomize, manifests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Every setting, each given a value other than its default (valid together, and for the chart).
 NON_DEFAULT: dict[str, Any] = {
