@@ -26,7 +26,7 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 
 env: $(VENV)/.synced  ## Create .venv from uv.lock
 
-# promtool and the Pushgateway for tests/observability (Debian packages); installed only when missing.
+# promtool and the Pushgateway for tests/integration/observability (Debian packages); installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-tools:  ## Install promtool (prometheus) and prometheus-pushgateway when missing (apt-get)
 	@if command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null; then \
@@ -62,7 +62,7 @@ compile: env  ## KFP IR YAML of the training pipeline
 	$(FLYWHEEL) compile --output dist/flywheel-training.yaml
 
 lint: env  ## ruff
-	$(VENV)/bin/ruff check components pipelines services tests
+	$(VENV)/bin/ruff check components pipelines services tests testkit benchmarks
 
 monitor: env  ## One monitoring pass (drift, quality, report, retrain decision)
 	$(FLYWHEEL) monitor

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.serving_sides import compact_env, matched_env, server_settings, side_settings, start_service
-from components.predict import records_of
+from components.model_runtime import records_of
 
 ROWS = 100_000
 REPEATS = int(os.environ.get("BENCH_COLUMNAR_REPEATS", "5"))  # raw predict timings
@@ -174,7 +174,7 @@ import json, os, sys, time
 import pandas as pd
 from components.registry import Registry
 from components.store import LocalStore
-from services.serving.model import load_version
+from components.model_runtime import load_version
 
 store, model, records_file, repeats, prefer_onnx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 registry = Registry(LocalStore(store), model)

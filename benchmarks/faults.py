@@ -1,7 +1,7 @@
-"""Fault benchmark: every fault of tests/faults/harness.py on the real parts, as the "faults" table.
+"""Fault benchmark: every fault of testkit/faults.py on the real parts, as the "faults" table.
 
 For each fault: records served, records in the store, duplicates, and the outcome. The same
-functions are the fault tests (tests/serving/test_faults.py), so the table and the tests
+functions are the fault tests (tests/e2e/serving/test_faults.py), so the table and the tests
 cannot disagree. BENCH_FAULTS=sigterm,sigkill,... picks some (the functions' names).
 Run alone with ``python -m benchmarks.faults [out.json]``.
 """
@@ -20,8 +20,8 @@ COLUMNS = ("fault", "served", "stored", "duplicates", "outcome", "target")
 
 def main(out: str | None = None) -> dict[str, Any]:
     """Run the faults; returns {"faults": [row, ...], "all_ok": bool} and writes it to ``out``."""
-    import tests.faults.pipeline_faults  # noqa: F401 - registers the pipeline and monitor faults
-    from tests.faults.harness import run_all
+    import testkit.pipeline_faults  # noqa: F401 - registers the pipeline and monitor faults
+    from testkit.faults import run_all
 
     only = set(filter(None, os.environ.get("BENCH_FAULTS", "").split(",")))
     with tempfile.TemporaryDirectory(prefix="flywheel-faults-") as tmp:

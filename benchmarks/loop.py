@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from components.settings import load_settings
-from pipelines.loop import LoopSize, Period, run_loop
+from pipelines.loop.run import LoopSize, Period, run_loop
 
 
 def main(out_json: str | None = None) -> dict:

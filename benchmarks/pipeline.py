@@ -40,7 +40,7 @@ from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
 from components.synthetic import churn
-from pipelines.local import LOCAL_PARALLEL_TASKS, model_threads, run_training
+from pipelines.local.runner import LOCAL_PARALLEL_TASKS, model_threads, run_training
 
 ROWS = int(os.environ.get("BENCH_PIPELINE_ROWS", "100000"))
 FIRST_ROWS = 1000
@@ -134,7 +134,7 @@ def big_run(rows: int, work: Path) -> dict:
     """The 1M-row pipeline in a child process, so its peak memory can be read afterwards."""
     code = (
         "import sys, json, time; from pathlib import Path; from benchmarks.pipeline import dataset;"
-        "from components.settings import load_settings; from pipelines.local import model_threads, run_training;"
+        "from components.settings import load_settings; from pipelines.local.runner import model_threads, run_training;"
         f"w=Path({str(work)!r}); spec=dataset({rows}, w);"
         "s=load_settings(store=str(w/'big-store'), pipeline_root=str(w/'big-root'), model='big', max_train_rows=100000);"
         "t=time.perf_counter(); r=run_training(spec, s); print(json.dumps({'seconds': time.perf_counter()-t, 'version': r['version']}))"

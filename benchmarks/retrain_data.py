@@ -60,7 +60,7 @@ def _world(root: Path, rows: int) -> dict:
     from components.store import open_store
     from components.synthetic import churn
     from services.monitoring.feedback import part_key
-    from tests.monitoring.production import log_served, register_champion
+    from testkit.production import log_served, register_champion
 
     settings = load_settings(store=str(root / "store"), model="bench")
     store = open_store(settings.store, settings)

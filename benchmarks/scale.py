@@ -65,7 +65,7 @@ def _name(pid: int, root: int) -> str:
     args = [a.decode(errors="replace") for a in argv]
     if "--function_to_execute" in args:
         return f"task {args[args.index('--function_to_execute') + 1]}"
-    if "pipelines.kfp_local" in args:
+    if "pipelines.local.kfp_local" in args:
         return "kfp.local runner"
     return Path(args[0]).name if args and args[0] else "?"
 
@@ -134,7 +134,7 @@ def train_once(data: str, work: Path, env: dict[str, str], extra: list[str] | No
 
 
 def _env(work: Path, store: str, **extra: str) -> dict[str, str]:
-    from pipelines.local import model_threads
+    from pipelines.local.runner import model_threads
 
     return {**os.environ, "FLYWHEEL_STORE": store, "FLYWHEEL_PIPELINE_ROOT": str(work / "root"),
             "FLYWHEEL_MODEL": "scale", "FLYWHEEL_WARM_TASKS": "false", "PYTHONPATH": str(ROOT),

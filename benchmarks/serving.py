@@ -44,7 +44,6 @@ from benchmarks.serving_sides import (
     MALLOC_PAD,
     MODEL_SIDES,
     SHAPES,
-    Running,
     compact_env,
     make_model,
     mismatches,
@@ -53,6 +52,7 @@ from benchmarks.serving_sides import (
     start_ceiling,
     start_sides,
 )
+from services.serving.launch import ServerProcess
 
 CONCURRENCY = (1, 8, 32)
 CEILING_FACTOR = 3.0
@@ -124,7 +124,7 @@ def wrk(url: str, bodies_file: Path, script: Path, seconds: float, concurrency: 
 
 # --- the run ----------------------------------------------------------------------------------
 
-def _measure(srv: Running, bodies_file: Path, script: Path, seconds: float, warmup: float,
+def _measure(srv: ServerProcess, bodies_file: Path, script: Path, seconds: float, warmup: float,
              concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in concurrency:
@@ -133,7 +133,7 @@ def _measure(srv: Running, bodies_file: Path, script: Path, seconds: float, warm
     return out
 
 
-def _measure_c1_interleaved(servers: dict[str, Running], bodies_file: Path, script: Path, seconds: float,
+def _measure_c1_interleaved(servers: dict[str, ServerProcess], bodies_file: Path, script: Path, seconds: float,
                             warmup: float, repeats: int) -> dict[str, dict[str, Any]]:
     """c=1 for each server, ``repeats`` runs taken in turns (A, B, A, B, ...); each server's median-p50 run.
 

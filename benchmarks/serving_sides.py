@@ -18,7 +18,7 @@ psutil), not from these constants.
 
 ``python -m benchmarks.serving_sides SHAPE [WORKERS]`` trains the shape's model, starts every side
 exactly as ``make bench`` does, prints one JSON line (each side's pid, port and url) once all are
-ready, and stops them when its stdin closes: tests/test_bench_matched.py reads the processes of that
+ready, and stops them when its stdin closes: benchmarks/tests/test_matched.py reads the processes of that
 run (benchmarks and tests do not import each other).
 """
 
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -37,7 +35,8 @@ from typing import Any
 import httpx
 import psutil  # a dependency of bentoml
 
-from pipelines.loop_guards import free_port
+from components.settings import MODEL_THREAD_ENV
+from services.serving.launch import ServerProcess, free_port
 
 SHAPES = ("linear", "trees")
 BASELINES = ("fastapi_logged", "fastapi_plain")
@@ -113,7 +112,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from components.registry import Registry
 from components.store import LocalStore
-from services.serving.model import load_version
+from components.model_runtime import load_version
 
 CONFIG = json.loads(Path(__file__).with_suffix(".json").read_text())
 registry = Registry(LocalStore(CONFIG["store"]), CONFIG["model"])
@@ -244,41 +243,6 @@ async def app(scope, receive, send):
 
 # --- running servers ----------------------------------------------------------------------------
 
-class Running:
-    """A server process in its own process group, with its log file."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, log: Any) -> None:
-        self.proc, self.url, self.log = proc, url, log
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def wait_ready(self, path: str, probe: bytes | None = None, timeout: float = 180) -> Running:
-        from services.serving.launch import wait_until_ok
-
-        def post() -> httpx.Response:
-            return httpx.post(self.url + path, content=probe, headers={"content-type": "application/json"}, timeout=5)
-
-        problem = wait_until_ok(self.proc, self.url + path, timeout, request=post if probe is not None else None)
-        if problem is None:
-            return self
-        self.log.flush()
-        tail = Path(self.log.name).read_text(errors="replace")[-2000:]
-        self.stop()
-        raise RuntimeError(f"{self.url}{path}: server {problem}: {tail}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
 def server_settings(tmp: Path, store: Path, model: str, workers: int | None, prediction_log: bool = True) -> Any:
     """The service's settings for ``model`` in ``store``: its own spill directory under ``tmp``."""
     from components.settings import load_settings
@@ -287,17 +251,13 @@ def server_settings(tmp: Path, store: Path, model: str, workers: int | None, pre
                          prediction_log=prediction_log, serving_workers=workers)
 
 
-def start_service(tmp: Path, store: Path, model: str, workers: int, prediction_log: bool = True) -> Running:
+def start_service(tmp: Path, store: Path, model: str, workers: int, prediction_log: bool = True) -> ServerProcess:
     """``flywheel serve``'s command for ``model`` with ``workers`` workers, once ready."""
     from services.serving import launch
 
-    cmd, env = launch.serve_command(server_settings(tmp, store, model, workers, prediction_log), free_port(None))
-    port = int(cmd[cmd.index("--port") + 1])
-    env["BENTOML_HOME"] = str(tmp / "bentoml-home")
-    log = open(tmp / f"service-{model}-{prediction_log}.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=launch.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    return Running(proc, f"http://127.0.0.1:{port}", log).wait_ready("/readyz")
+    return launch.start(server_settings(tmp, store, model, workers, prediction_log), free_port(),
+                        env={"BENTOML_HOME": str(tmp / "bentoml-home")},
+                        log_path=tmp / f"service-{model}-{prediction_log}.log").wait_ready("/readyz")
 
 
 def matched_env(settings: Any) -> dict[str, str]:
@@ -305,27 +265,24 @@ def matched_env(settings: Any) -> dict[str, str]:
     from services.serving import launch
 
     _, env = launch.serve_command(settings)
-    return {name: env[name] for name in (*launch.MODEL_THREAD_ENV, MALLOC_PAD)}
+    return {name: env[name] for name in (*MODEL_THREAD_ENV, MALLOC_PAD)}
 
 
 def start_uvicorn(tmp: Path, name: str, source: str, workers: int, env: dict[str, str],
-                  config: dict[str, Any] | None = None) -> Running:
+                  config: dict[str, Any] | None = None) -> ServerProcess:
     """``source`` as module ``name`` under ``uvicorn --workers workers`` (no access log), with ``env`` added."""
     from services.serving.launch import PROJECT_ROOT
 
     (tmp / f"{name}.py").write_text(source)
     (tmp / f"{name}.json").write_text(json.dumps(config or {}))
-    port = free_port(None)
-    log = open(tmp / f"{name}.log", "ab")
+    port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", f"{name}:app", "--app-dir", str(tmp), "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **env, "PYTHONPATH": pythonpath})
-    return Running(proc, f"http://127.0.0.1:{port}", log)
+    return ServerProcess(cmd, {**os.environ, **env, "PYTHONPATH": pythonpath}, port, tmp / f"{name}.log").start()
 
 
-def start_sides(tmp: Path, store: Path, shape: str, workers: int, probe: str) -> dict[str, Running]:
+def start_sides(tmp: Path, store: Path, shape: str, workers: int, probe: str) -> dict[str, ServerProcess]:
     """The service and both FastAPI baselines of one shape, each with ``workers`` processes, all ready.
 
     ``probe`` (a request body) must get a 200 from each baseline before it counts as ready.
@@ -334,12 +291,12 @@ def start_sides(tmp: Path, store: Path, shape: str, workers: int, probe: str) ->
     env = matched_env(settings)
     config = {"store": str(store), "model": settings.model, "prefer_onnx": settings.serving_runtime != "sklearn",
               "flush_rows": settings.log_flush_rows, "flush_seconds": settings.log_flush_seconds}
-    sides: dict[str, Running] = {}
+    sides: dict[str, ServerProcess] = {}
     try:
         sides["service"] = start_service(tmp, store, settings.model, workers)
         for name, source in (("fastapi_logged", FASTAPI_LOGGED), ("fastapi_plain", FASTAPI_PLAIN)):
             sides[name] = start_uvicorn(tmp, f"{name}_{shape}", source, workers, env, config)
-            sides[name].wait_ready("/predict", probe.encode())
+            sides[name].wait_ready("/predict", probe=probe.encode())
     except BaseException:
         for srv in sides.values():
             srv.stop()
@@ -347,9 +304,9 @@ def start_sides(tmp: Path, store: Path, shape: str, workers: int, probe: str) ->
     return sides
 
 
-def start_ceiling(tmp: Path, workers: int, settings: Any) -> Running:
+def start_ceiling(tmp: Path, workers: int, settings: Any) -> ServerProcess:
     """The constant-answer server, with the same workers and environment as the model servers."""
-    return start_uvicorn(tmp, "constant_app", CONSTANT_APP, workers, matched_env(settings)).wait_ready("/", b"{}")
+    return start_uvicorn(tmp, "constant_app", CONSTANT_APP, workers, matched_env(settings)).wait_ready("/", probe=b"{}")
 
 
 # --- what each side runs with, read from its processes -------------------------------------------
@@ -367,9 +324,8 @@ def serving_processes(pid: int, port: int) -> list[psutil.Process]:
     return [p for p in listening.values() if p.pid not in parents]
 
 
-def side_settings(srv: Running, runtime: str | None = None) -> dict[str, Any]:
+def side_settings(srv: ServerProcess, runtime: str | None = None) -> dict[str, Any]:
     """Worker count, and the thread caps and heap pad of every worker, as its processes show them."""
-    from services.serving.launch import MODEL_THREAD_ENV
 
     workers = serving_processes(srv.proc.pid, srv.port)
     envs = [w.environ() for w in workers]
@@ -378,7 +334,7 @@ def side_settings(srv: Running, runtime: str | None = None) -> dict[str, Any]:
             "runtime": runtime}
 
 
-def runtime_of(name: str, srv: Running, probe: str) -> str:
+def runtime_of(name: str, srv: ServerProcess, probe: str) -> str:
     """The runtime a model side answers with: the service says it per prediction, the baselines on /runtime."""
     if name == "service":
         answer = httpx.post(srv.url + "/predict", content=probe, headers={"content-type": "application/json"}, timeout=30)
@@ -388,7 +344,6 @@ def runtime_of(name: str, srv: Running, probe: str) -> str:
 
 def compact_env(env: dict[str, str | None]) -> dict[str, str]:
     """The thread caps (one value when the three agree) and the heap pad in MiB, for a settings line."""
-    from services.serving.launch import MODEL_THREAD_ENV
 
     pad = env.get(MALLOC_PAD) or "unset"
     return {"threads": "/".join(dict.fromkeys(str(env.get(v)) for v in MODEL_THREAD_ENV)),

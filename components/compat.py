@@ -8,16 +8,16 @@ not, ``CompatError`` says in one sentence which library and version broke it and
 runs Flywheel without it. An upgrade of kfp, BentoML, Evidently or Python then stops the
 process that relies on it at start-up, instead of quietly running differently.
 
-    seam                      relies on                                          used by                        switch
-    request deadline          BentoML builds its timeout middleware from          services/serving/worker.py    serving_deadline_fix
+    seam                      relies on                                          used by                          switch
+    request deadline          BentoML builds its timeout middleware from          services/serving/worker.py       serving_deadline_fix
                               bentoml._internal.server.http.traffic.TimeoutMiddleware
-    kfp.local's python        kfp.local's SubprocessRunner starts each task as    pipelines/kfp_local.py        warm_tasks
+    kfp.local's python        kfp.local's SubprocessRunner starts each task as    pipelines/local/kfp_local.py     warm_tasks
                               ``sys.executable`` (the warm launcher, swapped in)
-    task server               os.pidfd_open, socket.send_fds/recv_fds,            pipelines/task_server.py      warm_tasks
+    task server               os.pidfd_open, socket.send_fds/recv_fds,            pipelines/local/task_server.py   warm_tasks
                               atexit._run_exitfuncs, /proc/self/task
-    local search packing      kfp.local runs at most 2 ParallelFor iterations      pipelines/local.py            local_search_packing
+    local search packing      kfp.local runs at most 2 ParallelFor iterations      pipelines/local/runner.py        local_search_packing
                               at once (its ParallelExecutor's cap, copied here)
-    report stat test          Evidently's stat-test registry (evidently.legacy)   services/monitoring/report.py  report_chi2_homogeneity
+    report stat test          Evidently's stat-test registry (evidently.legacy)   services/monitoring/report.py    report_chi2_homogeneity
 
 Importing this module imports none of those libraries: each check imports its own when it runs.
 """
@@ -197,7 +197,7 @@ def _kfp_local_python() -> None:
 def check_local_runner(warm_tasks: bool, search_packing: bool) -> None:
     """CompatError unless what the embedded runner relies on with these settings is in place.
 
-    Runs where kfp.local runs (pipelines/kfp_local.py), which imports kfp anyway.
+    Runs where kfp.local runs (pipelines/local/kfp_local.py), which imports kfp anyway.
     """
     if warm_tasks:
         check_kfp_local_python()
@@ -209,7 +209,7 @@ def check_local_runner(warm_tasks: bool, search_packing: bool) -> None:
 # --- Python: what the fork server uses ---------------------------------------------------------
 
 def check_task_server() -> None:
-    """CompatError unless this interpreter and kernel have what ``pipelines/task_server.py`` uses."""
+    """CompatError unless this interpreter and kernel have what ``pipelines/local/task_server.py`` uses."""
     TASK_SERVER.require(_task_server)
 
 

@@ -1,9 +1,10 @@
 """Deploy: roll the champion out after a promotion.
 
 Embedded (no cluster): the champion pointer is the rollout; the local server follows it and
-swaps with no downtime. The step checks the version the way the server accepts one (it
-loads and reproduces the predictions recorded at registration); a version that fails is
-rolled back (the pointer returns to the previous champion, which the server keeps serving).
+swaps with no downtime. The step checks the version with the server's own rule
+(``components.model_runtime.serving_problem``: it loads the runtime the server would serve and
+reproduces the predictions recorded at registration); a version that fails is rolled back (the
+pointer returns to the previous champion, which the server keeps serving).
 
 Cluster: the version a serving pod loads is its own ``flywheel.io/model-version`` annotation:
 the chart's ``MODEL_VERSION`` comes from it through the downward API (absent: follow the
@@ -28,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from components.model_runtime import prefers_onnx, serving_problem
 from components.registry import Registry, RegistryError
 from components.settings import Settings
 from components.store import open_store
@@ -95,7 +97,7 @@ def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", 
         if champion is None or champion.version != version:
             raise DeployError(f"embedded serving follows the champion pointer, which names "
                               f"{champion.version if champion else 'no version'}, not {version}; promote {version} first")
-        problem = smoke_check(registry, version)
+        problem = serving_problem(registry, version, prefers_onnx(settings))
         if problem is None:
             return Rollout("embedded", version, champion.previous, True,
                            reason="the local server follows the champion pointer and swaps to it in the background")
@@ -110,29 +112,6 @@ def deploy(settings: Settings, version: str | None = None, mode: Mode = "auto", 
     timeout = settings.deploy_timeout_seconds if timeout_seconds is None else timeout_seconds
     return rollout(client, settings.serving_namespace, settings.serving_deployment, version, timeout,
                    poll_seconds, registry=registry)
-
-
-def smoke_check(registry: Registry, version: str, rows: int = 32) -> str | None:
-    """Why ``version`` cannot serve (it does not load, or does not reproduce the predictions
-    recorded with its reference rows at registration), or None when it can."""
-    import io
-
-    import numpy as np
-    import pandas as pd
-
-    from components.data import PREDICTION
-
-    try:
-        schema = registry.schema(version)
-        model = registry.load_model(version)
-        reference = pd.read_parquet(io.BytesIO(registry.read(version, "reference.parquet"))).head(rows)
-        got = np.asarray(model.predict(reference[schema.feature_names]))
-    except Exception as exc:  # noqa: BLE001 - a corrupt pickle raises anything
-        return f"{type(exc).__name__}: {exc}"
-    want = reference[PREDICTION].to_numpy()
-    same = (np.allclose(got.astype(float), want.astype(float), rtol=1e-6, atol=1e-9) if schema.task == "regression"
-            else bool((got.astype(str) == want.astype(str)).all()))
-    return None if same else "its predictions on the reference rows differ from those recorded at registration"
 
 
 def kube_client(kubeconfig: str | None = None) -> Any:

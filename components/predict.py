@@ -1,4 +1,4 @@
-"""Predict: scoring a frame with a version's model, and batch scoring of whole files.
+"""Predict: batch scoring of whole files with a version's model (the runtime: components/model_runtime.py).
 
 Records are validated by ``components.validation`` (the same columnar validator the HTTP
 service uses), so a record the service refuses is a row the batch job reports, for the
@@ -14,33 +14,8 @@ import numpy as np
 import pandas as pd
 
 from components.data import PREDICTION, DataError, Schema
+from components.model_runtime import score_frame
 from components.validation import Validator
-
-# --- scoring ----------------------------------------------------------------------------------
-
-def score_frame(model: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions (and class probabilities) of a scikit-learn pipeline; preprocessing runs once."""
-    steps = getattr(model, "steps", None)
-    x = model[:-1].transform(frame) if steps and len(steps) > 1 else frame
-    est = steps[-1][1] if steps else model
-    if task == "classification" and hasattr(est, "predict_proba") and hasattr(est, "classes_"):
-        # the label is the most probable class: one pass over the estimator instead of two
-        proba = est.predict_proba(x)
-        return np.asarray(est.classes_)[proba.argmax(axis=1)], proba
-    return np.asarray(est.predict(x)), None
-
-
-def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of a frame as JSON-like records (missing as None, dates as ISO strings)."""
-    out = frame.copy()
-    for col in out.columns:
-        if pd.api.types.is_datetime64_any_dtype(out[col]):
-            out[col] = out[col].map(lambda t: None if pd.isna(t) else t.isoformat())
-    out = out.astype(object).where(out.notna(), None)
-    return out.to_dict("records")
-
-
-# --- batch prediction ---------------------------------------------------------------------------
 
 BATCH_ROWS = 50_000
 ROW = "_row"

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
                                          "them) are removed until it holds at most this many GiB; the newest run is "
                                          "always kept. 0: keep everything.")
     warm_tasks: bool = Field(True, description="Embedded runner: fork each kfp.local task from a task server that has "
-                                               "kfp, pandas and scikit-learn imported (pipelines/task_server.py; relies on "
+                                               "kfp, pandas and scikit-learn imported (pipelines/local/task_server.py; relies on "
                                                "kfp.local and Python internals, checked at start-up); false: a new "
                                                "interpreter per task.")
     local_search_packing: bool = Field(True, description="Embedded runner: pack the search into as many tasks as "
@@ -254,6 +254,10 @@ def env_name(field: str) -> str:
 
 
 CONFIG_VARIABLE = "FLYWHEEL_CONFIG"
+# The compute-thread caps (OpenMP, OpenBLAS, MKL) a child process is given: the embedded runner's
+# tasks (pipelines/local/runner.py) and the service's workers (services/serving/launch.py). Not settings:
+# the libraries read them themselves when they start.
+MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _VARIABLES = frozenset({CONFIG_VARIABLE, *(name for field in Settings.model_fields for name in env_names(field))})
 # The environment the settings sources read: os.environ, or the mapping Settings.from_env was given.
 _ENV: ContextVar[Mapping[str, str] | None] = ContextVar("flywheel_settings_env", default=None)

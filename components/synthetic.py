@@ -80,11 +80,3 @@ def churn(
     frame["churned"] = churned
     return frame
 
-
-def numeric_window(n: int, columns: int = 20, seed: int = 0, shift: float = 0.0, shifted: int = 0) -> pd.DataFrame:
-    """``n`` rows of standard-normal features; the first ``shifted`` columns moved by ``shift`` SD."""
-    rng = np.random.default_rng(seed)
-    data = rng.standard_normal((n, columns)).astype("float64")
-    if shifted:
-        data[:, :shifted] += shift
-    return pd.DataFrame(data, columns=[f"f{i:02d}" for i in range(columns)])

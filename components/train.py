@@ -219,7 +219,7 @@ def make_model(schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline
     return build(schema, est, candidate.get("select", False), seed)
 
 
-def _cv(schema: Schema, n: int, folds: int, seed: int) -> Any:
+def _cv(schema: Schema, folds: int, seed: int) -> Any:
     from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 
     if schema.timestamp:
@@ -256,7 +256,7 @@ def score_candidate(
     X, y = xy(rows, schema)
     start = time.perf_counter()
     model, scorer, scores = make_model(schema, candidate, seed), get_scorer(PRIMARY[schema.task]), []
-    for fit_rows, test_rows in _cv(schema, len(rows), folds, seed).split(X, y):
+    for fit_rows, test_rows in _cv(schema, folds, seed).split(X, y):
         fitted = clone(model).fit(X.iloc[fit_rows], y.iloc[fit_rows])
         scores.append(float(scorer(fitted, X.iloc[test_rows], y.iloc[test_rows])))
         if after_fold:

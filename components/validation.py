@@ -137,23 +137,6 @@ class Validator:
         }
         self._category_sets = {name: frozenset(cats.tolist()) for name, cats in self._categories.items()}
 
-    def json_schema(self) -> dict[str, Any]:
-        """The record as JSON schema (with the training ranges and categories as hints)."""
-        props = {}
-        for c in self.schema.features:
-            p: dict[str, Any] = {"kind": c.kind, "nullable": True, "null_rate_seen": c.null_rate}
-            if c.kind == "numeric":
-                p.update(type="number", minimum_seen=c.min, maximum_seen=c.max)
-            elif c.kind == "boolean":
-                p.update(type=["boolean", "number", "string"], enum=[True, False, 0, 1, "true", "false"])
-            elif c.kind == "datetime":
-                p.update(type="string", format="date-time")
-            else:
-                p.update(type="string", categories_seen=c.categories)
-            props[c.name] = p
-        return {"type": "object", "properties": props, "required": self.names,
-                "additionalProperties": not self.strict_fields}
-
     # --- entry points ----------------------------------------------------------------------
     def check_records(self, records: Any) -> Checked:
         """Validate JSON-like records (a list of objects); refuse the request only when it is not one."""

@@ -42,7 +42,7 @@ def run_local(data: str, output: str, store: str, model: str, version: str = "",
 
     from kfp import local
 
-    from pipelines.local import new_run_name
+    from pipelines.local.runner import new_run_name
 
     root = Path(pipeline_root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)

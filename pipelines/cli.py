@@ -66,7 +66,7 @@ def train(
     from components.data import DatasetSpec
     from components.ingest import preview
     from components.sources import locate
-    from pipelines.local import run_training
+    from pipelines.local.runner import run_training
 
     if task not in (None, "classification", "regression"):
         raise typer.BadParameter("must be classification or regression", param_hint="--task")
@@ -370,7 +370,7 @@ def run(
     store: StoreOpt = None,
 ) -> None:
     """The whole loop on this machine: train, serve, drift, retrain and roll out (what `make run` runs)."""
-    from pipelines.loop import check_store_writable, run_loop
+    from pipelines.loop.run import check_store_writable, run_loop
 
     given = _settings(model=model, store=store)
     s = _settings(model=model, store=store, **LOOP_SETTINGS)
@@ -518,8 +518,8 @@ def main() -> None:
     from components.settings import ConfigError
     from components.store import StoreError
     from pipelines.kfp_client import KFPError
-    from pipelines.local import PipelineFailed
-    from pipelines.loop import LoopError
+    from pipelines.local.runner import PipelineFailed
+    from pipelines.loop.run import LoopError
     from services.serving.startup import StartupFailed
 
     try:

@@ -18,7 +18,7 @@ from components.data import DatasetSpec
 from components.settings import ConfigError, Settings
 from pipelines import image_tag, kfp_client
 from pipelines.compile import compile_pipeline
-from pipelines.local import new_run_name, pipeline_arguments
+from pipelines.local.runner import new_run_name, pipeline_arguments
 from pipelines.settings_routes import check_cluster_compile
 from pipelines.training import ClusterOptions
 

@@ -33,8 +33,6 @@ import httpx
 
 from components.settings import Settings
 
-# Where KFP's own ServiceAccountTokenVolumeCredentials looks (kfp.client.KF_PIPELINES_SA_TOKEN_PATH).
-SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 FINISHED = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELED": "failed", "SKIPPED": "failed"}
 # dsl.Collected needs 2.14; set_security_context is read from 2.16; before 2.17 a ParallelFor
 # inside an ExitHandler left the handler RUNNING.

@@ -1,5 +1,5 @@
 """How each setting reaches a cluster run, in one table: the chart, the compiled pipeline and
-``flywheel settings`` follow it, and tests/test_settings_route.py holds the chart to it.
+``flywheel settings`` follow it, and tests/integration/test_settings_route.py holds the chart to it.
 
 On one machine every process gets every setting one way: ``Settings.to_env()`` is its
 environment (the kfp.local tasks through the runner's child process, the serving workers
@@ -122,7 +122,7 @@ ROUTES: dict[str, Route] = {
                                    "the pod's flywheel.io/model-version annotation: the deploy step sets it, the value pins it"),
 }
 
-# Settings a pipeline run takes as parameters (pipelines/local.py: pipeline_arguments).
+# Settings a pipeline run takes as parameters (pipelines/local/runner.py: pipeline_arguments).
 RUN_PARAMETERS = ("holdout_fraction", "cv_folds", "seed", "max_train_rows", "families", "refit_memory_mb",
                   "promotion_margin", "min_accuracy", "min_r2", "train_workers", "trials", "time_budget_minutes",
                   "search_space")

@@ -100,7 +100,7 @@ class LocalTrigger:
         self.reuses_champion_data, self.source = reuses_champion_data, spec.source
 
     def start(self, request: RetrainRequest) -> dict[str, Any]:
-        from pipelines.local import (  # pipelines/ sits above the monitor
+        from pipelines.local.runner import (  # pipelines/ sits above the monitor
             PipelineFailed,
             run_training,
         )
@@ -146,7 +146,7 @@ class KFPTrigger:
             raise TriggerError(str(exc)) from None
 
     def start(self, request: RetrainRequest) -> dict[str, Any]:
-        from pipelines.local import pipeline_arguments
+        from pipelines.local.runner import pipeline_arguments
 
         client = self._client()  # before anything is written: an API that is down changes nothing
         if self.package_path and not self.package_path.is_file():

@@ -40,6 +40,16 @@ class Refusal:
 
 
 _refusal: ContextVar[Refusal | None] = ContextVar("flywheel_refusal", default=None)
+_admitted: ContextVar[Any] = ContextVar("flywheel_admitted_model", default=None)
+
+
+def admitted_model() -> Any:
+    """The model the gate found loaded when it let the request being handled through (None outside one).
+
+    The batched ``/predict`` validates a request while BentoML parses it, before the service
+    method runs: this is how that validation reaches the model without a module global.
+    """
+    return _admitted.get()
 
 
 class ServingGate:
@@ -65,6 +75,7 @@ class ServingGate:
             return
         refusal = Refusal()
         token = _refusal.set(refusal)
+        admitted = _admitted.set(model)
         send = _refusing(send, refusal)
         try:
             fmt = format_of(_header(scope, b"content-type"))
@@ -78,6 +89,7 @@ class ServingGate:
             await _answer(send, status, data, content_type, headers)
         finally:
             _refusal.reset(token)
+            _admitted.reset(admitted)
 
 
 def _refusing(send: Any, refusal: Refusal) -> Any:

@@ -2,14 +2,18 @@
 
 Both hand the settings to the BentoML process as environment variables (``Settings.to_env``),
 since the service reads its configuration at its own edge (``load_settings()``).
+``ServerProcess`` is the one wrapper around a server child process (``flywheel run``'s, the
+tests' and the benchmarks'): start it, wait until it answers, stop it with none of its workers left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,15 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.settings import Settings
+from components.settings import MODEL_THREAD_ENV, Settings
 from services.serving import startup
 
 SERVICE = "services.serving.worker:FlywheelServing"  # the worker entry point: the service, BentoML prepared for it
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# One compute thread per worker: the workers already use every CPU of the limit, and
-# OpenMP's per-call thread hand-off costs more than a small batch's whole prediction.
-MODEL_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # glibc keeps this much free memory at the top of each worker's heap (and, being set, stops
 # adjusting its mmap threshold). Without it, a large body's chunks and the joined body came
 # from fresh pages on every request (page faults in bytes.join, seen with perf): a bare
@@ -39,6 +40,31 @@ MALLOC_TOP_PAD = 32 << 20
 
 class PackagingError(RuntimeError):
     """``bentoml build`` failed or produced no Dockerfile; the message says which."""
+
+
+class ServerNotReady(RuntimeError):
+    """A started server exited or did not answer in time; the message names its URL and its log file.
+
+    ``tail`` holds the log's last lines (for a test's failure message).
+    """
+
+    def __init__(self, message: str, tail: str = "") -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
+class PortInUse(RuntimeError):
+    """The port asked for is taken on loopback; the message names it."""
+
+
+def free_port(port: int | None = None) -> int:
+    """``port`` when it is free on loopback, else PortInUse naming it; 0/None: one the kernel picks."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port or 0))
+        except OSError:
+            raise PortInUse(f"port {port} is already in use") from None
+        return s.getsockname()[1]
 
 
 def cpu_limit(cgroup_root: Path = CGROUP_ROOT) -> float:
@@ -81,6 +107,8 @@ def serve_command(settings: Settings, port: int = 3000, version: str | None = No
         settings = settings.model_copy(update={"serving_model_version": version})
     env = settings.to_env(os.environ)
     env.setdefault("BENTOML_HOME", str(Path(settings.spill_dir).expanduser().resolve().parent / "bentoml"))
+    # one compute thread per worker: the workers already use every CPU of the limit, and
+    # OpenMP's per-call thread hand-off costs more than a small batch's whole prediction
     for name in MODEL_THREAD_ENV:
         env.setdefault(name, "1")
     env.setdefault("MALLOC_TOP_PAD_", str(MALLOC_TOP_PAD))
@@ -91,10 +119,104 @@ def serve_command(settings: Settings, port: int = 3000, version: str | None = No
 
 
 def start(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1",
-          workers: int | None = None, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
-    """Start the service as a child process (its own process group) and return it; ``env`` adds variables."""
+          workers: int | None = None, env: dict[str, str] | None = None, log_path: Path | None = None) -> ServerProcess:
+    """Start the service as a child process (a session of its own) and return it; ``env`` adds variables,
+    ``log_path`` takes its output (else it goes to this process's)."""
     cmd, server_env = serve_command(settings, port, version, host, workers)
-    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env={**server_env, **(env or {})}, start_new_session=True, **popen)
+    return ServerProcess(cmd, {**server_env, **(env or {})}, port, log_path).start()
+
+
+class ServerProcess:
+    """A server run as a child process in a session of its own, its output in a log file.
+
+    ``wait_ready`` polls it until it answers; ``stop`` sends SIGTERM (the service flushes its
+    prediction log) and, past the timeout, kills it; either way none of its workers outlives it
+    (circus starts each BentoML worker in a session of its own, so they are found as children,
+    not by process group). Works for ``bentoml serve`` and plain ``uvicorn`` alike.
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str], port: int, log_path: Path | None = None,
+                 cwd: Path = PROJECT_ROOT) -> None:
+        self.cmd, self.env, self.port, self.log_path, self.cwd = cmd, env, port, log_path, cwd
+        self.proc: subprocess.Popen | None = None
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        if self.log_path is not None:
+            self._log = open(self.log_path, "ab")
+        out = {"stdout": self._log, "stderr": subprocess.STDOUT} if self._log is not None else {}
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, start_new_session=True, **out)
+        return self
+
+    def wait_ready(self, path: str = "/readyz", timeout: float = 180, *, in_a_row: int = 1, interval: float = 0.3,
+                   probe: bytes | None = None) -> ServerProcess:
+        """Until ``path`` answers 200 ``in_a_row`` times (GET, or POST ``probe`` as JSON); else stop it and
+        raise ServerNotReady naming why and its log."""
+        import httpx
+
+        assert self.proc is not None, "start() the server first"
+
+        def post() -> Any:
+            return httpx.post(self.url + path, content=probe, headers={"content-type": "application/json"}, timeout=5)
+
+        problem = wait_until_ok(self.proc, self.url + path, timeout, in_a_row=in_a_row, interval=interval,
+                                request=post if probe is not None else None)
+        if problem is None:
+            return self
+        tail = self.log_text()[-3000:]
+        self.stop()
+        raise ServerNotReady(f"the server at {self.url}{path} {problem}" + (f"; see {self.log_path}" if self.log_path else ""),
+                             tail)
+
+    def log_text(self) -> str:
+        """What the server wrote so far ('' without a log file)."""
+        if self._log is not None and not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def tree(self) -> list[Any]:
+        """The server process and all its descendants (psutil processes)."""
+        import psutil
+
+        try:
+            top = psutil.Process(self.proc.pid) if self.proc is not None else None
+            return [top, *top.children(recursive=True)] if top else []
+        except psutil.NoSuchProcess:
+            return []
+
+    def terminate(self, timeout: float = startup.STOP_SECONDS) -> int:
+        """SIGTERM, as Kubernetes sends it; its exit code (it is stopped either way)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+
+    def kill(self) -> None:
+        """SIGKILL the server and every worker at once, as the kubelet does when the grace period ends."""
+        _kill(self.tree())
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = startup.STOP_SECONDS) -> None:
+        """SIGTERM, then SIGKILL past ``timeout``; no worker outlives it; closes the log. Safe to call twice."""
+        if self.proc is not None:
+            startup.stop(self.proc, timeout)
+        if self._log is not None:
+            self._log.close()
+
+
+def _kill(processes: list[Any]) -> None:
+    import psutil
+
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def serve(settings: Settings, port: int = 3000, version: str | None = None, host: str = "127.0.0.1") -> int:
@@ -107,7 +229,7 @@ def serve(settings: Settings, port: int = 3000, version: str | None = None, host
     """
     with tempfile.TemporaryDirectory(prefix="flywheel-serve-") as tmp:
         failure = Path(tmp) / "startup-failure"
-        proc = start(settings, port, version, host, env={startup.FAILURE_FILE: str(failure)})
+        proc = start(settings, port, version, host, env={startup.FAILURE_FILE: str(failure)}).proc
 
         def forward(signum: int, _frame: Any) -> None:
             proc.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)

@@ -26,26 +26,27 @@ import anyio
 import bentoml
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import NotFound, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, NotFound, ServiceUnavailable
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, Field, ValidationError
 
 from components.data import LABEL, MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
+from components.deploy import FOLLOW_CHAMPION
 from components.formats import CONTENT_TYPE, Format, read_frame, write_columns
+from components.model_runtime import LoadedModel, prefers_onnx
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
 from components.validation import Checked, InvalidInput, Problem
 from services.serving import startup
-from services.serving.gate import NOT_READY, Refusal, ServingGate
+from services.serving.gate import NOT_READY, Refusal, ServingGate, admitted_model
+from services.serving.holder import ModelHolder
 from services.serving.metrics import HttpMiddleware, metrics
-from services.serving.model import CHAMPION, LoadedModel, ModelHolder
 from services.serving.prediction_log import HOLDER_STOP_SECONDS, OUTCOMES, Entry, LogFull, NoHooks, RecordLog
 
 log = logging.getLogger("flywheel.serving")
 PROBA = "_proba"
 REQUEST_ID_FORMAT = re.compile(r"[0-9a-f]{32}")  # what _score issues: 20 random + 12 counter hex digits
-_service: FlywheelServing | None = None  # the one instance of this worker process
 
 
 class _Item:
@@ -61,8 +62,17 @@ class _Item:
 
 
 def _validate_batch_input(records: list[Any]) -> list[_Item]:
-    """Validation in request parsing, before batching: a request with nothing to score fails alone, with a 400."""
-    model = _require_model()
+    """Validation in request parsing, before batching: a request with nothing to score fails alone, with a 400.
+
+    The model is the one the gate found loaded when it let this request through.
+    """
+    model = admitted_model()
+    if model is None:  # the gate answers 503 before this; kept for a request that did not pass it
+        raise ServiceUnavailable(NOT_READY)
+    return _items(model, records)
+
+
+def _items(model: LoadedModel, records: list[Any]) -> list[_Item]:
     checked = _checked(lambda: model.validator.validate_records(records), prefix=())
     refusal = Refusal.current()
     return [_Item(model, checked, i, refusal) for i in range(checked.total)]
@@ -77,13 +87,6 @@ def _checked(validate: Any, prefix: tuple[str, ...] = ("records",)) -> Checked:
         raise exc.as_validation_error(prefix=prefix) from None
     _count_checked(checked)
     return checked
-
-
-def _require_model() -> LoadedModel:
-    model = _service.holder.current if _service is not None else None
-    if model is None:  # the gate answers 503 before this; kept for a model dropped mid-request
-        raise ServiceUnavailable(NOT_READY)
-    return model
 
 
 def _count_checked(checked: Checked) -> None:
@@ -127,11 +130,10 @@ class FlywheelServing:
             self._start()
 
     def _start(self) -> None:
-        global _service
         settings = load_settings()
-        version = settings.serving_model_version or CHAMPION
+        version = settings.serving_model_version or FOLLOW_CHAMPION
         poll = settings.serving_poll_seconds
-        prefer_onnx = settings.serving_runtime != "sklearn"
+        prefer_onnx = prefers_onnx(settings)
         log_predictions = settings.prediction_log  # off: benchmarks only
         self.settings = settings
         self.model_name = settings.model
@@ -154,10 +156,15 @@ class FlywheelServing:
         self.holder.start()
         self.predictions_log.start()
         self.feedback_log.start()
-        _service = self
 
     def __is_ready__(self) -> bool:
         return self.holder.ready
+
+    def _model(self) -> LoadedModel:
+        model = self.holder.current
+        if model is None:  # the gate answers 503 before this; kept for a call that did not pass it
+            raise ServiceUnavailable(NOT_READY)
+        return model
 
     @bentoml.api(batchable=True, **BATCHING)
     async def predict(self, records: BatchRecords) -> Answers:
@@ -167,7 +174,10 @@ class FlywheelServing:
         """
         # async: the batch runs on the worker's event loop, as a one-CPU worker should; a thread
         # hand-off per batch cost about 2 ms of p50 with one client (benchmarks/serving.py)
-        items: list[_Item] = records  # type: ignore[assignment]
+        if records and not isinstance(records[0], _Item):
+            # called in process (BentoML's testing guide): no request parsing ran, so validate here as one request
+            records = _items(self._model(), records)
+        items: list[_Item] = records
         out: list[dict[str, Any]] = [{}] * len(items)
         slot: dict[tuple[int, int], int] = {(id(it.checked), it.position): i for i, it in enumerate(items)}
         groups: dict[int, list[Checked]] = {}
@@ -209,7 +219,7 @@ class FlywheelServing:
 
         JSON here; Arrow IPC stream and Parquet bodies are read by the gate and answered in kind.
         """
-        model = _require_model()
+        model = self._model()
         checked = _checked(lambda: model.validator.validate_records(records))
         try:
             body, headers = self.score_checked(model, checked)
@@ -271,7 +281,7 @@ class FlywheelServing:
     @bentoml.api
     def feedback(self, request_id: Annotated[str, Field(min_length=1, max_length=128)], label: Any) -> dict[str, Any]:
         """Record the true label of a served prediction (joined by request id in monitoring)."""
-        model = _require_model()
+        model = self._model()
         counter = metrics().feedback
         if not REQUEST_ID_FORMAT.fullmatch(request_id):
             counter.labels("unknown_request").inc()
@@ -444,7 +454,15 @@ def _plain(values: Any) -> list[Any]:
 
 
 FlywheelServing.add_asgi_middleware(HttpMiddleware)
-FlywheelServing.add_asgi_middleware(ServingGate, handler=lambda: _service)
+FlywheelServing.add_asgi_middleware(ServingGate, handler=lambda: _current_service())
+
+
+def _current_service() -> FlywheelServing | None:
+    """This worker's service instance, as BentoML records it once it has made it (None before)."""
+    try:
+        return bentoml.get_current_service()
+    except BentoMLException:
+        return None
 
 
 class _NoLog:

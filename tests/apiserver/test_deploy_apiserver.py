@@ -27,6 +27,7 @@ from components.deploy import ANNOTATION, DeployError, RolloutFailed, deploy
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import LocalStore
+from testkit.models import two_regressor_versions
 from tests.apiserver.cluster import (
     DEPLOYER,
     KFP_NAMESPACE,
@@ -41,7 +42,6 @@ from tests.apiserver.cluster import (
     wait_for,
 )
 from tests.apiserver.control_plane import ControlPlane
-from tests.serving.models import two_regressor_versions
 
 SERVING = "flywheel-serving"
 AS_DEPLOYER = f"--as=system:serviceaccount:{DEPLOYER[0]}:{DEPLOYER[1]}"

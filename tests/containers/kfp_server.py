@@ -1,4 +1,4 @@
-"""The KFP API contract fake (tests/kfp_api/fake_kfp.py) as a container's main process.
+"""The KFP API contract fake (tests/integration/kfp_api/fake_kfp.py) as a container's main process.
 
 It listens on all interfaces of its container, and answers ``GET /_fake/calls`` with every
 request it recorded (uploaded files base64-encoded), so the test asserts what a client in
@@ -13,7 +13,7 @@ import threading
 from http.server import ThreadingHTTPServer
 from typing import Any
 
-from tests.kfp_api.fake_kfp import Call, FakeKFP
+from tests.integration.kfp_api.fake_kfp import Call, FakeKFP
 
 CALLS = "/_fake/calls"
 

@@ -42,16 +42,16 @@ import pytest
 import yaml
 
 from components.data import REQUEST_ID
+from components.model_runtime import records_of
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import open_store
-from services.serving.model import frame_to_records
+from testkit.models import LOGISTIC, add_version, wine_frame
 from tests.containers.pods import Container, ContainerSpec, podman, wait_ready
-from tests.k8s.k8s_support import find, helm_render, manifests
-from tests.serving.models import LOGISTIC, add_version, wine_frame
+from tests.integration.k8s.k8s_support import find, helm_render, manifests
 
 REPO = Path(__file__).resolve().parents[2]
-NAMESPACE = "flywheel"  # tests/k8s/k8s_support.py renders the release there
+NAMESPACE = "flywheel"  # tests/integration/k8s/k8s_support.py renders the release there
 MODEL = "wine"
 BUCKET = "flywheel"
 STORE = f"s3://{BUCKET}/store"
@@ -66,7 +66,7 @@ def records(n: int, shift: float = 1.0, start: int = 0) -> list[dict[str, Any]]:
     rows = frame.iloc[[(start + i) % len(frame) for i in range(n)]].copy()
     numeric = rows.select_dtypes("number").columns
     rows[numeric] = rows[numeric] * shift
-    return frame_to_records(rows)
+    return records_of(rows)
 
 
 @dataclass
@@ -333,7 +333,10 @@ def test_sigterm_under_traffic_with_the_charts_grace_period_loses_no_prediction(
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 60
+    while len(served) < 40:  # the SIGTERM lands under traffic: wait until it flows
+        assert time.monotonic() < deadline, f"no traffic answered within 60 s: {failures[:5]}"
+        time.sleep(0.05)
     before = len(served)
     code, seconds = c.stop()
     stop.set()

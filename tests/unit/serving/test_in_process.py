@@ -1,0 +1,54 @@
+"""The service class constructed and its API methods called in process, as BentoML's testing guide
+does ("Test API endpoints"): no HTTP server, no worker process. The HTTP behaviour has its own
+tests (test_http.py); these are about what the methods do."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.data import REQUEST_ID
+from components.model_runtime import records_of
+from components.registry import Registry
+from components.store import LocalStore
+from testkit.models import LOGISTIC, add_version, wine_frame
+from testkit.server import serving_settings
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The service class constructed in this process, on a store with one promoted wine classifier."""
+    from services.serving.service import FlywheelServing
+
+    store = tmp_path / "store"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        add_version(Registry(LocalStore(store), "wine"), wine_frame(), "target", LOGISTIC)
+    # the service reads its settings at its edge, from the environment, as a worker does
+    for name, value in serving_settings(store, "wine", tmp_path, log_flush_rows=1).to_env().items():
+        monkeypatch.setenv(name, value)
+    svc = FlywheelServing()
+    assert svc.holder.wait_ready(60), "the champion did not load within 60 s"
+    yield svc
+    svc.shutdown()
+
+
+def test_the_service_predicts_and_takes_feedback_in_process(service, tmp_path: Path) -> None:
+    frame = wine_frame()
+    records = records_of(frame.drop(columns=["target"]).head(3))
+    bad = {**records[0], "alcohol": "strong"}
+
+    answers = asyncio.run(service.predict([*records, bad]))
+    feedback = service.feedback(request_id=answers[0]["request_id"], label=frame["target"].iloc[0])
+    service.shutdown()  # flushes both logs, as SIGTERM does
+
+    assert [a["model_version"] for a in answers[:3]] == ["v1"] * 3
+    assert [a["prediction"] for a in answers[:3]] == frame["target"].head(3).tolist()
+    assert answers[3]["errors"] == [{"field": "alcohol", "problem": "must be a number, got a string 'strong'"}]
+    assert feedback == {"request_id": answers[0]["request_id"], "accepted": True}
+    logged = pd.concat(pd.read_parquet(p) for p in (tmp_path / "store" / "predictions" / "wine").rglob("*.parquet"))
+    assert sorted(logged[REQUEST_ID]) == sorted(a["request_id"] for a in answers[:3])
