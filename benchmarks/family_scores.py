@@ -25,7 +25,7 @@ def tables() -> dict[str, tuple[pd.DataFrame, dict]]:
 
     wine = load_wine(as_frame=True).frame
     wine["target"] = wine["target"].map(lambda i: f"class_{i}")
-    from tests.serving.models import shop_frame
+    from testkit.models import shop_frame
 
     return {
         "churn-20k": (churn(20_000, seed=2), {"target": "churned", "timestamp": "event_time", "id_columns": ["customer_id"]}),

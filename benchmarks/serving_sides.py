@@ -35,8 +35,9 @@ from typing import Any
 import httpx
 import psutil  # a dependency of bentoml
 
+from components.net import free_port
 from components.settings import MODEL_THREAD_ENV
-from services.serving.launch import ServerProcess, free_port
+from services.serving.launch import ServerProcess
 
 SHAPES = ("linear", "trees")
 BASELINES = ("fastapi_logged", "fastapi_plain")

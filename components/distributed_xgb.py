@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.net import free_port
 from components.settings import Settings
 from components.store import Store, open_store
 
@@ -377,15 +378,6 @@ def dmlc_env(rank: int, workers: int, tracker_uri: str, tracker_port: int) -> di
     """The ``DMLC_*`` variables a worker is started with, named as the Trainer's XGBoost runtime injects them."""
     return {"DMLC_TRACKER_URI": tracker_uri, "DMLC_TRACKER_PORT": str(tracker_port), "DMLC_TASK_ID": str(rank),
             "DMLC_NUM_WORKER": str(workers)}
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (the tracker's; rank 0 binds it a moment later)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Mapping[str, str]) -> Outcome:

@@ -34,10 +34,10 @@ import pandas as pd
 from components.data import REQUEST_ID
 from components.formats import ARROW
 from components.model_runtime import records_of
+from components.net import free_port
 from components.registry import Registry
 from components.settings import Settings
 from components.store import LocalStore
-from services.serving.launch import free_port
 from services.serving.prediction_log import QUARANTINE, sigkill_loss_bound, unwritten_limit
 from testkit.models import LOGISTIC, add_version, diabetes_frame, wine_frame
 from testkit.odd_model import TRIGGER, add_odd_version

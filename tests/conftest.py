@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from components.net import free_port
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.store import LocalStore, open_store
-from services.serving.launch import free_port
 from testkit.server import Server, serving_settings
 
 if TYPE_CHECKING:

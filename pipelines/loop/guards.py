@@ -47,7 +47,7 @@ def single_run(settings: Settings) -> Iterator[None]:
 
 def serving_port(port: int | None) -> int:
     """The loop's serving port: ``port`` if it is free, else a LoopError saying so; 0/None picks a free one."""
-    from services.serving.launch import PortInUse, free_port
+    from components.net import PortInUse, free_port
 
     try:
         return free_port(port)

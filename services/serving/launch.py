@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,19 +51,6 @@ class ServerNotReady(RuntimeError):
         super().__init__(message)
         self.tail = tail
 
-
-class PortInUse(RuntimeError):
-    """The port asked for is taken on loopback; the message names it."""
-
-
-def free_port(port: int | None = None) -> int:
-    """``port`` when it is free on loopback, else PortInUse naming it; 0/None: one the kernel picks."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port or 0))
-        except OSError:
-            raise PortInUse(f"port {port} is already in use") from None
-        return s.getsockname()[1]
 
 
 def cpu_limit(cgroup_root: Path = CGROUP_ROOT) -> float:

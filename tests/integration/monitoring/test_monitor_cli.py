@@ -16,10 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.net import free_port
 from components.settings import Settings
 from components.store import open_store
 from services.monitoring.monitor import EXIT_RETRAIN_FAILED
-from services.serving.launch import free_port
 from testkit.logs import make_frame, serve_version, write_logs
 
 FLYWHEEL = Path(sys.executable).parent / "flywheel"  # the console script the monitor image runs

@@ -189,7 +189,7 @@ def test_missing_reference_fails_the_pass_without_a_retrain(mon_settings: Settin
 
 
 def test_store_down_fails_the_pass_cleanly(mon_settings: Settings) -> None:
-    from services.serving.launch import free_port
+    from components.net import free_port
 
     dead = mon_settings.model_copy(update={"store": "s3://nowhere/x", "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",
                                            "s3_max_attempts": 1})

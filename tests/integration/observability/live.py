@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.serving.launch import ServerNotReady, ServerProcess, free_port
+from components.net import free_port
+from services.serving.launch import ServerNotReady, ServerProcess
 
 
 class Pushgateway(ServerProcess):

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from services.serving.model import frame_to_records
 
 from components.registry import Registry
 from components.store import LocalStore
-from services.serving.model import frame_to_records
-from tests.serving.conftest import Server, serving_settings
-from tests.serving.models import add_version, wine_frame
+from testkit.models import add_version, wine_frame
+from testkit.server import Server, serving_settings
 
 XGBOOST = {"family": "xgboost", "params": {"n_estimators": 60, "max_depth": 4}, "select": False}
 

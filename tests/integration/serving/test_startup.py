@@ -19,7 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from services.serving.launch import free_port, wait_until_ok
+from components.net import free_port
+from services.serving.launch import wait_until_ok
 from testkit.server import READY_TIMEOUT
 
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
