@@ -89,7 +89,9 @@ def preview(spec: DatasetSpec, located: Located, settings: Settings) -> tuple[Sc
     for col in (*spec.exclude, *spec.id_columns, *([spec.timestamp] if spec.timestamp else [])):
         if col not in columns and col not in added:
             raise DataError(f"column {col!r} is not in {first}")
-    schema = infer_schema(normalise(head, spec), spec)
+    head = normalise(head, spec)
+    head.attrs["left_out"] = sorted(added)  # the request id: in the added parts, not in the source's first file
+    schema = infer_schema(head, spec)
     del head
     _write_atomic(cached, schema.to_json())
     return schema, first
