@@ -10,7 +10,7 @@ row (compaction, a distributed refit) is one more function there. What they meas
   step and its high-water mark is its own, not a forking parent's);
 * the largest size again, twice: after the first run's promotion (validate and evaluate key on the
   champion) and unchanged (same data, settings and champion): wall time, peak RSS, and what each
-  read of the data (opens of the data file as the kernel reports them, benchmarks/meters.py);
+  read of the data (opens of the data file as the kernel reports them, testkit/meters.py);
 * the same from S3 (a real S3 server, moto, behind a request counter), the dataset in 5
   objects: bytes of the dataset downloaded by the re-run (target < 1%);
 * the retrain dataset step (benchmarks/retrain_data.py) at ``SCALE_RETRAIN_ROWS``.
@@ -195,7 +195,7 @@ def validate_seconds(root: Path) -> float | None:
 
 def train_at_sizes(work: Path) -> list[dict]:
     """`flywheel train` at each size, then the largest again with nothing changed (local files)."""
-    from benchmarks.meters import file_opens
+    from testkit.meters import file_opens
 
     out = []
     for n in sizes():
@@ -221,7 +221,7 @@ def rerun_s3(work: Path) -> list[dict]:
     """The smallest size from S3 (5 objects, the store in the same bucket): bytes of the dataset the re-run downloads."""
     import boto3
 
-    from benchmarks.meters import MeteredS3Server
+    from testkit.meters import MeteredS3Server
 
     n = min(sizes())
     data_dir = work / "s3-data"

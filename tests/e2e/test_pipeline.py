@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.meters import file_opens
 from components.data import DatasetSpec
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
 from components.synthetic import churn
 from pipelines.local.runner import PipelineFailed, run_training
+from testkit.meters import file_opens
 from testkit.models import unscorable_model
 
 

@@ -9,7 +9,6 @@ import io
 import boto3
 import pytest
 
-from benchmarks.meters import MeteredS3Server
 from components.data import DatasetSpec, sample
 from components.ingest import fingerprint, ingest
 from components.registry import Registry
@@ -18,6 +17,7 @@ from components.sources import resolve
 from components.store import Changed, open_store
 from components.synthetic import churn
 from pipelines.local.runner import run_training
+from testkit.meters import MeteredS3Server
 
 BUCKET = "rerun"
 
