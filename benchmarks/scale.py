@@ -13,7 +13,11 @@ row (compaction, a distributed refit) is one more function there. What they meas
   read of the data (opens of the data file as the kernel reports them, testkit/meters.py);
 * the same from S3 (a real S3 server, moto, behind a request counter), the dataset in 5
   objects: bytes of the dataset downloaded by the re-run (target < 1%);
-* the retrain dataset step (benchmarks/retrain_data.py) at ``SCALE_RETRAIN_ROWS``.
+* the retrain dataset step (benchmarks/retrain_data.py) at ``SCALE_RETRAIN_ROWS``;
+* a monitoring pass over 20 workers' prediction-log parts before and after compaction
+  (benchmarks/scale_compaction.py, ``BENCH_COMPACTION_*``);
+* the XGBoost refit in one process against 2 collective workers (benchmarks/scale_distributed.py,
+  ``BENCH_DISTRIBUTED_ROWS``).
 
 Runnable as ``python -m benchmarks.scale [out.json]``; ``main(out_json)`` returns the dict.
 """
@@ -257,7 +261,23 @@ def retrain_data_step(work: Path) -> list[dict]:
     return [{"row": "retrain-data", **retrain_data.measure(n)} for n in rows]
 
 
-ROW_FUNCTIONS: list[Callable[[Path], list[dict]]] = [train_at_sizes, rerun_s3, retrain_data_step]
+def compaction(work: Path) -> list[dict]:
+    """A monitoring pass over many workers' log parts before and after compaction (benchmarks/scale_compaction.py)."""
+    from benchmarks import scale_compaction
+
+    return [{"row": "compaction", **scale_compaction.scale_compaction()}]
+
+
+def distributed_refit(work: Path) -> list[dict]:
+    """The XGBoost refit in one process against 2 collective workers (benchmarks/scale_distributed.py,
+    ``BENCH_DISTRIBUTED_ROWS``, default 200000)."""
+    from benchmarks import scale_distributed
+
+    return [{"row": "distributed", "runs": scale_distributed.main()["runs"]}]
+
+
+ROW_FUNCTIONS: list[Callable[[Path], list[dict]]] = [train_at_sizes, rerun_s3, retrain_data_step, compaction,
+                                                     distributed_refit]
 
 
 def main(out_json: str | None = None) -> dict:
@@ -309,6 +329,13 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     retrain = [f for f in r["figures"] if f["row"] == "retrain-data"]
     if retrain:
         out += retrain_data.rows({"sizes": retrain})
+    from benchmarks import scale_compaction, scale_distributed
+
+    for f in r["figures"]:
+        if f["row"] == "compaction":
+            out += scale_compaction.rows(f)
+        elif f["row"] == "distributed":
+            out += scale_distributed.rows(f)
     return out
 
 
