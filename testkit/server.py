@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from components.net import free_port
 from components.settings import Settings, load_settings
 from services.serving import launch
 
@@ -24,7 +25,7 @@ class Server(launch.ServerProcess):
 
     def start(self, ready: bool = True) -> Server:
         """Start and wait until /readyz answers 200 (only /healthz when ``ready`` is False)."""
-        self.port = launch.free_port()
+        self.port = free_port()
         # the worker count goes into BENTOML_CONFIG_OPTIONS, so it must reach serve_command itself
         workers = self.extra_env.get("FLYWHEEL_SERVING_WORKERS") or self.settings.serving_workers
         self.cmd, self.env = launch.serve_command(self.settings, self.port, self.version,

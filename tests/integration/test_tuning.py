@@ -127,7 +127,7 @@ def test_the_fold_loop_scores_as_cross_val_score_does(cancer):
     frame, schema = cancer
     candidate = train.candidates("classification")[1]
     X, y = xy(frame, schema)
-    want = cross_val_score(train.make_model(schema, candidate, 0), X, y, cv=train._cv(schema, len(frame), 3, 0),
+    want = cross_val_score(train.make_model(schema, candidate, 0), X, y, cv=train._cv(schema, 3, 0),
                            scoring="balanced_accuracy").mean()
     assert train.score_candidate(frame, schema, candidate, 3, 0, 10_000)["score"] == pytest.approx(want, abs=1e-12)
 

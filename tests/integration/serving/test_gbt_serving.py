@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from services.serving.model import frame_to_records
 
+from components.model_runtime import records_of
 from components.registry import Registry
 from components.store import LocalStore
 from testkit.models import add_version, wine_frame
@@ -46,7 +46,7 @@ def test_xgboost_is_served_through_onnx_like_the_library(served) -> None:
     server, root = served
     frame = _frame().drop(columns=["target"])
     frame.loc[frame.index[:5], "region"] = "atlantis"  # a level training never saw
-    r = httpx.post(f"{server.url}/predict_many", json={"records": frame_to_records(frame)}, timeout=60)
+    r = httpx.post(f"{server.url}/predict_many", json={"records": records_of(frame)}, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
     model = Registry(LocalStore(root), "wine-xgb").load_model("v1")
@@ -54,7 +54,7 @@ def test_xgboost_is_served_through_onnx_like_the_library(served) -> None:
     np.testing.assert_allclose(body["probabilities"], model.predict_proba(frame), atol=1e-4)
     assert body["classes"] == ["class_0", "class_1", "class_2"]
 
-    one = httpx.post(f"{server.url}/predict", json={"records": frame_to_records(frame.head(1))}, timeout=30)
+    one = httpx.post(f"{server.url}/predict", json={"records": records_of(frame.head(1))}, timeout=30)
     assert one.status_code == 200, one.text
     assert one.json()[0]["runtime"] == "onnx" and one.json()[0]["prediction"] == body["predictions"][0]
 
