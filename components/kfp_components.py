@@ -159,12 +159,10 @@ def search_space(schema: str, tasks: int = 0, space: dict = {}, trials: int = 0,
 
     def plan() -> list:
         chosen = spaces.parse(space, "(the run's search_space parameter)") if space else None
-        keep = set(stage.chosen_families(families))
-        n = len([f for f in spaces.for_task(chosen or spaces.default(), fields["task"], user=chosen is not None)
-                 if not keep or f in keep])
-        groups = stage.families(fields["task"], tasks, chosen, {"trials": trials, "minutes": minutes, "families": n},
-                                families)
-        return [{**g, "champion": champion} for g in groups]
+        groups = stage.families(fields["task"], tasks, chosen, only=families)
+        # the trials are shared among the families searched: those the groups hold
+        budget = {"trials": trials, "minutes": minutes, "families": sum(len(g["spaces"]) for g in groups)}
+        return [{**g, "budget": budget, "champion": champion} for g in groups]
 
     return runtime.cached_step("search-space", plan, schema=schema, tasks=tasks, space=space, trials=trials, minutes=minutes,
                                champion=champion, families=families)

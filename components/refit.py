@@ -311,11 +311,11 @@ def refit_and_package(train_path: str, holdout_path: str, schema: Schema, candid
     """The refit step: fit the chosen candidate on the training rows and package it; returns it and how it trained.
 
     An XGBoost candidate with ``train_workers`` > 1 is trained by that many workers over XGBoost's
-    collective protocol (with 1, one over its budget streams from Parquet batches in this task instead) (components/distributed_xgb.py: local processes, or a Kubeflow Trainer
-    TrainJob with ``runner: kfp``); every other refit runs in this process within the
-    ``refit_memory_mb`` budget (``refit`` above: in memory, streamed, or refused in one sentence).
-    The second value is the version manifest's ``training`` record: the engine, the number of
-    workers and, in process, the memory plan followed.
+    collective protocol (components/distributed_xgb.py: local processes, or a Kubeflow Trainer
+    TrainJob with ``runner: kfp``). Every other refit runs in this process within the
+    ``refit_memory_mb`` budget (``refit`` above: in memory, streamed, or refused in one sentence
+    before any row is read). The second value is the version manifest's ``training`` record: the
+    engine, the number of workers and, in process, the memory plan followed.
     """
     import pandas as pd
 
@@ -324,7 +324,6 @@ def refit_and_package(train_path: str, holdout_path: str, schema: Schema, candid
     from components.settings import process_environment
     from components.train import make_model
 
-    holdout = pd.read_parquet(holdout_path)
     template = make_model(schema, candidate, settings.seed)
     if settings.train_workers > 1 and dx.is_distributable(template):
         from components.gbt import FlywheelXGBClassifier
@@ -332,9 +331,10 @@ def refit_and_package(train_path: str, holdout_path: str, schema: Schema, candid
         # the family's classifier balances classes by weights: counted over every training file, not per worker
         model, outcome, sample = dx.distributed_refit(template, [train_path], schema, settings, job, process_environment(),
                                                       balanced_classes=isinstance(template[-1], FlywheelXGBClassifier))
-        made = packaging.package(model, sample, holdout, schema, settings.seed)
+        made = packaging.package(model, sample, pd.read_parquet(holdout_path), schema, settings.seed)
         return made, {"engine": outcome.engine, "workers": len(outcome.workers),
                       "peak_rss_kib": [w["peak_rss_kib"] for w in outcome.workers]}
+    # the holdout is read after the fit: a refit refused over its budget reads no rows at all
     model, rows, chosen = refit(train_path, schema, candidate, settings.seed, settings.refit_memory_mb)
-    made = packaging.package(model, rows, holdout, schema, settings.seed)
+    made = packaging.package(model, rows, pd.read_parquet(holdout_path), schema, settings.seed)
     return made, {"engine": dx.ENGINE_IN_PROCESS, "workers": 1, "refit": chosen.describe()}
