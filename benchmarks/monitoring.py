@@ -97,18 +97,16 @@ def build_store(root: Path, rows: int) -> Path:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak RSS since it started its program: VmHWM, not ru_maxrss.
+    """This process's peak RSS since it started its program: VmHWM (components/proc.py), not ru_maxrss.
 
     Linux keeps ru_maxrss across exec, so a child forked from a parent that holds the 10M-row
     window (the KS baseline) would report the parent's size; VmHWM belongs to the new program.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
+    from components.proc import peak_rss_kib
+
+    kib = peak_rss_kib()
+    if kib:
+        return kib * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux (and the caveat above)
 
 

@@ -20,6 +20,7 @@ import json, sys, time
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
 from components import refit, train
+from components.proc import peak_rss_kib
 from components.data import Schema
 path, schema_json, holdout, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 schema = Schema.from_json(open(schema_json).read())
@@ -29,7 +30,7 @@ model, _, plan = refit.refit(path, schema, cand, 0, budget)
 seconds = time.perf_counter() - start
 ho = pd.read_parquet(holdout)
 score = balanced_accuracy_score(ho[schema.target], model.predict(ho[schema.feature_names]))
-hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+hwm = peak_rss_kib()
 print(json.dumps({"mode": plan.describe()["mode"], "estimated_mb": plan.describe()["estimated_mb"],
                   "peak_rss_mb": round(hwm / 1024), "seconds": round(seconds, 1), "holdout_balanced_accuracy": round(score, 4)}))
 """

@@ -26,6 +26,7 @@ CHUNK = 500_000
 LABELLED = 20_000
 STEP = r"""
 import json, os, sys, time
+from components.proc import peak_rss_kib
 from components.settings import load_settings
 from pipelines.triggers import champion_spec, retrain_spec
 from services.monitoring.trigger import RetrainRequest
@@ -41,8 +42,7 @@ spec = retrain_spec(champion_spec(store, "bench"), settings, request, include_fe
 seconds = time.perf_counter() - t0
 after = sizes()
 added = {k: n for k, n in after.items() if before.get(k) != n}
-# VmHWM, not ru_maxrss: Linux carries the forking parent's peak into a child's ru_maxrss across exec
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+peak = peak_rss_kib()  # VmHWM, not ru_maxrss (components/proc.py)
 print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mib": round(peak / 1024),
                   "added": added, "additions": list(spec.additions)}))
 """

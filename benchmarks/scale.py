@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from components.proc import peak_rss_kib
+
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 500_000
 S3_OBJECTS = 5
@@ -74,16 +76,6 @@ def _name(pid: int, root: int) -> str:
     return Path(args[0]).name if args and args[0] else "?"
 
 
-def _hwm_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 class TreePeaks:
     """The peak RSS (VmHWM) of every process under ``root``, sampled every ``every`` seconds while it runs.
 
@@ -103,8 +95,8 @@ class TreePeaks:
             while todo:
                 pid = todo.pop()
                 todo += tree.get(pid, [])
-                kib = _hwm_kib(pid)
-                if kib is not None:
+                kib = peak_rss_kib(pid)
+                if kib:  # 0: the process is gone (or has no memory of its own)
                     name = self.peaks.get(pid, (None, 0))[0] or _name(pid, self.root)
                     self.peaks[pid] = (name, max(kib, self.peaks.get(pid, ("", 0))[1]))
             self._stop.wait(self.every)

@@ -36,6 +36,7 @@ IN_PROCESS = r"""
 import json, sys, time
 import joblib, pandas as pd, xgboost as xgb
 from components.data import Schema
+from components.proc import peak_rss_kib
 from components.features import build, xy
 schema = Schema.from_json(open(sys.argv[1]).read())
 t0 = time.perf_counter()
@@ -44,7 +45,7 @@ X, y = xy(train, schema)
 model = build(schema, xgb.XGBClassifier(**json.loads(sys.argv[4])), False, 0).fit(X, y.map({c: i for i, c in enumerate(schema.classes)}))
 seconds = time.perf_counter() - t0
 joblib.dump(model, sys.argv[3])
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+peak = peak_rss_kib()
 print(json.dumps({"seconds": round(seconds, 1), "peak_rss_kib": peak}))
 """
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.net import free_port
+from components.proc import peak_rss_kib
 from components.settings import Settings
 from components.store import Store, open_store
 
@@ -200,17 +201,6 @@ def is_distributable(model: Pipeline) -> bool:
 
 
 # --- the worker -------------------------------------------------------------------------
-
-
-def peak_rss_kib(pid: int | str = "self") -> int:
-    """A process's peak resident memory (VmHWM of /proc/<pid>/status), in KiB; 0 where /proc has none."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _labels(y: pd.Series, classes: list[Any] | None) -> Any:
