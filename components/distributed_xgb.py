@@ -27,9 +27,11 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -317,11 +319,20 @@ def train_worker(job: Job, rank: int, collective: Mapping[str, Any], settings: S
     try:
         with tempfile.TemporaryDirectory(prefix=f"flywheel-worker-{rank}-") as tmp, \
                 coll.CommunicatorContext(dmlc_communicator="rabit", **collective):
-            paths = _open_pieces(job, store, share, Path(tmp))
-            matrix = _matrix(job, share, paths, prep)
-            booster = xgb.train(job.params, matrix, num_boost_round=job.rounds)
-            if coll.get_rank() == 0:
-                store.write(job.key("model.ubj"), bytes(booster.save_raw("ubj")))
+            try:
+                paths = _open_pieces(job, store, share, Path(tmp))
+                matrix = _matrix(job, share, paths, prep)
+                booster = xgb.train(job.params, matrix, num_boost_round=job.rounds)
+                if coll.get_rank() == 0:
+                    store.write(job.key("model.ubj"), bytes(booster.save_raw("ubj")))
+            except Exception:  # noqa: BLE001 - any failure ends this worker; its traceback is the parent's sentence
+                # exit at once: leaving the collective would wait on the peers this failure strands,
+                # and the parent names the worker whose failure came first (mark_failure)
+                mark_failure()
+                traceback.print_exc()
+                sys.stderr.flush()
+                shutil.rmtree(tmp, ignore_errors=True)
+                os._exit(1)
         if tracker is not None:
             tracker.wait_for()
     finally:
@@ -352,8 +363,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flywheel worker: DMLC_NUM_WORKER is {workers} but job {args[1]} has "
               f"{job.workers} shares", file=sys.stderr)
         return 2
-    train_worker(job, rank, collective, settings)
+    try:
+        train_worker(job, rank, collective, settings)
+    except BaseException:
+        mark_failure()
+        raise
     return 0
+
+
+def mark_failure() -> None:
+    """Write when this worker failed to its log (stderr). When one worker fails the others fail too,
+    inside the collective; the parent names the worker whose first mark is the earliest."""
+    print(f"{FAILED_AT} {time.time():.6f}", file=sys.stderr, flush=True)
 
 
 # --- the embedded engine: N local processes and XGBoost's tracker -----------------------------
@@ -370,11 +391,19 @@ def dmlc_env(rank: int, workers: int, tracker_uri: str, tracker_port: int) -> di
             "DMLC_NUM_WORKER": str(workers)}
 
 
+# How long the other workers get, after the first failure, to fail by themselves (a peer's loss
+# ends their collective call) so that the one that failed first can be named; then they are killed.
+FAILURE_GRACE_SECONDS = 5.0
+FAILED_AT = "flywheel worker failed at"
+
+
 def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Mapping[str, str]) -> Outcome:
     """Run the job's workers as local processes, rank 0 running XGBoost's tracker; raise TrainingFailed naming a failed one.
 
-    A worker that exits with an error (or is killed) ends the others at once: the survivors would
-    otherwise wait for it inside an allreduce until the tracker's timeout.
+    A worker that exits with an error (or is killed) ends the others within FAILURE_GRACE_SECONDS:
+    the survivors would otherwise wait for it inside an allreduce until the tracker's timeout. The
+    failure named is the one that happened first (the worker's own mark, else when its exit was
+    seen), not the peers that failed because of it.
     """
     import select
     import subprocess
@@ -383,7 +412,8 @@ def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Ma
     env = settings.to_env(base_env)  # the parent's environment (PATH, PYTHONPATH) with these settings
     procs: dict[int, subprocess.Popen[bytes]] = {}
     logs: dict[int, Any] = {}
-    failure: str | None = None
+    failed: list[tuple[float, str]] = []  # (when it failed, the sentence naming it)
+    timed_out = False
     try:
         for rank in range(job.workers):
             logs[rank] = tempfile.TemporaryFile()
@@ -392,19 +422,21 @@ def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Ma
                 env={**env, **dmlc_env(rank, job.workers, "127.0.0.1", port)})
         fds = {os.pidfd_open(p.pid): rank for rank, p in procs.items()}
         deadline = time.monotonic() + timeout_seconds
-        while fds and failure is None:
+        while fds:
             left = deadline - time.monotonic()
             ready = select.select(list(fds), [], [], max(left, 0))[0] if left > 0 else []
             if not ready:
-                failure = f"distributed training job {job.prefix} did not finish within {timeout_seconds:g} s"
+                timed_out = not failed
                 break
             for fd in ready:
                 rank = fds.pop(fd)
                 os.close(fd)
                 code = procs[rank].wait()
                 if code != 0:
-                    failure = (f"distributed training worker rank {rank} (pid {procs[rank].pid}) of job {job.prefix} "
-                               f"{_exit(code)}: {_tail(logs[rank])}")
+                    failed.append((_failed_at(logs[rank]) or time.time(),
+                                   f"distributed training worker rank {rank} (pid {procs[rank].pid}) of job {job.prefix} "
+                                   f"{_exit(code)}: {_tail(logs[rank])}"))
+                    deadline = min(deadline, time.monotonic() + FAILURE_GRACE_SECONDS)
         for fd in fds:
             os.close(fd)
     finally:
@@ -414,9 +446,20 @@ def run_local(job: Job, settings: Settings, timeout_seconds: float, base_env: Ma
                 p.wait()
         for f in logs.values():
             f.close()
-    if failure:
-        raise TrainingFailed(failure)
+    if failed:
+        raise TrainingFailed(min(failed)[1])
+    if timed_out:
+        raise TrainingFailed(f"distributed training job {job.prefix} did not finish within {timeout_seconds:g} s")
     return collect(job, open_store(job.store, settings), ENGINE_LOCAL)
+
+
+def _failed_at(log: Any) -> float | None:
+    """When a worker failed, by the first mark it wrote (``mark_failure``; None: it was killed, or failed before it could say)."""
+    log.seek(0)
+    for line in log.read().decode(errors="replace").splitlines():
+        if line.startswith(FAILED_AT):
+            return float(line.removeprefix(FAILED_AT))
+    return None
 
 
 def _exit(code: int) -> str:
