@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 OUT = Path(os.environ.get("BENCH_OUT", "bench-results"))
+SECTIONS = ("pipeline", "tuning", "serving", "columnar", "monitoring", "loop", "faults", "scale")
 
 
 def _rows(name: str, r: dict) -> list[tuple[str, str, str, str]]:
@@ -38,12 +39,12 @@ def main() -> dict:
 
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     results: dict[str, dict] = {}
-    for name in ("pipeline", "tuning", "serving", "columnar", "monitoring", "loop", "faults", "scale"):
+    for name in SECTIONS:
         if only and name not in only:
             continue
-        module = __import__(f"benchmarks.{name}", fromlist=["main"])
         start = time.perf_counter()
         try:
+            module = __import__(f"benchmarks.{name}", fromlist=["main"])
             results[name] = module.main(str(OUT / f"{name}.json"))
         except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others' figures; its error is in the table
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=3)}

@@ -34,13 +34,14 @@ import time
 from pathlib import Path
 
 from components import evaluate, ingest, register, split, train, tune, validate
+from components.compat import LOCAL_PARALLEL_TASKS
 from components.data import DatasetSpec
 from components.package import package
 from components.registry import Registry
 from components.settings import load_settings
 from components.store import open_store
 from components.synthetic import churn
-from pipelines.local.runner import LOCAL_PARALLEL_TASKS, model_threads, run_training
+from pipelines.local.runner import model_threads, run_training
 
 ROWS = int(os.environ.get("BENCH_PIPELINE_ROWS", "100000"))
 FIRST_ROWS = 1000
