@@ -1,6 +1,6 @@
 """The BentoML service: HTTP endpoints over the model holder, the validator and the logs.
 
-    POST /predict        {"records": [{...}]}  a few records; adaptive batching across requests
+    POST /predict        {"records": [{...}]}  a few records; batched across requests (batching.py: no window)
     POST /predict_many   {"records": [...]}     many records in one call (columnar answer), or an Arrow IPC
                                                 stream / Parquet body answered in the same format (gate.py)
     POST /feedback       {"request_id": "...", "label": ...}
