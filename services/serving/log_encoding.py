@@ -230,7 +230,11 @@ def parts_of(prefix: str, batches: list[Batch], lines: list[tuple[str, str, floa
     parts = []
     for (day, _), group in groups.items():
         since = min(b.since for b in group)
+        # one chunk per column: the batches of one request each (a few rows apiece at one client)
+        # made the size estimate and the Parquet writer walk hundreds of chunks per column
         table = pa.Table.from_batches([b.batch for b in group])
+        if len(group) > 1:
+            table = table.combine_chunks()
         parts.append(Part(f"{prefix}/date={day}/{part_name(since, 'parquet')}", table.num_rows, since, day, table=table))
     by_day: dict[str, list[tuple[str, float]]] = {}
     for day, line, since in lines:

@@ -333,8 +333,7 @@ class FlywheelServing:
         if isinstance(self.predictions_log, _NoLog):
             return ids, pred.values, pred.proba, None
         # the columns as they are (no frame built, no copy): append converts them to Arrow once
-        columns: dict[str, Any] = {REQUEST_ID: id_array, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
-                                   MODEL_VERSION: repeated_text(model.version, n)}
+        columns: dict[str, Any] = {REQUEST_ID: id_array, TIME: _now_repeated(n), MODEL_VERSION: repeated_text(model.version, n)}
         if passthrough is not None:
             columns.update({c: passthrough[c].to_numpy() for c in passthrough.columns})
         columns.update(features)
@@ -396,6 +395,13 @@ def _numbers_as_digits(n: int) -> np.ndarray:
             table[:, 11 - k] = np.resize(np.repeat(ten, 10**k), size)
         _digits = table  # one assignment: a concurrent call sees the old table or the new one
     return table[:n]
+
+
+def _now_repeated(n: int) -> Any:
+    """The time now (UTC, in ns), n times, as an Arrow array: the log's type, so no pandas index and no cast."""
+    import pyarrow as pa
+
+    return pa.array(np.full(n, time.time_ns(), dtype=np.int64), pa.int64()).view(pa.timestamp("ns", tz="UTC"))
 
 
 def repeated_text(value: str, n: int) -> Any:
