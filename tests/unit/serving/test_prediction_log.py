@@ -542,3 +542,18 @@ def test_a_part_has_min_max_statistics_for_time_and_prediction_but_not_for_reque
     assert has_min_max == {ID: False, TIME: True, "x": False, "_prediction": True, "feature": False}
     assert len(_logged(store)) == 50
     log.close()
+
+
+def test_a_part_of_many_small_appends_is_one_chunk_per_column() -> None:
+    """At one client each request appends a few rows; the part's size estimate and the Parquet writer
+    walked one chunk per append and column."""
+    from services.serving.log_encoding import encode_records, parts_of
+
+    batches = []
+    for i in range(300):
+        appended, _ = encode_records(_records(2, start=2 * i), time.time())
+        batches += appended
+    [part] = parts_of("predictions/m", batches, [], lambda day, since: "unused")
+    assert part.records == 600
+    assert {column.num_chunks for column in part.table.columns} == {1}
+    assert part.table.column(ID).to_pylist() == [f"r{i}" for i in range(600)]
