@@ -4,7 +4,7 @@ The load generator is ``wrk`` (a compiled HTTP load generator; Debian package ``
 with a Lua script that cycles through real JSON POST bodies. Every figure is measured in
 one run on this machine, so the ratios are what count. The sides (benchmarks/serving_sides.py):
 
-    service         the Flywheel service (``flywheel serve``: adaptive batching, prediction log on)
+    service         the Flywheel service (``flywheel serve``: batching across requests, prediction log on)
     fastapi_logged  FastAPI + uvicorn as a user writes it with the same duties: every record checked
                     by a pydantic model of the schema, every prediction logged to Parquet in the store
     fastapi_plain   FastAPI + uvicorn that only predicts

@@ -19,9 +19,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,8 @@ from services.serving.log_encoding import log_types
 
 log = logging.getLogger("flywheel.serving")
 SMOKE_ROWS = 32
+# What a runtime predicts: a frame of feature columns, or the columns themselves (one array per feature)
+Features = Union[pd.DataFrame, Mapping[str, np.ndarray]]
 
 
 class ModelRefused(RuntimeError):
@@ -81,7 +84,8 @@ class SklearnRuntime:
         self.task = task
         self.classes = list(getattr(model, "classes_", [])) if task == "classification" else None
 
-    def predict(self, frame: pd.DataFrame) -> Prediction:
+    def predict(self, features: Features) -> Prediction:
+        frame = features if isinstance(features, pd.DataFrame) else pd.DataFrame(features, copy=False)
         return Prediction(*score_frame(self.model, frame, self.task))
 
 
@@ -103,8 +107,8 @@ class OnnxRuntime:
         self._types = {i.name: i.type for i in self.session.get_inputs()}
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    def predict(self, frame: pd.DataFrame) -> Prediction:
-        out = self.session.run(None, onnx_feed(frame, self.inputs, self._types))
+    def predict(self, features: Features) -> Prediction:
+        out = self.session.run(None, onnx_feed(features, self.inputs, self._types))
         if self.task == "classification":
             proba = np.asarray(out[1], dtype=np.float64) if len(out) > 1 else None
             values = np.asarray(out[0]).ravel()
@@ -138,8 +142,9 @@ class LoadedModel:
         """The Arrow type of each column the prediction log records for this version (its schema's)."""
         return log_types(self.schema)
 
-    def predict(self, frame: pd.DataFrame) -> Prediction:
-        return self.runtime.predict(frame)
+    def predict(self, features: Features) -> Prediction:
+        """Predict a frame, or the columns of one (``Checked.columns``: no frame is built for ONNX)."""
+        return self.runtime.predict(features)
 
 
 def prefers_onnx(settings: Any) -> bool:

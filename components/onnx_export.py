@@ -12,6 +12,7 @@ expected, not an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -65,17 +66,19 @@ def export_onnx(model: Any, X_holdout: pd.DataFrame, task: str) -> tuple[bytes |
     return data, report
 
 
-def onnx_feed(frame: pd.DataFrame, inputs: dict[str, str], types: dict[str, str]) -> dict[str, np.ndarray]:
-    """The onnxruntime input dict for a frame of feature columns (shared with serving)."""
+def onnx_feed(columns: pd.DataFrame | Mapping[str, Any], inputs: dict[str, str], types: dict[str, str]) -> dict[str, np.ndarray]:
+    """The onnxruntime input dict for feature columns: a frame, or a mapping of arrays (shared with serving)."""
     feed = {}
     for name, column in inputs.items():
-        col = frame[column]
+        col = np.asarray(columns[column])
         if "string" in types[name]:
-            feed[name] = col.astype(object).where(col.notna(), "").astype(str).to_numpy().reshape(-1, 1)
+            text = col.astype(object)  # a copy: the caller's column keeps its nulls
+            text[pd.isna(text)] = ""
+            feed[name] = text.astype(str).reshape(-1, 1)
         elif "double" in types[name]:
-            feed[name] = col.to_numpy(dtype=np.float64).reshape(-1, 1)
+            feed[name] = col.astype(np.float64, copy=False).reshape(-1, 1)
         else:
-            feed[name] = col.to_numpy(dtype=np.float32).reshape(-1, 1)
+            feed[name] = col.astype(np.float32).reshape(-1, 1)
     return feed
 
 

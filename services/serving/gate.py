@@ -7,6 +7,8 @@
   answered the same way: the service sets the request's ``Refusal`` and the gate sends 503
   in place of the handler's answer. The refusal reaches the batched ``/predict`` through
   the request's items, made while the request is parsed (``Refusal.current``).
+- A ``/predict`` request is counted as on its way to the batcher (``Batcher.expect``) until it
+  queues or leaves, so a batch that starts meanwhile lets it join rather than run without it.
 - ``POST /predict_many`` with an Arrow IPC stream or a Parquet body is read here, validated
   by the same columnar validator as JSON, scored, and answered in the same format.
 """
@@ -79,6 +81,10 @@ class ServingGate:
         send = _refusing(send, refusal)
         try:
             fmt = format_of(_header(scope, b"content-type"))
+            if path == "/predict":
+                with service.batcher.expect():  # a batch starting meanwhile lets it join (batching.py)
+                    await self.app(scope, receive, send)
+                return
             if path != "/predict_many" or scope.get("method") != "POST" or fmt in (None, "json"):
                 await self.app(scope, receive, send)
                 return

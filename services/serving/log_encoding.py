@@ -230,7 +230,11 @@ def parts_of(prefix: str, batches: list[Batch], lines: list[tuple[str, str, floa
     parts = []
     for (day, _), group in groups.items():
         since = min(b.since for b in group)
+        # one chunk per column: the batches of one request each (a few rows apiece at one client)
+        # made the size estimate and the Parquet writer walk hundreds of chunks per column
         table = pa.Table.from_batches([b.batch for b in group])
+        if len(group) > 1:
+            table = table.combine_chunks()
         parts.append(Part(f"{prefix}/date={day}/{part_name(since, 'parquet')}", table.num_rows, since, day, table=table))
     by_day: dict[str, list[tuple[str, float]]] = {}
     for day, line, since in lines:
@@ -250,8 +254,10 @@ def _write_parquet(table: pa.Table, sink: pa.NativeFile) -> None:
     text = [f.name for f in table.schema
             if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != REQUEST_ID]
     # min/max statistics for the columns the log adds (time, version, prediction: what queries
-    # filter on), not for each feature: they were a seventh of the cost of a part of doubles
-    stats = [name for name in table.column_names if name.startswith("_")]
+    # filter on), not for each feature: they were a seventh of the cost of a part of doubles.
+    # Nor for request ids: random, so every part spans them all, and comparing 100k of them as
+    # text was a third of the cost of a 100k-row part (the next large append waits for it)
+    stats = [name for name in table.column_names if name.startswith("_") and name != REQUEST_ID]
     try:
         pq.write_table(table, sink, use_dictionary=text, compression=_codecs(table), write_statistics=stats)
     except OSError:  # the sink's: the disk, not the records

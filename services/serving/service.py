@@ -1,6 +1,6 @@
 """The BentoML service: HTTP endpoints over the model holder, the validator and the logs.
 
-    POST /predict        {"records": [{...}]}  a few records; adaptive batching across requests
+    POST /predict        {"records": [{...}]}  a few records; batched across requests (batching.py: no window)
     POST /predict_many   {"records": [...]}     many records in one call (columnar answer), or an Arrow IPC
                                                 stream / Parquet body answered in the same format (gate.py)
     POST /feedback       {"request_id": "...", "label": ...}
@@ -39,6 +39,7 @@ from components.settings import Settings, load_settings
 from components.store import open_store
 from components.validation import Checked, InvalidInput, Problem
 from services.serving import startup
+from services.serving.batching import Batcher
 from services.serving.gate import NOT_READY, Refusal, ServingGate, admitted_model
 from services.serving.holder import ModelHolder
 from services.serving.metrics import HttpMiddleware, metrics
@@ -111,8 +112,8 @@ def _count_rejected(problems: list[Problem]) -> None:
             m.rejected_records.labels(p.field or "record").inc()
 
 
-# Adaptive batching of /predict, tuned with benchmarks/serving.py (see its settings line).
-BATCHING = {"max_batch_size": 512, "max_latency_ms": 5000}
+# Records per model call at most (services/serving/batching.py: a batch takes what has queued)
+MAX_BATCH_RECORDS = 512
 BatchRecords = Annotated[list[Any], AfterValidator(_validate_batch_input)]
 # The answer's media type, stated: else BentoML derives it from the answer's JSON schema, for every request.
 Answers = Annotated[list[dict[str, Any]], ContentType("application/json")]
@@ -148,6 +149,7 @@ class FlywheelServing:
                                   prefer_onnx=prefer_onnx, listener=_on_model_event,
                                   strict_fields=settings.serving_strict_fields)
         self.predictions_log = _record_log(log_store, settings, "predictions") if log_predictions else _NoLog()
+        self.batcher: Batcher[_Item, dict[str, Any]] = Batcher(self._predict_batch, MAX_BATCH_RECORDS)
         self.feedback_log = _record_log(log_store, settings, "feedback")
         # what exists now (imports, settings) lives as long as the worker: left out of the
         # collector's full passes, which took about 100 ms each over it (p99 at one client)
@@ -166,18 +168,21 @@ class FlywheelServing:
             raise ServiceUnavailable(NOT_READY)
         return model
 
-    @bentoml.api(batchable=True, **BATCHING)
+    @bentoml.api
     async def predict(self, records: BatchRecords) -> Answers:
         """Predict a few records per request; concurrent requests are batched into one model call.
 
         A refused record gets its problems in its slot; the others are scored.
         """
-        # async: the batch runs on the worker's event loop, as a one-CPU worker should; a thread
-        # hand-off per batch cost about 2 ms of p50 with one client (benchmarks/serving.py)
         if records and not isinstance(records[0], _Item):
             # called in process (BentoML's testing guide): no request parsing ran, so validate here as one request
             records = _items(self._model(), records)
-        items: list[_Item] = records
+        return await self.batcher.submit(records)
+
+    async def _predict_batch(self, items: list[_Item]) -> list[dict[str, Any]]:
+        """The answers to the records of a batch of /predict requests (services/serving/batching.py)."""
+        # async: the batch runs on the worker's event loop, as a one-CPU worker should; a thread
+        # hand-off per batch cost about 2 ms of p50 with one client (benchmarks/serving.py)
         out: list[dict[str, Any]] = [{}] * len(items)
         slot: dict[tuple[int, int], int] = {(id(it.checked), it.position): i for i, it in enumerate(items)}
         groups: dict[int, list[Checked]] = {}
@@ -193,8 +198,7 @@ class FlywheelServing:
             model = models[key]
             scored = [c for c in checks if len(c)]
             if scored:
-                frame = pd.concat([c.frame for c in scored]) if len(scored) > 1 else scored[0].frame
-                ids, values, proba, entry = self._score(model, frame, _passthrough(scored))
+                ids, values, proba, entry = self._score(model, _joined(scored), _passthrough(scored))
                 refused = await self._log_batch(entry)
                 if refused is None:
                     _count_predictions(model, values)
@@ -202,7 +206,7 @@ class FlywheelServing:
                     k = 0
                     for c in scored:
                         extra = {"ignored_fields": sorted(c.ignored)} if c.ignored else {}
-                        for pos in c.frame.index:
+                        for pos in c.index.tolist():
                             out[slot[(id(c), pos)]] = {**answers[k], **extra}
                             k += 1
                 else:  # nothing of theirs is logged: the gate answers their requests 503
@@ -258,11 +262,11 @@ class FlywheelServing:
 
         Raises ``LogFull`` when the prediction log has no room for them within its wait.
         """
-        ids, values, proba, entry = self._score(model, checked.frame, checked.passthrough)
+        ids, values, proba, entry = self._score(model, checked.columns, checked.passthrough)
         if entry is not None:
             self.predictions_log.put(entry)
         _count_predictions(model, values)
-        n, index = checked.total, checked.frame.index.to_numpy()
+        n, index = checked.total, checked.index
         full = checked.rejected == 0
         out: dict[str, Any] = {"request_id": ids, "prediction": values}
         if proba is not None:
@@ -316,24 +320,23 @@ class FlywheelServing:
                  self.predictions_log.logged, self.feedback_log.logged,
                  self.predictions_log.spilled, self.feedback_log.spilled)
 
-    def _score(self, model: LoadedModel, frame: pd.DataFrame, passthrough: pd.DataFrame | None = None
+    def _score(self, model: LoadedModel, features: dict[str, np.ndarray], passthrough: pd.DataFrame | None = None
                ) -> tuple[pd.Series, np.ndarray, np.ndarray | None, Entry | None]:
-        """Predict a frame of validated rows; with the prediction log's entry for them (id / timestamp columns sent too).
+        """Predict validated rows (``Checked.columns``); with the prediction log's entry for them (id / timestamp columns sent too).
 
         The entry is None when the log is off. The caller queues it, and counts the predictions once it is queued.
         """
-        pred = model.predict(frame)
-        n = len(frame)
+        pred = model.predict(features)
+        n = len(pred.values)
         id_array = request_id_array(n)
         ids = pd.Series(pd.arrays.ArrowExtensionArray(id_array))
         if isinstance(self.predictions_log, _NoLog):
             return ids, pred.values, pred.proba, None
         # the columns as they are (no frame built, no copy): append converts them to Arrow once
-        columns: dict[str, Any] = {REQUEST_ID: id_array, TIME: pd.DatetimeIndex([pd.Timestamp.now(tz="UTC")]).repeat(n),
-                                   MODEL_VERSION: repeated_text(model.version, n)}
+        columns: dict[str, Any] = {REQUEST_ID: id_array, TIME: _now_repeated(n), MODEL_VERSION: repeated_text(model.version, n)}
         if passthrough is not None:
             columns.update({c: passthrough[c].to_numpy() for c in passthrough.columns})
-        columns.update({c: frame[c].to_numpy() for c in frame.columns})
+        columns.update(features)
         columns[PREDICTION] = pred.values
         if pred.proba is not None:
             columns[PROBA] = pred.proba.max(axis=1)
@@ -394,6 +397,13 @@ def _numbers_as_digits(n: int) -> np.ndarray:
     return table[:n]
 
 
+def _now_repeated(n: int) -> Any:
+    """The time now (UTC, in ns), n times, as an Arrow array: the log's type, so no pandas index and no cast."""
+    import pyarrow as pa
+
+    return pa.array(np.full(n, time.time_ns(), dtype=np.int64), pa.int64()).view(pa.timestamp("ns", tz="UTC"))
+
+
 def repeated_text(value: str, n: int) -> Any:
     """``value`` n times, as an Arrow string array (for a log column that is the same on every record)."""
     import pyarrow as pa
@@ -415,8 +425,17 @@ def _text_array(data: np.ndarray, n: int, width: int) -> Any:
 _SMALL_CALL = 1024  # records: up to here plain Python beats the per-call overheads of Arrow and pandas
 
 
+def _joined(checks: list[Checked]) -> dict[str, np.ndarray]:
+    """The model's input columns of several requests, one after the other."""
+    if len(checks) == 1:
+        return checks[0].columns
+    return {name: np.concatenate([c.columns[name] for c in checks]) for name in checks[0].columns}
+
+
 def _passthrough(checks: list[Checked]) -> pd.DataFrame | None:
-    frames = [c.passthrough if c.passthrough is not None else pd.DataFrame(index=c.frame.index) for c in checks]
+    if all(c.passthrough is None for c in checks):
+        return None
+    frames = [c.passthrough if c.passthrough is not None else pd.DataFrame(index=pd.RangeIndex(len(c))) for c in checks]
     if all(len(f.columns) == 0 for f in frames):
         return None
     return pd.concat(frames) if len(frames) > 1 else frames[0]
