@@ -63,7 +63,7 @@ def _build() -> Metrics:
         request_duration=Histogram("flywheel_request_duration_seconds", "Request latency by API and status.",
                                    ["api", "status"], buckets=_LATENCY_BUCKETS),
         requests=Counter("flywheel_requests_total", "Requests by API and status.", ["api", "status"]),
-        batch_size=Histogram("flywheel_batch_size", "Rows per model call (after adaptive batching).",
+        batch_size=Histogram("flywheel_batch_size", "Rows per model call (after batching across requests).",
                              buckets=_BATCH_BUCKETS),
         model_info=Gauge("flywheel_model_info", "The served model version and runtime (1 = serving).",
                          ["version", "runtime"], multiprocess_mode="livemax"),
