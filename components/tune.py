@@ -218,8 +218,11 @@ def search(
 ) -> list[dict[str, Any]]:
     """Every family of one search task (train.families), one after another; returns all their trial records.
 
-    With a time budget, each family gets an equal part of the task's minutes.
+    With a time budget, each family gets an equal part of the task's minutes. A family or parameter
+    this build's estimators do not have is a SearchSpaceError naming it, before any trial: the
+    space may come as a run's parameter that no edge checked (a run started from the KFP UI).
     """
+    search_space.check_families(group["spaces"], "(the run's)")
     budget = Budget.of(group.get("budget"))
     names = list(group["spaces"])
     start = time.monotonic()

@@ -88,6 +88,19 @@ def test_a_bad_search_space_is_one_sentence_naming_the_file_family_and_parameter
     assert isinstance(raised.value, ConfigError)  # the CLI and the step records treat it as the user's error
 
 
+def test_a_space_that_reaches_the_search_unchecked_is_refused_before_any_trial_naming_the_family_and_parameter(cancer):
+    # a run started from the KFP UI with its search_space parameter edited: no CLI or settings edge checked it
+    frame, schema = cancer
+    space = search_space.parse({"logistic": {"params": {"C": {"low": 0.1, "high": 1.0}}},
+                                "random_forest": {"params": {"n_estimator": 50}}})
+    group = train.families("classification", tasks=1, space=space, budget={"trials": 4, "families": 2})[0]  # one task, both
+    saved = []
+    with pytest.raises(search_space.SearchSpaceError) as raised:
+        tune.search(frame, schema, group, 2, 0, 10_000, save=saved.append)
+    assert "search space (the run's): family 'random_forest', parameter 'n_estimator': not a parameter" in str(raised.value)
+    assert saved == []  # no trial ran
+
+
 def test_a_users_space_replaces_the_projects_and_only_its_families_are_searched(tmp_path):
     path = _space(tmp_path, {"random_forest": {"params": {"n_estimators": {"low": 10, "high": 60, "int": True}},
                                                "defaults": [{"n_estimators": 20}]}})
