@@ -267,7 +267,9 @@ def cells(row: dict[str, Any]) -> tuple[str, str]:
 def leaderboard_markdown(records: list[dict[str, Any]], top: int = LEADERBOARD_ROWS) -> str:
     """The leaderboard as a Markdown table (the version card's and the KFP UI's)."""
     n = counts(records)
-    lines = [f"{len(records)} trials: {n['complete']} complete, {n['pruned']} pruned (stopped early), {n['failed']} failed.", "",
+    lines = [f"{len(records)} trials: {n['complete']} complete, {n['pruned']} pruned (stopped early), {n['failed']} failed. "
+             "The best trial is the best default point (or the champion's) unless a sampled trial leads it by more than "
+             "that trial's CV standard error.", "",
              "| rank | trial | family | parameters | CV score | folds | seconds | state |", "|---|---|---|---|---|---|---|---|"]
     for rank, row in enumerate(leaderboard(records, top), start=1):
         score, state = cells(row)
