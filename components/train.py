@@ -10,6 +10,7 @@ only lists the search space starts without them.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -290,18 +291,40 @@ def trials_of(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> lis
     return parsed
 
 
-def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
-    """The highest cross-validated score among the trials scored on every fold (ties: the simpler, earlier candidate).
+def standard_error(result: dict[str, Any]) -> float:
+    """The standard error of a trial's CV score: the folds' sample standard deviation over the square root of
+    their count (``std`` is the folds' population standard deviation, as ``np.std`` gives it)."""
+    folds = int(result.get("folds") or 0)
+    return float(result.get("std") or 0.0) / math.sqrt(folds - 1) if folds > 1 else 0.0
 
-    ``results`` holds candidate results, or lists of them (one per family task), or their JSON;
-    pruned and failed trials (``state``) are never chosen.
+
+def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
+    """The chosen trial among those scored on every fold: the best fixed point (a family's default, the champion's
+    point) unless a trial the sampler proposed beats it by more than that trial's standard error.
+
+    The one-standard-error rule: with many sampled trials, the highest CV score is partly the folds'
+    luck (it is the maximum of many noisy estimates), so a sampled trial must be better than the
+    untuned points by more than its own score's noise to be chosen; otherwise the search keeps what
+    a search without a budget would have chosen, and a bigger budget cannot make a worse choice out
+    of noise alone. Ties go to the simpler, earlier candidate. ``results`` holds candidate results,
+    or lists of them (one per family task), or their JSON; pruned and failed trials (``state``) are
+    never chosen.
     """
     parsed = trials_of(results)
     complete = [r for r in parsed if r.get("state", "complete") == "complete"]
     if not complete:
         failed = [f"{r['candidate']['id']}: {r['error']}" for r in parsed if r.get("state") == "failed"][:3]
         raise ValueError("no candidate was scored" + (f" (every trial failed; first: {'; '.join(failed)})" if failed else ""))
-    return max(complete, key=lambda r: (round(r["score"], 6), -_rank(r["candidate"]["id"])))
+
+    def top(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(rows, key=lambda r: (round(r["score"], 6), -_rank(r["candidate"]["id"])))
+
+    chosen = top(complete)
+    fixed = [r for r in complete if r.get("origin", "default") != "sampler"]
+    if not fixed or chosen.get("origin", "default") != "sampler":
+        return chosen
+    incumbent = top(fixed)
+    return chosen if chosen["score"] - incumbent["score"] > standard_error(chosen) else incumbent
 
 
 def refit(train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], seed: int) -> Pipeline:

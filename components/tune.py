@@ -107,15 +107,17 @@ def _point(record: dict[str, Any]) -> dict[str, Any]:
     return {**record["candidate"]["params"], search_space.SELECT: record["candidate"].get("select", False)}
 
 
-def _frozen(record: dict[str, Any], space: dict[str, dict[str, Any]], dists: dict[str, Any]) -> Any:
-    """A recorded trial as an Optuna FrozenTrial (for ``study.add_trial``); None when it does not fit the space."""
+def _frozen(record: dict[str, Any], space: dict[str, dict[str, Any]], dists: dict[str, Any], folds: bool = True) -> Any:
+    """A recorded trial as an Optuna FrozenTrial (for ``study.add_trial``); None when it does not fit the space.
+
+    ``folds=False`` leaves its fold scores out: it informs the sampler, but is no rung for the pruner."""
     from optuna.trial import TrialState, create_trial
 
     point = _point(record)
     params = {k: v for k, v in point.items() if k in dists}
     if not all(search_space.contains(space[k], v) for k, v in params.items()):
         return None  # a point outside the (user's new) space tells the sampler nothing about it
-    steps = {int(k): float(v) for k, v in (record.get("intermediate") or {}).items()}
+    steps = {int(k): float(v) for k, v in (record.get("intermediate") or {}).items()} if folds else {}
     state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(record.get("state", "complete"), TrialState.FAIL)
     return create_trial(state=state, value=record["score"] if state == TrialState.COMPLETE else None, params=params,
                         distributions={k: dists[k] for k in params}, intermediate_values=steps)
@@ -163,8 +165,10 @@ def search_family(
 
         dists = search_space.distributions(params)
         study = _study(seed)
-        for r in records + champion:  # this task's trials before (a resumed run), then the champion's
-            if (frozen := _frozen(r, params, dists)) is not None:
+        # this task's trials before (a resumed run), then the champion's: their scores came from other
+        # data, so they guide the sampler but their fold scores never decide whether a trial here is pruned
+        for r, folds_here in [(r, True) for r in records] + [(r, False) for r in champion]:
+            if (frozen := _frozen(r, params, dists, folds_here)) is not None:
                 study.add_trial(frozen)
 
     while len(records) < limit and not (records and deadline is not None and time.monotonic() >= deadline):
@@ -214,8 +218,11 @@ def search(
 ) -> list[dict[str, Any]]:
     """Every family of one search task (train.families), one after another; returns all their trial records.
 
-    With a time budget, each family gets an equal part of the task's minutes.
+    With a time budget, each family gets an equal part of the task's minutes. A family or parameter
+    this build's estimators do not have is a SearchSpaceError naming it, before any trial: the
+    space may come as a run's parameter that no edge checked (a run started from the KFP UI).
     """
+    search_space.check_families(group["spaces"], "(the run's)")
     budget = Budget.of(group.get("budget"))
     names = list(group["spaces"])
     start = time.monotonic()
@@ -260,7 +267,9 @@ def cells(row: dict[str, Any]) -> tuple[str, str]:
 def leaderboard_markdown(records: list[dict[str, Any]], top: int = LEADERBOARD_ROWS) -> str:
     """The leaderboard as a Markdown table (the version card's and the KFP UI's)."""
     n = counts(records)
-    lines = [f"{len(records)} trials: {n['complete']} complete, {n['pruned']} pruned (stopped early), {n['failed']} failed.", "",
+    lines = [f"{len(records)} trials: {n['complete']} complete, {n['pruned']} pruned (stopped early), {n['failed']} failed. "
+             "The best trial is the best default point (or the champion's) unless a sampled trial leads it by more than "
+             "that trial's CV standard error.", "",
              "| rank | trial | family | parameters | CV score | folds | seconds | state |", "|---|---|---|---|---|---|---|---|"]
     for rank, row in enumerate(leaderboard(records, top), start=1):
         score, state = cells(row)

@@ -88,6 +88,19 @@ def test_a_bad_search_space_is_one_sentence_naming_the_file_family_and_parameter
     assert isinstance(raised.value, ConfigError)  # the CLI and the step records treat it as the user's error
 
 
+def test_a_space_that_reaches_the_search_unchecked_is_refused_before_any_trial_naming_the_family_and_parameter(cancer):
+    # a run started from the KFP UI with its search_space parameter edited: no CLI or settings edge checked it
+    frame, schema = cancer
+    space = search_space.parse({"logistic": {"params": {"C": {"low": 0.1, "high": 1.0}}},
+                                "random_forest": {"params": {"n_estimator": 50}}})
+    group = train.families("classification", tasks=1, space=space, budget={"trials": 4, "families": 2})[0]  # one task, both
+    saved = []
+    with pytest.raises(search_space.SearchSpaceError) as raised:
+        tune.search(frame, schema, group, 2, 0, 10_000, save=saved.append)
+    assert "search space (the run's): family 'random_forest', parameter 'n_estimator': not a parameter" in str(raised.value)
+    assert saved == []  # no trial ran
+
+
 def test_a_users_space_replaces_the_projects_and_only_its_families_are_searched(tmp_path):
     path = _space(tmp_path, {"random_forest": {"params": {"n_estimators": {"low": 10, "high": 60, "int": True}},
                                                "defaults": [{"n_estimators": 20}]}})
@@ -140,6 +153,23 @@ def test_among_equal_scores_the_best_is_a_default_then_the_champions_point_then_
     assert train.best([result("linear-3"), result("linear-champion")])["candidate"]["id"] == "linear-champion"
     assert train.best([result("linear-12"), result("linear-3")])["candidate"]["id"] == "linear-3"
     assert train.best([result("linear-3"), {**result("1-linear"), "state": "pruned", "score": 0.9}])["candidate"]["id"] == "linear-3"
+
+
+def test_a_sampled_trial_replaces_the_best_fixed_point_only_when_it_beats_it_by_more_than_one_standard_error():
+    def result(cid: str, origin: str, score: float, std: float = 0.03) -> dict:
+        return {"candidate": {"id": cid}, "origin": origin, "score": score, "std": std, "folds": 3, "state": "complete"}
+
+    default, warm = result("0-lightgbm", "default", 0.90), result("lightgbm-champion", "warm", 0.905)
+    se = 0.03 / 2 ** 0.5  # the folds' sample standard deviation over sqrt(3)
+    assert train.standard_error(result("x", "sampler", 0.9)) == pytest.approx(se)
+    # within one standard error of the best fixed point (the champion's here): the search keeps that point
+    assert train.best([default, warm, result("lightgbm-7", "sampler", 0.905 + se * 0.9)])["candidate"]["id"] == "lightgbm-champion"
+    # beyond it: the sampled trial is chosen
+    assert train.best([default, warm, result("lightgbm-7", "sampler", 0.905 + se * 1.1)])["candidate"]["id"] == "lightgbm-7"
+    # its own noise counts: a steadier trial needs less of a lead
+    assert train.best([default, result("lightgbm-7", "sampler", 0.91, std=0.001)])["candidate"]["id"] == "lightgbm-7"
+    # no fixed point scored on every fold (a time budget spent, the defaults failed): the best sampled trial
+    assert train.best([{**default, "state": "failed", "score": None}, result("lightgbm-7", "sampler", 0.8)])["candidate"]["id"] == "lightgbm-7"
 
 
 # --- the study --------------------------------------------------------------------------------
@@ -241,6 +271,24 @@ def test_a_warm_start_scores_the_champions_best_point_and_learns_from_its_trials
     # the sampler, seeded alike, proposes otherwise: it learnt from the champion's trials
     assert [r["candidate"]["params"] for r in warm[3:]] != [r["candidate"]["params"] for r in cold[2:]]
     assert all("intermediate" in r for r in warm)  # every record was scored here: the champion's are never candidates
+
+
+def test_the_champions_fold_scores_inform_the_sampler_but_never_prune_a_trial_on_the_new_data(diabetes):
+    frame, schema = diabetes
+    space = {"linear": search_space.default()["linear"]}
+    group = train.families("regression", space=space, budget={"trials": 8, "families": 1})[0]
+
+    def trial(n: int, alpha: float) -> dict:  # scored on other data, far above what this table allows (r2 ~0.45)
+        return {"candidate": {"id": f"linear-{n}", "family": "linear", "select": False, "params": {"alpha": alpha}},
+                "score": 0.99, "state": "complete", "intermediate": {"1": 0.99, "2": 0.99, "3": 0.99}}
+
+    champion = [trial(n, alpha) for n, alpha in enumerate((0.002, 0.01, 0.05, 0.3, 2.0, 40.0), start=2)]
+    warm = tune.search(frame, schema, group, 3, 0, 10_000, warm=champion)
+    no_folds = tune.search(frame, schema, group, 3, 0, 10_000, warm=[{k: v for k, v in r.items() if k != "intermediate"}
+                                                                   for r in champion])
+    # the same proposals, pruned alike: the pruner's rungs hold only the trials scored on this data
+    assert [(r["candidate"]["params"], r["state"]) for r in warm] == [(r["candidate"]["params"], r["state"]) for r in no_folds]
+    assert any(r["state"] == "complete" for r in warm if r["origin"] == "sampler")
 
 
 # --- the user's side --------------------------------------------------------------------------
