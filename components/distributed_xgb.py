@@ -181,13 +181,15 @@ def booster_params(estimator: Any, classes: list[Any] | None) -> tuple[dict[str,
     return params, rounds, bool(getattr(estimator, "enable_categorical", False))
 
 
-# What one worker holds beside its share's bins: the interpreter with pandas, scikit-learn and
-# XGBoost imported, one batch and its preprocessed copy (measured on the churn table: ~400 MB).
-WORKER_BASE_MB = 400
-# Bytes a worker holds per row and feature: the 1-byte bin of the QuantileDMatrix (ELLPACK) plus,
-# per row, gradient, hessian, prediction and label in float32 (16 bytes, spread over the features).
-BIN_BYTES = 1
-ROW_BYTES = 16
+# What one worker holds beside its share: the interpreter with XGBoost and Arrow imported (no pandas
+# or scikit-learn: ``import_xgboost``), Parquet's reader and one batch. Measured on the churn table
+# (tests/integration/test_distributed_xgb.py holds a worker to it): 172-180 MiB.
+WORKER_BASE_MB = 210
+# Bytes a worker holds per row of its share: per feature, the 1-byte bin in the hist matrix's row and
+# column layouts; per row, its offsets, label, weight, gradient, hessian, prediction and position in
+# the tree (measured on the churn table's 15 model columns: about 120 bytes a row).
+BIN_BYTES = 2
+ROW_BYTES = 90
 
 
 def workers_needed(rows: int, features: int, budget_mb: float, requested: int) -> int:
