@@ -277,5 +277,7 @@ def test_two_workers_each_hold_half_the_data_and_a_small_fixed_cost(tmp_path: Pa
     small, big = _peaks(tmp_path, settings, 50_000), _peaks(tmp_path, settings, 450_000)
     # the fixed cost (interpreter, XGBoost, Arrow, one batch) within what workers_needed plans for
     assert max(small.values()) * 1024 <= dx.WORKER_BASE_MB * 1_000_000, (small, big)
-    # what the rows add divides between the workers: the fixed cost cancels between the two sizes
-    assert big[2] - small[2] <= 0.6 * (big[1] - small[1]), (small, big)
+    # what the rows add divides between the workers (half of it each; all of it each, were it not split):
+    # the fixed cost cancels between the two sizes. Measured 0.46; 0.75 leaves room for what the
+    # allocators keep, which varied by a few MiB from run to run on a loaded machine.
+    assert big[2] - small[2] <= 0.75 * (big[1] - small[1]), (small, big)
