@@ -64,8 +64,7 @@ def settings_of(template: Any) -> dict[str, Any]:
     est = template.steps[-1][1]
     xgb_params = est.get_xgb_params()
     return {"rounds": est.n_estimators or 100, "max_depth": xgb_params.get("max_depth"),
-            "max_bin": xgb_params.get("max_bin") or 256, "threads": xgb_params.get("n_jobs") or os.cpu_count(),
-            "preprocessing": template.steps[0][0]}
+            "max_bin": xgb_params.get("max_bin") or 256, "threads": xgb_params.get("n_jobs") or os.cpu_count()}
 
 
 def _write_data(root: Path, rows: int, seed: int) -> tuple[Path, Path, Any]:

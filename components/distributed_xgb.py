@@ -381,7 +381,8 @@ def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], transform: 
             input_data(data=X, label=y, weight=weight, feature_types=job.feature_types)
             return True
 
-    return xgb.QuantileDMatrix(Batches(), max_bin=int(job.params.get("max_bin", 256)),
+    threads = job.params.get("nthread", job.params.get("n_jobs"))  # the estimator's, as its own fit builds its matrix
+    return xgb.QuantileDMatrix(Batches(), max_bin=int(job.params.get("max_bin", 256)), nthread=threads,
                                enable_categorical=job.enable_categorical)
 
 
