@@ -158,9 +158,9 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
     lines.append((f"{distributed['workers']} workers vs in-process: |AUC difference|",
                   f"{abs(distributed['roc_auc'] - single['roc_auc']):.4f}", f"<= {SCORE_TARGET}"))
     lines.append((f"{distributed['workers']} workers vs 1 worker of the same engine: worst worker's peak / its peak",
-                  f"{worst / one_worker['peak_rss_mib'][0]:.2f}", f"<= {MEMORY_TARGET}"))
+                  f"{worst / one_worker['peak_rss_mib'][0]:.3f}", f"<= {MEMORY_TARGET}"))
     lines.append((f"{distributed['workers']} workers vs in-process: worst worker's peak / its peak",
-                  f"{worst / single['peak_rss_mib'][0]:.2f}", ""))
+                  f"{worst / single['peak_rss_mib'][0]:.3f}", ""))
     return lines
 
 
