@@ -16,8 +16,8 @@ row (compaction, a distributed refit) is one more function there. What they meas
 * the retrain dataset step (benchmarks/retrain_data.py) at ``SCALE_RETRAIN_ROWS``;
 * a monitoring pass over 20 workers' prediction-log parts before and after compaction
   (benchmarks/scale_compaction.py, ``BENCH_COMPACTION_*``);
-* the XGBoost refit in one process against 2 collective workers (benchmarks/scale_distributed.py,
-  ``BENCH_DISTRIBUTED_ROWS``).
+* the XGBoost refit in one process against 1 and 2 collective workers (benchmarks/scale_distributed.py;
+  ``BENCH_DISTRIBUTED_ROWS``, else the largest ``SCALE_ROWS`` size up to 5,000,000).
 
 Runnable as ``python -m benchmarks.scale [out.json]``; ``main(out_json)`` returns the dict.
 """
@@ -261,8 +261,8 @@ def compaction(work: Path) -> list[dict]:
 
 
 def distributed_refit(work: Path) -> list[dict]:
-    """The XGBoost refit in one process against 2 collective workers (benchmarks/scale_distributed.py,
-    ``BENCH_DISTRIBUTED_ROWS``, default 200000)."""
+    """The XGBoost refit in one process against 1 and 2 collective workers (benchmarks/scale_distributed.py;
+    rows: ``BENCH_DISTRIBUTED_ROWS``, else the largest ``SCALE_ROWS`` size up to 5,000,000)."""
     from benchmarks import scale_distributed
 
     return [{"row": "distributed", "runs": scale_distributed.main()["runs"]}]

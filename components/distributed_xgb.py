@@ -12,7 +12,13 @@ sample of the training rows, writes a job (the plan of every worker's share, the
 preprocessing, the booster's parameters) to the store under ``training/<model>/<job>/``, starts the
 workers and waits. Each worker reads only its own share of the training Parquet row groups, streams
 it batch by batch through the preprocessing into a ``QuantileDMatrix`` (the sketch is merged across
-workers by the collective), trains, and rank 0 writes the booster to the store. The coordinator puts
+workers by the collective), trains, and rank 0 writes the booster to the store. A worker's memory is
+its share's bins plus a fixed cost; the fixed cost is kept small so that N workers divide the
+memory: the gradient-boosted families' preprocessing (``features.native_preprocessor``: numbers,
+category codes, date parts) is applied by the worker to the Arrow batches themselves
+(``native_ops``/``arrow_features``, checked equal to the fitted pipeline on the coordinator's
+sample), so such a worker imports neither pandas nor scikit-learn; any other preprocessing is
+unpickled and applied to a pandas copy of each batch. The coordinator puts
 the booster behind the preprocessing: the model is an ordinary scikit-learn pipeline, packaged and
 served like any other. A worker that fails fails the refit with its rank named; nothing is registered.
 
@@ -32,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,14 +50,17 @@ from components.store import Store, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
     from sklearn.pipeline import Pipeline
 
     from components.data import Schema
 
 JOB_PREFIX = "training"
 # Rows a worker turns into one batch of the QuantileDMatrix: its memory beyond the compressed
-# matrix is about one batch (pandas + the preprocessed float64 array).
-BATCH_ROWS = 65_536
+# matrix is about one batch (Parquet's decoded pages, the Arrow batch, its float32 features).
+# Measured reading a 250k-row group of the churn table: 74 MiB above the interpreter at 65,536
+# rows a batch, 32 MiB at 16,384.
+BATCH_ROWS = 16_384
 ENGINE_LOCAL = "xgboost-collective-local"
 ENGINE_TRAINJOB = "xgboost-collective-trainjob"
 ENGINE_IN_PROCESS = "in-process"
@@ -88,6 +97,7 @@ class Job:
     class_weights: list[float] | None = None  # per class index: each row weighted by its class (balanced classes)
     batch_rows: int = BATCH_ROWS
     local_files: bool = False  # ``file`` values are paths this machine reads, not store keys
+    native: list[list[Any]] | None = None  # the preprocessing as ``native_ops`` (None: the worker unpickles prep.joblib)
 
     @property
     def workers(self) -> int:
@@ -171,13 +181,15 @@ def booster_params(estimator: Any, classes: list[Any] | None) -> tuple[dict[str,
     return params, rounds, bool(getattr(estimator, "enable_categorical", False))
 
 
-# What one worker holds beside its share's bins: the interpreter with pandas, scikit-learn and
-# XGBoost imported, one batch and its preprocessed copy (measured on the churn table: ~400 MB).
-WORKER_BASE_MB = 400
-# Bytes a worker holds per row and feature: the 1-byte bin of the QuantileDMatrix (ELLPACK) plus,
-# per row, gradient, hessian, prediction and label in float32 (16 bytes, spread over the features).
-BIN_BYTES = 1
-ROW_BYTES = 16
+# What one worker holds beside its share: the interpreter with XGBoost and Arrow imported (no pandas
+# or scikit-learn: ``import_xgboost``), Parquet's reader and one batch. Measured on the churn table
+# (tests/integration/test_distributed_xgb.py holds a worker to it): 172-180 MiB.
+WORKER_BASE_MB = 210
+# Bytes a worker holds per row of its share: per feature, the 1-byte bin in the hist matrix's row and
+# column layouts; per row, its offsets, label, weight, gradient, hessian, prediction and position in
+# the tree (measured on the churn table's 15 model columns: about 120 bytes a row).
+BIN_BYTES = 2
+ROW_BYTES = 90
 
 
 def workers_needed(rows: int, features: int, budget_mb: float, requested: int) -> int:
@@ -205,17 +217,96 @@ def is_distributable(model: Pipeline) -> bool:
 # --- the worker -------------------------------------------------------------------------
 
 
-def _labels(y: pd.Series, classes: list[Any] | None) -> Any:
+def _labels(values: Any, target: str, classes: list[Any] | None) -> Any:
+    """A batch's target column (Arrow) as XGBoost's labels: class codes in ``classes`` order, or the values."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     if classes is None:
-        return y.to_numpy(dtype="float64")
-    index = {c: i for i, c in enumerate(classes)}
-    # schema classes are JSON-normalised (ints stay ints, strings stay strings)
-    codes = [index.get(v.item() if isinstance(v, np.generic) else v, -1) for v in y.tolist()]
-    if -1 in codes:
-        raise ValueError(f"target {y.name!r} holds a value outside the schema's classes {classes}")
-    return np.asarray(codes, dtype="float32")
+        return pc.cast(values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+    distinct = pc.unique(values)
+    index = {c: i for i, c in enumerate(classes)}  # schema classes are JSON-normalised, as Arrow's Python values
+    codes = np.asarray([index.get(v, -1) for v in distinct.to_pylist()])
+    if (codes < 0).any():
+        raise ValueError(f"target {target!r} holds a value outside the schema's classes {classes}")
+    return codes[pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False)].astype("float32")
+
+
+# The date parts of ``features.date_parts`` (pandas' year, month, day, dayofweek with Monday 0, hour),
+# as Arrow computes them.
+_ARROW_DATE_PARTS = ("year", "month", "day", "day_of_week", "hour")
+
+
+def native_ops(prep: Any) -> list[list[Any]] | None:
+    """The fitted ``features.native_preprocessor`` as plain data a worker applies without scikit-learn.
+
+    One op per input column, in output order: ``["number", column]``, ``["category", column,
+    categories]`` or ``["date", column]`` (five parts). None when ``prep`` is not exactly that
+    preprocessor (a pipeline whose only step is it): the workers then unpickle ``prep``.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import FunctionTransformer
+
+    from components.features import DATE_PARTS, CategoryCodes, date_parts
+
+    steps = getattr(prep, "steps", None)
+    if not steps or len(steps) != 1 or not isinstance(steps[0][1], ColumnTransformer):
+        return None
+    if [p.replace("dayofweek", "day_of_week") for p in DATE_PARTS] != list(_ARROW_DATE_PARTS):
+        return None  # features.date_parts changed: the workers apply the pickled pipeline
+    ops: list[list[Any]] = []
+    for _, transformer, columns in steps[0][1].transformers_:
+        if transformer == "drop":
+            continue
+        function = type(transformer) is FunctionTransformer and transformer.kw_args is None
+        if transformer == "passthrough" or (function and transformer.func is None):  # fitted, passthrough is identity
+            ops += [["number", c] for c in columns]
+        elif type(transformer) is CategoryCodes:
+            ops += [["category", c, list(cats)] for c, cats in zip(columns, transformer.categories, strict=True)]
+        elif function and transformer.func is date_parts:
+            ops += [["date", c] for c in columns]
+        else:
+            return None
+    return ops
+
+
+def arrow_features(batch: Any, ops: list[list[Any]]) -> Any:
+    """``native_ops`` applied to an Arrow batch: the float32 matrix the fitted preprocessing would give XGBoost.
+
+    Missing values, categories the schema does not list and unreadable dates are NaN, as in
+    ``features``. Raises TypeError on a column type it does not read (a date stored as text).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    width = sum(len(_ARROW_DATE_PARTS) if op[0] == "date" else 1 for op in ops)
+    out = np.empty((batch.num_rows, width), dtype="float32")
+    j = 0
+    for op in ops:
+        column = batch.column(op[1])
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if op[0] == "number":
+            out[:, j] = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+            j += 1
+        elif op[0] == "category":  # as CategoryCodes: each value's text looked up, once per distinct value
+            lookup = {c: float(i) for i, c in enumerate(op[2])}
+            distinct = pc.unique(column)
+            codes = np.asarray([np.nan if v is None else lookup.get(str(v), np.nan) for v in distinct.to_pylist()],
+                               dtype="float32")
+            out[:, j] = codes[pc.index_in(column, value_set=distinct).to_numpy(zero_copy_only=False)]
+            j += 1
+        else:
+            if pa.types.is_date(column.type):
+                column = pc.cast(column, pa.timestamp("s"))
+            if not pa.types.is_timestamp(column.type):
+                raise TypeError(f"column {op[1]!r} is {column.type}, not a timestamp")
+            for part in _ARROW_DATE_PARTS:
+                out[:, j] = pc.cast(getattr(pc, part)(column), pa.float64()).to_numpy(zero_copy_only=False)
+                j += 1
+    return out
 
 
 def _open_pieces(job: Job, store: Store, share: list[Piece], workdir: Path) -> dict[str, Path]:
@@ -233,26 +324,40 @@ def _open_pieces(job: Job, store: Store, share: list[Piece], workdir: Path) -> d
     return paths
 
 
-def _batches(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) -> Iterator[tuple[Any, Any]]:
+def _batches(job: Job, share: list[Piece], paths: Mapping[str, Path],
+             transform: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
     """The share as (preprocessed features, labels) batches of at most ``job.batch_rows`` rows."""
     import pyarrow.parquet as pq
 
     columns = [*job.features, job.target]
     for piece in share:
-        pf = pq.ParquetFile(paths[piece.file])
         seen = 0
-        for batch in pf.iter_batches(batch_size=job.batch_rows, row_groups=[piece.row_group], columns=columns):
+        # one thread: decoding the columns in parallel holds each column's pages at once, for no gain
+        # while XGBoost's sketch is the slow part
+        for batch in pq.ParquetFile(paths[piece.file]).iter_batches(
+                batch_size=job.batch_rows, row_groups=[piece.row_group], columns=columns, use_threads=False):
             lo, hi = max(piece.start - seen, 0), min(piece.stop - seen, batch.num_rows)
             seen += batch.num_rows
             if lo >= hi:
                 continue
-            frame = batch.slice(lo, hi - lo).to_pandas()
-            yield prep.transform(frame[job.features]), _labels(frame[job.target], job.classes)
+            rows = batch.slice(lo, hi - lo)
+            yield transform(rows), _labels(rows.column(job.target), job.target, job.classes)
             if seen >= piece.stop:
                 break
 
 
-def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) -> Any:
+def _transform(job: Job, store: Store) -> Callable[[Any], Any]:
+    """How this worker turns an Arrow batch into XGBoost's input: ``native_ops`` in Arrow, else the pickled pipeline."""
+    if job.native is not None:
+        ops = job.native
+        return lambda batch: arrow_features(batch, ops)
+    import joblib
+
+    prep = joblib.load(io.BytesIO(store.read(job.key("prep.joblib"))))
+    return lambda batch: prep.transform(batch.select(job.features).to_pandas())
+
+
+def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], transform: Callable[[Any], Any]) -> Any:
     """A QuantileDMatrix built batch by batch: the share is never held whole, only its compressed bins."""
     import numpy as np
     import xgboost as xgb
@@ -267,7 +372,7 @@ def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) 
 
         def next(self, input_data: Any) -> bool:
             if self._it is None:
-                self._it = _batches(job, share, paths, prep)
+                self._it = _batches(job, share, paths, transform)
             batch = next(self._it, None)
             if batch is None:
                 return False
@@ -276,8 +381,32 @@ def _matrix(job: Job, share: list[Piece], paths: Mapping[str, Path], prep: Any) 
             input_data(data=X, label=y, weight=weight, feature_types=job.feature_types)
             return True
 
-    return xgb.QuantileDMatrix(Batches(), max_bin=int(job.params.get("max_bin", 256)),
+    threads = job.params.get("nthread", job.params.get("n_jobs"))  # the estimator's, as its own fit builds its matrix
+    return xgb.QuantileDMatrix(Batches(), max_bin=int(job.params.get("max_bin", 256)), nthread=threads,
                                enable_categorical=job.enable_categorical)
+
+
+def import_xgboost(without_sklearn: bool) -> Any:
+    """Import XGBoost, in a worker that applies ``native_ops`` without scikit-learn (and so without pandas).
+
+    ``xgboost.compat`` imports scikit-learn whenever it is installed, for the estimators a worker
+    never uses: about 100 MiB per worker, paid N times. Marking ``sklearn`` unimportable while
+    XGBoost loads relies on compat's ``except ImportError`` fallback, so it is checked here: when
+    an XGBoost release no longer imports that way, the worker fails with this sentence.
+    """
+    import importlib
+    from importlib.metadata import version
+
+    if not without_sklearn or "xgboost" in sys.modules or "sklearn" in sys.modules:
+        return importlib.import_module("xgboost")
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` raises ImportError
+    try:
+        return importlib.import_module("xgboost")
+    except ImportError as exc:
+        raise RuntimeError(f"xgboost {version('xgboost')} no longer imports without scikit-learn ({exc}); "
+                           f"components/distributed_xgb.py import_xgboost relies on it") from exc
+    finally:
+        del sys.modules["sklearn"]
 
 
 def _tracker(collective: Mapping[str, Any], workers: int) -> Any:
@@ -307,13 +436,12 @@ def train_worker(job: Job, rank: int, collective: Mapping[str, Any], settings: S
     ``collective`` holds the ``dmlc_*`` arguments of ``xgboost.collective.CommunicatorContext``
     (tracker address and port, task id) as the runtime gave them. Returns the worker's record.
     """
-    import joblib
-    import xgboost as xgb
+    xgb = import_xgboost(without_sklearn=job.native is not None)
     from xgboost import collective as coll
 
     store = open_store(job.store, settings)
     share = job.shares[rank]
-    prep = joblib.load(io.BytesIO(store.read(job.key("prep.joblib"))))
+    transform = _transform(job, store)
     started = time.perf_counter()
     tracker = _tracker(collective, job.workers) if rank == 0 else None
     try:
@@ -321,7 +449,8 @@ def train_worker(job: Job, rank: int, collective: Mapping[str, Any], settings: S
                 coll.CommunicatorContext(dmlc_communicator="rabit", **collective):
             try:
                 paths = _open_pieces(job, store, share, Path(tmp))
-                matrix = _matrix(job, share, paths, prep)
+                matrix = _matrix(job, share, paths, transform)
+                _release_arrow_memory()  # the batches are done with: only the matrix's bins stay
                 booster = xgb.train(job.params, matrix, num_boost_round=job.rounds)
                 if coll.get_rank() == 0:
                     store.write(job.key("model.ubj"), bytes(booster.save_raw("ubj")))
@@ -342,6 +471,13 @@ def train_worker(job: Job, rank: int, collective: Mapping[str, Any], settings: S
               "seconds": round(time.perf_counter() - started, 3)}
     store.write(job.key(f"rank-{rank}.json"), json.dumps(record).encode())
     return record
+
+
+def _release_arrow_memory() -> None:
+    """Return what Arrow's allocator keeps cached from the read batches to the system, before training grows."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,10 +633,10 @@ def collect(job: Job, store: Store, engine: str) -> Outcome:
 # --- the coordinator: the refit step ----------------------------------------------------------
 
 
-def sample_parquet(files: list[str], columns: list[str], max_rows: int, seed: int) -> pd.DataFrame:
+def sample_parquet(files: list[str], columns: list[str], max_rows: int, seed: int) -> pa.Table:
     """At most ``max_rows`` rows drawn evenly from every batch of the files: memory bounded by the sample."""
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -509,9 +645,25 @@ def sample_parquet(files: list[str], columns: list[str], max_rows: int, seed: in
     parts = []
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            frame = batch.to_pandas()
-            parts.append(frame if fraction >= 1 else frame[rng.random(len(frame)) < fraction])
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+            parts.append(batch if fraction >= 1 else batch.filter(pa.array(rng.random(batch.num_rows) < fraction)))
+    return pa.Table.from_batches(parts) if parts else pq.ParquetFile(files[0]).schema_arrow.empty_table().select(columns)
+
+
+def checked_native_ops(prep: Any, sample: pa.Table, frame: pd.DataFrame) -> list[list[Any]] | None:
+    """``native_ops`` of ``prep`` when ``arrow_features`` gives, on the sample (``frame`` is it in pandas), exactly
+    what ``prep`` gives XGBoost (float32, missing where it is missing); else None: the workers apply the pickled ``prep``."""
+    import numpy as np
+    import pyarrow as pa
+
+    ops = native_ops(prep)
+    if ops is None or sample.num_rows == 0:
+        return None
+    expected = np.asarray(prep.transform(frame), dtype="float32")
+    try:
+        got = arrow_features(sample.combine_chunks().to_batches()[0], ops)
+    except (TypeError, pa.ArrowException):  # a column Arrow does not read as the pipeline does (a date as text)
+        return None
+    return ops if np.array_equal(expected, got, equal_nan=True) else None
 
 
 def prepare(template: Pipeline, train_files: list[str], schema: Schema, settings: Settings, workers: int,
@@ -532,12 +684,16 @@ def prepare(template: Pipeline, train_files: list[str], schema: Schema, settings
 
     store = open_store(settings.store, settings)
     prefix = f"{JOB_PREFIX}/{settings.model}/{job_name}"
-    sample = sample_parquet(train_files, [*schema.feature_names, schema.target], sample_rows, settings.seed)
+    table = sample_parquet(train_files, [*schema.feature_names, schema.target], sample_rows, settings.seed)
+    sample = table.to_pandas()
     prep = clone(template[:-1])
     prep.fit(*xy(sample, schema))
-    buf = io.BytesIO()
-    joblib.dump(prep, buf)
-    store.write(f"{prefix}/prep.joblib", buf.getvalue())
+    native = checked_native_ops(prep, table, sample)
+    del table
+    if native is None:  # the workers unpickle the preprocessing
+        buf = io.BytesIO()
+        joblib.dump(prep, buf)
+        store.write(f"{prefix}/prep.joblib", buf.getvalue())
     local = settings.runner == "local" and store.uri.startswith("file://")
     names: list[str] = []
     for i, f in enumerate(train_files):
@@ -556,7 +712,7 @@ def prepare(template: Pipeline, train_files: list[str], schema: Schema, settings
               target=schema.target, classes=schema.classes, params=params, rounds=rounds,
               enable_categorical=categorical, feature_types=getattr(estimator, "feature_types", None),
               class_weights=balanced_weights(train_files, schema.target, schema.classes) if balanced else None,
-              local_files=local)
+              local_files=local, native=native)
     store.write(job.key("job.json"), job.to_json().encode())
     return job, prep, sample
 

@@ -406,11 +406,10 @@ def test_distributed_refit_worker_containers_train_the_model_local_workers_train
     import dataclasses
 
     import numpy as np
-    import xgboost as xgb
 
     from components import distributed_xgb as dx
+    from components import train
     from components.data import DatasetSpec, infer_schema, normalise
-    from components.features import build
     from components.settings import process_environment
 
     runtime = find(manifests(helm_render({**cluster.values, "trainJob": {"enabled": True}})), "TrainingRuntime",
@@ -424,10 +423,13 @@ def test_distributed_refit_worker_containers_train_the_model_local_workers_train
     schema = infer_schema(frame, spec)
     path = tmp_path / "train.parquet"
     frame.to_parquet(path, index=False)
-    model = build(schema, xgb.XGBClassifier(n_estimators=20, max_depth=3, learning_rate=0.3, n_jobs=1), False, 0)
+    # the search's XGBoost model: its preprocessing runs in the workers on Arrow batches, without scikit-learn
+    candidate = next(c for c in train.candidates("classification") if c["family"] == "xgboost")
+    model = train.make_model(schema, {**candidate, "params": {**candidate["params"], "n_estimators": 20}}, 0)
     settings = cluster.settings.model_copy(update={"train_workers": 2})
     jobs = {how: dx.prepare(model, [str(path)], schema, settings, 2, f"ct-{how}-{uuid.uuid4().hex[:6]}", 1000)
             for how in ("containers", "local")}
+    assert jobs["containers"][0].native is not None
 
     job, prep, _ = jobs["containers"]
     host = f"{cluster.prefix}-refit-node-0-0.{cluster.prefix}-refit"
@@ -445,5 +447,5 @@ def test_distributed_refit_worker_containers_train_the_model_local_workers_train
     local_job, local_prep, _ = jobs["local"]
     local = dx.run_local(local_job, settings, 300, process_environment())
     X = frame[schema.feature_names]
-    np.testing.assert_allclose(dx.assemble(model, prep, in_containers.booster).predict_proba(X),
-                               dx.assemble(model, local_prep, local.booster).predict_proba(X), atol=1e-6)
+    np.testing.assert_allclose(dx.assemble(model, prep, in_containers.booster, schema.classes).predict_proba(X),
+                               dx.assemble(model, local_prep, local.booster, schema.classes).predict_proba(X), atol=1e-6)
