@@ -484,7 +484,8 @@ def leaderboard_table(search: dict, title: str) -> Table:
 
     n = search["trials"]
     table = Table(title=f"{title}: best trial {search['best']}; {n['complete']} complete, {n['pruned']} pruned, "
-                        f"{n['failed']} failed", title_justify="left")
+                        f"{n['failed']} failed" + (f", {n['refused']} refused over the memory budget" if n.get("refused") else ""),
+                  title_justify="left")
     for col in ("rank", "trial", "family", "parameters", "CV score", "folds", "seconds", "state"):
         table.add_column(col)
     for rank, row in enumerate(search["leaderboard"], start=1):
