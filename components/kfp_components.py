@@ -88,11 +88,12 @@ def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list
                                  fingerprint=fingerprint)
     from components.store import write_parquet_file
 
-    write_parquet_file(result.frame, dataset.path)
-    dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
+    write_parquet_file(result.table, dataset.path)
+    rows = result.table.num_rows
+    dataset.metadata.update({"rows": rows, "fingerprint": fingerprint, "files": len(result.files)})
     from collections import namedtuple
 
-    return namedtuple("Ingested", ["schema", "rows"])(result.schema.to_json(), len(result.frame))
+    return namedtuple("Ingested", ["schema", "rows"])(result.schema.to_json(), rows)
 
 
 @component
