@@ -132,19 +132,12 @@ def refused_families(path: str, schema: Schema, candidates: list[dict[str, Any]]
     """
     from components.train import PRIMARY
 
+    rows, frame = frame_mb(path, schema)
     refused: dict[str, dict[str, Any]] = {}
-    for family in families:
+    for family in (f for f in families if f not in STREAMED):
         points = [c for c in candidates if c["family"] == family] or [{"id": family, "family": family, "params": {}}]
-        plans = []
-        for point in points:
-            try:
-                plan(path, schema, point, budget_mb)
-                break  # one default fits: the family is searched
-            except MemoryBudgetError:
-                rows, frame = frame_mb(path, schema)
-                plans.append((estimate_mb(schema, point, rows, frame), rows))
-        else:
-            estimated, rows = min(plans)
+        estimated = min(estimate_mb(schema, point, rows, frame) for point in points)
+        if estimated > budget_mb:  # as ``plan`` decides for each of them
             refused[family] = {
                 "candidate": {"id": family, "family": family, "params": {}, "select": False},
                 "metric": PRIMARY[schema.task], "origin": "default", "state": "refused", "score": None, "std": None,
