@@ -86,6 +86,23 @@ def train(
     cached = " (served from cache: same data as before)" if result["cached"] else ""
     console.print(f"{s.model} [bold]{result['version']}[/bold] {verdict}{cached}: {result['reason']}")
     console.print(f"champion: {result['champion']}  run: {result['run']}  data fingerprint: {result['fingerprint']}")
+    for refusal in _refusals(s, result["version"]):
+        err.print(f"[yellow]warning:[/yellow] {refusal}", highlight=False)
+
+
+def _refusals(s, version: str) -> list[str]:
+    """The sentences of the families the version's search refused over the refit's memory budget."""
+    import json
+
+    from components.package import TRIALS
+    from components.registry import Registry
+    from components.store import NotFound, open_store
+
+    try:
+        trials = json.loads(Registry(open_store(s.store, s), s.model).read(version, TRIALS))
+    except NotFound:  # a version registered before the search recorded its trials
+        return []
+    return [t["error"] for t in trials if t.get("state") == "refused"]
 
 
 def columns_table(schema, source: str) -> Table:
