@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,9 @@ import pandas as pd
 from components.settings import Settings
 from components.sources import DataError, DatasetSpec, Located, Source, Task, check_unchanged, locate
 from components.store import NotFound, ObjectInfo, StoreError, open_store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Kind = Literal["numeric", "categorical", "datetime", "boolean"]
 MAX_CATEGORIES = 50
@@ -184,25 +187,82 @@ def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     frame.columns = [str(c).strip() for c in frame.columns]
     booleans = []
     for col in frame.columns:
-        s = frame[col]
-        if col == spec.target or col in spec.id_columns:
-            continue
-        if is_boolean(s):
-            frame[col] = boolean_floats(s)
+        new, kind = normalise_column(col, frame[col], spec)
+        if new is not None:
+            frame[col] = new
+        if kind == "boolean":
             booleans.append(col)
-        elif s.dtype == object or pd.api.types.is_string_dtype(s):
-            if col == spec.timestamp or _looks_like_dates(s):
-                parsed = _parse_dates(s)
-                if parsed is not None:
-                    frame[col] = parsed
-                    continue
-            frame[col] = s.astype("object").where(s.notna(), None)
-        elif pd.api.types.is_datetime64_any_dtype(s):
-            frame[col] = pd.to_datetime(s, utc=True).dt.tz_localize(None)
-    if spec.timestamp and spec.timestamp in frame and not pd.api.types.is_datetime64_any_dtype(frame[spec.timestamp]):
-        raise DataError(f"timestamp column {spec.timestamp!r} does not hold dates")
+    _check_timestamp(spec, frame[spec.timestamp].dtype if spec.timestamp and spec.timestamp in frame else None)
     frame.attrs["boolean_columns"] = booleans
     return frame
+
+
+def normalise_column(name: str, s: pd.Series, spec: DatasetSpec) -> tuple[pd.Series | None, str]:
+    """One column as ``normalise`` makes it, and what it became ("boolean", "dates", "text", "time"); None: unchanged."""
+    if name == spec.target or name in spec.id_columns:
+        return None, ""
+    if is_boolean(s):
+        return boolean_floats(s), "boolean"
+    if s.dtype == object or pd.api.types.is_string_dtype(s):
+        if name == spec.timestamp or _looks_like_dates(s):
+            parsed = _parse_dates(s)
+            if parsed is not None:
+                return parsed, "dates"
+        return s.astype("object").where(s.notna(), None), "text"
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return pd.to_datetime(s, utc=True).dt.tz_localize(None), "time"
+    return None, ""
+
+
+def _check_timestamp(spec: DatasetSpec, dtype: Any) -> None:
+    """The timestamp column (``dtype`` after normalising; None when absent) holds dates."""
+    if dtype is not None and not pd.api.types.is_datetime64_any_dtype(dtype):
+        raise DataError(f"timestamp column {spec.timestamp!r} does not hold dates")
+
+
+TEXT_DECIDING_ROWS = 1000  # is_boolean's and _looks_like_dates's look at a column's first values
+
+
+def normalise_table(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, list[str]]:
+    """``normalise`` on an Arrow table, one column at a time (one column as pandas at once, never the table);
+    returns the table and its boolean columns. Text stays Arrow text: only changed columns are converted back."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = table.rename_columns([str(c).strip() for c in table.column_names]).replace_schema_metadata(None)
+    booleans = []
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and name != spec.timestamp:
+            # booleans and dates are told by a column's first values (is_boolean, _looks_like_dates): text
+            # whose first values are neither is kept as Arrow text, never converted to Python strings
+            _, kind = normalise_column(name, pc.drop_null(column).slice(0, TEXT_DECIDING_ROWS).to_pandas(), spec)
+            if kind == "text":
+                continue
+        new, kind = normalise_column(name, column.to_pandas(), spec)
+        if new is not None:
+            table = table.set_column(i, name, pa.Array.from_pandas(new))
+        if kind == "boolean":
+            booleans.append(name)
+        del column, new
+    if spec.timestamp and spec.timestamp in table.column_names:
+        _check_timestamp(spec, table.column(spec.timestamp).type.to_pandas_dtype())
+    return table, booleans
+
+
+class TableColumns:
+    """An Arrow table as ``infer_schema`` reads a frame: its column names, each column as pandas when asked
+    (one at a time), and ``attrs``. Inferring a schema then holds one column as pandas, not the table."""
+
+    def __init__(self, table: pa.Table, attrs: dict[str, Any]) -> None:
+        self.table, self.attrs = table, attrs
+
+    @property
+    def columns(self) -> pd.Index:
+        return pd.Index(self.table.column_names)
+
+    def __getitem__(self, name: str) -> pd.Series:
+        return self.table.column(name).to_pandas().rename(name)
 
 
 _BOOLEAN_TEXT = {"true": 1.0, "false": 0.0}
@@ -277,7 +337,7 @@ def _is_id_like(name: str, s: pd.Series) -> bool:
     return False
 
 
-def infer_schema(frame: pd.DataFrame, spec: DatasetSpec) -> Schema:
+def infer_schema(frame: pd.DataFrame | TableColumns, spec: DatasetSpec) -> Schema:
     """Infer the feature schema; id-like and excluded columns are recorded, not used."""
     if spec.target not in frame.columns:
         raise DataError(f"target column {spec.target!r} is not in the data (columns: {', '.join(map(str, frame.columns[:20]))})")
@@ -344,15 +404,40 @@ def _kind_of(s: pd.Series) -> str:
     return "numeric" if pd.api.types.is_numeric_dtype(s) else "categorical"
 
 
+def _located(spec: DatasetSpec, settings: Settings, located: Located | None) -> Located:
+    if located is not None:
+        return located
+    try:
+        return locate(spec, settings)
+    except StoreError as exc:
+        raise DataError(str(exc)) from None
+
+
+def load_table(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> tuple[TableColumns, Located]:
+    """``load`` as an Arrow table (the ingest stage's body), in ``TableColumns`` with the attrs ``infer_schema`` reads.
+
+    A Parquet source without added parts is read and normalised as Arrow, column by column: the task
+    holds the table once in Arrow's compact form (text as Arrow text, not Python strings). Any other
+    (CSV, or a retrain's added parts, which ``conform`` reads as frames) is ``load``'s frame, converted.
+    """
+    import pyarrow as pa
+
+    located = _located(spec, settings, located)
+    src = located.source
+    if located.additions or not all(f.lower().endswith((".parquet", ".pq")) for f in src.files):
+        frame, _ = load(spec, settings, located)
+        attrs = dict(frame.attrs)
+        return TableColumns(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None), attrs), located
+    table, left_out = _read_parquet_table(src, settings, frozenset((*spec.id_columns, *spec.exclude)) - {REQUEST_ID})
+    table, booleans = normalise_table(table, spec)
+    return TableColumns(table, {"left_out": left_out, "boolean_columns": booleans}), located
+
+
 def load(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> tuple[pd.DataFrame, Located]:
-    """Read and normalise a dataset (the body of the ingest stage): the source's files, then the
+    """Read and normalise a dataset as a frame: the source's files, then the
     parts added to it, each conformed to the source's column types (``conform``). ``located``: the
     run's one resolution (the fingerprint step's); resolved here only when not given."""
-    if located is None:
-        try:
-            located = locate(spec, settings)
-        except StoreError as exc:
-            raise DataError(str(exc)) from None
+    located = _located(spec, settings, located)
     # ids and excluded columns are never features: not read (infer_schema records them from the spec),
     # except the request id that tells production rows apart
     frame = read_source(located.source, settings, frozenset((*spec.id_columns, *spec.exclude)) - {REQUEST_ID})
@@ -431,6 +516,15 @@ def _read_files(src: Source, settings: Settings, leave_out: frozenset[str] = fro
 
 
 def _read_parquet_files(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
+    table, left_out = _read_parquet_table(src, settings, leave_out)
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    frame.attrs["left_out"] = left_out
+    return frame
+
+
+def _read_parquet_table(src: Source, settings: Settings, leave_out: frozenset[str] = frozenset()) -> tuple[pa.Table, list[str]]:
+    """Every Parquet file of ``src`` as one Arrow table without the columns of ``leave_out``, and the
+    names of those the files hold."""
     import tempfile
 
     import pyarrow as pa
@@ -453,10 +547,7 @@ def _read_parquet_files(src: Source, settings: Settings, leave_out: frozenset[st
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataError(f"the files of {src.files[0].rsplit('/', 1)[0]} disagree on column types: {exc}") from None
-    del tables
-    frame = table.to_pandas(self_destruct=True, split_blocks=True)
-    frame.attrs["left_out"] = sorted(left_out)
-    return frame
+    return table, sorted(left_out)
 
 
 def local_files(src: Source, settings: Settings, tmp: str) -> Iterator[tuple[str, Path]]:

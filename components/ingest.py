@@ -1,7 +1,8 @@
 """Ingest: read the user's data, normalise types, fingerprint the content, infer the schema.
 
 pandas comes with the reading (components.data), not with this module: the fingerprint task,
-which runs every time, reads no rows.
+which runs every time, reads no rows. The data is read and normalised as an Arrow table, one
+column at a time as pandas (components/data.py ``load_table``), and written from Arrow.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ from components.sources import DataError, DatasetSpec, Located, Source, locate
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from components.data import Schema
 
 
 @dataclass
 class Ingested:
-    frame: pd.DataFrame
+    table: pa.Table  # the kept columns, normalised (Arrow: the task holds the data once, compactly)
     schema: Schema
     fingerprint: str
     files: tuple[str, ...]
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The table as a frame (a copy, made when asked: the ingest task itself never makes one)."""
+        return self.table.to_pandas()
 
 
 def fingerprint(spec: DatasetSpec, settings: Settings) -> tuple[str, Located]:
@@ -49,14 +56,12 @@ def fingerprint_of(src: Source | Located, spec: DatasetSpec) -> str:
 
 def ingest(spec: DatasetSpec, settings: Settings, located: Located | None = None) -> Ingested:
     """Read and normalise the dataset (the run's resolution ``located``, when given) and infer its schema."""
-    from components.data import infer_schema, load
+    from components.data import infer_schema, load_table
 
-    frame, src = load(spec, settings, located)
-    schema = infer_schema(frame, spec)
+    columns, src = load_table(spec, settings, located)
+    schema = infer_schema(columns, spec)
     keep = [*schema.feature_names, schema.target] + ([schema.timestamp] if schema.timestamp else [])
-    for col in [c for c in frame.columns if c not in keep]:
-        del frame[col]  # in place: no copy of the kept columns
-    return Ingested(frame[keep] if list(frame.columns) != keep else frame, schema, src.fingerprint, src.files)
+    return Ingested(columns.table.select(keep), schema, src.fingerprint, src.files)
 
 
 PREVIEW_ROWS = 10_000

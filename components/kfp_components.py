@@ -88,11 +88,12 @@ def ingest(source: str, target: str, task: str, timestamp: str, id_columns: list
                                  fingerprint=fingerprint)
     from components.store import write_parquet_file
 
-    write_parquet_file(result.frame, dataset.path)
-    dataset.metadata.update({"rows": len(result.frame), "fingerprint": fingerprint, "files": len(result.files)})
+    write_parquet_file(result.table, dataset.path)
+    rows = result.table.num_rows
+    dataset.metadata.update({"rows": rows, "fingerprint": fingerprint, "files": len(result.files)})
     from collections import namedtuple
 
-    return namedtuple("Ingested", ["schema", "rows"])(result.schema.to_json(), len(result.frame))
+    return namedtuple("Ingested", ["schema", "rows"])(result.schema.to_json(), rows)
 
 
 @component
@@ -170,8 +171,12 @@ def search_space(schema: str, tasks: int = 0, space: dict = {}, trials: int = 0,
 
 @component
 def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: int, store: str, model: str,
-          metrics: Output[Metrics]) -> str:
+          memory_mb: int, metrics: Output[Metrics]) -> str:
     """Tune one search task's model families (Optuna, components/tune.py); returns the trial records (JSON).
+
+    It reads a sample of at most ``max_rows`` training rows (``search_rows`` in its metrics), never the
+    table. A family whose refit would not fit ``memory_mb`` (the refit's budget, planned from the
+    file's metadata: components/refit.py) is not searched; its record says why in one sentence.
 
     The study is kept in the store as data (``studies/<model>/<task key>.json``, rewritten after
     every trial): a re-run of the same task resumes it. The item's ``champion`` ('' for none)
@@ -181,9 +186,7 @@ def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: 
     """
     import json
 
-    import pandas as pd
-
-    from components import runtime, tune
+    from components import refit, runtime, tune
     from components import train as stage
     from components.data import Schema
     from components.status import cache_key
@@ -191,16 +194,24 @@ def train(train: Input[Dataset], family: dict, folds: int, seed: int, max_rows: 
 
     s = runtime.settings(store, model)
     schema = Schema.from_json(train.metadata["schema"])
-    inputs = dict(train=train.uri, family=family, folds=folds, seed=seed, max_rows=max_rows)
+    inputs = dict(train=train.uri, family=family, folds=folds, seed=seed, max_rows=max_rows, memory_mb=memory_mb)
     key = cache_key(**inputs)
     st = open_store(s.store, s)
-    results = runtime.cached_step(f"train-{key}", lambda: tune.search(
-        pd.read_parquet(train.path), schema, family, folds, seed, max_rows,
-        history=tune.recorded(st, tune.study_key(model, key)), warm=tune.champion_trials(st, model, family.get("champion", "")),
-        save=lambda records: tune.record(st, tune.study_key(model, key), records)), s, **inputs)
-    top = stage.best(results)
-    metrics.log_metric(top["metric"], top["score"])
-    metrics.log_metric("cv_std", top["std"])
+
+    def search() -> list:
+        refused = refit.refused_families(train.path, schema, family["candidates"], list(family["spaces"]), memory_mb)
+        rows = stage.read_sample(train.path, [*schema.feature_names, schema.target], max_rows, seed)
+        metrics.log_metric("search_rows", len(rows))
+        return tune.search(rows, schema, family, folds, seed, max_rows, history=tune.recorded(st, tune.study_key(model, key)),
+                           warm=tune.champion_trials(st, model, family.get("champion", "")),
+                           save=lambda records: tune.record(st, tune.study_key(model, key), records), refused=refused)
+
+    results = runtime.cached_step(f"train-{key}", search, s, **inputs)
+    scored = [r for r in results if r.get("state", "complete") == "complete"]
+    if scored:  # a task whose every family was refused has no score: the refit step says why
+        top = stage.best(scored)
+        metrics.log_metric(top["metric"], top["score"])
+        metrics.log_metric("cv_std", top["std"])
     for state, n in tune.counts(results).items():
         metrics.log_metric(f"trials_{state}", n)
     with open(metrics.path, "w") as f:  # KFP keeps metrics in metadata; the file lets caches verify the output
@@ -228,16 +239,16 @@ def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: 
     from components.data import Schema
 
     trials = searched.trials_of(results)
-    best = searched.best(trials)
     s = runtime.settings(store, model_name, seed=seed, train_workers=train_workers, refit_memory_mb=memory_mb)
     job = f"flywheel-refit-{uuid.uuid4().hex[:10]}"  # a TrainJob name: RFC 1035, unique per attempt
 
     def fit() -> tuple:
+        best = searched.best(trials)  # in the step: a search with nothing to choose (every family refused) fails it
         made, training = stage.refit_and_package(train.path, holdout.path, Schema.from_json(schema),
                                                  best["candidate"], s, job)
-        return dataclasses.replace(made, trials=json.dumps(trials).encode()), training
+        return dataclasses.replace(made, trials=json.dumps(trials).encode()), training, best
 
-    made, training = runtime.cached_step("refit", fit, s, train=train.uri, holdout=holdout.uri, results=results,
+    made, training, best = runtime.cached_step("refit", fit, s, train=train.uri, holdout=holdout.uri, results=results,
                                          train_workers=train_workers, memory_mb=memory_mb)
     with open(model.path, "wb") as f:
         f.write(made.model)

@@ -114,8 +114,46 @@ def plan(path: str, schema: Schema, candidate: dict[str, Any], budget_mb: float)
         return MemoryPlan(family, rows, estimated, budget_mb, streamed=True)
     raise MemoryBudgetError(
         f"the refit of candidate {candidate.get('id', family)} ({family}) on {rows:,} rows would need about "
-        f"{estimated:,.0f} MB, more than the refit_memory_mb budget of {budget_mb:,.0f} MB; raise the budget with "
-        f"the training task's memory limit, or train on fewer rows")
+        f"{estimated:,.0f} MB, more than the refit_memory_mb budget of {budget_mb:,.0f} MB; {RAISE}")
+
+
+RAISE = "raise the budget with the training task's memory limit, or train on fewer rows"
+
+
+def refused_families(path: str, schema: Schema, candidates: list[dict[str, Any]], families: list[str],
+                     budget_mb: float) -> dict[str, dict[str, Any]]:
+    """The families (of ``families``) whose refit on the training Parquet file at ``path`` would not fit
+    ``budget_mb``, each with the trial record the search keeps for it instead of searching it.
+
+    Decided before the search from the file's metadata (``plan``), on the family's default points
+    (``candidates``; a family without one: its estimator's defaults): a family is refused when none
+    of them fits; XGBoost and LightGBM never are (their refit streams). The record's ``error`` is
+    the one sentence the leaderboard and the version card show.
+    """
+    from components.train import PRIMARY
+
+    rows, frame = frame_mb(path, schema)
+    refused: dict[str, dict[str, Any]] = {}
+    for family in (f for f in families if f not in STREAMED):
+        points = [c for c in candidates if c["family"] == family] or [{"id": family, "family": family, "params": {}}]
+        estimated = min(estimate_mb(schema, point, rows, frame) for point in points)
+        if estimated > budget_mb:  # as ``plan`` decides for each of them
+            refused[family] = {
+                "candidate": {"id": family, "family": family, "params": {}, "select": False},
+                "metric": PRIMARY[schema.task], "origin": "default", "state": "refused", "score": None, "std": None,
+                "folds": 0, "seconds": 0.0, "estimated_mb": round(estimated), "budget_mb": budget_mb,
+                "error": f"model family {family} is refused before training: its refit on {rows:,} rows would need "
+                         f"about {estimated:,.0f} MB, more than the refit_memory_mb budget of {budget_mb:,.0f} MB "
+                         f"({RAISE})"}
+    return refused
+
+
+def none_fits(refused: list[dict[str, Any]]) -> MemoryBudgetError:
+    """The one sentence a run ends with when the memory budget refused every family it searched."""
+    budget = refused[0]["budget_mb"]
+    needs = ", ".join(f"{r['candidate']['family']} about {r['estimated_mb']:,} MB" for r in refused)
+    return MemoryBudgetError(f"no model family fits the refit_memory_mb budget of {budget:,.0f} MB (their refits "
+                             f"would need: {needs}); {RAISE}, or search xgboost or lightgbm, whose refit streams")
 
 
 def refit(path: str, schema: Schema, candidate: dict[str, Any], seed: int,
@@ -123,7 +161,7 @@ def refit(path: str, schema: Schema, candidate: dict[str, Any], seed: int,
     """Fit ``candidate`` on every row of the training Parquet file at ``path`` within ``budget_mb``.
 
     Returns the fitted pipeline, training rows for its reference sample (all of them in memory;
-    a sample of ``REFERENCE_ROWS`` when streamed) and the plan it followed. Raises
+    a sample of ``REFERENCE_ROWS`` when streamed: ``train.read_sample``) and the plan it followed. Raises
     MemoryBudgetError before reading any row when the candidate cannot fit.
     """
     import pandas as pd
@@ -133,21 +171,10 @@ def refit(path: str, schema: Schema, candidate: dict[str, Any], seed: int,
 
     chosen = plan(path, schema, candidate, budget_mb)
     if chosen.streamed:
-        return STREAMED[chosen.family](path, schema, candidate, seed), sample_rows(path, REFERENCE_ROWS, seed), chosen
+        return (STREAMED[chosen.family](path, schema, candidate, seed),
+                train.read_sample(path, [*schema.feature_names, schema.target], REFERENCE_ROWS, seed), chosen)
     frame = pd.read_parquet(path)
     return train.refit(frame, schema, candidate, seed), frame, chosen
-
-
-def sample_rows(path: str, rows: int, seed: int, batch_rows: int = STREAM_BATCH_ROWS) -> pd.DataFrame:
-    """About ``rows`` rows of a Parquet file drawn uniformly, reading it one batch at a time."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    source = pq.ParquetFile(path)
-    share = min(1.0, rows / max(1, source.metadata.num_rows))
-    rng = np.random.default_rng(seed)
-    parts = [batch.to_pandas().sample(frac=share, random_state=rng) for batch in source.iter_batches(batch_size=batch_rows)]
-    return pd.concat(parts, ignore_index=True) if parts else source.schema_arrow.empty_table().to_pandas()
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     refit_memory_mb: int = Field(TRAINING_TASK_MEMORY_MB, ge=1, description=(
         "Memory (MB) the refit of the chosen model may use: an XGBoost or LightGBM model that would need more "
         "trains from Parquet batches (external memory, lightgbm.Sequence); any other family that would is refused "
-        "before training. Default: the training task's memory limit."))
+        "before the search (listed as refused on the leaderboard). Default: the training task's memory limit."))
     seed: int = 42
     train_workers: int = Field(1, ge=1, le=256, description=(
         "Workers the refit of an XGBoost model is trained by (XGBoost's collective protocol, each worker reading "

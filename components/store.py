@@ -29,6 +29,7 @@ from components.settings import Settings
 
 if TYPE_CHECKING:  # pandas only where a frame is read or written: tasks that move no data start faster
     import pandas as pd
+    import pyarrow as pa
 
 
 class StoreError(RuntimeError):
@@ -465,11 +466,15 @@ def write_parquet(store: Store, key: str, frame: pd.DataFrame) -> None:
     store.write(key, buf.getvalue())
 
 
-def write_parquet_file(frame: pd.DataFrame, path: str | Path, rows: int = 262_144) -> None:
-    """Write a frame to a local Parquet file in slices of ``rows``: the Arrow copy held at any moment is one slice, not the table."""
+def write_parquet_file(frame: pd.DataFrame | pa.Table, path: str | Path, rows: int = 262_144) -> None:
+    """Write a frame (or an Arrow table, as it is) to a local Parquet file in row groups of ``rows``: a frame's
+    Arrow copy held at any moment is one slice, not the table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if isinstance(frame, pa.Table):
+        pq.write_table(frame, path, row_group_size=rows)
+        return
     schema = pa.Schema.from_pandas(frame, preserve_index=False)
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, max(len(frame), 1), rows):

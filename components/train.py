@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
@@ -237,6 +238,40 @@ def sample_rows(train: pd.DataFrame, schema: Schema, max_rows: int, seed: int) -
     return train.sample(n=max_rows, random_state=seed).sort_index()
 
 
+def sample_positions(rows: int, max_rows: int, seed: int) -> np.ndarray | None:
+    """The row positions ``sample_rows`` keeps from a table of ``rows`` rows, ascending (None: every row)."""
+    import numpy as np
+
+    if rows <= max_rows:
+        return None
+    # what DataFrame.sample(n=max_rows, random_state=seed) draws, then sort_index
+    return np.sort(np.random.RandomState(seed).choice(rows, size=max_rows, replace=False))
+
+
+def read_sample(path: str, columns: list[str], max_rows: int, seed: int) -> pd.DataFrame:
+    """The rows ``sample_rows`` would pick from the whole Parquet file at ``path`` (``columns`` only), read one
+    row group at a time: the process holds one row group and the sample, never the table.
+
+    Every row group is still decoded (the sample is uniform over the rows); only the sampled rows are kept.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(path)
+    keep = sample_positions(source.metadata.num_rows, max_rows, seed)
+    if keep is None:
+        return source.read(columns=columns).to_pandas()
+    parts, start = [], 0
+    for group in range(source.num_row_groups):
+        end = start + source.metadata.row_group(group).num_rows
+        lo, hi = np.searchsorted(keep, [start, end])
+        if hi > lo:
+            parts.append(source.read_row_group(group, columns=columns).take(keep[lo:hi] - start))
+        start = end
+    return pa.concat_tables(parts).to_pandas()
+
+
 def score_candidate(
     train: pd.DataFrame, schema: Schema, candidate: dict[str, Any], folds: int, seed: int, max_rows: int,
     after_fold: Callable[[int, float], None] | None = None,
@@ -312,6 +347,10 @@ def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str
     """
     parsed = trials_of(results)
     complete = [r for r in parsed if r.get("state", "complete") == "complete"]
+    if parsed and all(r.get("state") == "refused" for r in parsed):
+        from components.refit import none_fits
+
+        raise none_fits(parsed)
     if not complete:
         failed = [f"{r['candidate']['id']}: {r['error']}" for r in parsed if r.get("state") == "failed"][:3]
         raise ValueError("no candidate was scored" + (f" (every trial failed; first: {'; '.join(failed)})" if failed else ""))

@@ -214,13 +214,15 @@ def search_family(
 def search(
     train: pd.DataFrame, schema: Schema, group: dict[str, Any], folds: int, seed: int, max_rows: int,
     history: list[dict[str, Any]] | None = None, warm: list[dict[str, Any]] | None = None,
-    save: Callable[[list[dict[str, Any]]], None] | None = None,
+    save: Callable[[list[dict[str, Any]]], None] | None = None, refused: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every family of one search task (train.families), one after another; returns all their trial records.
 
     With a time budget, each family gets an equal part of the task's minutes. A family or parameter
     this build's estimators do not have is a SearchSpaceError naming it, before any trial: the
     space may come as a run's parameter that no edge checked (a run started from the KFP UI).
+    A family in ``refused`` (its refit would not fit the memory budget: components/refit.py
+    ``refused_families``) is not searched: its record there stands for it.
     """
     search_space.check_families(group["spaces"], "(the run's)")
     budget = Budget.of(group.get("budget"))
@@ -228,6 +230,9 @@ def search(
     start = time.monotonic()
     done: list[dict[str, Any]] = []
     for i, family in enumerate(names):
+        if family in (refused or {}):
+            done = done + [refused[family]]
+            continue
         deadline = start + budget.minutes * 60 * (i + 1) / len(names) if budget.minutes else None
         defaults = [c for c in group["candidates"] if c["family"] == family]
         so_far = list(done)
@@ -239,7 +244,7 @@ def search(
 
 def leaderboard(records: list[dict[str, Any]], top: int | None = None) -> list[dict[str, Any]]:
     """The trials best first (complete by score, then pruned, then failed): what the version card and ``models show`` print."""
-    order = {"complete": 0, "pruned": 1, "failed": 2}
+    order = {"complete": 0, "pruned": 1, "failed": 2, "refused": 3}
     rows = sorted(records, key=lambda r: (order.get(r.get("state", "complete"), 3),
                                           -r["score"] if r.get("score") is not None else math.inf))
     return [{"id": r["candidate"]["id"], "family": r["candidate"]["family"], "params": r["candidate"]["params"],
@@ -249,8 +254,9 @@ def leaderboard(records: list[dict[str, Any]], top: int | None = None) -> list[d
 
 
 def counts(records: list[dict[str, Any]]) -> dict[str, int]:
-    """Trials per state: complete, pruned, failed."""
-    return {state: sum(r.get("state", "complete") == state for r in records) for state in ("complete", "pruned", "failed")}
+    """Trials per state: complete, pruned, failed, refused (a family over the refit's memory budget, not searched)."""
+    return {state: sum(r.get("state", "complete") == state for r in records)
+            for state in ("complete", "pruned", "failed", "refused")}
 
 
 def params_text(row: dict[str, Any]) -> str:
@@ -267,7 +273,9 @@ def cells(row: dict[str, Any]) -> tuple[str, str]:
 def leaderboard_markdown(records: list[dict[str, Any]], top: int = LEADERBOARD_ROWS) -> str:
     """The leaderboard as a Markdown table (the version card's and the KFP UI's)."""
     n = counts(records)
-    lines = [f"{len(records)} trials: {n['complete']} complete, {n['pruned']} pruned (stopped early), {n['failed']} failed. "
+    lines = [f"{len(records)} trials: {n['complete']} complete, {n['pruned']} pruned (stopped early), {n['failed']} failed"
+             + (f", {n['refused']} refused (a family over the refit's memory budget: {'; '.join(r['error'] for r in records if r.get('state') == 'refused')})"
+                if n["refused"] else "") + ". "
              "The best trial is the best default point (or the champion's) unless a sampled trial leads it by more than "
              "that trial's CV standard error.", "",
              "| rank | trial | family | parameters | CV score | folds | seconds | state |", "|---|---|---|---|---|---|---|---|"]

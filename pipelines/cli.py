@@ -86,6 +86,23 @@ def train(
     cached = " (served from cache: same data as before)" if result["cached"] else ""
     console.print(f"{s.model} [bold]{result['version']}[/bold] {verdict}{cached}: {result['reason']}")
     console.print(f"champion: {result['champion']}  run: {result['run']}  data fingerprint: {result['fingerprint']}")
+    for refusal in _refusals(s, result["version"]):
+        err.print(f"[yellow]warning:[/yellow] {refusal}", highlight=False)
+
+
+def _refusals(s, version: str) -> list[str]:
+    """The sentences of the families the version's search refused over the refit's memory budget."""
+    import json
+
+    from components.package import TRIALS
+    from components.registry import Registry
+    from components.store import NotFound, open_store
+
+    try:
+        trials = json.loads(Registry(open_store(s.store, s), s.model).read(version, TRIALS))
+    except NotFound:  # a version registered before the search recorded its trials
+        return []
+    return [t["error"] for t in trials if t.get("state") == "refused"]
 
 
 def columns_table(schema, source: str) -> Table:
@@ -484,7 +501,8 @@ def leaderboard_table(search: dict, title: str) -> Table:
 
     n = search["trials"]
     table = Table(title=f"{title}: best trial {search['best']}; {n['complete']} complete, {n['pruned']} pruned, "
-                        f"{n['failed']} failed", title_justify="left")
+                        f"{n['failed']} failed" + (f", {n['refused']} refused over the memory budget" if n.get("refused") else ""),
+                  title_justify="left")
     for col in ("rank", "trial", "family", "parameters", "CV score", "folds", "seconds", "state"):
         table.add_column(col)
     for rank, row in enumerate(search["leaderboard"], start=1):

@@ -129,7 +129,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT.para
             with dsl.ParallelFor(space.output, parallelism=parallelism, name="search") as family:
                 # one study per family, rounds inside the task: components/tune.py says why
                 trial = on(c.train(train=split.outputs["train"], family=family, folds=cv_folds, seed=seed,
-                                   max_rows=max_train_rows, store=store, model=model))
+                                   max_rows=max_train_rows, store=store, model=model, memory_mb=refit_memory_mb))
                 trial.set_cpu_request("1").set_memory_request("2G").set_cpu_limit("2").set_memory_limit(TASK_MEMORY)
             best = on(c.refit(train=split.outputs["train"], holdout=split.outputs["holdout"], schema=schema,
                               results=dsl.Collected(trial.outputs["Output"]), seed=seed, store=store, model_name=model,

@@ -104,3 +104,21 @@ def test_the_streamed_lightgbm_estimator_also_fits_in_memory(table):
     proba = est.predict_proba(prep.transform(ho[schema.feature_names]))
     assert proba.shape == (len(ho), 2) and np.allclose(proba.sum(axis=1), 1)
     assert set(est.predict(prep.transform(ho[schema.feature_names]))) <= {"leaves", "stays"}
+
+
+def test_the_search_plans_each_familys_refit_and_refuses_those_over_budget_in_one_sentence(table):
+    path, _, _, schema = table
+    defaults = train.candidates("classification")
+    families = sorted({c["family"] for c in defaults})
+    refused = refit.refused_families(path, schema, defaults, families, budget_mb=300)
+    # every in-memory family costs the interpreter's 400 MB at least; the boosted ones stream instead
+    assert set(refused) == set(families) - {"xgboost", "lightgbm"}
+    record = refused["random_forest"]
+    assert record["state"] == "refused" and record["score"] is None and record["budget_mb"] == 300
+    assert record["estimated_mb"] == round(refit.estimate_mb(schema, _candidate("random_forest"), 5000,
+                                                             refit.frame_mb(path, schema)[1]))
+    assert record["error"].startswith("model family random_forest is refused before training: its refit on 5,000 rows "
+                                      f"would need about {record['estimated_mb']:,} MB, more than the refit_memory_mb budget of 300 MB")
+    assert refit.refused_families(path, schema, defaults, families, budget_mb=8000) == {}
+    with pytest.raises(refit.MemoryBudgetError, match=r"^no model family fits the refit_memory_mb budget of 300 MB"):
+        train.best(list(refused.values()))
