@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -185,26 +184,6 @@ def booster_params(estimator: Any, classes: list[Any] | None) -> tuple[dict[str,
 # or scikit-learn: ``import_xgboost``), Parquet's reader and one batch. Measured on the churn table
 # (tests/integration/test_distributed_xgb.py holds a worker to it): 172-180 MiB.
 WORKER_BASE_MB = 210
-# Bytes a worker holds per row of its share: per feature, the 1-byte bin in the hist matrix's row and
-# column layouts; per row, its offsets, label, weight, gradient, hessian, prediction and position in
-# the tree (measured on the churn table's 15 model columns: about 120 bytes a row).
-BIN_BYTES = 2
-ROW_BYTES = 90
-
-
-def workers_needed(rows: int, features: int, budget_mb: float, requested: int) -> int:
-    """Workers a refit needs so each one's share fits the task's memory budget (at least ``requested``).
-
-    Raises ValueError when the budget leaves no room beside a worker's own start-up memory.
-    """
-    room = budget_mb - WORKER_BASE_MB
-    if room <= 0:
-        raise ValueError(f"a refit_memory_mb budget of {budget_mb:g} MB leaves nothing for the training rows "
-                         f"beside a worker's own {WORKER_BASE_MB} MB")
-    share_mb = rows * (features * BIN_BYTES + ROW_BYTES) / 1_000_000
-    return max(requested, math.ceil(share_mb / room))
-
-
 def is_distributable(model: Pipeline) -> bool:
     """Whether a model's final step is an XGBoost scikit-learn estimator (the one family trained distributed)."""
     try:

@@ -168,16 +168,6 @@ def test_a_refit_whose_workers_die_registers_nothing_and_leaves_no_job(tmp_path:
     assert store.list("training") == [] and store.list("registry") == []
 
 
-def test_workers_needed_follows_the_budget() -> None:
-    # 8M rows x (12 features x 2 bytes + 90 bytes a row): 912 MB, more than a 1 GB task holds beside a worker's own
-    assert dx.workers_needed(rows=8_000_000, features=12, budget_mb=1000, requested=1) == 2
-    assert dx.workers_needed(rows=6_000_000, features=12, budget_mb=1000, requested=1) == 1
-    assert dx.workers_needed(rows=1_000_000, features=12, budget_mb=8000, requested=1) == 1
-    assert dx.workers_needed(rows=1_000_000, features=12, budget_mb=8000, requested=4) == 4
-    with pytest.raises(ValueError, match="budget of 200 MB leaves nothing"):
-        dx.workers_needed(rows=10, features=1, budget_mb=200, requested=1)
-
-
 def test_balanced_weights_are_scikit_learns_over_every_file(tmp_path: Path) -> None:
     from sklearn.utils.class_weight import compute_class_weight
 
