@@ -238,7 +238,8 @@ def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: 
     from components import train as searched
     from components.data import Schema
 
-    trials = searched.trials_of(results)
+    # a sampled trial whose own refit would not fit the budget is marked refused: the best that fits is refit
+    trials = stage.within_budget(train.path, Schema.from_json(schema), searched.trials_of(results), memory_mb)
     s = runtime.settings(store, model_name, seed=seed, train_workers=train_workers, refit_memory_mb=memory_mb)
     job = f"flywheel-refit-{uuid.uuid4().hex[:10]}"  # a TrainJob name: RFC 1035, unique per attempt
 

@@ -148,6 +148,32 @@ def refused_families(path: str, schema: Schema, candidates: list[dict[str, Any]]
     return refused
 
 
+def within_budget(path: str, schema: Schema, trials: list[dict[str, Any]], budget_mb: float) -> list[dict[str, Any]]:
+    """The search's trials with each complete one whose own refit would not fit ``budget_mb`` marked refused.
+
+    The search refuses a family on its default points (``refused_families``); a sampled point of a
+    family that passed (a forest of smaller leaves, say) may still not fit. Marked here, from the
+    Parquet metadata, before the best trial is chosen, the refit takes the best trial that fits
+    instead of failing on one that does not; the mark's ``error`` is the sentence the leaderboard shows.
+    """
+    rows, frame = frame_mb(path, schema)
+    marked = []
+    for trial in trials:
+        candidate = trial["candidate"]
+        if trial.get("state", "complete") != "complete" or candidate["family"] in STREAMED:
+            marked.append(trial)
+            continue
+        estimated = estimate_mb(schema, candidate, rows, frame)
+        if estimated <= budget_mb:
+            marked.append(trial)
+            continue
+        marked.append({**trial, "state": "refused", "estimated_mb": round(estimated), "budget_mb": budget_mb,
+                       "error": f"trial {candidate['id']} is refused before training: its refit on {rows:,} rows would "
+                                f"need about {estimated:,.0f} MB, more than the refit_memory_mb budget of "
+                                f"{budget_mb:,.0f} MB ({RAISE})"})
+    return marked
+
+
 def none_fits(refused: list[dict[str, Any]]) -> MemoryBudgetError:
     """The one sentence a run ends with when the memory budget refused every family it searched."""
     budget = refused[0]["budget_mb"]

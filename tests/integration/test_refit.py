@@ -122,3 +122,21 @@ def test_the_search_plans_each_familys_refit_and_refuses_those_over_budget_in_on
     assert refit.refused_families(path, schema, defaults, families, budget_mb=8000) == {}
     with pytest.raises(refit.MemoryBudgetError, match=r"^no model family fits the refit_memory_mb budget of 300 MB"):
         train.best(list(refused.values()))
+
+
+def test_the_refit_takes_the_best_trial_that_fits_when_a_better_sampled_one_would_not(table):
+    path, _, _, schema = table
+    forest = {**_candidate("random_forest"), "id": "7-random_forest", "params": {"n_estimators": 400, "min_samples_leaf": 1}}
+    logistic = _candidate("logistic")
+    trials = [{"candidate": forest, "metric": "balanced_accuracy", "score": 0.9, "std": 0.0, "origin": "default"},
+              {"candidate": logistic, "metric": "balanced_accuracy", "score": 0.8, "std": 0.0, "origin": "default"}]
+    budget = 600  # the forest of 400 fully grown trees needs about 700 MB, logistic about 410 MB
+    assert refit.estimate_mb(schema, forest, 5000, refit.frame_mb(path, schema)[1]) > budget
+    assert refit.estimate_mb(schema, logistic, 5000, refit.frame_mb(path, schema)[1]) < budget  # the premise
+    marked = refit.within_budget(path, schema, trials, budget_mb=budget)
+    assert train.best(marked)["candidate"]["id"] == logistic["id"]
+    assert marked[0]["state"] == "refused" and marked[0]["score"] == 0.9
+    assert marked[0]["error"].startswith("trial 7-random_forest is refused before training: its refit on 5,000 rows "
+                                         "would need about")
+    assert marked[1] == trials[1]
+    refit.refit(path, schema, train.best(marked)["candidate"], 0, budget_mb=budget)  # the chosen one fits
