@@ -53,10 +53,11 @@ test: env test-tools  ## All tests (unit, integration, e2e incl. slow), in paral
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; exit $$rc
 
 # The scale section's sizes: `make bench BENCH_ONLY=scale SCALE_ROWS=1000000,5000000,10000000` for the issue's.
+# SCALE_ONLY=train_at_sizes (a comma-separated list of benchmarks/scale.py row functions) runs a subset.
 SCALE_ROWS ?= 200000,500000
 SCALE_RETRAIN_ROWS ?= 100000,1000000
 bench: env  ## Every benchmark; one table and bench-results/bench.json
-	SCALE_ROWS=$(SCALE_ROWS) SCALE_RETRAIN_ROWS=$(SCALE_RETRAIN_ROWS) $(PY) -m benchmarks
+	SCALE_ROWS=$(SCALE_ROWS) SCALE_RETRAIN_ROWS=$(SCALE_RETRAIN_ROWS) SCALE_ONLY=$(SCALE_ONLY) $(PY) -m benchmarks
 
 compile: env  ## KFP IR YAML of the training pipeline
 	$(FLYWHEEL) compile --output dist/flywheel-training.yaml

@@ -20,6 +20,7 @@ row (compaction, a distributed refit) is one more function there. What they meas
 * the XGBoost refit in one process against 1 and 2 collective workers (benchmarks/scale_distributed.py;
   ``BENCH_DISTRIBUTED_ROWS``, else the largest ``SCALE_ROWS`` size up to 5,000,000).
 
+``SCALE_ONLY`` (names of row functions, comma-separated, e.g. ``train_at_sizes``) runs a subset.
 Runnable as ``python -m benchmarks.scale [out.json]``; ``main(out_json)`` returns the dict.
 """
 
@@ -284,10 +285,20 @@ ROW_FUNCTIONS: list[Callable[[Path], list[dict]]] = [train_at_sizes, rerun_s3, r
                                                      distributed_refit]
 
 
+def selected() -> list[Callable[[Path], list[dict]]]:
+    """The row functions ``SCALE_ONLY`` names (all of them when it is unset); an unknown name is an error naming it."""
+    names = [n for n in (os.environ.get("SCALE_ONLY") or "").split(",") if n]
+    known = {fn.__name__: fn for fn in ROW_FUNCTIONS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"SCALE_ONLY names {', '.join(unknown)}, not a scale row; the rows are {', '.join(known)}")
+    return [known[n] for n in names] if names else list(ROW_FUNCTIONS)
+
+
 def main(out_json: str | None = None) -> dict:
     figures: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="flywheel-scale-") as tmp:
-        for fn in ROW_FUNCTIONS:
+        for fn in selected():
             work = Path(tmp) / fn.__name__
             work.mkdir()
             figures += fn(work)
