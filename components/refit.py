@@ -140,12 +140,16 @@ def refused_families(path: str, schema: Schema, candidates: list[dict[str, Any]]
         if estimated > budget_mb:  # as ``plan`` decides for each of them
             refused[family] = {
                 "candidate": {"id": family, "family": family, "params": {}, "select": False},
-                "metric": PRIMARY[schema.task], "origin": "default", "state": "refused", "score": None, "std": None,
-                "folds": 0, "seconds": 0.0, "estimated_mb": round(estimated), "budget_mb": budget_mb,
-                "error": f"model family {family} is refused before training: its refit on {rows:,} rows would need "
-                         f"about {estimated:,.0f} MB, more than the refit_memory_mb budget of {budget_mb:,.0f} MB "
-                         f"({RAISE})"}
+                "metric": PRIMARY[schema.task], "origin": "default", "score": None, "std": None, "folds": 0,
+                "seconds": 0.0, **_refusal(f"model family {family}", rows, estimated, budget_mb)}
     return refused
+
+
+def _refusal(what: str, rows: int, estimated: float, budget_mb: float) -> dict[str, Any]:
+    """The fields that mark a trial record refused over the budget, with the one sentence that says why."""
+    return {"state": "refused", "estimated_mb": round(estimated), "budget_mb": budget_mb,
+            "error": f"{what} is refused before training: its refit on {rows:,} rows would need about "
+                     f"{estimated:,.0f} MB, more than the refit_memory_mb budget of {budget_mb:,.0f} MB ({RAISE})"}
 
 
 def within_budget(path: str, schema: Schema, trials: list[dict[str, Any]], budget_mb: float) -> list[dict[str, Any]]:
@@ -157,21 +161,15 @@ def within_budget(path: str, schema: Schema, trials: list[dict[str, Any]], budge
     instead of failing on one that does not; the mark's ``error`` is the sentence the leaderboard shows.
     """
     rows, frame = frame_mb(path, schema)
-    marked = []
-    for trial in trials:
+
+    def mark(trial: dict[str, Any]) -> dict[str, Any]:
         candidate = trial["candidate"]
         if trial.get("state", "complete") != "complete" or candidate["family"] in STREAMED:
-            marked.append(trial)
-            continue
+            return trial
         estimated = estimate_mb(schema, candidate, rows, frame)
-        if estimated <= budget_mb:
-            marked.append(trial)
-            continue
-        marked.append({**trial, "state": "refused", "estimated_mb": round(estimated), "budget_mb": budget_mb,
-                       "error": f"trial {candidate['id']} is refused before training: its refit on {rows:,} rows would "
-                                f"need about {estimated:,.0f} MB, more than the refit_memory_mb budget of "
-                                f"{budget_mb:,.0f} MB ({RAISE})"})
-    return marked
+        return trial if estimated <= budget_mb else {**trial, **_refusal(f"trial {candidate['id']}", rows, estimated, budget_mb)}
+
+    return [mark(trial) for trial in trials]
 
 
 def none_fits(refused: list[dict[str, Any]]) -> MemoryBudgetError:
