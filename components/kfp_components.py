@@ -239,13 +239,14 @@ def refit(train: Input[Dataset], holdout: Input[Dataset], schema: str, results: 
     from components.data import Schema
 
     # a sampled trial whose own refit would not fit the budget is marked refused: the best that fits is refit
-    trials = stage.within_budget(train.path, Schema.from_json(schema), searched.trials_of(results), memory_mb)
+    sch = Schema.from_json(schema)
+    trials = stage.within_budget(train.path, sch, searched.trials_of(results), memory_mb)
     s = runtime.settings(store, model_name, seed=seed, train_workers=train_workers, refit_memory_mb=memory_mb)
     job = f"flywheel-refit-{uuid.uuid4().hex[:10]}"  # a TrainJob name: RFC 1035, unique per attempt
 
     def fit() -> tuple:
         best = searched.best(trials)  # in the step: a search with nothing to choose (every family refused) fails it
-        made, training = stage.refit_and_package(train.path, holdout.path, Schema.from_json(schema),
+        made, training = stage.refit_and_package(train.path, holdout.path, sch,
                                                  best["candidate"], s, job)
         return dataclasses.replace(made, trials=json.dumps(trials).encode()), training, best
 
