@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import save
 from components.settings import load_settings
 from pipelines.loop.run import LoopSize, Period, run_loop
 
@@ -30,10 +31,7 @@ def main(out_json: str | None = None) -> dict:
         "swap": swap, "loop_seconds": result.seconds, "served": result.served, "logged": result.logged,
         "failed_requests": result.failed_requests,
     }
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(out, indent=2))
-    return out
+    return save(out_json, out)
 
 
 if __name__ == "__main__":

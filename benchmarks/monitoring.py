@@ -40,6 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks import save
 from components.data import MODEL_VERSION, PREDICTION, TIME, Column, Schema
 from components.registry import Registry
 from components.settings import load_settings
@@ -241,10 +242,7 @@ def main(out_json: str | None = None) -> dict:
         "peak_rss_over_evidently_at_1M_le_1.0": at_1m.get("peak_rss_over_evidently"),
         "peak_rss_gib_at_10M_lt_2": by_rows.get(10_000_000, {}).get("peak_rss_gib"),
     }
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(results, indent=2))
-    return results
+    return save(out_json, results)
 
 
 def mismatches(row: dict) -> list[str]:

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import save
 from components import evaluate, ingest, register, split, train, tune, validate
 from components.compat import LOCAL_PARALLEL_TASKS
 from components.data import DatasetSpec
@@ -243,10 +244,7 @@ def main(out_json: str | None = None) -> dict:
             "big": big_run(BIG_ROWS, work) if BIG_ROWS else None,
             "first_model": first_model(work),
         }
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=2))
-    return result
+    return save(out_json, result)
 
 
 def _search_settings(sides: dict, problems: list[str]) -> str:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks import save
 from components.proc import peak_rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,10 +304,7 @@ def main(out_json: str | None = None) -> dict:
             work.mkdir()
             figures += fn(work)
     result = {"figures": figures}
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=2))
-    return result
+    return save(out_json, result)
 
 
 def _mib(n: int) -> str:

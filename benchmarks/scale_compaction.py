@@ -45,6 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks import save
+
 MODEL = "bench"
 DAY = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
 NOW = DAY + dt.timedelta(days=1, hours=1)  # every hour of the day closed; the pass evaluates DAY
@@ -255,10 +257,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 def main(out_json: str | None = None) -> dict[str, Any]:
     """Run the benchmark; write its figures to ``out_json`` when given."""
     result = scale_compaction()
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=2))
-    return result
+    return save(out_json, result)
 
 
 if __name__ == "__main__":

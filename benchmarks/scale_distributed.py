@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import save
+
 CHUNK = 250_000
 SCORE_TARGET = 0.005
 MEMORY_TARGET = 0.60
@@ -176,10 +178,7 @@ def default_rows() -> int:
 def main(out_json: str | None = None) -> dict[str, Any]:
     """Run at ``default_rows()`` rows; write the figures to ``out_json``."""
     figures = {"runs": measure(default_rows())}
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(figures, indent=2))
-    return figures
+    return save(out_json, figures)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ those seconds, so its score does a little. Run it with ``python -m benchmarks.tu
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from benchmarks import save
 from components import search_space, split, train, tune
 from components.data import DatasetSpec, Schema, infer_schema
 from components.features import build, xy
@@ -161,12 +161,7 @@ def one_table(frame: pd.DataFrame, schema: Schema) -> dict[str, Any]:
 def main(out_json: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
     with threadpool_limits(1):
         results = {name: one_table(frame, schema) for name, (frame, schema) in tables().items() if not only or name in only}
-    if out_json:
-        from pathlib import Path
-
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(results, indent=2))
-    return results
+    return save(out_json, results)
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
