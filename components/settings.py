@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     serving_deadline_fix: bool = Field(True, description="The request deadline (traffic.timeout) with its timer "
                                        "cancelled when the answer starts (services/serving/deadline.py; replaces a BentoML "
                                        "internal, checked at start-up); false: BentoML's own timeout middleware.")
+    serving_access_log: bool = Field(False, description="One access-log line per API request (BentoML's access log); "
+                                     "off: requests are counted in /metrics and every scored record is in the prediction log.")
+    serving_tracing: bool = Field(False, description="Trace the API routes with BentoML's OpenTelemetry middleware (configure "
+                                  "an exporter in BentoML's tracing options); off: the routes skip it.")
     serving_deployment: str = "flywheel-serving"
     serving_namespace: str = "flywheel"
     deploy_timeout_seconds: float = Field(300, gt=0, description="The deploy step's deadline for a rollout to finish.")

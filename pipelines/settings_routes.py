@@ -115,6 +115,8 @@ ROUTES: dict[str, Route] = {
     "serving_strict_fields": _cm("config.serving.strictFields"),
     "serving_deadline_fix": _cm("config.serving.deadlineFix"),
     "serving_workers": _cm("config.serving.workers"),
+    "serving_access_log": _cm("config.serving.accessLog"),
+    "serving_tracing": _cm("config.serving.tracing"),
     "serving_deployment": _cm(note="flywheel-serving, the chart's fixed name"),
     "serving_namespace": _cm(note="the release namespace"),
     "deploy_timeout_seconds": _cm("config.serving.deployTimeoutSeconds"),

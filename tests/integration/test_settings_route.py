@@ -50,7 +50,7 @@ NON_DEFAULT: dict[str, Any] = {
     "spill_dir": "/var/lib/flywheel/spill", "spill_max_mb": 1500.0, "spill_lease_seconds": 130.0,
     "log_flush_rows": 500, "log_flush_seconds": 1.5, "log_write_timeout_seconds": 6.0, "log_close_seconds": 20.0,
     "log_max_buffer_rows": 100000, "serving_poll_seconds": 3.5, "serving_runtime": "sklearn", "prediction_log": False,
-    "serving_strict_fields": True, "serving_workers": 3, "serving_deployment": "serving-2", "serving_namespace": "ml",
+    "serving_strict_fields": True, "serving_workers": 3, "serving_access_log": True, "serving_tracing": True, "serving_deployment": "serving-2", "serving_namespace": "ml",
     "deploy_timeout_seconds": 450.0, "serving_model_version": "v7",
 }
 # ConfigMap values the chart derives instead of taking a value (pipelines/settings_routes.py says how).
