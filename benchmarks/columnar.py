@@ -13,6 +13,15 @@ that runtime's ``predict`` on the same 100,000 records, with the same thread cap
 as the server's worker (``flywheel serve``'s environment). Both sides' settings are read from
 the running processes (the worker's /proc environ; the raw process reports its own) and printed.
 
+The transport ceiling: a bare ASGI app on uvicorn (one process, the same environment) that reads
+the same Arrow body and answers the service's own Arrow answer to it, with no framework, no
+validation, no model and no log. Its rows/s over raw is the most any server can reach on this
+HTTP stack with these bodies. A server that reads a request before it predicts it has a share of
+at most raw / (ceiling + raw): below the target when moving the bytes takes longer than predicting them.
+The raw process also times what the server's log thread does for one such request (encode its
+records with their predictions and write the spill part, the service's own functions), beside
+the predict it logs: with the log on, the worker's CPUs must do that too for every request.
+
 For each shape, the same records are posted as an Apache Arrow IPC stream, as Parquet and as
 JSON, about ``REQUESTS`` times each by ``wrk`` on one connection (after a warm-up), as the serving
 matrix is driven. Served rows/s is 100,000 over the median request time, set against the raw
@@ -40,7 +49,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from benchmarks.serving_sides import compact_env, matched_env, server_settings, side_settings, start_service
+from benchmarks.serving_sides import compact_env, matched_env, server_settings, side_settings, start_ceiling, start_service
 from components.model_runtime import records_of
 
 ROWS = 100_000
@@ -178,15 +187,36 @@ from components.model_runtime import load_version
 
 store, model, records_file, repeats, prefer_onnx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 registry = Registry(LocalStore(store), model)
-runtime = load_version(registry, registry.champion().version, prefer_onnx=prefer_onnx).runtime
+loaded = load_version(registry, registry.champion().version, prefer_onnx=prefer_onnx)
+runtime = loaded.runtime
 records = pd.read_parquet(records_file)
 runtime.predict(records)
 times = []
 for _ in range(repeats):
     start = time.perf_counter()
-    runtime.predict(records)
+    values = runtime.predict(records)
     times.append(time.perf_counter() - start)
-print(json.dumps({"runtime": runtime.name, "seconds": times,
+
+# what the server's log thread does for the same request: encode its columns and write the spill part
+import tempfile
+from pathlib import Path
+import numpy as np, pyarrow as pa
+from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
+from services.serving.log_encoding import encode_records, parts_of
+from services.serving.spill import write_part
+n = len(records)
+columns = {REQUEST_ID: pa.array([f"{i:032x}" for i in range(n)]), TIME: pa.array(np.full(n, np.datetime64("now", "us"))),
+           MODEL_VERSION: pa.array([loaded.version] * n).dictionary_encode(),
+           **{c: records[c].to_numpy() for c in records.columns}, PREDICTION: values.values}
+log_times = []
+with tempfile.TemporaryDirectory() as spill:
+    for _ in range(repeats):
+        start = time.perf_counter()
+        batches, lines = encode_records(columns, time.time(), loaded.log_types)
+        for part in parts_of(f"predictions/{model}", batches, lines, lambda day, since: f"quarantine/{day}"):
+            write_part(Path(spill) / part.key, part)
+        log_times.append(time.perf_counter() - start)
+print(json.dumps({"runtime": runtime.name, "seconds": times, "log_part_seconds": log_times,
                   "env": {k: os.environ.get(k) for k in sys.argv[6].split(",")}}))
 """
 
@@ -209,7 +239,7 @@ def raw_rows_per_s(tmp: Path, store: Path, model: str, records: pd.DataFrame, re
     raw = json.loads(out.stdout.strip().splitlines()[-1])
     median = float(np.median(raw["seconds"]))
     return {"rows_per_s": ROWS / median, "seconds_median": round(median, 4), "runtime": raw["runtime"],
-            "processes": 1, "env": raw["env"]}
+            "processes": 1, "env": raw["env"], "log_part_seconds": round(float(np.median(raw["log_part_seconds"])), 4)}
 
 
 def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -238,14 +268,41 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
                         shape[key] = {**served, "over_raw": served["rows_per_s"] / raw["rows_per_s"]}
                 finally:
                     server.stop()
+            shape["ceiling"] = transport_ceiling(tmp, store, name, payloads["arrow"], raw)
             shape["mismatches"] = mismatches(shape["server"], raw)
             results["shapes"][name] = shape
+    # where even the bare transport is below the target, no server on this HTTP stack can meet it
+    results["target_within_transport_bound"] = {name: s["ceiling"]["bound_over_raw"] >= TARGET
+                                                for name, s in results["shapes"].items()}
     results["meets_target"] = all(s.get("arrow", {}).get("over_raw", 0) >= TARGET and not s["mismatches"]
                                   for s in results["shapes"].values())
     if out_json_path:
         Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json_path).write_text(json.dumps(results, indent=2))
     return results
+
+
+def transport_ceiling(tmp: Path, store: Path, model: str, arrow: tuple[bytes, str], raw: dict[str, Any]) -> dict[str, Any]:
+    """Rows/s of the bare app that reads the Arrow body and answers the service's Arrow answer to it, over raw."""
+    body, ctype = arrow
+    server = start_service(tmp, store, model, 1, prediction_log=False)
+    try:
+        answer = httpx.post(f"{server.url}/predict_many", content=body, headers={"content-type": ctype}, timeout=120)
+    finally:
+        server.stop()
+    if answer.status_code != 200:
+        raise RuntimeError(f"/predict_many answered {answer.status_code}: {answer.text[:300]}")
+    answer_file = tmp / f"answer-{model}.arrow"
+    answer_file.write_bytes(answer.content)
+    ceiling = start_ceiling(tmp, 1, server_settings(tmp, store, model, 1), (answer_file, answer.headers["content-type"]))
+    try:
+        served = served_rows_per_s(ceiling.url, body, ctype, tmp)
+    finally:
+        ceiling.stop()
+    # a request is read, then predicted: no server here can beat the transport and the runtime one after the other
+    bound = raw["seconds_median"] / (served["seconds_median"] + raw["seconds_median"])
+    return {**served, "over_raw": served["rows_per_s"] / raw["rows_per_s"], "bound_over_raw": bound,
+            "answer_mib": round(len(answer.content) / 2**20, 2)}
 
 
 def mismatches(server: dict[str, Any], raw: dict[str, Any]) -> list[str]:
@@ -270,12 +327,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     out = []
     for name, s in results["shapes"].items():
         raw = s["raw"]
-        for fmt in ("arrow", "parquet", "json", "arrow_log_off"):
+        for fmt in ("arrow", "parquet", "json", "arrow_log_off", "ceiling"):
             f = s.get(fmt) or {}
+            bound = (f"; transport then predict, one after the other: at most {f['bound_over_raw']:.2f}; the log part "
+                     f"of one request takes {raw['log_part_seconds'] * 1000:.1f} ms to encode and write, against "
+                     f"{raw['seconds_median'] * 1000:.1f} ms of raw predict" if "bound_over_raw" in f else "")
             value = (f"error: {f['error'][:120]}" if "error" in f else
                      f"{f.get('over_raw', float('nan')):.2f}  ({f.get('rows_per_s', 0):,.0f} | raw "
-                     f"{raw['rows_per_s']:,.0f} rows/s); {_settings(s)}")
-            out.append((f"{name} /predict_many {fmt}, {results['rows_per_request']:,} records: server | raw "
+                     f"{raw['rows_per_s']:,.0f} rows/s){bound}; {_settings(s)}")
+            label = ("transport ceiling (a bare ASGI app on uvicorn reading the Arrow body, answering the service's answer)"
+                     if fmt == "ceiling" else f"/predict_many {fmt}")
+            out.append((f"{name} {label}, {results['rows_per_request']:,} records: server | raw "
                         f"{raw['runtime']} predict", value, f">= {TARGET:.2f}" if fmt == "arrow" else "reported"))
     return out
 

@@ -226,10 +226,16 @@ async def predict(body: Request):
     return out
 '''
 
-# The ceiling: no framework, no model; reads the body and answers a constant.
+# The ceiling: no framework, no model; reads the body and answers a constant (by default a
+# one-record JSON answer; the columnar bench gives it the service's own answer to a table).
 CONSTANT_APP = '''
-BODY = b'[{"prediction": 0}]'
-HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+import json
+from pathlib import Path
+
+CONFIG = json.loads(Path(__file__).with_suffix(".json").read_text())
+BODY = Path(CONFIG["answer_file"]).read_bytes() if CONFIG.get("answer_file") else b'[{"prediction": 0}]'
+HEADERS = [(b"content-type", CONFIG.get("content_type", "application/json").encode()),
+           (b"content-length", str(len(BODY)).encode())]
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -305,9 +311,13 @@ def start_sides(tmp: Path, store: Path, shape: str, workers: int, probe: str) ->
     return sides
 
 
-def start_ceiling(tmp: Path, workers: int, settings: Any) -> ServerProcess:
-    """The constant-answer server, with the same workers and environment as the model servers."""
-    return start_uvicorn(tmp, "constant_app", CONSTANT_APP, workers, matched_env(settings)).wait_ready("/", probe=b"{}")
+def start_ceiling(tmp: Path, workers: int, settings: Any, answer: tuple[Path, str] | None = None) -> ServerProcess:
+    """The constant-answer server, with the same workers and environment as the model servers.
+
+    ``answer`` (a file and its content type) is what it answers; else a one-record JSON answer.
+    """
+    config = {"answer_file": str(answer[0]), "content_type": answer[1]} if answer else {}
+    return start_uvicorn(tmp, "constant_app", CONSTANT_APP, workers, matched_env(settings), config).wait_ready("/", probe=b"{}")
 
 
 # --- what each side runs with, read from its processes -------------------------------------------
