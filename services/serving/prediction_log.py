@@ -328,6 +328,12 @@ class RecordLog:
             lines, self._lines = self._lines, []
             held, self._held = self._held, []
         parts = held + parts_of(self.prefix, batches, lines, self._quarantine_key)
+        # The parts hold their own tables now. The appends' batches (one per request, an Arrow
+        # array per column each) are dropped one at a time: freed all at once, as a list is when
+        # this frame ends, they held the GIL for about 30 ms per flush at one client, and every
+        # request in flight waited through it (the service's p99 at c=1)
+        while batches:
+            batches.pop()
         done = i = 0
         try:
             while i < len(parts):

@@ -557,3 +557,23 @@ def test_a_part_of_many_small_appends_is_one_chunk_per_column() -> None:
     assert part.records == 600
     assert {column.num_chunks for column in part.table.columns} == {1}
     assert part.table.column(ID).to_pylist() == [f"r{i}" for i in range(600)]
+
+
+def test_batches_of_two_schemas_on_one_day_become_one_part_each_in_order() -> None:
+    """A day's batches are built into one table when their schemas agree; where they differ (a model
+    swap mid-flush), each schema gets its own part and no record is lost or reordered within it."""
+    import pyarrow as pa
+
+    from services.serving.log_encoding import Batch, parts_of
+
+    def batch(day: str, i: int, wide: bool) -> Batch:
+        columns = {ID: [f"r{i}"], "x": [float(i)]} | ({"y": [str(i)]} if wide else {})
+        return Batch(day, pa.record_batch(columns), since=float(i))
+
+    batches = [batch("2026-12-05", i, wide=i % 2 == 1) for i in range(6)] + [batch("2026-12-06", 6, wide=False)]
+    parts = parts_of("predictions/m", batches, [], lambda day, since: "unused")
+    assert [(p.day, p.table.column_names, p.table.column(ID).to_pylist()) for p in parts] == [
+        ("2026-12-05", [ID, "x"], ["r0", "r2", "r4"]),
+        ("2026-12-05", [ID, "x", "y"], ["r1", "r3", "r5"]),
+        ("2026-12-06", [ID, "x"], ["r6"]),
+    ]
