@@ -10,8 +10,8 @@ families with their spaces (components/search_space.py) and the budget. For each
    lasts (``ask``), scoring each trial fold by fold and stopping it early when successive halving
    over the folds drops it (``FoldHalving``), and tells the study how it ended (``tell``). On a
    warm start (``warm_order``) the champion's best point comes first, its next-best trials are the
-   sampler's first proposals, and the defaults the champion scored below its best each follow one
-   of the sampler's trials;
+   sampler's first proposals, and the defaults the champion scored below its best wait for the
+   budget's end;
 3. records every trial (parameters, CV score, seconds, complete/pruned/failed) through ``save``
    after each one, so the store holds the study as data: no database, no service.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components import search_space
-from components.train import FIXED, PRIMARY, score_candidate
+from components.train import PRIMARY, score_candidate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,16 +132,14 @@ def warm_order(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Where a family's fixed points go in its study, and which of the champion's trials it scores again.
 
-    Returns ``first`` (fixed points scored before the sampler's trials), ``last`` (fixed points kept back, best
-    first: ``search_family`` scores one after each of the sampler's trials, and all that are left once the
-    budget has room for no more) and ``rescore`` (points enqueued as the sampler's first proposals). Cold (no
-    ``champion``, its complete trials of this family): the defaults first, in order. Warm: the champion's best
-    point first (a ``<family>-champion`` candidate, or the default it is), then the defaults the champion never
-    scored; the defaults it scored below its best are kept back (they still run within the budget, so the fixed
-    points are those of a search without a budget, as the one-standard-error rule needs, but they do not spend
-    the first trials re-learning what the champion's study showed, and one that drift made the best still comes
-    early); and its next WARM_TRIALS best trials that beat every default it scored are proposed again, pruned as
-    any proposal is and chosen only as one (``train.best``).
+    Returns ``first`` (fixed points scored before the sampler's trials), ``last`` (fixed points kept for the
+    budget's end) and ``rescore`` (points enqueued as the sampler's first proposals). Cold (no ``champion``,
+    its complete trials of this family): the defaults first, in order. Warm: the champion's best point first
+    (a ``<family>-champion`` candidate, or the default it is), then the defaults the champion never scored; the
+    defaults it scored below its best wait for the budget's end (they still run within it, so the fixed points
+    are those of a search without a budget, as the one-standard-error rule needs, but spend no early trials
+    re-learning what the champion's study showed); and its next WARM_TRIALS best trials that beat every default
+    it scored are proposed again, pruned as any proposal is and chosen only as one (``train.best``).
     """
     if not champion:
         return [dict(c) for c in defaults], [], []
@@ -217,14 +215,9 @@ def search_family(
         for point in rescore[: limit - len(records) - len(first) - len(last)]:  # the sampler's first proposals
             study.enqueue_trial({k: v for k, v in point.items() if k in dists}, user_attrs={"origin": "warm-trial"})
 
-    # whether the trial before was a proposal, not a fixed point (a resumed study goes on as it would have)
-    proposed = bool(records) and records[-1].get("origin", "default") not in FIXED
     while len(records) < limit and not (records and deadline is not None and time.monotonic() >= deadline):
-        # the fixed points that come first; then the sampler's proposals, each followed by a fixed point kept
-        # back while any is left (one that drift made the best is still scored early), and all those left once
-        # the budget has no more room than for them
-        fixed = first.pop(0) if first else last.pop(0) if last and (limit - len(records) <= len(last) or proposed) else None
-        proposed = fixed is None
+        # the fixed points that come first, then the sampler's, then the ones kept for the budget's end
+        fixed = first.pop(0) if first else last.pop(0) if last and limit - len(records) <= len(last) else None
         trial = None if fixed else study.ask()
         if fixed is not None:
             candidate = {k: v for k, v in fixed.items() if k != "origin"}
