@@ -104,6 +104,10 @@ TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 _INT_PARAMS = {"n_estimators", "min_samples_leaf", "max_leaf_nodes", "max_depth", "num_leaves", "min_child_samples",
                "max_bin", "max_cat_to_onehot"}
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
+# A trial's ``origin`` when it is a fixed point (the one-standard-error rule's incumbents, see ``best``): a
+# family's default, the champion's best point. The others were proposed: by the sampler, or the champion's
+# next-best trials proposed again on a warm start (components/tune.py ``warm_order``).
+FIXED = ("default", "warm")
 
 
 def family_tasks(family: str) -> tuple[str, ...]:
@@ -335,7 +339,8 @@ def standard_error(result: dict[str, Any]) -> float:
 
 def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str, Any]:
     """The chosen trial among those scored on every fold: the best fixed point (a family's default, the champion's
-    point) unless a trial the sampler proposed beats it by more than that trial's standard error.
+    point) unless a proposed trial (the sampler's, or a champion's trial proposed again) beats it by more than that
+    trial's standard error.
 
     The one-standard-error rule: with many sampled trials, the highest CV score is partly the folds'
     luck (it is the maximum of many noisy estimates), so a sampled trial must be better than the
@@ -359,8 +364,8 @@ def best(results: list[dict[str, Any] | list[dict[str, Any]] | str]) -> dict[str
         return max(rows, key=lambda r: (round(r["score"], 6), -_rank(r["candidate"]["id"])))
 
     chosen = top(complete)
-    fixed = [r for r in complete if r.get("origin", "default") != "sampler"]
-    if not fixed or chosen.get("origin", "default") != "sampler":
+    fixed = [r for r in complete if r.get("origin", "default") in FIXED]
+    if not fixed or chosen.get("origin", "default") in FIXED:
         return chosen
     incumbent = top(fixed)
     return chosen if chosen["score"] - incumbent["score"] > standard_error(chosen) else incumbent

@@ -6,10 +6,12 @@ families with their spaces (components/search_space.py) and the budget. For each
 1. rebuilds the study from data: the trials this task recorded before (a resumed run) and, on a
    retrain, the champion's recorded trials of that family (a warm start: they inform the sampler,
    their scores came from other data, so they are never candidates themselves);
-2. scores the family's default points in order, then the champion's own point (warm start),
-   then asks the sampler for more while the budget lasts (``ask``), scoring each trial fold by
-   fold and stopping it early when successive halving over the folds drops it (``FoldHalving``),
-   and tells the study how it ended (``tell``);
+2. scores the family's default points in order, then asks the sampler for more while the budget
+   lasts (``ask``), scoring each trial fold by fold and stopping it early when successive halving
+   over the folds drops it (``FoldHalving``), and tells the study how it ended (``tell``). On a
+   warm start (``warm_order``) the champion's best point comes first, its next-best trials are the
+   sampler's first proposals, and the defaults the champion scored below its best wait for the
+   budget's end;
 3. records every trial (parameters, CV score, seconds, complete/pruned/failed) through ``save``
    after each one, so the store holds the study as data: no database, no service.
 
@@ -48,6 +50,8 @@ LEADERBOARD_ROWS = 10
 MAX_TRIALS_PER_FAMILY = 1000
 # Random proposals before TPE models the history (the defaults and warm trials count too).
 TPE_STARTUP_TRIALS = 4
+# A warm start proposes again the champion's next-best trials after its best point: at most this many.
+WARM_TRIALS = 2
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,47 @@ def _frozen(record: dict[str, Any], space: dict[str, dict[str, Any]], dists: dic
                         distributions={k: dists[k] for k in params}, intermediate_values=steps)
 
 
+def warm_order(
+    family: str, defaults: list[dict[str, Any]], champion: list[dict[str, Any]], params: dict[str, dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Where a family's fixed points go in its study, and which of the champion's trials it scores again.
+
+    Returns ``first`` (fixed points scored before the sampler's trials), ``last`` (fixed points kept for the
+    budget's end) and ``rescore`` (points enqueued as the sampler's first proposals). Cold (no ``champion``,
+    its complete trials of this family): the defaults first, in order. Warm: the champion's best point first
+    (a ``<family>-champion`` candidate, or the default it is), then the defaults the champion never scored; the
+    defaults it scored below its best wait for the budget's end (they still run within it, so the fixed points
+    are those of a search without a budget, as the one-standard-error rule needs, but spend no early trials
+    re-learning what the champion's study showed); and its next WARM_TRIALS best trials that beat every default
+    it scored are proposed again, pruned as any proposal is and chosen only as one (``train.best``).
+    """
+    if not champion:
+        return [dict(c) for c in defaults], [], []
+    ranked = sorted(champion, key=lambda r: -r["score"])  # stable: among equal scores, the earlier trial
+
+    def score(point: dict[str, Any]) -> float | None:
+        return max((r["score"] for r in ranked if _point(r) == point), default=None)
+
+    top = ranked[0]
+    scored = [(c, score(_point({"candidate": c}))) for c in defaults]
+    head = [dict(c) for c, s in scored if s is not None and s >= top["score"]][:1]
+    if not head:
+        head = [{"id": f"{family}-champion", "family": family, "params": dict(top["candidate"]["params"]),
+                 "select": top["candidate"].get("select", False), "origin": "warm"}]
+    first = head + [dict(c) for c, s in scored if s is None]
+    known = sorted(((c, s) for c, s in scored if s is not None), key=lambda cs: -cs[1])  # stable: in order among ties
+    last = [dict(c) for c, _ in known if c["id"] != head[0]["id"]]
+    bar = known[0][1] if known else -math.inf
+    fixed = [_point({"candidate": c}) for c in defaults] + [_point({"candidate": head[0]})]
+    rescore: list[dict[str, Any]] = []
+    for r in ranked[1:]:
+        point = _point(r)
+        if r["score"] > bar and point not in fixed + rescore and set(point) == set(params) and \
+                all(search_space.contains(params[k], v) for k, v in point.items()):
+            rescore.append(point)
+    return first, last, rescore[:WARM_TRIALS]
+
+
 def _study(seed: int) -> Any:
     import optuna
 
@@ -146,21 +191,18 @@ def search_family(
     params = space["params"]
     records = [r for r in history or [] if r["candidate"]["family"] == family]
     champion = [r for r in warm or [] if r["candidate"]["family"] == family and r.get("state", "complete") == "complete"]
-    queue = [dict(c) for c in defaults]  # fixed points first: the defaults, then the champion's best
-    if champion:
-        top = max(champion, key=lambda r: r["score"])
-        known = [_point({"candidate": c}) for c in defaults]
-        if _point(top) not in known:
-            queue.append({"id": f"{family}-champion", "family": family, "params": dict(top["candidate"]["params"]),
-                          "select": top["candidate"].get("select", False), "origin": "warm"})
-    done = {r["candidate"]["id"] for r in records}
-    queue = [c for c in queue if c["id"] not in done]
+    first, last, rescore = warm_order(family, defaults, champion, params)
     # the champion's point comes on top of the budget: a warm start never has fewer trials than a cold one
-    limit = budget.trials_for(len(defaults)) + any(c.get("origin") == "warm" for c in queue)
+    limit = budget.trials_for(len(defaults)) + any(c.get("origin") == "warm" for c in first)
+    if budget.minutes and not budget.trials:  # no trial count to end the study: nothing can wait for its end
+        first, last = first + last, []
+    done = {r["candidate"]["id"] for r in records}
+    first, last = [c for c in first if c["id"] not in done], [c for c in last if c["id"] not in done]
+    rescore = [p for p in rescore if p not in [_point(r) for r in records]]
 
     # a search of the fixed points alone (no budget set) never asks the sampler: no study, no Optuna import
     study, dists = None, {}
-    if limit > len(records) + len(queue):
+    if limit > len(records) + len(first) + len(last):
         from optuna.trial import TrialState
 
         dists = search_space.distributions(params)
@@ -170,9 +212,12 @@ def search_family(
         for r, folds_here in [(r, True) for r in records] + [(r, False) for r in champion]:
             if (frozen := _frozen(r, params, dists, folds_here)) is not None:
                 study.add_trial(frozen)
+        for point in rescore[: limit - len(records) - len(first) - len(last)]:  # the sampler's first proposals
+            study.enqueue_trial({k: v for k, v in point.items() if k in dists}, user_attrs={"origin": "warm-trial"})
 
     while len(records) < limit and not (records and deadline is not None and time.monotonic() >= deadline):
-        fixed = queue.pop(0) if queue else None
+        # the fixed points that come first, then the sampler's, then the ones kept for the budget's end
+        fixed = first.pop(0) if first else last.pop(0) if last and limit - len(records) <= len(last) else None
         trial = None if fixed else study.ask()
         if fixed is not None:
             candidate = {k: v for k, v in fixed.items() if k != "origin"}
@@ -181,7 +226,7 @@ def search_family(
             point = search_space.suggest(trial, params)
             candidate = {"id": f"{family}-{trial.number}", "family": family, "select": bool(point.pop(search_space.SELECT, False)),
                          "params": point}
-            origin = "sampler"
+            origin = trial.user_attrs.get("origin", "sampler")
         steps: dict[int, float] = {}
 
         def after_fold(k: int, mean: float, trial: Any = trial, steps: dict[int, float] = steps) -> None:

@@ -81,10 +81,13 @@ def test_kfp_metrics_artifacts_carry_the_best_trial_and_the_leaderboard(tuned):
     assert any(f"| 1 | {best['candidate']['id']} | logistic |" in b for b in boards)
 
 
-def test_a_retrain_warm_starts_from_the_champions_best_trial(tuned):
+def test_a_retrain_warm_starts_from_the_champions_best_trial_then_its_next_best(tuned):
     settings, first, second = tuned
-    champion_best = max((r for r in _trials(settings, first["version"]) if r["state"] == "complete"), key=lambda r: r["score"])
+    ranked = sorted((r for r in _trials(settings, first["version"]) if r["state"] == "complete"), key=lambda r: -r["score"])
     trials = _trials(settings, second["version"])
-    warm = [r for r in trials if r["origin"] == "warm"]
-    assert len(warm) == 1 and warm[0]["candidate"]["params"] == champion_best["candidate"]["params"]
-    assert warm[0]["state"] == "complete" and len(trials) == TRIALS + 1  # scored on the new data, on top of the budget
+    # the study's first trial is the champion's best point, its next the champion's next-best trials proposed again
+    assert trials[0]["origin"] == "warm" and trials[0]["candidate"]["params"] == ranked[0]["candidate"]["params"]
+    assert [r["origin"] for r in trials].count("warm") == 1
+    assert [r["candidate"]["params"] for r in trials[1:3]] == [r["candidate"]["params"] for r in ranked[1:3]]
+    assert [r["origin"] for r in trials[1:3]] == ["warm-trial"] * 2
+    assert trials[0]["state"] == "complete" and len(trials) == TRIALS + 1  # scored on the new data, on top of the budget

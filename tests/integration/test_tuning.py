@@ -265,12 +265,55 @@ def test_a_warm_start_scores_the_champions_best_point_and_learns_from_its_trials
     champion = [trial(5, 0.45, 0.02), trial(6, 0.30, 300.0), trial(7, 0.20, 900.0)]
     cold = tune.search(frame, schema, group, 3, 0, 10_000)
     warm = tune.search(frame, schema, group, 3, 0, 10_000, warm=champion)
-    assert [r["origin"] for r in warm[:3]] == ["default", "default", "warm"]
-    assert warm[2]["candidate"]["params"] == {"alpha": 0.02}  # the champion's best point, scored on this data
+    # the champion's best point first, then the defaults its study never scored
+    assert [r["origin"] for r in warm[:3]] == ["warm", "default", "default"]
+    assert warm[0]["candidate"]["params"] == {"alpha": 0.02}  # the champion's best point, scored on this data
     assert len(warm) == len(cold) + 1  # the champion's point comes on top of the budget
     # the sampler, seeded alike, proposes otherwise: it learnt from the champion's trials
     assert [r["candidate"]["params"] for r in warm[3:]] != [r["candidate"]["params"] for r in cold[2:]]
     assert all("intermediate" in r for r in warm)  # every record was scored here: the champion's are never candidates
+
+
+def _champion_of_linear(scores: dict[float, float]) -> list[dict]:
+    """A champion's recorded trials of the linear family: its defaults (alpha 1.0 and 10.0) and sampled points, by alpha."""
+    defaults = {c["params"]["alpha"]: c for c in train.candidates("regression", {"linear": search_space.default()["linear"]})}
+    return [{"candidate": defaults.get(alpha) or {"id": f"linear-{n}", "family": "linear", "select": False, "params": {"alpha": alpha}},
+             "score": score, "state": "complete", "origin": "default" if alpha in defaults else "sampler"}
+            for n, (alpha, score) in enumerate(scores.items())]
+
+
+def test_a_warm_start_scores_the_champions_best_point_then_its_next_best_and_keeps_the_defaults_it_beat_for_the_end(diabetes):
+    frame, schema = diabetes
+    space = {"linear": search_space.default()["linear"]}
+    group = train.families("regression", space=space, budget={"trials": 8, "families": 1})[0]
+    # the champion's study: its best point (alpha 0.02), then 300 and 0.5, above both defaults; 900 below one of them
+    champion = _champion_of_linear({1.0: 0.40, 10.0: 0.42, 0.02: 0.45, 300.0: 0.44, 900.0: 0.41, 0.5: 0.43})
+    warm = tune.search(frame, schema, group, 3, 0, 10_000, warm=champion)
+    assert [(r["origin"], r["candidate"]["params"]["alpha"]) for r in warm[:3]] == [("warm", 0.02), ("warm-trial", 300.0),
+                                                                                   ("warm-trial", 0.5)]
+    assert [r["origin"] for r in warm[3:-2]] == ["sampler"] * 4
+    # the defaults the champion scored below its best: at the budget's end, best first, still scored on every fold
+    assert [(r["candidate"]["id"], r["state"], len(r["intermediate"])) for r in warm[-2:]] == [("1-linear", "complete", 3),
+                                                                                               ("0-linear", "complete", 3)]
+    assert len(warm) == 9  # the budget, and the champion's point on top of it
+    # without a budget: the same fixed points as before (the defaults and the champion's point), the champion's first
+    fixed = tune.search(frame, schema, train.families("regression", space=space)[0], 3, 0, 10_000, warm=champion)
+    assert [r["candidate"]["id"] for r in fixed] == ["linear-champion", "1-linear", "0-linear"]
+    assert [r["score"] for r in fixed] == [r["score"] for r in (warm[0], warm[-2], warm[-1])]
+    # a re-run that stopped after three trials goes on to the same nine
+    again = tune.search(frame, schema, group, 3, 0, 10_000, history=json.loads(json.dumps(warm[:3])), warm=champion)
+    assert [r["candidate"]["id"] for r in again[:3] + again[-2:]] == [r["candidate"]["id"] for r in warm[:3] + warm[-2:]]
+    assert len(again) == 9
+
+
+def test_a_champions_trial_proposed_again_is_chosen_only_as_a_proposal_is():
+    def result(cid: str, origin: str, score: float) -> dict:
+        return {"candidate": {"id": cid}, "origin": origin, "score": score, "std": 0.03, "folds": 3, "state": "complete"}
+
+    warm, default = result("linear-champion", "warm", 0.90), result("0-linear", "default", 0.89)
+    # ahead of the fixed points by less than its standard error (0.03 / sqrt(2)): the champion's point stays
+    assert train.best([warm, default, result("linear-7", "warm-trial", 0.91)])["candidate"]["id"] == "linear-champion"
+    assert train.best([warm, default, result("linear-7", "warm-trial", 0.93)])["candidate"]["id"] == "linear-7"
 
 
 def test_the_champions_fold_scores_inform_the_sampler_but_never_prune_a_trial_on_the_new_data(diabetes):
