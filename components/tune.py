@@ -9,9 +9,8 @@ families with their spaces (components/search_space.py) and the budget. For each
 2. scores the family's default points in order, then asks the sampler for more while the budget
    lasts (``ask``), scoring each trial fold by fold and stopping it early when successive halving
    over the folds drops it (``FoldHalving``), and tells the study how it ended (``tell``). On a
-   warm start (``warm_order``) the champion's best point comes first, its next-best trials are the
-   sampler's first proposals, and the defaults the champion scored below its best wait for the
-   budget's end;
+   warm start (``warm_order``) the champion's best point comes first, then the defaults, and its
+   next-best trials are the sampler's first proposals;
 3. records every trial (parameters, CV score, seconds, complete/pruned/failed) through ``save``
    after each one, so the store holds the study as data: no database, no service.
 
@@ -129,20 +128,19 @@ def _frozen(record: dict[str, Any], space: dict[str, dict[str, Any]], dists: dic
 
 def warm_order(
     family: str, defaults: list[dict[str, Any]], champion: list[dict[str, Any]], params: dict[str, dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Where a family's fixed points go in its study, and which of the champion's trials it scores again.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A family's fixed points in the order its study scores them, and the champion's trials it scores again.
 
-    Returns ``first`` (fixed points scored before the sampler's trials), ``last`` (fixed points kept for the
-    budget's end) and ``rescore`` (points enqueued as the sampler's first proposals). Cold (no ``champion``,
-    its complete trials of this family): the defaults first, in order. Warm: the champion's best point first
-    (a ``<family>-champion`` candidate, or the default it is), then the defaults the champion never scored; the
-    defaults it scored below its best wait for the budget's end (they still run within it, so the fixed points
-    are those of a search without a budget, as the one-standard-error rule needs, but spend no early trials
-    re-learning what the champion's study showed); and its next WARM_TRIALS best trials that beat every default
-    it scored are proposed again, pruned as any proposal is and chosen only as one (``train.best``).
+    Returns ``fixed`` (scored before the sampler's trials) and ``rescore`` (points enqueued as the sampler's
+    first proposals). Cold (no ``champion``, its complete trials of this family): the defaults, in order.
+    Warm: the champion's best point first (a ``<family>-champion`` candidate, or the default it is), then the
+    other defaults in order: drift can reverse the champion's ranking of them, they are what the
+    one-standard-error rule prefers, and they cost a trial each. Then its next WARM_TRIALS best trials that
+    beat every default it scored are proposed again, pruned as any proposal is and chosen only as one
+    (``train.best``).
     """
     if not champion:
-        return [dict(c) for c in defaults], [], []
+        return [dict(c) for c in defaults], []
     ranked = sorted(champion, key=lambda r: -r["score"])  # stable: among equal scores, the earlier trial
 
     def score(point: dict[str, Any]) -> float | None:
@@ -154,18 +152,16 @@ def warm_order(
     if not head:
         head = [{"id": f"{family}-champion", "family": family, "params": dict(top["candidate"]["params"]),
                  "select": top["candidate"].get("select", False), "origin": "warm"}]
-    first = head + [dict(c) for c, s in scored if s is None]
-    known = sorted(((c, s) for c, s in scored if s is not None), key=lambda cs: -cs[1])  # stable: in order among ties
-    last = [dict(c) for c, _ in known if c["id"] != head[0]["id"]]
-    bar = known[0][1] if known else -math.inf
-    fixed = [_point({"candidate": c}) for c in defaults] + [_point({"candidate": head[0]})]
+    fixed = head + [dict(c) for c in defaults if c["id"] != head[0]["id"]]
+    bar = max((s for _, s in scored if s is not None), default=-math.inf)
+    points = [_point({"candidate": c}) for c in fixed]
     rescore: list[dict[str, Any]] = []
     for r in ranked[1:]:
         point = _point(r)
-        if r["score"] > bar and point not in fixed + rescore and set(point) == set(params) and \
+        if r["score"] > bar and point not in points + rescore and set(point) == set(params) and \
                 all(search_space.contains(params[k], v) for k, v in point.items()):
             rescore.append(point)
-    return first, last, rescore[:WARM_TRIALS]
+    return fixed, rescore[:WARM_TRIALS]
 
 
 def _study(seed: int) -> Any:
@@ -191,18 +187,16 @@ def search_family(
     params = space["params"]
     records = [r for r in history or [] if r["candidate"]["family"] == family]
     champion = [r for r in warm or [] if r["candidate"]["family"] == family and r.get("state", "complete") == "complete"]
-    first, last, rescore = warm_order(family, defaults, champion, params)
+    queue, rescore = warm_order(family, defaults, champion, params)
     # the champion's point comes on top of the budget: a warm start never has fewer trials than a cold one
-    limit = budget.trials_for(len(defaults)) + any(c.get("origin") == "warm" for c in first)
-    if budget.minutes and not budget.trials:  # no trial count to end the study: nothing can wait for its end
-        first, last = first + last, []
+    limit = budget.trials_for(len(defaults)) + any(c.get("origin") == "warm" for c in queue)
     done = {r["candidate"]["id"] for r in records}
-    first, last = [c for c in first if c["id"] not in done], [c for c in last if c["id"] not in done]
+    queue = [c for c in queue if c["id"] not in done]
     rescore = [p for p in rescore if p not in [_point(r) for r in records]]
 
     # a search of the fixed points alone (no budget set) never asks the sampler: no study, no Optuna import
     study, dists = None, {}
-    if limit > len(records) + len(first) + len(last):
+    if limit > len(records) + len(queue):
         from optuna.trial import TrialState
 
         dists = search_space.distributions(params)
@@ -212,12 +206,11 @@ def search_family(
         for r, folds_here in [(r, True) for r in records] + [(r, False) for r in champion]:
             if (frozen := _frozen(r, params, dists, folds_here)) is not None:
                 study.add_trial(frozen)
-        for point in rescore[: limit - len(records) - len(first) - len(last)]:  # the sampler's first proposals
+        for point in rescore[: limit - len(records) - len(queue)]:  # the sampler's first proposals
             study.enqueue_trial({k: v for k, v in point.items() if k in dists}, user_attrs={"origin": "warm-trial"})
 
     while len(records) < limit and not (records and deadline is not None and time.monotonic() >= deadline):
-        # the fixed points that come first, then the sampler's, then the ones kept for the budget's end
-        fixed = first.pop(0) if first else last.pop(0) if last and limit - len(records) <= len(last) else None
+        fixed = queue.pop(0) if queue else None  # the fixed points first, then the sampler's
         trial = None if fixed else study.ask()
         if fixed is not None:
             candidate = {k: v for k, v in fixed.items() if k != "origin"}

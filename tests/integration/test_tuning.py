@@ -282,27 +282,28 @@ def _champion_of_linear(scores: dict[float, float]) -> list[dict]:
             for n, (alpha, score) in enumerate(scores.items())]
 
 
-def test_a_warm_start_scores_the_champions_best_point_then_its_next_best_and_keeps_the_defaults_it_beat_for_the_end(diabetes):
+def test_a_warm_start_scores_the_champions_best_point_then_the_defaults_then_its_next_best(diabetes):
     frame, schema = diabetes
     space = {"linear": search_space.default()["linear"]}
     group = train.families("regression", space=space, budget={"trials": 8, "families": 1})[0]
     # the champion's study: its best point (alpha 0.02), then 300 and 0.5, above both defaults; 900 below one of them
     champion = _champion_of_linear({1.0: 0.40, 10.0: 0.42, 0.02: 0.45, 300.0: 0.44, 900.0: 0.41, 0.5: 0.43})
     warm = tune.search(frame, schema, group, 3, 0, 10_000, warm=champion)
-    assert [(r["origin"], r["candidate"]["params"]["alpha"]) for r in warm[:3]] == [("warm", 0.02), ("warm-trial", 300.0),
-                                                                                   ("warm-trial", 0.5)]
-    assert [r["origin"] for r in warm[3:-2]] == ["sampler"] * 4
-    # the defaults the champion scored below its best: at the budget's end, best first, still scored on every fold
-    assert [(r["candidate"]["id"], r["state"], len(r["intermediate"])) for r in warm[-2:]] == [("1-linear", "complete", 3),
-                                                                                               ("0-linear", "complete", 3)]
+    # the defaults right after the champion's point, in their order, even those it ranked below: drift can reverse that
+    assert [(r["origin"], r["candidate"]["params"]["alpha"]) for r in warm[:5]] == [
+        ("warm", 0.02), ("default", 1.0), ("default", 10.0), ("warm-trial", 300.0), ("warm-trial", 0.5)]
+    assert [r["origin"] for r in warm[5:]] == ["sampler"] * 4
     assert len(warm) == 9  # the budget, and the champion's point on top of it
-    # without a budget: the same fixed points as before (the defaults and the champion's point), the champion's first
+    # without a budget: the same fixed points in the same order
     fixed = tune.search(frame, schema, train.families("regression", space=space)[0], 3, 0, 10_000, warm=champion)
-    assert [r["candidate"]["id"] for r in fixed] == ["linear-champion", "1-linear", "0-linear"]
-    assert [r["score"] for r in fixed] == [r["score"] for r in (warm[0], warm[-2], warm[-1])]
+    assert [r["candidate"]["id"] for r in fixed] == ["linear-champion", "0-linear", "1-linear"]
+    assert [r["score"] for r in fixed] == [r["score"] for r in warm[:3]]
     # a re-run that stopped after three trials goes on to the same nine
     again = tune.search(frame, schema, group, 3, 0, 10_000, history=json.loads(json.dumps(warm[:3])), warm=champion)
-    assert [r["candidate"]["id"] for r in again[:3] + again[-2:]] == [r["candidate"]["id"] for r in warm[:3] + warm[-2:]]
+    def order(records: list[dict]) -> list[tuple]:  # a proposal's id is its trial's number in the study, not kept
+        return [(r["origin"], r["candidate"]["params"]["alpha"]) for r in records]
+
+    assert order(again[:5]) == order(warm[:5])
     assert len(again) == 9
 
 
