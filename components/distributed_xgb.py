@@ -180,10 +180,6 @@ def booster_params(estimator: Any, classes: list[Any] | None) -> tuple[dict[str,
     return params, rounds, bool(getattr(estimator, "enable_categorical", False))
 
 
-# What one worker holds beside its share: the interpreter with XGBoost and Arrow imported (no pandas
-# or scikit-learn: ``import_xgboost``), Parquet's reader and one batch. Measured on the churn table
-# (tests/integration/test_distributed_xgb.py holds a worker to it): 172-180 MiB.
-WORKER_BASE_MB = 210
 def is_distributable(model: Pipeline) -> bool:
     """Whether a model's final step is an XGBoost scikit-learn estimator (the one family trained distributed)."""
     try:
