@@ -200,12 +200,21 @@ def _labels(values: Any, target: str, classes: list[Any] | None) -> Any:
 
     if classes is None:
         return pc.cast(values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-    distinct = pc.unique(values)
-    index = {c: i for i, c in enumerate(classes)}  # schema classes are JSON-normalised, as Arrow's Python values
-    codes = np.asarray([index.get(v, -1) for v in distinct.to_pylist()])
-    if (codes < 0).any():
+    index = {c: float(i) for i, c in enumerate(classes)}  # schema classes are JSON-normalised, as Arrow's Python values
+    codes = _per_distinct(values, lambda v: index.get(v, np.nan))
+    if np.isnan(codes).any():
         raise ValueError(f"target {target!r} holds a value outside the schema's classes {classes}")
-    return codes[pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False)].astype("float32")
+    return codes
+
+
+def _per_distinct(column: Any, value: Callable[[Any], float]) -> Any:
+    """``value`` of each row's Python value as float32, computed once per distinct value of the Arrow ``column``."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    distinct = pc.unique(column)
+    values = np.asarray([value(v) for v in distinct.to_pylist()], dtype="float32")
+    return values[pc.index_in(column, value_set=distinct).to_numpy(zero_copy_only=False)]
 
 
 # The date parts of ``features.date_parts`` (pandas' year, month, day, dayofweek with Monday 0, hour),
@@ -268,10 +277,7 @@ def arrow_features(batch: Any, ops: list[list[Any]]) -> Any:
             j += 1
         elif op[0] == "category":  # as CategoryCodes: each value's text looked up, once per distinct value
             lookup = {c: float(i) for i, c in enumerate(op[2])}
-            distinct = pc.unique(column)
-            codes = np.asarray([np.nan if v is None else lookup.get(str(v), np.nan) for v in distinct.to_pylist()],
-                               dtype="float32")
-            out[:, j] = codes[pc.index_in(column, value_set=distinct).to_numpy(zero_copy_only=False)]
+            out[:, j] = _per_distinct(column, lambda v, lookup=lookup: np.nan if v is None else lookup.get(str(v), np.nan))
             j += 1
         else:
             if pa.types.is_date(column.type):
