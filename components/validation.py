@@ -104,10 +104,14 @@ class Checked:
     @cached_property
     def frame(self) -> pd.DataFrame:
         """The model's input as a frame; index = record position."""
-        index = pd.RangeIndex(self.total) if len(self.index) == self.total else pd.Index(self.index)
         # from the dict alone (its order is the schema's), no copy: one block per column. Naming
         # the columns again made pandas re-index the dict, a third of the cost of building it.
-        return pd.DataFrame(self.columns, index=index, copy=False)
+        return pd.DataFrame(self.columns, index=self.row_index, copy=False)
+
+    @property
+    def row_index(self) -> pd.Index:
+        """The valid records' positions as a pandas index (the frame's and the passthrough's)."""
+        return pd.RangeIndex(self.total) if len(self.index) == self.total else pd.Index(self.index)
 
     @property
     def rejected(self) -> int:
@@ -259,7 +263,7 @@ class Validator:
                 return None
             passthrough[name] = np.array(values, dtype=object)
         if sent:
-            out.passthrough = pd.DataFrame(passthrough, index=pd.RangeIndex(n), columns=sent)
+            out.passthrough = pd.DataFrame(passthrough, index=out.row_index, columns=sent)
         return out
 
     # --- the columnar pass -----------------------------------------------------------------
@@ -312,7 +316,7 @@ class Validator:
         out.index = index
         sent = [name for name in self.passthrough if name in frame.columns]
         if sent:  # as text, so every log part has one type per column whatever the client sent
-            kept = frame[sent].iloc[index].set_axis(pd.RangeIndex(n) if every else pd.Index(index))
+            kept = frame[sent].iloc[index].set_axis(out.row_index)
             out.passthrough = kept.astype(str).where(kept.notna(), None).astype(object)
         self._drift(out)
         problems.sort(key=lambda p: -1 if p.record is None else p.record)

@@ -453,8 +453,6 @@ def _passthrough(checks: list[Checked]) -> pd.DataFrame | None:
     if all(c.passthrough is None for c in checks):
         return None
     frames = [c.passthrough if c.passthrough is not None else pd.DataFrame(index=pd.RangeIndex(len(c))) for c in checks]
-    if all(len(f.columns) == 0 for f in frames):
-        return None
     return pd.concat(frames) if len(frames) > 1 else frames[0]
 
 
