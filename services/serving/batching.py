@@ -57,7 +57,6 @@ class Batcher(Generic[T, R]):
         self.run = run
         self.max_batch_records = max_batch_records
         self.expected = 0  # requests that entered and have neither queued nor left
-        self.batches = 0  # batches run, for tests and the batch-size metric's reader
         self._queue: deque[tuple[list[T], asyncio.Future[list[R]]]] = deque()
         self._runner: asyncio.Task[None] | None = None
 
@@ -108,7 +107,6 @@ class Batcher(Generic[T, R]):
         return taken
 
     async def _run_one(self, taken: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
-        self.batches += 1
         flat = [record for records, _ in taken for record in records]
         try:
             answers = await self.run(flat)
