@@ -49,6 +49,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from benchmarks import save
 from benchmarks.serving_sides import compact_env, matched_env, server_settings, side_settings, start_ceiling, start_service
 from components.model_runtime import records_of
 
@@ -276,10 +277,7 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
                                                 for name, s in results["shapes"].items()}
     results["meets_target"] = all(s.get("arrow", {}).get("over_raw", 0) >= TARGET and not s["mismatches"]
                                   for s in results["shapes"].values())
-    if out_json_path:
-        Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json_path).write_text(json.dumps(results, indent=2))
-    return results
+    return save(out_json_path, results)
 
 
 def transport_ceiling(tmp: Path, store: Path, model: str, arrow: tuple[bytes, str], raw: dict[str, Any]) -> dict[str, Any]:

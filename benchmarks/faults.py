@@ -8,12 +8,13 @@ Run alone with ``python -m benchmarks.faults [out.json]``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchmarks import save
 
 COLUMNS = ("fault", "served", "stored", "duplicates", "outcome", "target")
 
@@ -27,10 +28,7 @@ def main(out: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flywheel-faults-") as tmp:
         rows = [r.to_dict() for r in run_all(Path(tmp), only or None)]
     result = {"faults": rows, "all_ok": all(r["ok"] for r in rows)}
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2, default=str))
-    return result
+    return save(out, result, default=str)
 
 
 def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:

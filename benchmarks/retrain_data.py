@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import save
+
 CHUNK = 500_000
 LABELLED = 20_000
 STEP = r"""
@@ -101,9 +103,7 @@ def measure(rows: int) -> dict:
 def main(out_json: str | None = None) -> dict:
     sizes = [int(n) for n in os.environ.get("BENCH_RETRAIN_ROWS", "100000,5000000").split(",")]
     result = {"sizes": [measure(n) for n in sizes]}
-    if out_json:
-        Path(out_json).write_text(json.dumps(result, indent=2))
-    return result
+    return save(out_json, result)
 
 
 def rows(r: dict) -> list[tuple[str, str, str]]:

@@ -39,6 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks import save
 from benchmarks.serving_sides import (
     BASELINES,
     MALLOC_PAD,
@@ -194,10 +195,7 @@ def main(out_json_path: str | os.PathLike | None = None) -> dict[str, Any]:
         finally:
             srv.stop()
     results["ratios"] = ratios(results)
-    if out_json_path:
-        Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json_path).write_text(json.dumps(results, indent=2))
-    return results
+    return save(out_json_path, results)
 
 
 def ratios(r: dict[str, Any]) -> dict[str, Any]:
