@@ -198,17 +198,14 @@ for _ in range(repeats):
     values = runtime.predict(records)
     times.append(time.perf_counter() - start)
 
-# what the server's log thread does for the same request: encode its columns and write the spill part
+# what the server does to log the same request: its log columns, encoded, and the spill part written
 import tempfile
 from pathlib import Path
-import numpy as np, pyarrow as pa
-from components.data import MODEL_VERSION, PREDICTION, REQUEST_ID, TIME
 from services.serving.log_encoding import encode_records, parts_of
+from services.serving.service import log_columns, request_id_array
 from services.serving.spill import write_part
-n = len(records)
-columns = {REQUEST_ID: pa.array([f"{i:032x}" for i in range(n)]), TIME: pa.array(np.full(n, np.datetime64("now", "us"))),
-           MODEL_VERSION: pa.array([loaded.version] * n).dictionary_encode(),
-           **{c: records[c].to_numpy() for c in records.columns}, PREDICTION: values.values}
+features = {c: records[c].to_numpy() for c in records.columns}
+columns = log_columns(loaded.version, request_id_array(len(records)), features, None, values.values, values.proba)
 log_times = []
 with tempfile.TemporaryDirectory() as spill:
     for _ in range(repeats):

@@ -349,14 +349,7 @@ class FlywheelServing:
         ids = pd.Series(pd.arrays.ArrowExtensionArray(id_array))
         if isinstance(self.predictions_log, _NoLog):
             return ids, pred.values, pred.proba, None
-        # the columns as they are (no frame built, no copy): append converts them to Arrow once
-        columns: dict[str, Any] = {REQUEST_ID: id_array, TIME: _now_repeated(n), MODEL_VERSION: repeated_text(model.version, n)}
-        if passthrough is not None:
-            columns.update({c: passthrough[c].to_numpy() for c in passthrough.columns})
-        columns.update(features)
-        columns[PREDICTION] = pred.values
-        if pred.proba is not None:
-            columns[PROBA] = pred.proba.max(axis=1)
+        columns = log_columns(model.version, id_array, features, passthrough, pred.values, pred.proba)
         return ids, pred.values, pred.proba, self.predictions_log.encode(columns, model.log_types)
 
     async def _log_batch(self, entry: Entry | None) -> str | None:
@@ -371,6 +364,23 @@ class FlywheelServing:
         except LogFull as exc:
             return str(exc)
         return None
+
+
+def log_columns(version: str, ids: Any, features: dict[str, np.ndarray], passthrough: pd.DataFrame | None,
+                values: np.ndarray, proba: np.ndarray | None) -> dict[str, Any]:
+    """The prediction log's columns for scored records (ids: ``request_id_array``), before ``RecordLog.encode``.
+
+    The columns as they are (no frame built, no copy): the log converts them to Arrow once.
+    """
+    n = len(values)
+    columns: dict[str, Any] = {REQUEST_ID: ids, TIME: _now_repeated(n), MODEL_VERSION: repeated_text(version, n)}
+    if passthrough is not None:
+        columns.update({c: passthrough[c].to_numpy() for c in passthrough.columns})
+    columns.update(features)
+    columns[PREDICTION] = values
+    if proba is not None:
+        columns[PROBA] = proba.max(axis=1)
+    return columns
 
 
 def request_ids(n: int) -> pd.Series:
