@@ -418,7 +418,7 @@ def test_nan_in_a_float_column_is_logged_as_null(tmp_path: Path) -> None:
 
 
 def test_a_column_is_compressed_only_where_compression_shrinks_it(tmp_path: Path) -> None:
-    """Noise-like doubles are stored plain (snappy gains nothing on them), measured values and text compressed."""
+    """Noise-like doubles are stored plain (snappy gains little or nothing on them), measured values and text compressed."""
     import pyarrow.parquet as pq
 
     store = LocalStore(tmp_path / "store")
@@ -427,13 +427,14 @@ def test_a_column_is_compressed_only_where_compression_shrinks_it(tmp_path: Path
     rng = np.random.default_rng(0)
     noise = rng.normal(size=n)
     counts = rng.integers(0, 12, size=n).astype(float)
-    log.append(_records(n, noise=noise, counts=counts, plan=rng.choice(["basic", "plus", "pro"], size=n)))
+    widened = noise.astype(np.float32).astype(float)  # an ONNX model's output: snappy takes only a quarter off
+    log.append(_records(n, noise=noise, counts=counts, widened=widened, plan=rng.choice(["basic", "plus", "pro"], size=n)))
     log.flush()
     [key] = [k for k in store.list("predictions/m/") if k.endswith(".parquet")]
     meta = pq.ParquetFile(store.url(key)).metadata
     codec = {meta.schema.column(i).name: meta.row_group(0).column(i).compression for i in range(meta.num_columns)}
-    assert codec["noise"] == "UNCOMPRESSED"
-    assert codec["counts"] == "SNAPPY" and codec["plan"] == "SNAPPY" and codec[ID] == "SNAPPY"
+    assert codec["noise"] == codec["widened"] == "UNCOMPRESSED"
+    assert codec["counts"] == codec["plan"] == "SNAPPY"
     back = pd.read_parquet(store.url(key)).sort_values(ID)
     want = _records(n, noise=noise, counts=counts).sort_values(ID)
     assert back["noise"].tolist() == want["noise"].tolist() and back["counts"].tolist() == want["counts"].tolist()
