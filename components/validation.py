@@ -351,7 +351,7 @@ def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | 
         finite = lambda v: f"must be a finite number, got {v}"  # noqa: E731
         # min and max are NaN if any value is, infinite if any value is: two reductions over the
         # column, no mask, where two masks and the passes over them were most of a 100k-row check
-        if np.isfinite(values.min()) and np.isfinite(values.max()):
+        if len(values) and np.isfinite(values.min()) and np.isfinite(values.max()):
             return values, None, None, finite
         return values, np.isnan(values), np.isinf(values), finite
     null = s.isna().to_numpy()
