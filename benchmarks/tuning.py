@@ -155,6 +155,7 @@ def warm_against_cold(rows: pd.DataFrame, holdout: pd.DataFrame, schema: Schema,
             "warm_trials_to_cold_chosen": reached_delivered, "cold_trials_of_chosen_family": len(of_delivered["cold"]),
             "share_to_cold_chosen": round(reached_delivered / len(of_delivered["cold"]), 2) if reached_delivered else None,
             "cold_trials": len(in_family["cold"]), "warm_trials": len(in_family["warm"]),
+            "warm_first_origin": in_family["warm"][0]["origin"],  # "warm": the champion's own point, on top of the budget
             "cold_trials_to_best": trials_to_reach(in_family["cold"], top["score"]), "warm_trials_to_cold_best": reached,
             "share_of_cold_trials": round(reached / len(in_family["cold"]), 2) if reached else None,
             "warm_best_cv": round(max(r["score"] for r in warm if r["state"] == "complete"), 4),
