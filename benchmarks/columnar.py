@@ -204,7 +204,7 @@ for _ in range(repeats):
 import tempfile
 from pathlib import Path
 from services.serving.log_encoding import encode_records, parts_of
-from services.serving.service import log_columns, request_id_array
+from services.serving.service import log_columns, request_id_array, request_ids
 from services.serving.spill import write_part
 features = {c: records[c].to_numpy() for c in records.columns}
 columns = log_columns(loaded.version, request_id_array(len(records)), features, None, values.values, values.proba)
@@ -225,8 +225,7 @@ work_times = []
 for _ in range(repeats):
     start = time.perf_counter()
     checked = loaded.validator.validate_frame(read_frame(body, "arrow"))
-    ids = pd.Series(pd.arrays.ArrowExtensionArray(request_id_array(len(checked))))
-    write_columns({"request_id": ids, "prediction": values.values}, None, "arrow")
+    write_columns({"request_id": request_ids(len(checked)), "prediction": values.values}, None, "arrow")
     work_times.append(time.perf_counter() - start)
 print(json.dumps({"runtime": runtime.name, "seconds": times, "log_part_seconds": log_times, "request_work_seconds": work_times,
                   "env": {k: os.environ.get(k) for k in sys.argv[6].split(",")}}))
